@@ -1,0 +1,271 @@
+"""The checked spec: a typed, immutable IR of the four MIRAS choices, with every name resolved.
+
+Expressions in it are `expr` trees with user and prelude calls inlined: a bias mentions only
+`y`, `v`, gate names and numbers; an activation only `x` and numbers; a gate only `z` and numbers.
+It imports nothing heavy, so the reference and the runtime can rebuild it from plain data.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field, fields
+
+from . import expr as E
+from .errors import Span
+
+
+@dataclass(frozen=True)
+class GateRef:
+    """A per-token, per-head scalar the op takes as an input tensor `[B, T, H]`."""
+
+    name: str
+
+
+@dataclass(frozen=True)
+class ConstVal:
+    value: float
+
+
+@dataclass(frozen=True)
+class Activation:
+    name: str
+    body: object  # expression in Name("x")
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """`linear` is depth 1; `mlp` is depth >= 1 with an activation between layers."""
+
+    depth: int = 1
+    expansion: int = 1
+    activation: Activation | None = None
+    residual: bool = False
+    norm: str | None = None  # None | "layernorm"
+
+    @property
+    def kind(self) -> str:
+        return "linear" if self.activation is None else "mlp"
+
+
+@dataclass(frozen=True)
+class Bias:
+    name: str
+    body: object  # expression in y, v and gate names
+
+
+@dataclass(frozen=True)
+class Retention:
+    kind: str  # none | decay | l2 | lq | kl
+    gate: GateRef | ConstVal | None = None
+    first: bool = False
+    q: float | None = None
+
+
+@dataclass(frozen=True)
+class Algorithm:
+    kind: str  # gd | momentum
+    lr: GateRef | ConstVal
+    momentum: GateRef | ConstVal | None = None
+
+
+@dataclass(frozen=True)
+class Gate:
+    name: str
+    body: object  # expression in Name("z")
+
+
+@dataclass(frozen=True)
+class Spec:
+    name: str
+    architecture: Architecture
+    bias: Bias
+    retention: Retention
+    algorithm: Algorithm
+    chunk: int = 1
+    clip: float | None = None
+    gates: tuple = ()
+    source: str = field(default="<spec>", compare=False)
+
+    # ---- derived facts every stage needs -------------------------------------------------
+    @property
+    def module_name(self) -> str:
+        return snake_case(self.name)
+
+    @property
+    def layer_name(self) -> str:
+        return "".join(p[:1].upper() + p[1:] for p in self.module_name.split("_")) + "Layer"
+
+    @property
+    def gate_names(self) -> tuple:
+        return tuple(g.name for g in self.gates)
+
+    @property
+    def depth(self) -> int:
+        return self.architecture.depth
+
+    @property
+    def has_momentum(self) -> bool:
+        return self.algorithm.kind == "momentum"
+
+    @property
+    def weight_names(self) -> tuple:
+        letter = "A" if self.retention.kind == "lq" else "W"
+        if self.depth == 1:
+            return (letter,)
+        return tuple(f"{letter}{i + 1}" for i in range(self.depth))
+
+    @property
+    def state_names(self) -> tuple:
+        names = self.weight_names
+        if self.has_momentum:
+            names += tuple("S" + n[1:] for n in names)
+        return names
+
+    @property
+    def linear_update(self) -> bool:
+        """True when each state after a token is linear in the chunk's gradients (dual form applies)."""
+        return self.retention.kind in ("none", "decay", "l2")
+
+    @property
+    def needs_initial_state(self) -> bool:
+        return self.architecture.kind == "mlp" or self.retention.kind == "kl"
+
+    def text(self) -> str:
+        """The normalised spec: every default explicit, every call inlined, re-parseable."""
+        return spec_text(self)
+
+
+def snake_case(name: str) -> str:
+    s = re.sub(r"(?<=[a-z0-9])([A-Z])", r"_\1", name)
+    return s.lower()
+
+
+def operand_text(op) -> str:
+    if isinstance(op, GateRef):
+        return op.name
+    return E.format_number(op.value)
+
+
+def spec_text(spec: Spec) -> str:
+    a = spec.architecture
+    if a.activation is None:
+        arch = "linear"
+        opts = []
+    else:
+        arch = "mlp"
+        opts = [f"depth: {a.depth}", f"expansion: {a.expansion}", f"activation: {a.activation.name}"]
+    if a.residual:
+        opts.append("residual: true")
+    if a.norm:
+        opts.append(f"norm: {a.norm}")
+    arch_text = f"{arch}({', '.join(opts)})" if opts else arch
+    r = spec.retention
+    if r.kind == "none":
+        ret = "none"
+    elif r.kind == "lq":
+        ret = f"lq(q: {E.format_number(r.q)}, keep: {operand_text(r.gate)})"
+    elif r.kind == "kl":
+        ret = f"kl(keep: {operand_text(r.gate)})"
+    else:
+        ret = f"{r.kind}({operand_text(r.gate)}{', first: true' if r.first else ''})"
+    alg = spec.algorithm
+    if alg.kind == "gd":
+        alg_text = f"gd(lr: {operand_text(alg.lr)})"
+    else:
+        alg_text = (
+            f"momentum(lr: {operand_text(alg.lr)}, momentum: {operand_text(alg.momentum)})"
+        )
+    bias_gates = bias_gate_names(spec.bias)
+    params = "y, v" + ("; " + ", ".join(bias_gates) if bias_gates else "")
+    lines = [
+        f"# bias: {spec.bias.name}",
+        f"memory {spec.name} {{",
+        f"    architecture = {arch_text}",
+        f"    bias({params}) = {E.unparse(spec.bias.body)}",
+        f"    retention = {ret}",
+        f"    algorithm = {alg_text}",
+        f"    chunk = {spec.chunk}",
+    ]
+    if spec.clip is not None:
+        lines.append(f"    clip = {E.format_number(spec.clip)}")
+    lines += [f"    gate {g.name} = {E.unparse(g.body)}" for g in spec.gates]
+    lines.append("}")
+    if a.activation is not None:
+        lines.append(f"activation {a.activation.name}(x) = {E.unparse(a.activation.body)}")
+    return "\n".join(lines) + "\n"
+
+
+def bias_gate_names(bias: Bias) -> tuple:
+    """Gate names a bias formula mentions, in first-use order."""
+    seen = []
+    for node in E.walk(bias.body):
+        if isinstance(node, E.Name) and node.id not in ("y", "v") and node.id not in seen:
+            seen.append(node.id)
+    return tuple(seen)
+
+
+# ---- plain-data round trip, so generated code can carry the IR without the compiler --------
+_CLASSES = {
+    c.__name__: c
+    for c in (
+        GateRef,
+        ConstVal,
+        Activation,
+        Architecture,
+        Bias,
+        Retention,
+        Algorithm,
+        Gate,
+        Spec,
+        E.Num,
+        E.Name,
+        E.Call,
+        E.Neg,
+        E.Binary,
+        E.Case,
+        E.Piecewise,
+    )
+}
+
+
+def to_data(obj):
+    """Nested tuples of str/float/int/bool/None: printable as a Python literal with `repr`."""
+    if isinstance(obj, tuple):
+        return ("tuple", *(to_data(x) for x in obj))
+    if type(obj).__name__ in _CLASSES and not isinstance(obj, (str, float, int, bool)):
+        items = tuple(
+            (f.name, to_data(getattr(obj, f.name)))
+            for f in fields(obj)
+            if f.name not in ("span", "source")
+        )
+        return (type(obj).__name__, items)
+    if obj is None or isinstance(obj, (str, bool, int, float)):
+        return obj
+    raise TypeError(f"cannot serialise {type(obj).__name__}")
+
+
+def from_data(data):
+    """Inverse of `to_data` (spans are lost: they are only for messages)."""
+    if isinstance(data, tuple) and data and data[0] == "tuple":
+        return tuple(from_data(x) for x in data[1:])
+    if isinstance(data, tuple):
+        name, items = data
+        cls = _CLASSES[name]
+        return cls(**{k: from_data(v) for k, v in items})
+    return data
+
+
+__all__ = [
+    "Activation",
+    "Algorithm",
+    "Architecture",
+    "Bias",
+    "ConstVal",
+    "Gate",
+    "GateRef",
+    "Retention",
+    "Span",
+    "Spec",
+    "from_data",
+    "to_data",
+]
