@@ -1,0 +1,136 @@
+"""SymPy to code: one printer per target over a shared whitelist base.
+
+The base prints arithmetic, numbers, `Piecewise` (as nested `where`), relations and a fixed set
+of functions, with small integer powers expanded into multiplications. Anything else is a
+`CodegenError`, never silently printed: a target subclass only names its functions.
+"""
+
+from __future__ import annotations
+
+import math
+
+import sympy as sp
+from sympy.printing.str import StrPrinter
+
+from .errors import CodegenError
+from .symbolic import Sigmoid, Softplus
+
+MAX_EXPANDED_POWER = 8  # x**n for |n| <= 8 prints as multiplications, beyond as pow()
+
+
+class KernelPrinter(StrPrinter):
+    """Whitelisting printer; subclasses set `functions`, `where`, `pow` and `module`."""
+
+    functions: dict = {}  # sympy function class -> target function name
+    where = "where"
+    pow = "pow"
+
+    _allowed = (
+        sp.Symbol,
+        sp.Add,
+        sp.Mul,
+        sp.Pow,
+        sp.Piecewise,
+        sp.core.relational.Relational,
+    )
+
+    def _print(self, expr, **kwargs):
+        if isinstance(expr, sp.Basic) and not isinstance(expr, sp.core.relational.Relational):
+            if expr.is_number:
+                return self._number(expr)
+        if isinstance(expr, sp.Basic) and not (
+            isinstance(expr, self._allowed) or type(expr) in self.functions
+        ):
+            raise CodegenError(
+                f"the {self.language} printer cannot print {type(expr).__name__} ({expr})",
+                hint="the formula uses an operation this backend does not support",
+            )
+        return super()._print(expr, **kwargs)
+
+    def _number(self, expr) -> str:
+        try:
+            value = float(expr)
+        except TypeError:
+            raise CodegenError(f"{expr} is not a real number") from None
+        if not math.isfinite(value):
+            raise CodegenError(f"the derivation produced a non-finite constant ({expr})")
+        return repr(value)
+
+    def _print_Function(self, expr):
+        name = self.functions[type(expr)]
+        return f"{name}({', '.join(self._print(a) for a in expr.args)})"
+
+    def _print_Pow(self, expr, rational=False):
+        base, exp = expr.args
+        if exp.is_Integer and 1 <= abs(int(exp)) <= MAX_EXPANDED_POWER:
+            b = self.parenthesize(base, sp.printing.precedence.PRECEDENCE["Mul"] + 1)
+            prod = "*".join([b] * abs(int(exp)))
+            return prod if exp > 0 else f"1.0/({prod})"
+        if exp == sp.Rational(1, 2):
+            return f"{self.functions[sp.sqrt]}({self._print(base)})"
+        if exp == sp.Rational(-1, 2):
+            return f"1.0/{self.functions[sp.sqrt]}({self._print(base)})"
+        return f"{self.pow}({self._print(base)}, {self._print(exp)})"
+
+    def _print_Piecewise(self, expr):
+        *arms, (last, cond) = expr.args
+        if cond != sp.true:
+            raise CodegenError(f"piecewise without an otherwise arm: {expr}")
+        out = self._branch(last)
+        for value, c in reversed(arms):
+            out = f"{self.where}({self._print(c)}, {self._branch(value)}, {out})"
+        return out
+
+    def _branch(self, value) -> str:
+        """A where() arm; targets whose where() needs tensor arms override this."""
+        return self._print(value)
+
+    def _print_Relational(self, expr):
+        lhs = self.parenthesize(expr.lhs, sp.printing.precedence.PRECEDENCE["Add"])
+        rhs = self.parenthesize(expr.rhs, sp.printing.precedence.PRECEDENCE["Add"])
+        return f"({lhs} {expr.rel_op} {rhs})"
+
+    def block(self, outputs: dict, prefix: str = "_t") -> list[str]:
+        """`name = code` lines for several expressions, with common sub-expressions shared."""
+        names = list(outputs)
+        temps, reduced = sp.cse(
+            list(outputs.values()), symbols=sp.numbered_symbols(prefix), order="none"
+        )
+        lines = [f"{t} = {self.doprint(e)}" for t, e in temps]
+        lines += [f"{n} = {self.doprint(e)}" for n, e in zip(names, reduced, strict=True)]
+        return lines
+
+
+class TorchPrinter(KernelPrinter):
+    """PyTorch element-wise code; scalars broadcast as Python floats.
+
+    `like` names a tensor in scope whose dtype constant where() arms take, so that fp64 code
+    stays fp64 (torch.where of two Python floats would give the default float32).
+    """
+
+    language = "PyTorch"
+
+    def __init__(self, like: str = "x", **settings):
+        super().__init__(settings)
+        self.like = like
+
+    def _branch(self, value) -> str:
+        if value.is_number:
+            return f"{self.like}.new_tensor({self._number(value)})"
+        return self._print(value)
+
+    where = "torch.where"
+    pow = "torch.pow"
+    functions = {
+        sp.exp: "torch.exp",
+        sp.log: "torch.log",
+        sp.sqrt: "torch.sqrt",
+        sp.Abs: "torch.abs",
+        sp.sign: "torch.sign",
+        sp.tanh: "torch.tanh",
+        sp.cosh: "torch.cosh",
+        sp.sinh: "torch.sinh",
+        sp.erf: "torch.special.erf",
+        Sigmoid: "torch.sigmoid",
+        Softplus: "torch.nn.functional.softplus",
+    }

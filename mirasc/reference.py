@@ -1,0 +1,201 @@
+"""The oracle (design §4): design §3 applied literally, token by token, in float64.
+
+It evaluates the spec's expression trees directly as torch operations, takes every surprise
+`g_t` from `torch.autograd.grad`, materialises every state `W_t` and reads after the write.
+It shares no code with the symbolic derivation, the printers or the templates: agreement
+between it and a backend therefore means something. It is slow on purpose.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from . import expr as E
+from .errors import BackendError
+from .spec import ConstVal, GateRef, Spec
+
+LN_EPS = 1e-5  # the memory's LayerNorm epsilon (design §3)
+
+_FUNCTIONS = {
+    "exp": torch.exp,
+    "log": torch.log,
+    "sqrt": torch.sqrt,
+    "abs": torch.abs,
+    "sign": torch.sign,
+    "sigmoid": torch.sigmoid,
+    "tanh": torch.tanh,
+    "cosh": torch.cosh,
+    "sinh": torch.sinh,
+    "erf": torch.special.erf,
+    "softplus": F.softplus,
+    "min": torch.minimum,
+    "max": torch.maximum,
+}
+
+_COMPARE = {
+    "<": torch.lt,
+    "<=": torch.le,
+    ">": torch.gt,
+    ">=": torch.ge,
+    "==": torch.eq,
+    "!=": torch.ne,
+}
+
+
+def evaluate(node, env: dict, like: torch.Tensor) -> torch.Tensor:
+    """Value of a checked expression; `sum` reduces over the last dimension (the values)."""
+
+    def ev(n):
+        if isinstance(n, E.Num):
+            return torch.tensor(n.value, dtype=like.dtype, device=like.device)
+        if isinstance(n, E.Name):
+            return env[n.id]
+        if isinstance(n, E.Neg):
+            return -ev(n.operand)
+        if isinstance(n, E.Binary):
+            a, b = ev(n.left), ev(n.right)
+            if n.op == "+":
+                return a + b
+            if n.op == "-":
+                return a - b
+            if n.op == "*":
+                return a * b
+            if n.op == "/":
+                return a / b
+            return torch.pow(a, b)
+        if isinstance(n, E.Piecewise):
+            out = ev(n.otherwise)
+            for c in reversed(n.cases):
+                out = torch.where(_COMPARE[c.cmp](ev(c.left), ev(c.right)), ev(c.value), out)
+            return out
+        if n.fn == "sum":
+            return ev(n.args[0]).sum(-1, keepdim=True)
+        return _FUNCTIONS[n.fn](*(ev(a) for a in n.args))
+
+    return ev(node)
+
+
+def _memory(spec: Spec, weights: list, x: torch.Tensor, ln) -> torch.Tensor:
+    """f(W; x) for x [B, H, Dk]: the architecture of design §3, written out plainly."""
+    arch = spec.architecture
+    h = x.unsqueeze(-2)
+    for i, w in enumerate(weights):
+        h = h @ w
+        if i < len(weights) - 1:
+            h = evaluate(arch.activation.body, {"x": h}, h)
+    m = h.squeeze(-2)
+    if arch.norm == "layernorm":
+        mu = m.mean(-1, keepdim=True)
+        var = ((m - mu) ** 2).mean(-1, keepdim=True)
+        m = (m - mu) / torch.sqrt(var + LN_EPS) * ln[0] + ln[1]
+    return x + m if arch.residual else m
+
+
+def _operand(op, gates: dict, t: int) -> torch.Tensor | float:
+    if op is None:
+        return 0.0
+    if isinstance(op, ConstVal):
+        return op.value
+    assert isinstance(op, GateRef)
+    return gates[op.name][:, t].unsqueeze(-1).unsqueeze(-1)  # [B, H, 1, 1]
+
+
+def _lq_normaliser(a: torch.Tensor, q: float) -> torch.Tensor:
+    """||A||_q^(q-2) over each matrix; a zero matrix maps to W = 0 (divide by one)."""
+    n = a.abs().pow(q).sum((-2, -1), keepdim=True).pow((q - 2.0) / q)
+    return torch.where(n > 0, n, torch.ones_like(n))
+
+
+def run(
+    spec: Spec,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    gates: dict,
+    scale: float = 1.0,
+    initial_state=None,
+    ln_weight=None,
+    ln_bias=None,
+    output_final_state: bool = False,
+):
+    """The memory op by definition; same signature and results as a generated op's."""
+    B, T, H, Dk = q.shape
+    Dv = v.shape[-1]
+    dtype = q.dtype
+    f64 = torch.float64
+    q, k, v = q.to(f64), k.to(f64), v.to(f64)
+    gates = {name: g.to(f64) for name, g in gates.items()}
+    arch = spec.architecture
+    ln = None
+    if arch.norm == "layernorm":  # per-head gain and bias, broadcast over the batch
+        gain = torch.ones(H, Dv, dtype=f64) if ln_weight is None else ln_weight.to(f64)
+        shift = torch.zeros(H, Dv, dtype=f64) if ln_bias is None else ln_bias.to(f64)
+        ln = (gain.unsqueeze(0), shift.unsqueeze(0))
+    n_w = arch.depth
+    if initial_state is None:
+        if spec.needs_initial_state:
+            raise BackendError(f"{spec.name} needs an initial_state (MLP or kl memory)")
+        weights = [torch.zeros(B, H, Dk, Dv, dtype=f64)]
+        moms = [torch.zeros(B, H, Dk, Dv, dtype=f64)] if spec.has_momentum else []
+    else:
+        weights = [s.to(f64) for s in initial_state[:n_w]]
+        moms = [s.to(f64) for s in initial_state[n_w:]]
+        if spec.has_momentum and not moms:
+            moms = [torch.zeros_like(w) for w in weights]
+
+    ret, alg = spec.retention, spec.algorithm
+    lq = ret.kind == "lq"
+
+    def read_weights(state, norms):
+        return [s / n for s, n in zip(state, norms, strict=True)] if lq else state
+
+    outputs = []
+    for start in range(0, T, spec.chunk):
+        stop = min(start + spec.chunk, T)
+        anchor_norms = [_lq_normaliser(a, ret.q) for a in weights] if lq else None
+        anchor = read_weights(weights, anchor_norms)
+        for t in range(start, stop):
+            lr = _operand(alg.lr, gates, t)
+            rate = _operand(ret.gate, gates, t)
+            at = [w * (1.0 - rate) for w in anchor] if ret.first else anchor
+            at = [w if w.requires_grad else w.detach().requires_grad_(True) for w in at]
+            y = _memory(spec, at, k[:, t], ln)
+            env = {"y": y, "v": v[:, t]}
+            env.update({n: g[:, t].unsqueeze(-1) for n, g in gates.items()})
+            loss = evaluate(spec.bias.body, env, y)
+            grads = torch.autograd.grad(loss.sum(), at, create_graph=True)
+            if spec.clip is not None:
+                c = spec.clip
+                norm = torch.sqrt(sum((g * g).sum((-2, -1), keepdim=True) for g in grads))
+                safe = torch.where(norm > 0, norm, torch.ones_like(norm))
+                factor = torch.where(norm > 0, c * torch.tanh(safe / c) / safe, torch.ones_like(norm))
+                grads = [g * factor for g in grads]
+            if alg.kind == "momentum":
+                beta = _operand(alg.momentum, gates, t)
+                moms = [beta * s - lr * g for s, g in zip(moms, grads, strict=True)]
+                weights = [(1.0 - rate) * w + s for w, s in zip(weights, moms, strict=True)]
+            elif ret.kind in ("none", "decay"):
+                weights = [(1.0 - rate) * w - lr * g for w, g in zip(weights, grads, strict=True)]
+            elif ret.kind == "l2":
+                weights = [(w - lr * g) / (1.0 + lr * rate) for w, g in zip(weights, grads, strict=True)]
+            elif lq:
+                weights = [rate * a - lr * g for a, g in zip(weights, grads, strict=True)]
+            elif t == start:  # kl: the exact mirror step on a chunk's first token
+                weights = [
+                    torch.softmax(rate * torch.log(w) - lr * g, dim=-1)
+                    for w, g in zip(weights, grads, strict=True)
+                ]
+            else:  # kl: linear steps for the rest of the chunk
+                weights = [rate * w - lr * g for w, g in zip(weights, grads, strict=True)]
+            if lq:
+                norms = (
+                    [_lq_normaliser(a, ret.q) for a in weights] if t == stop - 1 else anchor_norms
+                )
+                now = read_weights(weights, norms)
+            else:
+                now = weights
+            outputs.append(_memory(spec, now, scale * q[:, t], ln))
+    o = torch.stack(outputs, dim=1).to(dtype) if outputs else q.new_zeros(B, 0, H, Dv)
+    final = tuple(weights + moms) if output_final_state else None
+    return o, final

@@ -1,0 +1,259 @@
+"""Spec to Derived: SymPy builds each loss as g(S_1..S_m) with S_i = sum_j phi_i(y_j, v_j) and
+each activation, differentiates them, and keeps every piece a kernel needs: the first-order
+update (dl/dy), and the second-order pieces a backward pass through an inner step needs.
+
+Spec expressions are built into SymPy objects by this module's own code (never `sympify` of
+text). Constant sub-expressions are folded in Python floats first, with overflow checks, so a
+hostile spec cannot make SymPy compute towers of exponents.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import sympy as sp
+
+from . import expr as E
+from .errors import SpecLimitError, SpecTypeError
+from .spec import Spec, bias_gate_names
+
+
+class Sigmoid(sp.Function):
+    """1 / (1 + exp(-x)), kept whole so its derivative prints as s * (1 - s) (no overflow)."""
+
+    def fdiff(self, argindex=1):
+        s = Sigmoid(self.args[0])
+        return s * (1 - s)
+
+
+class Softplus(sp.Function):
+    """log(1 + exp(x)), kept whole so it prints as a stable library softplus."""
+
+    def fdiff(self, argindex=1):
+        return Sigmoid(self.args[0])
+
+
+_FUNCTIONS = {
+    "exp": sp.exp,
+    "log": sp.log,
+    "sqrt": sp.sqrt,
+    "abs": sp.Abs,
+    "sign": sp.sign,
+    "sigmoid": Sigmoid,
+    "tanh": sp.tanh,
+    "cosh": sp.cosh,
+    "sinh": sp.sinh,
+    "erf": sp.erf,
+    "softplus": Softplus,
+}
+
+_FLOAT_FUNCTIONS = {  # for folding constants in Python floats
+    "exp": math.exp,
+    "log": math.log,
+    "sqrt": math.sqrt,
+    "abs": abs,
+    "sign": lambda x: float((x > 0) - (x < 0)),
+    "sigmoid": lambda x: 1.0 / (1.0 + math.exp(-x)) if x > -700 else 0.0,
+    "tanh": math.tanh,
+    "cosh": math.cosh,
+    "sinh": math.sinh,
+    "erf": math.erf,
+    "softplus": lambda x: math.log1p(math.exp(x)) if x < 30 else x,
+    "min": min,
+    "max": max,
+}
+
+_RELATIONS = {"<": sp.Lt, "<=": sp.Le, ">": sp.Gt, ">=": sp.Ge, "==": sp.Eq, "!=": sp.Ne}
+
+Y, V, X, Z = sp.symbols("y v x z", real=True)
+
+
+def symbol(name: str) -> sp.Symbol:
+    return sp.Symbol(name, real=True)
+
+
+def _number(x: float) -> sp.Expr:
+    if float(x).is_integer() and abs(x) < 2**53:
+        return sp.Integer(int(x))
+    if float(x * 2).is_integer():
+        return sp.Rational(int(x * 2), 2)
+    return sp.Float(x)
+
+
+def _fold(node, fn, values, span):
+    """A constant operation in Python floats, or a located error if it is not finite."""
+    try:
+        result = float(fn(*values))
+    except (OverflowError, ValueError, ZeroDivisionError) as e:
+        raise SpecLimitError(f"constant expression cannot be evaluated ({e})", span) from None
+    if not math.isfinite(result) or isinstance(result, complex):
+        raise SpecLimitError("constant expression is not a finite real number", span)
+    return _number(result)
+
+
+def _pow(a, b):
+    r = a**b
+    if isinstance(r, complex):
+        raise ValueError("negative base with a fractional exponent")
+    return r
+
+
+_BINARY = {
+    "+": lambda a, b: a + b,
+    "-": lambda a, b: a - b,
+    "*": lambda a, b: a * b,
+    "/": lambda a, b: a / b,
+    "^": _pow,
+}
+
+
+class Builder:
+    """Expression tree to SymPy; with `sums` set, each sum(...) becomes a symbol S_i."""
+
+    def __init__(self, env: dict, sums: list | None = None):
+        self.env = env
+        self.sums = sums
+        self.origin: dict[sp.Basic, object] = {}  # sympy node -> spec node, for messages
+
+    def build(self, node) -> sp.Expr:
+        out = self._build(node)
+        self.origin.setdefault(out, node)
+        return out
+
+    def _build(self, node) -> sp.Expr:
+        if isinstance(node, E.Num):
+            return _number(node.value)
+        if isinstance(node, E.Name):
+            return self.env[node.id]
+        if isinstance(node, E.Neg):
+            return -self.build(node.operand)
+        if isinstance(node, E.Binary):
+            a, b = self.build(node.left), self.build(node.right)
+            if a.is_Number and b.is_Number:
+                return _fold(node, _BINARY[node.op], (float(a), float(b)), node.span)
+            if node.op == "+":
+                return a + b
+            if node.op == "-":
+                return a - b
+            if node.op == "*":
+                return a * b
+            if node.op == "/":
+                if b == 0:
+                    raise SpecTypeError("division by zero", node.right.span)
+                return a / b
+            return sp.Pow(a, b)
+        if isinstance(node, E.Piecewise):
+            arms = []
+            for c in node.cases:
+                cond = _RELATIONS[c.cmp](self.build(c.left), self.build(c.right))
+                arms.append((self.build(c.value), cond))
+            arms.append((self.build(node.otherwise), True))
+            return sp.Piecewise(*arms)
+        assert isinstance(node, E.Call)
+        if node.fn == "sum":
+            phi = self.build(node.args[0])
+            for i, (existing, _) in enumerate(self.sums):
+                if existing == phi:
+                    return symbol(f"S{i}")
+            self.sums.append((phi, node))
+            return symbol(f"S{len(self.sums) - 1}")
+        args = [self.build(a) for a in node.args]
+        if all(a.is_Number for a in args):
+            return _fold(node, _FLOAT_FUNCTIONS[node.fn], [float(a) for a in args], node.span)
+        if node.fn in ("min", "max"):
+            a, b = args
+            return sp.Piecewise((a, a <= b if node.fn == "min" else a >= b), (b, True))
+        return _FUNCTIONS[node.fn](*args)
+
+
+def _clean(e: sp.Expr) -> sp.Expr:
+    """Drop distributional terms (the derivative of sign is zero almost everywhere)."""
+    e = e.replace(sp.DiracDelta, lambda *a: sp.Integer(0))
+    return e.replace(sp.Heaviside, lambda x, *a: sp.Piecewise((1, x > 0), (0, True)))
+
+
+def d(e: sp.Expr, *wrt) -> sp.Expr:
+    return _clean(sp.diff(e, *wrt))
+
+
+@dataclass(frozen=True)
+class BiasPieces:
+    """l(y, v) = g(S_0..S_{m-1}), S_i = sum_j phi_i(y_j, v_j); params are gate symbols."""
+
+    g: sp.Expr
+    phi: tuple  # phi_i(y, v)
+    params: tuple  # gate symbols the loss mentions
+    dphi: tuple  # d phi_i / dy
+    dg: tuple  # d g / d S_i
+    # second order, for a backward pass through an inner step:
+    # d(dl/dy_j)/dy_k = delta_jk sum_i dg_i d2phi_i(j) + sum_il d2g_il dphi_i(j) dphi_l(k)
+    d2phi: tuple  # d^2 phi_i / dy^2
+    dphi_dv: tuple  # d^2 phi_i / dy dv
+    d2g: tuple  # d^2 g / dS_i dS_l, row-major m x m
+    dphi_dparam: tuple  # [i][p]: d^2 phi_i / dy dparam_p
+    dg_dparam: tuple  # [i][p]: d^2 g / dS_i dparam_p
+
+    @property
+    def sums(self) -> tuple:
+        return tuple(symbol(f"S{i}") for i in range(len(self.phi)))
+
+    def grad(self) -> sp.Expr:
+        """dl/dy_j, element-wise given the sums."""
+        return sum((gi * di for gi, di in zip(self.dg, self.dphi, strict=True)), sp.Integer(0))
+
+
+@dataclass(frozen=True)
+class ActivationPieces:
+    name: str
+    f: sp.Expr
+    df: sp.Expr
+    d2f: sp.Expr
+
+
+@dataclass(frozen=True)
+class Derived:
+    spec: Spec
+    bias: BiasPieces
+    activation: ActivationPieces | None
+    gates: tuple  # (name, sympy expression in z)
+
+
+def derive_bias(spec: Spec) -> BiasPieces:
+    params = tuple(symbol(n) for n in bias_gate_names(spec.bias))
+    env = {"y": Y, "v": V, **{p.name: p for p in params}}
+    sums: list = []
+    g = Builder(env, sums).build(spec.bias.body)
+    phi = tuple(p for p, _ in sums)
+    S = tuple(symbol(f"S{i}") for i in range(len(phi)))
+    dphi = tuple(d(p, Y) for p in phi)
+    dg = tuple(d(g, s) for s in S)
+    if all(x == 0 for x in dphi):
+        raise SpecTypeError("the bias has zero gradient in y", spec.bias.body.span)
+    return BiasPieces(
+        g=g,
+        phi=phi,
+        params=params,
+        dphi=dphi,
+        dg=dg,
+        d2phi=tuple(d(p, Y) for p in dphi),
+        dphi_dv=tuple(d(p, V) for p in dphi),
+        d2g=tuple(d(gi, s) for gi in dg for s in S),
+        dphi_dparam=tuple(tuple(d(p, a) for a in params) for p in dphi),
+        dg_dparam=tuple(tuple(d(gi, a) for a in params) for gi in dg),
+    )
+
+
+def derive_activation(spec: Spec) -> ActivationPieces | None:
+    act = spec.architecture.activation
+    if act is None:
+        return None
+    f = Builder({"x": X}).build(act.body)
+    df = d(f, X)
+    return ActivationPieces(act.name, f, df, d(df, X))
+
+
+def derive(spec: Spec) -> Derived:
+    """Every symbolic piece of a spec, differentiated and cleaned."""
+    gates = tuple((g.name, Builder({"z": Z}).build(g.body)) for g in spec.gates)
+    return Derived(spec, derive_bias(spec), derive_activation(spec), gates)
