@@ -155,9 +155,9 @@ class Builder:
             phi = self.build(node.args[0])
             for i, (existing, _) in enumerate(self.sums):
                 if existing == phi:
-                    return symbol(f"S{i}")
+                    return symbol(f"_S{i}")
             self.sums.append((phi, node))
-            return symbol(f"S{len(self.sums) - 1}")
+            return symbol(f"_S{len(self.sums) - 1}")
         args = [self.build(a) for a in node.args]
         if all(a.is_Number for a in args):
             return _fold(node, _FLOAT_FUNCTIONS[node.fn], [float(a) for a in args], node.span)
@@ -196,7 +196,7 @@ class BiasPieces:
 
     @property
     def sums(self) -> tuple:
-        return tuple(symbol(f"S{i}") for i in range(len(self.phi)))
+        return tuple(symbol(f"_S{i}") for i in range(len(self.phi)))
 
     def grad(self) -> sp.Expr:
         """dl/dy_j, element-wise given the sums."""
@@ -225,7 +225,7 @@ def derive_bias(spec: Spec) -> BiasPieces:
     sums: list = []
     g = Builder(env, sums).build(spec.bias.body)
     phi = tuple(p for p, _ in sums)
-    S = tuple(symbol(f"S{i}") for i in range(len(phi)))
+    S = tuple(symbol(f"_S{i}") for i in range(len(phi)))
     dphi = tuple(d(p, Y) for p in phi)
     dg = tuple(d(g, s) for s in S)
     if all(x == 0 for x in dphi):

@@ -1,0 +1,128 @@
+"""What generated code imports besides torch and triton: input checks, backend choice, the
+decay-product matrices of the chunked form, and the layer's standard parts.
+
+It never imports the compiler (sympy, lark, jinja2): a trained model needs only this module.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .errors import BackendError
+
+BACKENDS = ("auto", "torch", "triton", "reference")
+
+
+def compute_dtype(x: torch.Tensor) -> torch.dtype:
+    """fp64 stays fp64 (to be held to the oracle); every other input accumulates in fp32."""
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
+def check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, residual: bool) -> None:
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if not isinstance(t, torch.Tensor) or t.dim() != 4:
+            raise BackendError(f"{name} must be a tensor [B, T, H, D]")
+        if not t.is_floating_point():
+            raise BackendError(f"{name} must be floating point, got {t.dtype}")
+    if q.shape != k.shape:
+        raise BackendError(f"q {tuple(q.shape)} and k {tuple(k.shape)} must have the same shape")
+    if v.shape[:3] != q.shape[:3]:
+        raise BackendError(f"v {tuple(v.shape)} must match q's [B, T, H] {tuple(q.shape[:3])}")
+    if residual and v.shape[-1] != k.shape[-1]:
+        raise BackendError(
+            f"a residual memory needs Dk == Dv, got Dk={k.shape[-1]}, Dv={v.shape[-1]}"
+        )
+
+
+def gate(value, name: str, q: torch.Tensor) -> torch.Tensor:
+    """A gate argument as [B, H, T] in the compute dtype; a number is broadcast."""
+    B, T, H, _ = q.shape
+    dt = compute_dtype(q)
+    if value is None:
+        raise BackendError(f"gate {name!r} is required")
+    if isinstance(value, (int, float)):
+        return q.new_full((B, H, T), float(value), dtype=dt)
+    if not isinstance(value, torch.Tensor) or tuple(value.shape) != (B, T, H):
+        shape = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+        raise BackendError(f"gate {name!r} must be [B, T, H] = {(B, T, H)}, got {shape}")
+    return value.transpose(1, 2).to(dt)
+
+
+def initial_weights(initial_state, shapes: list, n_states: int, q: torch.Tensor, required: str):
+    """The starting state tuple in the compute dtype; momentum buffers may be omitted."""
+    dt = compute_dtype(q)
+    B, _, H, _ = q.shape
+    if initial_state is None:
+        if required:
+            raise BackendError(required)
+        return [q.new_zeros((B, H, *s), dtype=dt) for s in shapes] * (n_states // len(shapes))
+    state = list(initial_state)
+    if len(state) == len(shapes) and n_states > len(shapes):
+        state += [torch.zeros_like(s) for s in state]
+    if len(state) != n_states:
+        raise BackendError(f"initial_state must hold {n_states} tensors, got {len(state)}")
+    for s, shape in zip(state, shapes * (n_states // len(shapes)), strict=True):
+        if tuple(s.shape) != (B, H, *shape):
+            raise BackendError(
+                f"initial_state tensor {tuple(s.shape)} does not match {(B, H, *shape)}"
+            )
+    return [s.to(dt) for s in state]
+
+
+def pick_backend(backend: str, q: torch.Tensor, has_triton: bool) -> str:
+    if backend not in BACKENDS:
+        raise BackendError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    if backend == "auto":
+        return "triton" if (q.is_cuda and has_triton) else "torch"
+    if backend == "triton" and not has_triton:
+        raise BackendError(
+            "this package has no Triton backend yet; use backend='torch' (or 'auto')"
+        )
+    return backend
+
+
+def products(r: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """For per-token factors r [..., c]: (prod_{j<=t} r_j, P) with P[t, s] = prod_{s<j<=t} r_j
+    for s <= t and 0 above the diagonal. Exact with zero or negative factors (no logarithms)."""
+    c = r.shape[-1]
+    strict = torch.ones(c, c, dtype=torch.bool, device=r.device).tril(-1)
+    grid = torch.where(strict, r.unsqueeze(-1).expand(*r.shape, c), torch.ones_like(r).unsqueeze(-1))
+    prod = torch.cumprod(grid, dim=-2)
+    return torch.cumprod(r, dim=-1), prod * strict.logical_or(torch.eye(c, dtype=torch.bool, device=r.device))
+
+
+def reference(spec_data, q, k, v, gates: dict, **kwargs):
+    """The autograd oracle of `mirasc.reference` on the spec this package was compiled from."""
+    from .reference import run
+    from .spec import from_data
+
+    return run(from_data(spec_data), q, k, v, gates, **kwargs)
+
+
+# ---- the layer's standard parts -------------------------------------------------------------
+def l2norm(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    return x * torch.rsqrt((x * x).sum(-1, keepdim=True) + eps)
+
+
+class ShortConvolution(nn.Module):
+    """Depthwise causal 1-D convolution over time, then SiLU (fla/Mamba convention).
+
+    `forward(x, cache)` takes and returns the last `kernel_size - 1` inputs, so a sequence split
+    across calls gives the same result as one call.
+    """
+
+    def __init__(self, channels: int, kernel_size: int = 4):
+        super().__init__()
+        self.kernel_size = kernel_size
+        self.weight = nn.Parameter(torch.randn(channels, 1, kernel_size) / kernel_size**0.5)
+        self.bias = nn.Parameter(torch.zeros(channels))
+
+    def forward(self, x: torch.Tensor, cache: torch.Tensor | None = None):
+        B, T, C = x.shape
+        if cache is None:
+            cache = x.new_zeros(B, self.kernel_size - 1, C)
+        full = torch.cat([cache, x], dim=1)
+        y = F.conv1d(full.transpose(1, 2), self.weight, self.bias, groups=C).transpose(1, 2)
+        return F.silu(y), full[:, full.shape[1] - (self.kernel_size - 1) :]
