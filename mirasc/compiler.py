@@ -93,10 +93,22 @@ def import_package(directory: Path, module_name: str):
     return module
 
 
+def compiler_fingerprint() -> bytes:
+    """mirasc's version plus a hash of its own sources and templates, so a cached package is
+    never reused across compiler changes (even unreleased ones)."""
+    h = hashlib.sha256(__version__.encode())
+    root = Path(__file__).parent
+    for p in sorted(root.glob("*.py")) + sorted(root.glob("*.lark")) + sorted(root.glob("*.miras")):
+        h.update(p.read_bytes())
+    for p in sorted((root / "templates").glob("*.j2")):
+        h.update(p.read_bytes())
+    return h.digest()
+
+
 def compile_cached(path: str | os.PathLike, cache_dir: str | os.PathLike | None = None):
-    """`mirasc.compile`: reuse the package cached for this spec text and mirasc version."""
+    """`mirasc.compile`: reuse the package cached for this spec text and compiler."""
     data, name = read_spec(path)
-    key = hashlib.sha256(data + b"\0" + __version__.encode()).hexdigest()[:20]
+    key = hashlib.sha256(data + b"\0" + compiler_fingerprint()).hexdigest()[:20]
     root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     spec = load(data, name)
     directory = root / f"{spec.module_name}_{key}"

@@ -1,0 +1,177 @@
+"""The `mirasc` command: compile, explain and check .miras specs."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+from . import __version__
+from .errors import MirascError
+
+EPILOG = "Each command exits with 0 on success and 1 on a spec or usage error."
+
+
+def _compile(args) -> int:
+    from .compiler import compile_to
+
+    out = Path(args.output)
+    for path in args.specs:
+        start = time.perf_counter()
+        target = compile_to(path, out)
+        if not args.quiet:
+            print(f"{path} -> {target}/  ({time.perf_counter() - start:.2f} s)")
+    return 0
+
+
+def _explain(args) -> int:
+    import sympy as sp
+
+    from .compiler import read_spec
+    from .checker import load
+    from .render import render
+    from .symbolic import derive
+
+    data, name = read_spec(args.spec)
+    spec = load(data, name)
+    d = derive(spec)
+    b = d.bias
+    print("# spec (normalised)\n")
+    print(spec.text())
+    print("# attentional bias  l(y, v) = g(_S0, ...), _Si = sum_j phi_i(y_j, v_j)\n")
+    print(sp.pretty(sp.Eq(sp.Symbol("l"), b.g, evaluate=False), use_unicode=args.unicode))
+    for i, p in enumerate(b.phi):
+        print(sp.pretty(sp.Eq(sp.Symbol(f"phi{i}"), p, evaluate=False), use_unicode=args.unicode))
+    print("\n# derived: dl/dy_j (element-wise)\n")
+    print(sp.pretty(b.grad(), use_unicode=args.unicode))
+    if d.activation is not None:
+        a = d.activation
+        print(f"\n# activation {a.name}: sigma(x), sigma'(x), sigma''(x)\n")
+        for e in (a.f, a.df, a.d2f):
+            print(sp.pretty(e, use_unicode=args.unicode))
+    print("\n# update rule (design §3)\n")
+    print(_update_rule(spec))
+    files = render(spec, d, data.decode("utf-8"))
+    print("\n# emitted element-wise code (elementwise.py)\n")
+    print(files["elementwise.py"])
+    if args.all:
+        for fname, text in files.items():
+            if fname != "elementwise.py":
+                print(f"# ---- {fname}\n{text}")
+    return 0
+
+
+def _update_rule(spec) -> str:
+    from .spec import operand_text
+
+    ret, alg = spec.retention, spec.algorithm
+    lr = operand_text(alg.lr)
+    rate = operand_text(ret.gate) if ret.gate is not None else ""
+    at = f"(1 - {rate}_t) W°" if ret.first else "W°"
+    g = f"g_t = grad_W l(f(W; k_t), v_t) at W = {at}, W° = state at the end of the previous chunk (chunk = {spec.chunk})"
+    if spec.clip is not None:
+        g += f", soft-clamped to norm {spec.clip}"
+    if alg.kind == "momentum":
+        keep = f"(1 - {rate}_t) " if ret.kind == "decay" else ""
+        rule = f"S_t = {operand_text(alg.momentum)}_t S_(t-1) - {lr}_t g_t;  W_t = {keep}W_(t-1) + S_t"
+    elif ret.kind == "none":
+        rule = f"W_t = W_(t-1) - {lr}_t g_t"
+    elif ret.kind == "decay":
+        rule = f"W_t = (1 - {rate}_t) W_(t-1) - {lr}_t g_t"
+    elif ret.kind == "l2":
+        rule = f"W_t = (W_(t-1) - {lr}_t g_t) / (1 + {lr}_t {rate}_t)"
+    elif ret.kind == "lq":
+        rule = (
+            f"A_t = {rate}_t A_(t-1) - {lr}_t g_t;  W_t = A_t / ||A||_{ret.q:g}^{ret.q - 2:g}"
+            " (norm of A_t at chunk ends, of the chunk's anchor inside a chunk)"
+        )
+    else:
+        rule = (
+            f"W_t = softmax({rate}_t log W_(t-1) - {lr}_t g_t) on a chunk's first token, "
+            f"W_t = {rate}_t W_(t-1) - {lr}_t g_t on the rest"
+        )
+    return f"{g}\n{rule}\no_t = f(W_t; scale * q_t)  (read after write)"
+
+
+def _check(args) -> int:
+    from .check import check_spec
+
+    return check_spec(
+        args.spec, examples=args.examples, seed=args.seed, dtype=args.dtype, backend=args.backend
+    )
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="mirasc",
+        description="Compile declarative test-time memory specs (.miras) into PyTorch layers.",
+        epilog=EPILOG,
+    )
+    p.add_argument("--version", action="version", version=f"mirasc {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    c = sub.add_parser(
+        "compile",
+        help="compile specs into importable packages",
+        description="Compile each SPEC into DIR/<name>/, an importable Python package.",
+        epilog=EPILOG,
+    )
+    c.add_argument("specs", nargs="+", metavar="SPEC", help=".miras spec file(s)")
+    c.add_argument("-o", "--output", default="generated", metavar="DIR", help="output folder (default: generated)")
+    c.add_argument("-q", "--quiet", action="store_true", help="print nothing on success")
+    c.set_defaults(run=_compile)
+
+    e = sub.add_parser(
+        "explain",
+        help="show the derived update rule and the code it emits",
+        description="Print the normalised spec, the SymPy derivation and the emitted code.",
+        epilog=EPILOG,
+    )
+    e.add_argument("spec", metavar="SPEC")
+    e.add_argument("--all", action="store_true", help="print every generated file")
+    e.add_argument("--ascii", dest="unicode", action="store_false", help="ASCII-only formulas")
+    e.set_defaults(run=_explain)
+
+    k = sub.add_parser(
+        "check",
+        help="property-test a spec's backend against the autograd reference",
+        description=(
+            "Compile SPEC and compare its torch backend (both strategies) with the float64 "
+            "autograd reference on random shapes, chunk boundaries and gate values; print the "
+            "worst relative error per tensor. Exit 1 if any exceeds its tolerance."
+        ),
+        epilog=EPILOG,
+    )
+    k.add_argument("spec", metavar="SPEC")
+    k.add_argument("-n", "--examples", type=int, default=20, help="random cases (default 20)")
+    k.add_argument("--seed", type=int, default=0)
+    k.add_argument("--dtype", choices=("float64", "float32"), default="float64")
+    k.add_argument("--backend", choices=("torch",), default="torch")
+    k.set_defaults(run=_check)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except MirascError as e:
+        print(e.format(), file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    except Exception as e:  # a bug in mirasc, not in the spec: say so, without a traceback
+        if os.environ.get("MIRASC_DEBUG"):
+            raise
+        print(
+            f"mirasc: internal error: {type(e).__name__}: {e}\n"
+            "    this is a bug in mirasc; rerun with MIRASC_DEBUG=1 for a traceback",
+            file=sys.stderr,
+        )
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

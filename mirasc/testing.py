@@ -1,0 +1,175 @@
+"""Hold a compiled spec against the autograd oracle: random inputs, and relative errors of the
+outputs, final states and every input gradient. Used by `mirasc check`, by mirasc's own
+property tests, and available to a user's pytest suite."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .spec import ConstVal, GateRef, Spec, from_data
+
+# Relative-error floors: below this norm a tensor counts as zero, so errors are absolute.
+ABS_FLOOR = {torch.float64: 1e-12, torch.float32: 1e-6}
+
+
+@dataclass
+class Case:
+    """One set of op arguments; `tensors()` lists every input a gradient is checked for."""
+
+    q: torch.Tensor
+    k: torch.Tensor
+    v: torch.Tensor
+    gates: dict
+    scale: float
+    initial_state: tuple | None
+    ln: tuple | None
+
+    def tensors(self) -> dict:
+        out = {"q": self.q, "k": self.k, "v": self.v}
+        out.update({f"gate:{n}": g for n, g in self.gates.items()})
+        for i, s in enumerate(self.initial_state or ()):
+            out[f"initial_state[{i}]"] = s
+        if self.ln is not None:
+            out["ln_weight"], out["ln_bias"] = self.ln
+        return out
+
+
+def gate_ranges(spec: Spec) -> dict:
+    """A range per gate in which the spec's update is well behaved (contracting, positive)."""
+    ranges = {}
+
+    def put(op, lo, hi):
+        if isinstance(op, GateRef):
+            ranges.setdefault(op.name, (lo, hi))
+
+    ret = spec.retention
+    put(spec.algorithm.lr, *((1e-4, 1e-3) if ret.kind == "kl" else (0.05, 0.5)))
+    if ret.kind == "kl":
+        put(ret.gate, 0.85, 1.0)
+    elif ret.kind == "lq":
+        put(ret.gate, 0.5, 1.0)
+    elif ret.kind == "decay":
+        put(ret.gate, 0.0, 0.5)
+    elif ret.kind == "l2":
+        put(ret.gate, 0.0, 1.0)
+    put(spec.algorithm.momentum, 0.0, 0.9)
+    for g in spec.gate_names:
+        ranges.setdefault(g, (0.3, 2.0))  # bias parameters such as delta
+    return ranges
+
+
+def weight_shapes(spec: Spec, Dk: int, Dv: int) -> list:
+    a = spec.architecture
+    dims = [Dk] + [a.expansion * Dk] * (a.depth - 1) + [Dv]
+    return list(zip(dims, dims[1:], strict=False))
+
+
+def make_case(
+    spec: Spec,
+    B: int = 2,
+    T: int = 8,
+    H: int = 2,
+    Dk: int = 4,
+    Dv: int | None = None,
+    dtype: torch.dtype = torch.float64,
+    seed: int = 0,
+    with_initial_state: bool | None = None,
+) -> Case:
+    """Random, well-scaled inputs for a spec (q, k L2-normalised, as the layer makes them)."""
+    Dv = Dk if (Dv is None or spec.architecture.residual) else Dv
+    g = torch.Generator().manual_seed(seed)
+
+    def randn(*shape, std=1.0):
+        return (torch.randn(*shape, generator=g, dtype=torch.float64) * std).to(dtype)
+
+    def unit(x):
+        return x / x.norm(dim=-1, keepdim=True)
+
+    q, k = unit(randn(B, T, H, Dk)), unit(randn(B, T, H, Dk))
+    v = randn(B, T, H, Dv)
+    gates = {}
+    for name, (lo, hi) in gate_ranges(spec).items():
+        u = torch.rand(B, T, H, generator=g, dtype=torch.float64)
+        gates[name] = (lo + (hi - lo) * u).to(dtype)
+    if with_initial_state is None:
+        with_initial_state = spec.needs_initial_state or seed % 2 == 1
+    initial = None
+    if with_initial_state:
+        shapes = weight_shapes(spec, Dk, Dv)
+        weights = [randn(B, H, i, o, std=i**-0.5) for i, o in shapes]
+        if spec.retention.kind == "kl":
+            weights = [torch.softmax(w, dim=-1) for w in weights]
+        moms = [randn(B, H, i, o, std=0.1 * i**-0.5) for i, o in shapes] if spec.has_momentum else []
+        initial = tuple(weights + moms)
+    ln = None
+    if spec.architecture.norm == "layernorm":
+        ln = (1.0 + randn(H, Dv, std=0.1), randn(H, Dv, std=0.1))
+    return Case(q, k, v, gates, 0.9, initial, ln)
+
+
+def run(module, case: Case, backend: str, strategy: str | None = None):
+    """(o, final state, {input name: gradient}) of a scalar probe loss over o and the state."""
+    leaves = {n: t.detach().clone().requires_grad_(True) for n, t in case.tensors().items()}
+    gates = {n[5:]: t for n, t in leaves.items() if n.startswith("gate:")}
+    initial = tuple(t for n, t in leaves.items() if n.startswith("initial_state"))
+    kwargs = dict(scale=case.scale, initial_state=initial or None, output_final_state=True)
+    ln = (leaves["ln_weight"], leaves["ln_bias"]) if "ln_weight" in leaves else (None, None)
+    if strategy is not None:
+        o, state = module.torch_backend.forward(
+            leaves["q"], leaves["k"], leaves["v"], gates, case.scale, initial or None, True, *ln,
+            strategy=strategy,
+        )  # fmt: skip
+    else:
+        if ln[0] is not None:
+            kwargs.update(ln_weight=ln[0], ln_bias=ln[1])
+        o, state = module.op(leaves["q"], leaves["k"], leaves["v"], **gates, **kwargs, backend=backend)
+    # a fixed, non-symmetric probe so that every output element matters
+    g = torch.Generator().manual_seed(1234)
+    probe = torch.randn(o.shape, generator=g, dtype=torch.float64).to(o.dtype)
+    loss = (o * probe).sum() + sum((s.to(o.dtype) * torch.randn(s.shape, generator=g, dtype=torch.float64).to(o.dtype)).sum() for s in state)
+    grads = torch.autograd.grad(loss, list(leaves.values()), allow_unused=True)
+    grad_map = {
+        n: (gr if gr is not None else torch.zeros_like(t))
+        for (n, t), gr in zip(leaves.items(), grads, strict=True)
+    }
+    return o.detach(), tuple(s.detach() for s in state), grad_map
+
+
+def relative_error(got: torch.Tensor, want: torch.Tensor) -> float:
+    """||got - want|| / max(||want||, floor), in float64 (fla's metric, with a floor)."""
+    got, want = got.to(torch.float64), want.to(torch.float64)
+    floor = ABS_FLOOR.get(got.dtype, 1e-12)
+    if not torch.isfinite(got).all():
+        return float("inf")
+    return ((got - want).norm() / max(want.norm().item(), floor)).item()
+
+
+def compare(module, case: Case, backend: str = "torch", strategy: str | None = None) -> dict:
+    """Relative error per tensor of a backend against the reference on one case."""
+    ref_o, ref_s, ref_g = run(module, case, "reference")
+    o, s, g = run(module, case, backend, strategy)
+    names = getattr(module, "STATE_NAMES", ())
+    errors = {"o": relative_error(o, ref_o)}
+    for name, a, b in zip(names, s, ref_s, strict=True):
+        errors[f"state:{name}"] = relative_error(a, b)
+    for name in ref_g:
+        errors[f"grad:{name}"] = relative_error(g[name], ref_g[name])
+    return errors
+
+
+def spec_of(module) -> Spec:
+    return from_data(module.SPEC_IR)
+
+
+__all__ = [
+    "Case",
+    "ConstVal",
+    "compare",
+    "gate_ranges",
+    "make_case",
+    "relative_error",
+    "run",
+    "spec_of",
+]
