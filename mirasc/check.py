@@ -20,7 +20,9 @@ TOLERANCE = {
 
 def random_shape(rng: random.Random, chunk: int, residual: bool) -> dict:
     """Sizes that cover single tokens, ragged last chunks and several chunks."""
-    T = rng.choice([1, chunk, chunk + 1, 2 * chunk + rng.randint(1, max(1, chunk - 1)), rng.randint(1, 12)])
+    T = rng.choice(
+        [1, chunk, chunk + 1, 2 * chunk + rng.randint(1, max(1, chunk - 1)), rng.randint(1, 12)]
+    )
     Dk = rng.randint(2, 6)
     return dict(
         B=rng.randint(1, 2),
@@ -31,12 +33,15 @@ def random_shape(rng: random.Random, chunk: int, residual: bool) -> dict:
     )
 
 
-def check_spec(path, examples: int = 20, seed: int = 0, dtype: str = "float64", backend: str = "torch") -> int:
+def check_spec(
+    path, examples: int = 20, seed: int = 0, dtype: str = "float64", backend: str = "torch"
+) -> int:
     import mirasc
 
     try:
         from tqdm import tqdm
     except ImportError:  # progress bars are a nicety
+
         def tqdm(x, **_):
             return x
 
@@ -55,8 +60,10 @@ def check_spec(path, examples: int = 20, seed: int = 0, dtype: str = "float64", 
                 if err > worst.get(name, (-1.0, ""))[0] or err != err:
                     worst[name] = (err, where)
     tol = TOLERANCE[dtype]
-    print(f"\n{spec.name}: {examples} cases x {len(strategies)} strategies ({', '.join(strategies)}), "
-          f"{dtype}, tolerance {tol:g} (relative RMS vs the float64 reference)\n")
+    print(
+        f"\n{spec.name}: {examples} cases x {len(strategies)} strategies ({', '.join(strategies)}), "
+        f"{dtype}, tolerance {tol:g} (relative RMS vs the float64 reference)\n"
+    )
     print(f"{'tensor':28s} {'worst error':>12s}  case")
     failed = 0
     for name, (err, where) in worst.items():

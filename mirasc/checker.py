@@ -4,6 +4,7 @@ located `MirascError`s."""
 
 from __future__ import annotations
 
+import dataclasses
 import keyword
 from functools import lru_cache
 from importlib import resources
@@ -115,11 +116,15 @@ class _Inliner:
             return node
         if isinstance(node, E.Name):
             if node.id in env:
-                return env[node.id]
+                value = env[node.id]
+                if value.span is E.NO_SPAN:  # a bare variable: point at this use
+                    value = dataclasses.replace(value, span=node.span)
+                return value
             raise SpecNameError(
                 f"unknown name {node.id!r} in {self.context}",
                 node.span,
-                hint=did_you_mean(node.id, env) or f"names available here: {', '.join(sorted(env))}",
+                hint=did_you_mean(node.id, env)
+                or f"names available here: {', '.join(sorted(env))}",
             )
         if isinstance(node, E.Neg):
             return E.Neg(self.resolve(node.operand, env, stack), node.span)
@@ -143,7 +148,9 @@ class _Inliner:
                 )
                 for c in node.cases
             )
-            return self._limit(E.Piecewise(cases, self.resolve(node.otherwise, env, stack), node.span))
+            return self._limit(
+                E.Piecewise(cases, self.resolve(node.otherwise, env, stack), node.span)
+            )
         assert isinstance(node, E.Call)
         return self._limit(self.call(node, env, stack))
 
@@ -198,7 +205,9 @@ def _check_levels(body, context: str, has_sum_level: bool) -> None:
         node, inside = stack.pop()
         if isinstance(node, E.Call) and node.fn == "sum":
             if not has_sum_level:
-                raise SpecTypeError(f"sum(...) is only allowed in a loss, not in {context}", node.span)
+                raise SpecTypeError(
+                    f"sum(...) is only allowed in a loss, not in {context}", node.span
+                )
             if inside:
                 raise SpecTypeError(
                     "sums do not nest: a loss is g(S_1..S_m) with S_i = sum(phi_i(y_j, v_j))",
@@ -236,7 +245,9 @@ class _MemoryChecker:
         for m in mem.members:
             self.collect(m)
         if self.bias_formula is not None and "bias" in self.settings:
-            raise SpecNameError("bias is given twice (a setting and a formula)", self.bias_formula.span)
+            raise SpecNameError(
+                "bias is given twice (a setting and a formula)", self.bias_formula.span
+            )
         for req in ("architecture", "bias", "retention", "algorithm"):
             if req not in self.settings and not (req == "bias" and self.bias_formula):
                 raise SpecTypeError(f"memory {mem.name!r} has no {req}", mem.span)
@@ -335,7 +346,9 @@ class _MemoryChecker:
             raise SpecTypeError(f"{what} must be a number", value.span)
         x = value.value
         if integer and not float(x).is_integer():
-            raise SpecTypeError(f"{what} must be a whole number, got {E.format_number(x)}", value.span)
+            raise SpecTypeError(
+                f"{what} must be a whole number, got {E.format_number(x)}", value.span
+            )
         if not lo <= x <= hi:
             raise SpecTypeError(
                 f"{what} must be between {E.format_number(lo)} and {E.format_number(hi)}, "
@@ -394,7 +407,9 @@ class _MemoryChecker:
         if fdef is None or fdef.kind != "activation":
             acts = [n for n, d in self.scope.defs.items() if d.kind == "activation"]
             raise SpecNameError(
-                f"unknown activation {value.name!r}", value.span, hint=did_you_mean(value.name, acts)
+                f"unknown activation {value.name!r}",
+                value.span,
+                hint=did_you_mean(value.name, acts),
             )
         if fdef.extra:
             raise SpecTypeError(
@@ -496,7 +511,9 @@ class _MemoryChecker:
             return Algorithm("gd", self.operand(a["lr"], "gd(lr)"))
         a = self.args(value, "algorithm", ("lr", "momentum"), ("lr", "momentum"))
         return Algorithm(
-            "momentum", self.operand(a["lr"], "momentum(lr)"), self.operand(a["momentum"], "momentum()")
+            "momentum",
+            self.operand(a["lr"], "momentum(lr)"),
+            self.operand(a["momentum"], "momentum()"),
         )
 
     def check_gates(self) -> tuple:
@@ -529,8 +546,18 @@ class _MemoryChecker:
 def check(module: ast.Module) -> Spec:
     """The one memory of a parsed file, checked and resolved."""
     scope = _Scope(module)
+    for f in module.functions:  # check every definition, used or not
+        env = {
+            p: E.Name(
+                "y" if f.kind == "loss" and i == 0 else "v" if f.kind == "loss" and i == 1 else "x"
+            )
+            for i, p in enumerate(f.params)
+        }
+        env.update({p: E.Name(p) for p in f.extra})
+        body = _Inliner(scope, f"{f.kind} {f.name!r}").resolve(f.body, env, (f.name,))
+        _check_levels(body, f"{f.kind} {f.name!r}", has_sum_level=f.kind == "loss")
     if len(module.memories) != 1:
-        where = module.memories[1].span if len(module.memories) > 1 else None
+        where = module.memories[1].span if len(module.memories) > 1 else Span(module.file, 1, 1)
         raise SpecTypeError(
             f"a spec file holds exactly one memory block, found {len(module.memories)}",
             where,

@@ -75,7 +75,9 @@ def _update_rule(spec) -> str:
         g += f", soft-clamped to norm {spec.clip}"
     if alg.kind == "momentum":
         keep = f"(1 - {rate}_t) " if ret.kind == "decay" else ""
-        rule = f"S_t = {operand_text(alg.momentum)}_t S_(t-1) - {lr}_t g_t;  W_t = {keep}W_(t-1) + S_t"
+        rule = (
+            f"S_t = {operand_text(alg.momentum)}_t S_(t-1) - {lr}_t g_t;  W_t = {keep}W_(t-1) + S_t"
+        )
     elif ret.kind == "none":
         rule = f"W_t = W_(t-1) - {lr}_t g_t"
     elif ret.kind == "decay":
@@ -119,7 +121,13 @@ def parser() -> argparse.ArgumentParser:
         epilog=EPILOG,
     )
     c.add_argument("specs", nargs="+", metavar="SPEC", help=".miras spec file(s)")
-    c.add_argument("-o", "--output", default="generated", metavar="DIR", help="output folder (default: generated)")
+    c.add_argument(
+        "-o",
+        "--output",
+        default="generated",
+        metavar="DIR",
+        help="output folder (default: generated)",
+    )
     c.add_argument("-q", "--quiet", action="store_true", help="print nothing on success")
     c.set_defaults(run=_compile)
 

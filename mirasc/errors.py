@@ -36,7 +36,7 @@ class MirascError(Exception):
         super().__init__(self.format())
 
     def format(self) -> str:
-        if self.span is None:
+        if self.span is None or self.span.line == 0:
             head = f"error: {self.message}"
             body = ""
         else:

@@ -18,7 +18,9 @@ from .errors import Span, SpecLimitError, SpecSyntaxError
 from .expr import Binary, Call, Case, Name, Neg, Num, Piecewise
 
 MAX_BYTES = 256 * 1024  # a spec is a few hundred bytes; this bounds parse time
-MAX_DEPTH = 120  # nesting of the parse tree: deep enough for any real formula, far from recursion limits
+MAX_DEPTH = (
+    120  # nesting of the parse tree: deep enough for any real formula, far from recursion limits
+)
 MAX_LITERAL = 1e30  # numbers beyond this are typos or attacks, and overflow fp32 anyway
 
 TOKEN_NAMES = {
@@ -99,9 +101,7 @@ def _syntax_error(e: UnexpectedInput, file: str, text: str, lines: list[str]) ->
             _span(file, lines, e.line, e.column),
             hint=f"expected {_describe(e.allowed)}" if e.allowed else None,
         )
-    if isinstance(e, UnexpectedEOF) or (
-        isinstance(e, UnexpectedToken) and e.token.type == "$END"
-    ):
+    if isinstance(e, UnexpectedEOF) or (isinstance(e, UnexpectedToken) and e.token.type == "$END"):
         last = len(lines) or 1
         col = len(lines[-1]) + 1 if lines else 1
         return SpecSyntaxError(
@@ -175,7 +175,9 @@ class _Builder:
             return ast.FunctionDef("loss", str(name), pos, extra, self.expr(body), self.span(name))
         name, params, body = node.children
         pos, extra = self.param_list(params)
-        return ast.FunctionDef("activation", str(name), pos, extra, self.expr(body), self.span(name))
+        return ast.FunctionDef(
+            "activation", str(name), pos, extra, self.expr(body), self.span(name)
+        )
 
     def param_list(self, node: Tree) -> tuple[tuple, tuple]:
         pos, extra = node.children
@@ -259,7 +261,9 @@ class _Builder:
             for c in cases:
                 left, cmp, right, value = c.children
                 arms.append(
-                    Case(self.expr(left), str(cmp), self.expr(right), self.expr(value), self.span(c))
+                    Case(
+                        self.expr(left), str(cmp), self.expr(right), self.expr(value), self.span(c)
+                    )
                 )
             return Piecewise(tuple(arms), self.expr(otherwise), sp)
         raise AssertionError(f"unhandled grammar rule {kind}")

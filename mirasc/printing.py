@@ -64,8 +64,9 @@ class KernelPrinter(StrPrinter):
         base, exp = expr.args
         if exp.is_Integer and 1 <= abs(int(exp)) <= MAX_EXPANDED_POWER:
             b = self.parenthesize(base, sp.printing.precedence.PRECEDENCE["Mul"] + 1)
-            prod = "*".join([b] * abs(int(exp)))
-            return prod if exp > 0 else f"1.0/({prod})"
+            n = abs(int(exp))
+            prod = b if n == 1 else "(" + "*".join([b] * n) + ")"  # parenthesised: x**2 is atomic
+            return prod if exp > 0 else f"1.0/{prod}"
         if exp == sp.Rational(1, 2):
             return f"{self.functions[sp.sqrt]}({self._print(base)})"
         if exp == sp.Rational(-1, 2):

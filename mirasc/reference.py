@@ -169,7 +169,9 @@ def run(
                 c = spec.clip
                 norm = torch.sqrt(sum((g * g).sum((-2, -1), keepdim=True) for g in grads))
                 safe = torch.where(norm > 0, norm, torch.ones_like(norm))
-                factor = torch.where(norm > 0, c * torch.tanh(safe / c) / safe, torch.ones_like(norm))
+                factor = torch.where(
+                    norm > 0, c * torch.tanh(safe / c) / safe, torch.ones_like(norm)
+                )
                 grads = [g * factor for g in grads]
             if alg.kind == "momentum":
                 beta = _operand(alg.momentum, gates, t)
@@ -178,7 +180,9 @@ def run(
             elif ret.kind in ("none", "decay"):
                 weights = [(1.0 - rate) * w - lr * g for w, g in zip(weights, grads, strict=True)]
             elif ret.kind == "l2":
-                weights = [(w - lr * g) / (1.0 + lr * rate) for w, g in zip(weights, grads, strict=True)]
+                weights = [
+                    (w - lr * g) / (1.0 + lr * rate) for w, g in zip(weights, grads, strict=True)
+                ]
             elif lq:
                 weights = [rate * a - lr * g for a, g in zip(weights, grads, strict=True)]
             elif t == start:  # kl: the exact mirror step on a chunk's first token

@@ -127,10 +127,7 @@ def _shapes(spec: Spec) -> tuple[Code, list]:
     dims = ["Dk"] + [hidden] * (a.depth - 1) + ["Dv"]
     code = Code("[" + ", ".join(f"({i}, {o})" for i, o in zip(dims, dims[1:])) + "]")
     layer_dims = ["head_dim"] + [f"{a.expansion} * head_dim"] * (a.depth - 1) + ["head_dim"]
-    init = [
-        (Code(i), Code(o), Code(f"{i} ** -0.5"))
-        for i, o in zip(layer_dims, layer_dims[1:])
-    ]
+    init = [(Code(i), Code(o), Code(f"{i} ** -0.5")) for i, o in zip(layer_dims, layer_dims[1:])]
     return code, init
 
 
@@ -213,4 +210,3 @@ def render(spec: Spec, derived: Derived, source_text: str) -> dict[str, str]:
     ctx = context(spec, derived, source_text)
     env = environment()
     return {out: env.get_template(tpl).render(**ctx) for out, tpl in FILES.items()}
-

@@ -88,9 +88,13 @@ def products(r: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     for s <= t and 0 above the diagonal. Exact with zero or negative factors (no logarithms)."""
     c = r.shape[-1]
     strict = torch.ones(c, c, dtype=torch.bool, device=r.device).tril(-1)
-    grid = torch.where(strict, r.unsqueeze(-1).expand(*r.shape, c), torch.ones_like(r).unsqueeze(-1))
+    grid = torch.where(
+        strict, r.unsqueeze(-1).expand(*r.shape, c), torch.ones_like(r).unsqueeze(-1)
+    )
     prod = torch.cumprod(grid, dim=-2)
-    return torch.cumprod(r, dim=-1), prod * strict.logical_or(torch.eye(c, dtype=torch.bool, device=r.device))
+    return torch.cumprod(r, dim=-1), prod * strict.logical_or(
+        torch.eye(c, dtype=torch.bool, device=r.device)
+    )
 
 
 def reference(spec_data, q, k, v, gates: dict, **kwargs):

@@ -49,8 +49,8 @@ class Architecture:
 
 @dataclass(frozen=True)
 class Bias:
-    name: str
-    body: object  # expression in y, v and gate names
+    name: str = field(compare=False)  # informational: the loss it was inlined from
+    body: object = None  # expression in y, v and gate names
 
 
 @dataclass(frozen=True)
@@ -153,7 +153,11 @@ def spec_text(spec: Spec) -> str:
         opts = []
     else:
         arch = "mlp"
-        opts = [f"depth: {a.depth}", f"expansion: {a.expansion}", f"activation: {a.activation.name}"]
+        opts = [
+            f"depth: {a.depth}",
+            f"expansion: {a.expansion}",
+            f"activation: {a.activation.name}",
+        ]
     if a.residual:
         opts.append("residual: true")
     if a.norm:
@@ -172,9 +176,7 @@ def spec_text(spec: Spec) -> str:
     if alg.kind == "gd":
         alg_text = f"gd(lr: {operand_text(alg.lr)})"
     else:
-        alg_text = (
-            f"momentum(lr: {operand_text(alg.lr)}, momentum: {operand_text(alg.momentum)})"
-        )
+        alg_text = f"momentum(lr: {operand_text(alg.lr)}, momentum: {operand_text(alg.momentum)})"
     bias_gates = bias_gate_names(spec.bias)
     params = "y, v" + ("; " + ", ".join(bias_gates) if bias_gates else "")
     lines = [

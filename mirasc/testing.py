@@ -101,7 +101,9 @@ def make_case(
         weights = [randn(B, H, i, o, std=i**-0.5) for i, o in shapes]
         if spec.retention.kind == "kl":
             weights = [torch.softmax(w, dim=-1) for w in weights]
-        moms = [randn(B, H, i, o, std=0.1 * i**-0.5) for i, o in shapes] if spec.has_momentum else []
+        moms = (
+            [randn(B, H, i, o, std=0.1 * i**-0.5) for i, o in shapes] if spec.has_momentum else []
+        )
         initial = tuple(weights + moms)
     ln = None
     if spec.architecture.norm == "layernorm":
@@ -124,11 +126,16 @@ def run(module, case: Case, backend: str, strategy: str | None = None):
     else:
         if ln[0] is not None:
             kwargs.update(ln_weight=ln[0], ln_bias=ln[1])
-        o, state = module.op(leaves["q"], leaves["k"], leaves["v"], **gates, **kwargs, backend=backend)
+        o, state = module.op(
+            leaves["q"], leaves["k"], leaves["v"], **gates, **kwargs, backend=backend
+        )
     # a fixed, non-symmetric probe so that every output element matters
     g = torch.Generator().manual_seed(1234)
     probe = torch.randn(o.shape, generator=g, dtype=torch.float64).to(o.dtype)
-    loss = (o * probe).sum() + sum((s.to(o.dtype) * torch.randn(s.shape, generator=g, dtype=torch.float64).to(o.dtype)).sum() for s in state)
+    loss = (o * probe).sum() + sum(
+        (s.to(o.dtype) * torch.randn(s.shape, generator=g, dtype=torch.float64).to(o.dtype)).sum()
+        for s in state
+    )
     grads = torch.autograd.grad(loss, list(leaves.values()), allow_unused=True)
     grad_map = {
         n: (gr if gr is not None else torch.zeros_like(t))
