@@ -10,8 +10,9 @@ import torch
 
 from .spec import ConstVal, GateRef, Spec, from_data
 
-# Relative-error floors: below this norm a tensor counts as zero, so errors are absolute.
-ABS_FLOOR = {torch.float64: 1e-12, torch.float32: 1e-6}
+# Below these norms a tensor counts as zero and the error is absolute: a gradient that is zero
+# in exact arithmetic comes out as rounding noise (~1e-17 in fp64), which is no relative error.
+ABS_FLOOR = {torch.float64: 1e-6, torch.float32: 1e-3}
 
 
 @dataclass
@@ -146,8 +147,8 @@ def run(module, case: Case, backend: str, strategy: str | None = None):
 
 def relative_error(got: torch.Tensor, want: torch.Tensor) -> float:
     """||got - want|| / max(||want||, floor), in float64 (fla's metric, with a floor)."""
+    floor = ABS_FLOOR.get(got.dtype, 1e-6)
     got, want = got.to(torch.float64), want.to(torch.float64)
-    floor = ABS_FLOOR.get(got.dtype, 1e-12)
     if not torch.isfinite(got).all():
         return float("inf")
     return ((got - want).norm() / max(want.norm().item(), floor)).item()

@@ -8,7 +8,7 @@ import torch
 
 def bias_grad(y, v):
     """dl/dy for l(y, v) = 0.5 * sum((y - v)^2) (y, v [..., Dv]; gates [..., 1])."""
-    _phi0 = (-v + y)*(-v + y)
+    _phi0 = ((-v + y)*(-v + y))
     _dphi0 = -2.0*v + 2.0*y
     _S0 = _phi0.sum(-1, keepdim=True)
     _g0 = 0.5
@@ -24,7 +24,7 @@ def act(x):
 def act_grad(x):
     """d gelu(x) / dx"""
     _a0 = 0.7071067811865475*x
-    _df = _a0*torch.exp(-0.4999999999999999*x*x)/1.772453850905516 + torch.special.erf(_a0)/2.0 + 0.5
+    _df = _a0*torch.exp(-0.4999999999999999*(x*x))/1.772453850905516 + torch.special.erf(_a0)/2.0 + 0.5
     return _df
 
 

@@ -9,7 +9,7 @@ import torch
 def bias_grad(y, v):
     """dl/dy for l(y, v) = sum(abs(y - v)^3) (y, v [..., Dv]; gates [..., 1])."""
     _e0 = v - y
-    _e1 = _e0*_e0
+    _e1 = (_e0*_e0)
     _e2 = torch.abs(_e0)
     _phi0 = _e1*_e2
     _dphi0 = -_e1*torch.sign(_e0) + _e2*(-2.0*v + 2.0*y)
@@ -27,7 +27,7 @@ def act(x):
 def act_grad(x):
     """d gelu(x) / dx"""
     _a0 = 0.7071067811865475*x
-    _df = _a0*torch.exp(-0.4999999999999999*x*x)/1.772453850905516 + torch.special.erf(_a0)/2.0 + 0.5
+    _df = _a0*torch.exp(-0.4999999999999999*(x*x))/1.772453850905516 + torch.special.erf(_a0)/2.0 + 0.5
     return _df
 
 

@@ -1,0 +1,60 @@
+"""The command line: help, compile, explain, check, and errors without tracebacks."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from mirasc.cli import main
+
+
+def run(*args, **kw):
+    return subprocess.run([sys.executable, "-m", "mirasc", *args], capture_output=True, text=True, **kw)
+
+
+@pytest.mark.parametrize("cmd", [[], ["compile"], ["explain"], ["check"]])
+def test_help(cmd):
+    out = run(*cmd, "--help")
+    assert out.returncode == 0 and "usage: mirasc" in out.stdout
+
+
+def test_compile_and_import(tmp_path):
+    assert main(["compile", "specs/yaad.miras", "-o", str(tmp_path)]) == 0
+    assert (tmp_path / "yaad" / "__init__.py").exists()
+
+
+def test_explain_shows_rule_and_code(capsys):
+    assert main(["explain", "specs/titans.miras"]) == 0
+    out = capsys.readouterr().out
+    assert "S_t = eta_t S_(t-1) - theta_t g_t" in out and "def bias_grad" in out
+
+
+def test_check_passes_on_a_shipped_spec(capsys):
+    assert main(["check", "specs/gated_deltanet.miras", "-n", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "grad:gate:alpha" in out and "ok: 0 tensor(s) over tolerance" in out
+
+
+@pytest.mark.parametrize(
+    "text,message",
+    [
+        ("memory M {", "unexpected end of file"),
+        (b"\x89PNG\r\n\x1a\n\x00\x00", "not UTF-8"),
+        ("memory M { bias = l2 }", "has no architecture"),
+    ],
+)
+def test_errors_exit_1_without_traceback(tmp_path, text, message):
+    spec = tmp_path / "bad.miras"
+    spec.write_bytes(text if isinstance(text, bytes) else text.encode())
+    for cmd in ("compile", "explain", "check"):
+        out = run(cmd, str(spec), *(["-o", str(tmp_path / "o")] if cmd == "compile" else []))
+        assert out.returncode == 1, out.stderr
+        assert message in out.stderr and "bad.miras:" in out.stderr
+        assert "Traceback" not in out.stderr
+
+
+def test_missing_file():
+    out = run("compile", "nope.miras")
+    assert out.returncode == 1 and "cannot read nope.miras" in out.stderr
