@@ -87,7 +87,9 @@ def main(argv=None) -> int:
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, args.lr, total_steps=args.steps, pct_start=0.1)
     g = torch.Generator().manual_seed(args.seed)
-    test = recall_batch(512, args.pairs, args.queries, keys, values, torch.Generator().manual_seed(10**6))
+    test = recall_batch(
+        512, args.pairs, args.queries, keys, values, torch.Generator().manual_seed(10**6)
+    )
     print(
         f"{package.SPEC.splitlines()[1]}  layer={package.Layer.__name__}, "
         f"{sum(p.numel() for p in model.parameters()):,} parameters; chance = {1 / values:.1%}"
@@ -111,8 +113,12 @@ def main(argv=None) -> int:
                 acc = (tl.argmax(-1)[mask] == test[1][mask]).float().mean().item()
             history.append((step, loss.item(), acc))
             bar.set_postfix(loss=f"{loss.item():.3f}", recall=f"{acc:.1%}")
-            tqdm.write(f"step {step:5d}  loss {loss.item():.3f}  held-out recall accuracy {acc:.1%}")
-    print(f"done in {time.time() - start:.0f} s: recall accuracy {history[0][2]:.1%} -> {history[-1][2]:.1%}")
+            tqdm.write(
+                f"step {step:5d}  loss {loss.item():.3f}  held-out recall accuracy {acc:.1%}"
+            )
+    print(
+        f"done in {time.time() - start:.0f} s: recall accuracy {history[0][2]:.1%} -> {history[-1][2]:.1%}"
+    )
     return 0
 
 

@@ -5,7 +5,7 @@
 
 __version__ = "0.1.0"
 
-from .errors import MirascError  # noqa: E402
+from .errors import MirascError
 
 
 def compile(path, *, cache_dir=None):  # noqa: A001 - the name users expect

@@ -382,7 +382,7 @@ class _MemoryChecker:
             )
         names = ("residual", "norm")
         if kind == "mlp":
-            names = ("depth", "expansion", "activation") + names
+            names = ("depth", "expansion", "activation", *names)
         a = self.args(value, "architecture", names, ())
         residual = self.flag(a["residual"], "residual") if "residual" in a else False
         norm = None

@@ -29,8 +29,8 @@ def _compile(args) -> int:
 def _explain(args) -> int:
     import sympy as sp
 
-    from .compiler import read_spec
     from .checker import load
+    from .compiler import read_spec
     from .render import render
     from .symbolic import derive
 

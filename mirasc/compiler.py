@@ -3,6 +3,7 @@ behind `mirasc.compile`."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
 import os
@@ -43,10 +44,8 @@ def write_package(files: dict[str, str], directory: Path) -> None:
         os.replace(tmp, directory)
     except OSError:  # target exists (not empty): swap it out
         old = Path(tempfile.mkdtemp(prefix=f".{directory.name}.old.", dir=directory.parent))
-        try:
+        with contextlib.suppress(FileNotFoundError):
             os.replace(directory, old / "pkg")
-        except FileNotFoundError:
-            pass
         try:
             os.replace(tmp, directory)
         except OSError:  # another process won the race with identical content

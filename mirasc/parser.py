@@ -88,7 +88,7 @@ def _span(file: str, lines: list[str], line: int, column: int) -> Span:
 def _describe(expected) -> str:
     names = sorted({TOKEN_NAMES.get(t, t.lower()) for t in expected})
     if len(names) > 8:
-        names = names[:8] + ["..."]
+        names = [*names[:8], "..."]
     return ", ".join(names)
 
 

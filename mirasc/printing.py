@@ -8,6 +8,7 @@ of functions, with small integer powers expanded into multiplications. Anything 
 from __future__ import annotations
 
 import math
+from typing import ClassVar
 
 import sympy as sp
 from sympy.printing.str import StrPrinter
@@ -19,9 +20,10 @@ MAX_EXPANDED_POWER = 8  # x**n for |n| <= 8 prints as multiplications, beyond as
 
 
 class KernelPrinter(StrPrinter):
-    """Whitelisting printer; subclasses set `functions`, `where`, `pow` and `module`."""
+    """Whitelisting printer; subclasses set `language`, `functions`, `where` and `pow`."""
 
-    functions: dict = {}  # sympy function class -> target function name
+    language = "generic"
+    functions: ClassVar[dict] = {}  # sympy function class -> target function name
     where = "where"
     pow = "pow"
 
@@ -35,9 +37,9 @@ class KernelPrinter(StrPrinter):
     )
 
     def _print(self, expr, **kwargs):
-        if isinstance(expr, sp.Basic) and not isinstance(expr, sp.core.relational.Relational):
-            if expr.is_number:
-                return self._number(expr)
+        relational = isinstance(expr, sp.core.relational.Relational)
+        if isinstance(expr, sp.Basic) and not relational and expr.is_number:
+            return self._number(expr)
         if isinstance(expr, sp.Basic) and not (
             isinstance(expr, self._allowed) or type(expr) in self.functions
         ):
@@ -122,7 +124,7 @@ class TorchPrinter(KernelPrinter):
 
     where = "torch.where"
     pow = "torch.pow"
-    functions = {
+    functions: ClassVar[dict] = {
         sp.exp: "torch.exp",
         sp.log: "torch.log",
         sp.sqrt: "torch.sqrt",

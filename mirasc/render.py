@@ -8,6 +8,7 @@ therefore never reach generated code unchecked.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import re
 from functools import lru_cache
 
@@ -19,7 +20,7 @@ from . import expr as E
 from .errors import CodegenError
 from .printing import TorchPrinter
 from .spec import ConstVal, Spec, bias_gate_names, to_data
-from .symbolic import X, Y, Z, V, Derived
+from .symbolic import Derived, V, X, Y, Z
 
 IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 FILES = {  # output file -> template
@@ -36,7 +37,7 @@ class Code(str):
 
 
 def _safe(value):
-    if isinstance(value, Code) or isinstance(value, bool) or value is None:
+    if isinstance(value, (Code, bool)) or value is None:
         return value
     if isinstance(value, (int, float)):
         return repr(value)
@@ -125,10 +126,17 @@ def _shapes(spec: Spec) -> tuple[Code, list]:
         return Code("[(Dk, Dv)]"), [("head_dim", "head_dim", Code("0.0"))]
     hidden = f"{a.expansion} * Dk"
     dims = ["Dk"] + [hidden] * (a.depth - 1) + ["Dv"]
-    code = Code("[" + ", ".join(f"({i}, {o})" for i, o in zip(dims, dims[1:])) + "]")
+    code = Code("[" + ", ".join(f"({i}, {o})" for i, o in itertools.pairwise(dims)) + "]")
     layer_dims = ["head_dim"] + [f"{a.expansion} * head_dim"] * (a.depth - 1) + ["head_dim"]
-    init = [(Code(i), Code(o), Code(f"{i} ** -0.5")) for i, o in zip(layer_dims, layer_dims[1:])]
+    init = [(Code(i), Code(o), Code(f"{i} ** -0.5")) for i, o in itertools.pairwise(layer_dims)]
     return code, init
+
+
+def strategies(spec: Spec) -> tuple:
+    """The torch backend's strategies, default first: the dual form pays off from chunk 2 on."""
+    if not spec.linear_update:
+        return ("recurrent",)
+    return ("chunked", "recurrent") if spec.chunk > 1 else ("recurrent", "chunked")
 
 
 def context(spec: Spec, derived: Derived, source_text: str) -> dict:
@@ -186,6 +194,7 @@ def context(spec: Spec, derived: Derived, source_text: str) -> dict:
         lq_q=Code(repr(float(ret.q))) if ret.q is not None else None,
         kl=ret.kind == "kl",
         dual=spec.linear_update,
+        strategies=Code(repr(strategies(spec))),
         bias_params=bias_gate_names(spec.bias),
         bias_params_tuple=Code(repr(bias_gate_names(spec.bias))),
         loss_text=docstring_text(E.unparse(spec.bias.body), ""),

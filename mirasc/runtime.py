@@ -124,7 +124,7 @@ class ShortConvolution(nn.Module):
         self.bias = nn.Parameter(torch.zeros(channels))
 
     def forward(self, x: torch.Tensor, cache: torch.Tensor | None = None):
-        B, T, C = x.shape
+        B, _T, C = x.shape
         if cache is None:
             cache = x.new_zeros(B, self.kernel_size - 1, C)
         full = torch.cat([cache, x], dim=1)

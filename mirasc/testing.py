@@ -4,6 +4,7 @@ property tests, and available to a user's pytest suite."""
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 
 import torch
@@ -64,7 +65,7 @@ def gate_ranges(spec: Spec) -> dict:
 def weight_shapes(spec: Spec, Dk: int, Dv: int) -> list:
     a = spec.architecture
     dims = [Dk] + [a.expansion * Dk] * (a.depth - 1) + [Dv]
-    return list(zip(dims, dims[1:], strict=False))
+    return list(itertools.pairwise(dims))
 
 
 def make_case(

@@ -42,7 +42,9 @@ def shapes(draw, spec):
     +-1), which makes relative errors of the gradients ill-conditioned, so normed memories
     get at least 3."""
     chunk, residual = spec.chunk, spec.architecture.residual
-    T = draw(st.sampled_from([1, chunk, chunk + 1, min(2 * chunk + 3, 20), draw(st.integers(1, 13))]))
+    T = draw(
+        st.sampled_from([1, chunk, chunk + 1, min(2 * chunk + 3, 20), draw(st.integers(1, 13))])
+    )
     low = 3 if spec.architecture.norm else 2
     Dk = draw(st.integers(low, 5))
     return dict(
@@ -64,7 +66,9 @@ def test_shipped_specs_match_reference(shipped, name, data):
     shape = data.draw(shapes(spec))
     case = testing.make_case(spec, **shape)
     for strategy in module.torch_backend.STRATEGIES:
-        assert_close(testing.compare(module, case, "torch", strategy), TOL64, f"{name} {strategy} {shape}")
+        assert_close(
+            testing.compare(module, case, "torch", strategy), TOL64, f"{name} {strategy} {shape}"
+        )
 
 
 @pytest.mark.parametrize("name", ["gated_deltanet", "titans", "yaad"])
@@ -160,4 +164,6 @@ def test_random_specs_match_reference(compile_text, text, data):
     shape = data.draw(shapes(spec))
     case = testing.make_case(spec, **shape)
     for strategy in module.torch_backend.STRATEGIES:
-        assert_close(testing.compare(module, case, "torch", strategy), TOL64, f"{text}\n{strategy} {shape}")
+        assert_close(
+            testing.compare(module, case, "torch", strategy), TOL64, f"{text}\n{strategy} {shape}"
+        )

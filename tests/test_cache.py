@@ -49,8 +49,12 @@ def test_concurrent_compiles_agree(tmp_path):
         "print(m.SPEC.splitlines()[1])"
     )
     procs = [
-        subprocess.Popen([sys.executable, "-c", code, str(spec), str(tmp_path / "cache")],
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+        subprocess.Popen(
+            [sys.executable, "-c", code, str(spec), str(tmp_path / "cache")],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         for _ in range(4)
     ]
     outs = [p.communicate(timeout=120) for p in procs]

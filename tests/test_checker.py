@@ -91,7 +91,9 @@ def test_unused_gate():
 
 
 def test_gate_must_depend_on_z():
-    assert "does not depend" in error(memory(BASE.replace("gate eta = sigmoid(z)", "gate eta = 0.5")))
+    assert "does not depend" in error(
+        memory(BASE.replace("gate eta = sigmoid(z)", "gate eta = 0.5"))
+    )
 
 
 def test_loss_without_y():

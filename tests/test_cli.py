@@ -11,7 +11,9 @@ from mirasc.cli import main
 
 
 def run(*args, **kw):
-    return subprocess.run([sys.executable, "-m", "mirasc", *args], capture_output=True, text=True, **kw)
+    return subprocess.run(
+        [sys.executable, "-m", "mirasc", *args], capture_output=True, text=True, **kw
+    )
 
 
 @pytest.mark.parametrize("cmd", [[], ["compile"], ["explain"], ["check"]])

@@ -24,7 +24,9 @@ def test_generated_is_reproducible_byte_for_byte(tmp_path):
     for name in names:
         files = sorted(p.name for p in (tmp_path / name).iterdir())
         assert files == sorted(p.name for p in (committed / name).iterdir() if p.suffix == ".py")
-        match, mismatch, errors = filecmp.cmpfiles(tmp_path / name, committed / name, files, shallow=False)
+        _match, mismatch, errors = filecmp.cmpfiles(
+            tmp_path / name, committed / name, files, shallow=False
+        )
         assert not mismatch and not errors, f"{name}: regenerate generated/ ({mismatch})"
 
 
@@ -55,7 +57,9 @@ def test_generated_code_imports_only_torch_triton_and_runtime(spec):
             else:
                 continue
             for m in mods:
-                assert m == "." or m.split(".")[0] in ("torch", "triton") or m == "mirasc.runtime", (f, m)
+                assert (
+                    m == "." or m.split(".")[0] in ("torch", "triton") or m == "mirasc.runtime"
+                ), (f, m)
 
 
 def test_op_errors_are_clear(shipped):

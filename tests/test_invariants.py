@@ -38,7 +38,9 @@ def test_two_calls_equal_one(shipped, name, chunks, tail, seed):
     module = shipped[name]
     spec = testing.spec_of(module)
     split = chunks * spec.chunk
-    case = testing.make_case(spec, B=1, T=split + tail, H=2, Dk=4, seed=seed, with_initial_state=True)
+    case = testing.make_case(
+        spec, B=1, T=split + tail, H=2, Dk=4, seed=seed, with_initial_state=True
+    )
     o, state = call(module, case)
     first = testing.Case(case.q[:, :split], case.k[:, :split], case.v[:, :split],
                          {n: g[:, :split] for n, g in case.gates.items()}, case.scale,
@@ -86,7 +88,9 @@ def test_momentum_with_zero_beta_is_gd(compile_text, seed):
     mom = spec_text(algorithm="momentum(lr: eta, momentum: beta)",
                     gates=["gate eta = sigmoid(z)", "gate alpha = sigmoid(z)", "gate beta = sigmoid(z)"])  # fmt: skip
     a, b = compile_text(gd), compile_text(mom)
-    case = testing.make_case(testing.spec_of(a), B=2, T=8, H=1, Dk=3, seed=seed, with_initial_state=True)
+    case = testing.make_case(
+        testing.spec_of(a), B=2, T=8, H=1, Dk=3, seed=seed, with_initial_state=True
+    )
     oa, _ = call(a, case)
     beta = torch.zeros_like(case.gates["eta"])
     ob, _ = call(b, case, gates={"beta": beta})
@@ -98,7 +102,9 @@ def test_momentum_with_zero_beta_is_gd(compile_text, seed):
 def test_decay_with_zero_alpha_is_none(compile_text, seed):
     a = compile_text(spec_text(retention="none", gates=["gate eta = sigmoid(z)"]))
     b = compile_text(spec_text())
-    case = testing.make_case(testing.spec_of(a), B=2, T=8, H=1, Dk=3, seed=seed, with_initial_state=True)
+    case = testing.make_case(
+        testing.spec_of(a), B=2, T=8, H=1, Dk=3, seed=seed, with_initial_state=True
+    )
     oa, _ = call(a, case)
     ob, _ = call(b, case, gates={"alpha": torch.zeros_like(case.gates["eta"])})
     assert relative_error(ob, oa) < TOL
@@ -111,8 +117,8 @@ def test_chunk_one_chunked_equals_recurrent(compile_text, seed):
                                     gates=["gate eta = sigmoid(z)", "gate alpha = sigmoid(z)",
                                            "gate beta = sigmoid(z)"]))  # fmt: skip
     case = testing.make_case(testing.spec_of(module), B=2, T=9, H=2, Dk=3, seed=seed)
-    oc, sc, gc = testing.run(module, case, "torch", "chunked")
-    orr, sr, gr = testing.run(module, case, "torch", "recurrent")
+    oc, _sc, gc = testing.run(module, case, "torch", "chunked")
+    orr, _sr, gr = testing.run(module, case, "torch", "recurrent")
     assert relative_error(oc, orr) < TOL
     assert all(relative_error(gc[n], gr[n]) < TOL for n in gr)
 
@@ -120,7 +126,9 @@ def test_chunk_one_chunked_equals_recurrent(compile_text, seed):
 def test_gated_deltanet_is_the_gdn_recurrence(shipped):
     """S_t = a_t S_{t-1} (I - b_t k k^T) + b_t v k^T, o_t = S_t^T q (key-major state)."""
     module = shipped["gated_deltanet"]
-    case = testing.make_case(testing.spec_of(module), B=2, T=13, H=3, Dk=5, Dv=4, seed=7, with_initial_state=False)
+    case = testing.make_case(
+        testing.spec_of(module), B=2, T=13, H=3, Dk=5, Dv=4, seed=7, with_initial_state=False
+    )
     o, (state,) = call(module, case)
     beta, keep = case.gates["beta"], 1 - case.gates["alpha"]
     S = torch.zeros(2, 3, 5, 4, dtype=torch.float64)

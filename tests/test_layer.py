@@ -9,7 +9,16 @@ import torch
 
 from mirasc.testing import relative_error
 
-NAMES = ["linear_attention", "deltanet", "gated_deltanet", "titans", "yaad", "moneta", "memora", "ttt_mlp"]
+NAMES = [
+    "linear_attention",
+    "deltanet",
+    "gated_deltanet",
+    "titans",
+    "yaad",
+    "moneta",
+    "memora",
+    "ttt_mlp",
+]
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -26,7 +26,9 @@ def test_compile_never_calls_eval_exec_or_sympify(monkeypatch):
     def forbidden(*a, **k):
         raise AssertionError("forbidden call during compilation")
 
-    text = BASE.format(bias="yaad(delta: d)", lr="eta", gates="gate eta = sigmoid(z)\n gate d = softplus(z)")
+    text = BASE.format(
+        bias="yaad(delta: d)", lr="eta", gates="gate eta = sigmoid(z)\n gate d = softplus(z)"
+    )
     monkeypatch.setattr(builtins, "eval", forbidden)
     monkeypatch.setattr(builtins, "exec", forbidden)
     monkeypatch.setattr(sympy, "sympify", forbidden)

@@ -14,7 +14,7 @@ from .elementwise import bias_grad, act, act_grad
 CHUNK = 1
 DEPTH = 2
 LN_EPS = 1e-5
-STRATEGIES = ("recurrent",)
+STRATEGIES = ('recurrent',)  # the first is the default
 
 
 def _layer_norm(m, ln):
@@ -87,7 +87,7 @@ def recurrent(q, k, v, lr, rate, mom, params, state, scale, ln):
 
 
 def forward(q, k, v, gates, scale, initial_state, output_final_state, ln_weight, ln_bias, strategy=None):
-    """Layout and dtype handling around `recurrent` (or `strategy`)."""
+    """Layout and dtype handling around the default strategy, STRATEGIES[0] (or `strategy`)."""
     B, T, H, Dk = q.shape
     Dv = v.shape[-1]
     strategy = strategy or STRATEGIES[0]

@@ -13,7 +13,7 @@ from .elementwise import bias_grad, act, act_grad
 
 CHUNK = 16
 DEPTH = 2
-STRATEGIES = ("chunked", "recurrent",)
+STRATEGIES = ('chunked', 'recurrent')  # the first is the default
 
 
 def _finish(m, x, ln):
@@ -116,7 +116,7 @@ def chunked(q, k, v, lr, rate, mom, params, state, scale, ln):
 
 
 def forward(q, k, v, gates, scale, initial_state, output_final_state, ln_weight, ln_bias, strategy=None):
-    """Layout and dtype handling around `chunked` (or `strategy`)."""
+    """Layout and dtype handling around the default strategy, STRATEGIES[0] (or `strategy`)."""
     B, T, H, Dk = q.shape
     Dv = v.shape[-1]
     strategy = strategy or STRATEGIES[0]
