@@ -13,7 +13,7 @@ from .spec import ConstVal, GateRef, Spec, from_data
 
 # Below these norms a tensor counts as zero and the error is absolute: a gradient that is zero
 # in exact arithmetic comes out as rounding noise (~1e-17 in fp64), which is no relative error.
-ABS_FLOOR = {torch.float64: 1e-6, torch.float32: 1e-3}
+ABS_FLOOR = {torch.float64: 1e-4, torch.float32: 1e-3}
 
 
 @dataclass
