@@ -132,10 +132,35 @@ def _shapes(spec: Spec) -> tuple[Code, list]:
     return code, init
 
 
-def strategies(spec: Spec) -> tuple:
-    """The torch backend's strategies, default first: the dual form pays off from chunk 2 on."""
+def wy_scale(spec: Spec, derived: Derived) -> sp.Expr | None:
+    """c when the spec is the chunk-1 delta rule with dl/dy = c (y - v): linear memory, gd,
+    no or first-order decay retention, nothing else; None otherwise."""
+    a, ret = spec.architecture, spec.retention
+    if not (
+        spec.chunk == 1
+        and a.depth == 1
+        and not a.residual
+        and a.norm is None
+        and spec.clip is None
+        and spec.algorithm.kind == "gd"
+        and (ret.kind == "none" or (ret.kind == "decay" and ret.first))
+        and not derived.bias.params
+    ):
+        return None
+    grad = derived.bias.grad()
+    c = sp.diff(grad, Y)  # cheap structural test, no simplify() on user formulas
+    if not (c.is_number and c.is_positive) or sp.expand(grad - c * (Y - V)) != 0:
+        return None
+    return c
+
+
+def strategies(spec: Spec, derived: Derived) -> tuple:
+    """The torch backend's strategies, default first: the WY form for the chunk-1 delta rule;
+    the dual form from chunk 2 on (at chunk 1 it is a slower recurrent loop)."""
     if not spec.linear_update:
         return ("recurrent",)
+    if wy_scale(spec, derived) is not None:
+        return ("wy", "recurrent", "chunked")
     return ("chunked", "recurrent") if spec.chunk > 1 else ("recurrent", "chunked")
 
 
@@ -194,7 +219,10 @@ def context(spec: Spec, derived: Derived, source_text: str) -> dict:
         lq_q=Code(repr(float(ret.q))) if ret.q is not None else None,
         kl=ret.kind == "kl",
         dual=spec.linear_update,
-        strategies=Code(repr(strategies(spec))),
+        strategies=Code(repr(strategies(spec, derived))),
+        strategy_names=strategies(spec, derived),
+        wy=wy_scale(spec, derived) is not None,
+        wy_scale=Code(repr(float(wy_scale(spec, derived) or 0.0))),
         bias_params=bias_gate_names(spec.bias),
         bias_params_tuple=Code(repr(bias_gate_names(spec.bias))),
         loss_text=docstring_text(E.unparse(spec.bias.body), ""),

@@ -13,7 +13,7 @@ from .elementwise import bias_grad
 
 CHUNK = 1
 DEPTH = 1
-STRATEGIES = ('recurrent', 'chunked')  # the first is the default
+STRATEGIES = ('wy', 'recurrent', 'chunked')  # the first is the default
 
 
 def _finish(m, x, ln):
@@ -97,6 +97,32 @@ def chunked(q, k, v, lr, rate, mom, params, state, scale, ln):
     return torch.cat(outs, dim=2), ws + ss
 
 
+
+WY_BLOCK = 64  # tokens per triangular solve: a tiling choice, not part of the semantics
+
+
+def wy(q, k, v, lr, rate, mom, params, state, scale, ln):
+    """The chunk-1 delta rule in its WY / UT form (DeltaNet, Gated DeltaNet): per block of
+    tokens, the new values U solve one unit lower-triangular system,
+    (I + tril(beta * Gamma * K K^T, -1)) U = beta * (V - G * K S), then
+    O = G * (Q S) + (Gamma * Q K^T) U and S <- G_n S + K^T (Gamma_n * U). Exact, not approximate."""
+    T = q.shape[2]
+    (S,) = state
+    outs = []
+    for start in range(0, T, WY_BLOCK):
+        stop = min(start + WY_BLOCK, T)
+        qb, kb, vb = scale * q[:, :, start:stop], k[:, :, start:stop], v[:, :, start:stop]
+        beta = 1.0 * lr[:, :, start:stop]
+        G, decay = runtime.products(1.0 - rate[:, :, start:stop])  # decay[t, j] = G_t / G_j
+        system = torch.eye(stop - start, dtype=q.dtype, device=q.device) + (
+            beta.unsqueeze(-1) * decay * (kb @ kb.transpose(-1, -2))
+        ).tril(-1)
+        rhs = beta.unsqueeze(-1) * (vb - G.unsqueeze(-1) * (kb @ S))
+        U = torch.linalg.solve_triangular(system, rhs, upper=False, unitriangular=True)
+        outs.append(G.unsqueeze(-1) * (qb @ S) + ((qb @ kb.transpose(-1, -2)) * decay) @ U)
+        S = G[..., -1, None, None] * S + kb.transpose(-1, -2) @ (decay[..., -1, :].unsqueeze(-1) * U)
+    return torch.cat(outs, dim=2), [S]
+
 def forward(q, k, v, gates, scale, initial_state, output_final_state, ln_weight, ln_bias, strategy=None):
     """Layout and dtype handling around the default strategy, STRATEGIES[0] (or `strategy`)."""
     B, T, H, Dk = q.shape
@@ -114,7 +140,8 @@ def forward(q, k, v, gates, scale, initial_state, output_final_state, ln_weight,
     mom = None
     params = {name: runtime.gate(gates[name], name, q) for name in ()}
     ln = None
-    run = chunked if strategy == "chunked" else recurrent
+    run = { "wy": wy, "recurrent": recurrent, "chunked": chunked }[strategy]
+
     o, final = run(
         q.transpose(1, 2).to(dt),
         k.transpose(1, 2).to(dt),

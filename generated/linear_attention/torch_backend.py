@@ -112,7 +112,8 @@ def forward(q, k, v, gates, scale, initial_state, output_final_state, ln_weight,
     mom = None
     params = {name: runtime.gate(gates[name], name, q) for name in ()}
     ln = None
-    run = chunked if strategy == "chunked" else recurrent
+    run = { "chunked": chunked, "recurrent": recurrent }[strategy]
+
     o, final = run(
         q.transpose(1, 2).to(dt),
         k.transpose(1, 2).to(dt),

@@ -106,7 +106,8 @@ def forward(q, k, v, gates, scale, initial_state, output_final_state, ln_weight,
         (torch.ones(H, Dv, dtype=dt) if ln_weight is None else ln_weight.to(dt))[None, :, None, :],
         (torch.zeros(H, Dv, dtype=dt) if ln_bias is None else ln_bias.to(dt))[None, :, None, :],
     )
-    run = recurrent
+    run = { "recurrent": recurrent }[strategy]
+
     o, final = run(
         q.transpose(1, 2).to(dt),
         k.transpose(1, 2).to(dt),
