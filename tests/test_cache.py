@@ -38,7 +38,7 @@ def test_changed_text_gets_a_new_entry(tmp_path):
     b.write_text(SPEC.replace("sigmoid(z)", "0.5 * sigmoid(z)"))
     mirasc.compile(a, cache_dir=tmp_path / "cache")
     mirasc.compile(b, cache_dir=tmp_path / "cache")
-    assert len([p for p in (tmp_path / "cache").iterdir() if not p.name.startswith(".")]) == 2
+    assert len(list((tmp_path / "cache").glob("*/*/__init__.py"))) == 2
 
 
 def test_concurrent_compiles_agree(tmp_path):
@@ -60,4 +60,21 @@ def test_concurrent_compiles_agree(tmp_path):
     outs = [p.communicate(timeout=120) for p in procs]
     assert all(p.returncode == 0 for p in procs), [o[1] for o in outs]
     assert {o[0] for o in outs} == {"memory cached {\n"}
-    assert len([p for p in (tmp_path / "cache").iterdir() if not p.name.startswith(".")]) == 1
+    assert len(list((tmp_path / "cache").glob("*/*/__init__.py"))) == 1
+
+
+def test_cache_hit_imports_no_compiler(tmp_path):
+    spec = tmp_path / "c.miras"
+    spec.write_text(SPEC)
+    mirasc.compile(spec, cache_dir=tmp_path / "cache")
+    code = (
+        "import sys, mirasc; mirasc.compile(sys.argv[1], cache_dir=sys.argv[2]); "
+        "print(sorted({'sympy', 'lark', 'jinja2'} & set(sys.modules)))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(spec), str(tmp_path / "cache")],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert out.stdout.strip() == "[]"
