@@ -44,7 +44,8 @@ _COMPARE = {
 
 
 def evaluate(node, env: dict, like: torch.Tensor) -> torch.Tensor:
-    """Value of a checked expression; `sum` reduces over the last dimension (the values)."""
+    """Value of a checked expression; `sum` reduces over the last dimension (the values) of
+    `like`, the tensor that sets dtype, device and shape."""
 
     def ev(n):
         if isinstance(n, E.Num):
@@ -69,8 +70,8 @@ def evaluate(node, env: dict, like: torch.Tensor) -> torch.Tensor:
             for c in reversed(n.cases):
                 out = torch.where(_COMPARE[c.cmp](ev(c.left), ev(c.right)), ev(c.value), out)
             return out
-        if n.fn == "sum":
-            return ev(n.args[0]).sum(-1, keepdim=True)
+        if n.fn == "sum":  # over the value dimension: a constant term counts Dv times
+            return torch.broadcast_to(ev(n.args[0]), like.shape).sum(-1, keepdim=True)
         return _FUNCTIONS[n.fn](*(ev(a) for a in n.args))
 
     return ev(node)

@@ -167,3 +167,71 @@ def test_random_specs_match_reference(compile_text, text, data):
         assert_close(
             testing.compare(module, case, "torch", strategy), TOL64, f"{text}\n{strategy} {shape}"
         )
+
+
+# ---- spec fuzzing: random loss formulas from a grammar of expressions ------------------------
+LEAVES = st.sampled_from(["y", "v", "(y - v)", "1", "0.5", "2"])
+UNARY = ["exp", "tanh", "sigmoid", "softplus", "abs", "log", "sqrt", "smooth_abs", "erf"]
+
+
+def _grow(children):
+    return st.one_of(
+        st.tuples(children, st.sampled_from(["+", "-", "*", "/"]), children).map(
+            lambda t: f"({t[0]} {t[1]} {t[2]})"
+        ),
+        st.tuples(st.sampled_from(UNARY), children).map(
+            lambda t: f"{t[0]}({t[1]}; 0.01)" if t[0] == "smooth_abs" else f"{t[0]}({t[1]})"
+        ),
+        st.tuples(children, st.integers(-2, 3)).map(lambda t: f"{t[0]}^{t[1]}"),
+    )
+
+
+PHI = st.recursive(LEAVES, _grow, max_leaves=5)
+OUTER = [
+    "sum({})",
+    "log(1 + sum({}))",
+    "sqrt(1 + sum({})^2)",
+    "sum({}) * sum((y - v)^2)",
+    "sum(({}) * (y - v))",
+    "sum(({}) + (y - v)^2)",
+]
+
+
+@settings(max_examples=80)
+@given(outer=st.sampled_from(OUTER), phi=PHI, data=st.data())
+def test_fuzzed_losses_compile_and_agree_or_fail_cleanly(compile_text, outer, phi, data):
+    """Any formula either is refused with a MirascError or, where the maths is finite, agrees
+    with the reference; never a crash."""
+    from mirasc.errors import MirascError
+
+    text = (
+        "memory fuzz {\n    architecture = mlp(depth: 2, expansion: 1, activation: tanh)\n"
+        f"    bias(y, v) = {outer.format(phi)}\n    retention = decay(alpha)\n"
+        "    algorithm = gd(lr: eta)\n    chunk = 2\n"
+        "    gate eta = 0.1 * sigmoid(z)\n    gate alpha = sigmoid(z)\n}\n"
+    )
+    try:
+        module = compile_text(text)
+    except MirascError:
+        return
+    spec = testing.spec_of(module)
+    case = testing.make_case(spec, **data.draw(shapes(spec)))
+    ref_o, ref_s, ref_g = testing.run(module, case, "reference")
+    finite = all(torch.isfinite(t).all() for t in (ref_o, *ref_s, *ref_g.values()))
+    if not finite:  # log of a negative number and the like: the maths itself is undefined
+        return
+    for strategy in module.torch_backend.STRATEGIES:
+        assert_close(testing.compare(module, case, "torch", strategy), TOL64, f"{text}\n{strategy}")
+
+
+def test_a_constant_term_is_summed_over_every_value(compile_text):
+    """sum(c) = Dv * c: found by the formula fuzzer (the reference once summed a 0-d tensor)."""
+    text = (
+        "memory constant_sum {\n    architecture = linear\n"
+        "    bias(y, v) = sum(0.5) * sum((y - v)^2)\n    retention = none\n"
+        "    algorithm = gd(lr: eta)\n    gate eta = 0.1 * sigmoid(z)\n}\n"
+    )
+    module = compile_text(text)
+    case = testing.make_case(testing.spec_of(module), B=1, T=4, H=1, Dk=3, Dv=4, seed=1)
+    for strategy in module.torch_backend.STRATEGIES:
+        assert_close(testing.compare(module, case, "torch", strategy), TOL64, strategy)
