@@ -170,6 +170,9 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # `mirasc explain x | head`: the reader left, as Unix tools allow
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except Exception as e:  # a bug in mirasc, not in the spec: say so, without a traceback
         if os.environ.get("MIRASC_DEBUG"):
             raise
