@@ -168,7 +168,10 @@ def context(spec: Spec, derived: Derived, source_text: str) -> dict:
     """Everything the templates print, each value already safe."""
     printer = TorchPrinter(like="y")
     b = derived.bias
-    elementwise = {f"_phi{i}": p for i, p in enumerate(b.phi)}
+    # only the sums some dg/dS_i depends on are computed (l2's dg is constant: no sum at all)
+    used = set().union(*(g.free_symbols for g in b.dg)) & set(b.sums)
+    sums = [i for i, S in enumerate(b.sums) if S in used]
+    elementwise = {f"_phi{i}": b.phi[i] for i in sums}
     elementwise.update({f"_dphi{i}": p for i, p in enumerate(b.dphi)})
     token = {f"_g{i}": g for i, g in enumerate(b.dg)}
     grad = " + ".join(f"_g{i} * _dphi{i}" for i in range(len(b.phi)))
@@ -227,7 +230,7 @@ def context(spec: Spec, derived: Derived, source_text: str) -> dict:
         bias_params_tuple=Code(repr(bias_gate_names(spec.bias))),
         loss_text=docstring_text(E.unparse(spec.bias.body), ""),
         phi_lines=_elementwise(printer, elementwise, Y, {Y, V}, "_e"),
-        n_sums=len(b.phi),
+        sums=sums,
         dg_lines=[Code(line) for line in printer.block(token, "_s")],
         grad=Code(grad),
         gates=gates,

@@ -8,8 +8,6 @@ import torch
 
 def bias_grad(y, v):
     """dl/dy for l(y, v) = -sum(y * v) (y, v [..., Dv]; gates [..., 1])."""
-    _phi0 = v*y
     _dphi0 = v
-    _S0 = _phi0.sum(-1, keepdim=True)
     _g0 = -1.0
     return _g0 * _dphi0

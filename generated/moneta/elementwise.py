@@ -9,11 +9,7 @@ import torch
 def bias_grad(y, v):
     """dl/dy for l(y, v) = sum(abs(y - v)^3) (y, v [..., Dv]; gates [..., 1])."""
     _e0 = v - y
-    _e1 = (_e0*_e0)
-    _e2 = torch.abs(_e0)
-    _phi0 = _e1*_e2
-    _dphi0 = -_e1*torch.sign(_e0) + _e2*(-2.0*v + 2.0*y)
-    _S0 = _phi0.sum(-1, keepdim=True)
+    _dphi0 = -(_e0*_e0)*torch.sign(_e0) + (-2.0*v + 2.0*y)*torch.abs(_e0)
     _g0 = 1.0
     return _g0 * _dphi0
 

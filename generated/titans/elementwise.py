@@ -8,9 +8,7 @@ import torch
 
 def bias_grad(y, v):
     """dl/dy for l(y, v) = 0.5 * sum((y - v)^2) (y, v [..., Dv]; gates [..., 1])."""
-    _phi0 = ((-v + y)*(-v + y))
     _dphi0 = -2.0*v + 2.0*y
-    _S0 = _phi0.sum(-1, keepdim=True)
     _g0 = 0.5
     return _g0 * _dphi0
 

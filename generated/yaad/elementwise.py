@@ -10,11 +10,9 @@ def bias_grad(y, v, delta):
     """dl/dy for l(y, v) = piecewise(sqrt(sum((y - v)^2)) <= delta: 0.5 * sum((y - v)^2), otherwise: delta * sum(abs(y - v))) (y, v [..., Dv]; gates [..., 1])."""
     _e0 = v - y
     _phi0 = (_e0*_e0)
-    _phi1 = torch.abs(_e0)
     _dphi0 = -2.0*v + 2.0*y
     _dphi1 = -torch.sign(_e0)
     _S0 = _phi0.sum(-1, keepdim=True)
-    _S1 = _phi1.sum(-1, keepdim=True)
     _s0 = (delta >= torch.sqrt(_S0))
     _g0 = torch.where(_s0, y.new_tensor(0.5), y.new_tensor(0.0))
     _g1 = torch.where(_s0, y.new_tensor(0.0), delta)
