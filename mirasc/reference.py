@@ -119,8 +119,13 @@ def run(
     ln_weight=None,
     ln_bias=None,
     output_final_state: bool = False,
+    anchor_state=None,
+    chunk_offset: int = 0,
 ):
-    """The memory op by definition; same signature and results as a generated op's."""
+    """The memory op by definition; same signature and results as a generated op's.
+
+    With `chunk_offset` > 0 the call continues a chunk already that many tokens in: its first
+    `chunk - chunk_offset` tokens take their gradients at `anchor_state`."""
     B, T, H, Dk = q.shape
     Dv = v.shape[-1]
     dtype = q.dtype
@@ -151,11 +156,26 @@ def run(
     def read_weights(state, norms):
         return [s / n for s, n in zip(state, norms, strict=True)] if lq else state
 
+    C = spec.chunk
+    if not 0 <= chunk_offset < C:
+        raise BackendError(f"chunk_offset must be in [0, {C}), got {chunk_offset}")
+    if chunk_offset:  # the chunk in progress began at anchor_state (None: the default zeros)
+        if anchor_state is None and spec.needs_initial_state:
+            raise BackendError("chunk_offset > 0 needs the chunk's anchor_state")
+        anchor_weights = (
+            [torch.zeros(B, H, Dk, Dv, dtype=f64)]
+            if anchor_state is None
+            else [s.to(f64) for s in anchor_state[:n_w]]
+        )
     outputs = []
-    for start in range(0, T, spec.chunk):
-        stop = min(start + spec.chunk, T)
-        anchor_norms = [_lq_normaliser(a, ret.q) for a in weights] if lq else None
-        anchor = read_weights(weights, anchor_norms)
+    start, size = 0, C - chunk_offset
+    while start < T:
+        stop = min(start + size, T)
+        continuing = start == 0 and chunk_offset > 0
+        complete = stop - start == size
+        base = anchor_weights if continuing else weights
+        anchor_norms = [_lq_normaliser(a, ret.q) for a in base] if lq else None
+        anchor = read_weights(base, anchor_norms)
         for t in range(start, stop):
             lr = _operand(alg.lr, gates, t)
             rate = _operand(ret.gate, gates, t)
@@ -186,7 +206,9 @@ def run(
                 ]
             elif lq:
                 weights = [rate * a - lr * g for a, g in zip(weights, grads, strict=True)]
-            elif t == start:  # kl: the exact mirror step on a chunk's first token
+            elif (
+                t == start and not continuing
+            ):  # kl: the exact mirror step on a chunk's first token
                 weights = [
                     torch.softmax(rate * torch.log(w) - lr * g, dim=-1)
                     for w, g in zip(weights, grads, strict=True)
@@ -194,13 +216,13 @@ def run(
             else:  # kl: linear steps for the rest of the chunk
                 weights = [rate * w - lr * g for w, g in zip(weights, grads, strict=True)]
             if lq:
-                norms = (
-                    [_lq_normaliser(a, ret.q) for a in weights] if t == stop - 1 else anchor_norms
-                )
+                last = complete and t == stop - 1  # a complete chunk's last token normalises
+                norms = [_lq_normaliser(a, ret.q) for a in weights] if last else anchor_norms
                 now = read_weights(weights, norms)
             else:
                 now = weights
             outputs.append(_memory(spec, now, scale * q[:, t], ln))
+        start, size = stop, C
     o = torch.stack(outputs, dim=1).to(dtype) if outputs else q.new_zeros(B, 0, H, Dv)
     final = tuple(weights + moms) if output_final_state else None
     return o, final

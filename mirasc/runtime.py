@@ -6,6 +6,8 @@ It never imports the compiler (sympy, lark, jinja2): a trained model needs only 
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -71,6 +73,29 @@ def initial_weights(initial_state, shapes: list, n_states: int, q: torch.Tensor,
     return [s.to(dt) for s in state]
 
 
+def anchor_weights(anchor_state, offset: int, chunk: int, shapes: list, q, required: str):
+    """The weights a partial first chunk takes its gradients at (decoding continues a chunk)."""
+    if not isinstance(offset, int) or not 0 <= offset < chunk:
+        raise BackendError(f"chunk_offset must be an int in [0, {chunk}), got {offset!r}")
+    if offset == 0:
+        return None
+    if anchor_state is not None:
+        anchor_state = tuple(anchor_state)[: len(shapes)]  # weights only
+    # None: the chunk began at the default initial state (zeros), where there is one
+    return initial_weights(anchor_state, shapes, len(shapes), q, required)
+
+
+def chunks(T: int, chunk: int, offset: int = 0):
+    """(start, stop, continuing, complete) per chunk of a call: the first chunk is the rest of
+    a chunk already `offset` tokens in; `complete` when the chunk reaches its full length."""
+    start = 0
+    size = chunk - offset
+    while start < T:
+        stop = min(start + size, T)
+        yield start, stop, start == 0 and offset > 0, stop - start == size
+        start, size = stop, chunk
+
+
 def pick_backend(backend: str, q: torch.Tensor, has_triton: bool) -> str:
     if backend not in BACKENDS:
         raise BackendError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
@@ -106,6 +131,16 @@ def reference(spec_data, q, k, v, gates: dict, **kwargs):
 
 
 # ---- the layer's standard parts -------------------------------------------------------------
+class MemoryCache(NamedTuple):
+    """A layer's decoding state: memory state, the anchor state and offset of the chunk in
+    progress (offset 0: none), and the short convolutions' last inputs."""
+
+    memory: tuple | None = None
+    anchor: tuple | None = None
+    offset: int = 0
+    conv: tuple = (None, None, None)
+
+
 def l2norm(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     return x * torch.rsqrt((x * x).sum(-1, keepdim=True) + eps)
 

@@ -24,11 +24,15 @@ def gated_deltanet(
     initial_state=None,
     output_final_state=False,
     backend="auto",
+    anchor_state=None,
+    chunk_offset=0,
 ):
     """The gated_deltanet memory over q, k [B, T, H, Dk] and v [B, T, H, Dv]; gates [B, T, H].
 
     Returns (o [B, T, H, Dv], final state tuple in STATE_NAMES order, or None).
-    `initial_state` may omit the momentum buffers (they start at zero).    """
+    `initial_state` may omit the momentum buffers (they start at zero). A call starts a new
+    chunk of 1 unless `chunk_offset` > 0: then its first 1 - chunk_offset
+    tokens finish a chunk whose gradients are taken at `anchor_state` (decoding).    """
     runtime.check_qkv(q, k, v, residual=False)
     gates = { "beta": beta, "alpha": alpha }
     backend = runtime.pick_backend(backend, q, HAS_TRITON)
@@ -47,9 +51,21 @@ def gated_deltanet(
             ln_weight=ln_weight,
             ln_bias=ln_bias,
             output_final_state=output_final_state,
+            anchor_state=anchor_state,
+            chunk_offset=chunk_offset,
         )
     return torch_backend.forward(
-        q, k, v, gates, scale, initial_state, output_final_state, ln_weight, ln_bias
+        q,
+        k,
+        v,
+        gates,
+        scale,
+        initial_state,
+        output_final_state,
+        ln_weight,
+        ln_bias,
+        anchor_state,
+        chunk_offset,
     )
 
 

@@ -22,11 +22,15 @@ def linear_attention(
     initial_state=None,
     output_final_state=False,
     backend="auto",
+    anchor_state=None,
+    chunk_offset=0,
 ):
     """The linear_attention memory over q, k [B, T, H, Dk] and v [B, T, H, Dv]; gates [B, T, H].
 
     Returns (o [B, T, H, Dv], final state tuple in STATE_NAMES order, or None).
-    `initial_state` may omit the momentum buffers (they start at zero).    """
+    `initial_state` may omit the momentum buffers (they start at zero). A call starts a new
+    chunk of 64 unless `chunk_offset` > 0: then its first 64 - chunk_offset
+    tokens finish a chunk whose gradients are taken at `anchor_state` (decoding).    """
     runtime.check_qkv(q, k, v, residual=False)
     gates = {  }
     backend = runtime.pick_backend(backend, q, HAS_TRITON)
@@ -45,9 +49,21 @@ def linear_attention(
             ln_weight=ln_weight,
             ln_bias=ln_bias,
             output_final_state=output_final_state,
+            anchor_state=anchor_state,
+            chunk_offset=chunk_offset,
         )
     return torch_backend.forward(
-        q, k, v, gates, scale, initial_state, output_final_state, ln_weight, ln_bias
+        q,
+        k,
+        v,
+        gates,
+        scale,
+        initial_state,
+        output_final_state,
+        ln_weight,
+        ln_bias,
+        anchor_state,
+        chunk_offset,
     )
 
 

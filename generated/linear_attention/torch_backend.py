@@ -42,15 +42,15 @@ def surprise(ws, k, v, rho, params, ln):
     return inputs, deltas
 
 
-def recurrent(q, k, v, lr, rate, mom, params, state, scale, ln):
+def recurrent(q, k, v, lr, rate, mom, params, state, scale, ln, anchor_state, offset):
     """Token by token: each chunk's gradients at its anchor state, then per-token updates and
     reads (read after write). Works for every spec."""
     T = q.shape[2]
     ws, ss = list(state[:DEPTH]), list(state[DEPTH:])
     outs = []
-    for start in range(0, T, CHUNK):
-        stop = min(start + CHUNK, T)
-        anchor = ws
+    for start, stop, continuing, complete in runtime.chunks(T, CHUNK, offset):
+        base = anchor_state if continuing else ws
+        anchor = base
         rho = None
         chunk_params = {name: p[:, :, start:stop, None] for name, p in params.items()}
         inputs, deltas = surprise(anchor, k[:, :, start:stop], v[:, :, start:stop], rho, chunk_params, ln)
@@ -64,19 +64,19 @@ def recurrent(q, k, v, lr, rate, mom, params, state, scale, ln):
     return torch.cat(outs, dim=2), ws + ss
 
 
-def chunked(q, k, v, lr, rate, mom, params, state, scale, ln):
+def chunked(q, k, v, lr, rate, mom, params, state, scale, ln, anchor_state, offset):
     """The dual form: per chunk, all tokens' states are affine in the anchor state and the
     rank-one gradients, W_t = a_t W + b_t S - sum_s D[t, s] g_s, so reads are masked matmuls
     layer by layer and no per-token state is materialised."""
     T = q.shape[2]
     ws, ss = list(state[:DEPTH]), list(state[DEPTH:])
     outs = []
-    for start in range(0, T, CHUNK):
-        stop = min(start + CHUNK, T)
+    for start, stop, continuing, _ in runtime.chunks(T, CHUNK, offset):
         e = lr[:, :, start:stop]
         rho = None
         chunk_params = {name: p[:, :, start:stop, None] for name, p in params.items()}
-        inputs, deltas = surprise(ws, k[:, :, start:stop], v[:, :, start:stop], rho, chunk_params, ln)
+        anchor = anchor_state if continuing else ws
+        inputs, deltas = surprise(anchor, k[:, :, start:stop], v[:, :, start:stop], rho, chunk_params, ln)
         keep = torch.ones_like(e)
         a, retain = runtime.products(keep)
         D = retain * e.unsqueeze(-2)
@@ -95,7 +95,20 @@ def chunked(q, k, v, lr, rate, mom, params, state, scale, ln):
     return torch.cat(outs, dim=2), ws + ss
 
 
-def forward(q, k, v, gates, scale, initial_state, output_final_state, ln_weight, ln_bias, strategy=None):
+def forward(
+    q,
+    k,
+    v,
+    gates,
+    scale,
+    initial_state,
+    output_final_state,
+    ln_weight,
+    ln_bias,
+    anchor_state=None,
+    chunk_offset=0,
+    strategy=None,
+):
     """Layout and dtype handling around the default strategy, STRATEGIES[0] (or `strategy`)."""
     B, T, H, Dk = q.shape
     Dv = v.shape[-1]
@@ -106,6 +119,9 @@ def forward(q, k, v, gates, scale, initial_state, output_final_state, ln_weight,
     shapes = [(Dk, Dv)]
     state = runtime.initial_weights(
         initial_state, shapes, 1, q, ''
+    )
+    anchor = runtime.anchor_weights(
+        anchor_state, chunk_offset, CHUNK, shapes, q, ''
     )
     lr = runtime.gate(1.0, 'lr', q)
     rate = None
@@ -125,6 +141,8 @@ def forward(q, k, v, gates, scale, initial_state, output_final_state, ln_weight,
         state,
         scale,
         ln,
+        anchor,
+        chunk_offset,
     )
     o = o.transpose(1, 2).to(q.dtype)
     return o, (tuple(final) if output_final_state else None)

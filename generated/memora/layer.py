@@ -9,6 +9,7 @@ from mirasc import runtime
 
 from . import elementwise
 from .ops import op
+from .torch_backend import CHUNK
 
 GATE_FORMULAS = { "eta": elementwise.gate_eta, "a": elementwise.gate_a }
 
@@ -68,15 +69,19 @@ class MemoraLayer(nn.Module):
         return tuple(w.unsqueeze(0).expand(batch_size, *w.shape) for w in weights)
 
     def forward(self, x: torch.Tensor, state=None, use_cache: bool = False):
-        """x [B, T, hidden] -> y [B, T, hidden], or (y, state) with use_cache.
+        """x [B, T, hidden] -> y [B, T, hidden], or (y, cache) with use_cache.
 
-        `state` carries the memory state and the convolutions' last inputs; passing it on
-        continues a sequence exactly when the split falls on a chunk boundary.
+        The cache (`runtime.MemoryCache`) holds the memory state, the anchor state and offset
+        of the chunk in progress, and the convolutions' last inputs: a prefill of any length
+        followed by token-by-token decoding equals one pass over the whole sequence.
         """
         B, T, _ = x.shape
         H, D = self.num_heads, self.head_dim
-        memory, conv_cache = (None, (None, None, None)) if state is None else state
+        cache = state if state is not None else runtime.MemoryCache()
+        if T == 0:  # e.g. an empty prompt
+            return (x, cache) if use_cache else x
         q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
+        conv_cache = cache.conv
         if self.convs is not None:
             (q, cq), (k, ck), (v, cv) = (
                 conv(t, c) for conv, t, c in zip(self.convs, (q, k, v), conv_cache)
@@ -86,14 +91,44 @@ class MemoraLayer(nn.Module):
         if self.qk_norm:
             q, k = runtime.l2norm(q), runtime.l2norm(k)
         gates = {name: GATE_FORMULAS[name](proj(x)) for name, proj in self.gate_proj.items()}
-        o, memory = self.memory(q, k, v, gates, memory if memory is not None else self.initial_state(B))
+        memory = cache.memory if cache.memory is not None else self.initial_state(B)
+        if use_cache or cache.offset:
+            o, memory, anchor, offset = self.memory_segments(q, k, v, gates, memory, cache)
+        else:  # training: one call, which starts a chunk
+            o, memory = self.memory(q, k, v, gates, memory)
+            anchor, offset = None, 0
         o = self.o_norm(o).reshape(B, T, H * D)
         if self.g_proj is not None:
             o = o * torch.nn.functional.silu(self.g_proj(x))
         y = self.o_proj(o)
-        return (y, (memory, conv_cache)) if use_cache else y
+        return (y, runtime.MemoryCache(memory, anchor, offset, conv_cache)) if use_cache else y
 
-    def memory(self, q, k, v, gates, initial_state):
+    def memory_segments(self, q, k, v, gates, memory, cache):
+        """The op over a segment that may start inside a chunk: finish the chunk in progress
+        (gradients at its anchor), run the whole chunks, then start the last, partial chunk,
+        whose starting state becomes the next anchor. Returns (o, state, anchor, offset)."""
+        chunk, T = CHUNK, q.shape[1]
+        anchor, offset = cache.anchor, cache.offset
+        pieces, start = [], 0
+        if offset:
+            start = min(chunk - offset, T)
+            o, memory = self.memory(q[:, :start], k[:, :start], v[:, :start],
+                                    {n: g[:, :start] for n, g in gates.items()}, memory,
+                                    anchor, offset)
+            pieces.append(o)
+            offset = (offset + start) % chunk
+        rest = T - start
+        for stop in (start + rest - rest % chunk, T):
+            if stop > start:
+                if stop == T and rest % chunk:  # a partial chunk begins here
+                    anchor, offset = memory, rest % chunk
+                o, memory = self.memory(q[:, start:stop], k[:, start:stop], v[:, start:stop],
+                                        {n: g[:, start:stop] for n, g in gates.items()}, memory)
+                pieces.append(o)
+                start = stop
+        return torch.cat(pieces, dim=1), memory, anchor, offset
+
+    def memory(self, q, k, v, gates, initial_state, anchor_state=None, chunk_offset=0):
         """The raw op on projected inputs; returns (o, final state)."""
         return op(
             q,
@@ -104,6 +139,8 @@ class MemoraLayer(nn.Module):
             initial_state=initial_state,
             output_final_state=True,
             backend=self.backend,
+            anchor_state=anchor_state,
+            chunk_offset=chunk_offset,
             ln_weight=self.ln_weight,
             ln_bias=self.ln_bias,
         )

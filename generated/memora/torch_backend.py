@@ -60,15 +60,15 @@ def surprise(ws, k, v, rho, params, ln):
     return inputs, deltas
 
 
-def recurrent(q, k, v, lr, rate, mom, params, state, scale, ln):
+def recurrent(q, k, v, lr, rate, mom, params, state, scale, ln, anchor_state, offset):
     """Token by token: each chunk's gradients at its anchor state, then per-token updates and
     reads (read after write). Works for every spec."""
     T = q.shape[2]
     ws, ss = list(state[:DEPTH]), list(state[DEPTH:])
     outs = []
-    for start in range(0, T, CHUNK):
-        stop = min(start + CHUNK, T)
-        anchor = ws
+    for start, stop, continuing, complete in runtime.chunks(T, CHUNK, offset):
+        base = anchor_state if continuing else ws
+        anchor = base
         rho = None
         chunk_params = {name: p[:, :, start:stop, None] for name, p in params.items()}
         inputs, deltas = surprise(anchor, k[:, :, start:stop], v[:, :, start:stop], rho, chunk_params, ln)
@@ -77,7 +77,7 @@ def recurrent(q, k, v, lr, rate, mom, params, state, scale, ln):
             e = lr[:, :, t, None, None]
             gs = [a[:, :, i, :, None] * d[:, :, i, None, :] for a, d in zip(inputs, deltas)]
             keep = rate[:, :, t, None, None]
-            if i == 0:  # the exact mirror (KL) step on a chunk's first token
+            if i == 0 and not continuing:  # the exact mirror (KL) step on a chunk's first token
                 ws = [torch.softmax(keep * torch.log(w) - e * g, dim=-1) for w, g in zip(ws, gs)]
             else:  # linear steps for the rest of the chunk (MIRAS' lag-token scheme)
                 ws = [keep * w - e * g for w, g in zip(ws, gs)]
@@ -86,7 +86,20 @@ def recurrent(q, k, v, lr, rate, mom, params, state, scale, ln):
     return torch.cat(outs, dim=2), ws + ss
 
 
-def forward(q, k, v, gates, scale, initial_state, output_final_state, ln_weight, ln_bias, strategy=None):
+def forward(
+    q,
+    k,
+    v,
+    gates,
+    scale,
+    initial_state,
+    output_final_state,
+    ln_weight,
+    ln_bias,
+    anchor_state=None,
+    chunk_offset=0,
+    strategy=None,
+):
     """Layout and dtype handling around the default strategy, STRATEGIES[0] (or `strategy`)."""
     B, T, H, Dk = q.shape
     Dv = v.shape[-1]
@@ -97,6 +110,9 @@ def forward(q, k, v, gates, scale, initial_state, output_final_state, ln_weight,
     shapes = [(Dk, 4 * Dk), (4 * Dk, Dv)]
     state = runtime.initial_weights(
         initial_state, shapes, 2, q, 'memora needs initial_state (an MLP memory)'
+    )
+    anchor = runtime.anchor_weights(
+        anchor_state, chunk_offset, CHUNK, shapes, q, 'memora needs initial_state (an MLP memory)'
     )
     lr = runtime.gate(gates["eta"], "eta", q)
     rate = runtime.gate(gates["a"], "a", q)
@@ -119,6 +135,8 @@ def forward(q, k, v, gates, scale, initial_state, output_final_state, ln_weight,
         state,
         scale,
         ln,
+        anchor,
+        chunk_offset,
     )
     o = o.transpose(1, 2).to(q.dtype)
     return o, (tuple(final) if output_final_state else None)

@@ -66,16 +66,16 @@ def _lq_normaliser(a):
     return torch.where(n > 0, n, torch.ones_like(n))
 
 
-def recurrent(q, k, v, lr, rate, mom, params, state, scale, ln):
+def recurrent(q, k, v, lr, rate, mom, params, state, scale, ln, anchor_state, offset):
     """Token by token: each chunk's gradients at its anchor state, then per-token updates and
     reads (read after write). Works for every spec."""
     T = q.shape[2]
     ws, ss = list(state[:DEPTH]), list(state[DEPTH:])
     outs = []
-    for start in range(0, T, CHUNK):
-        stop = min(start + CHUNK, T)
-        norms = [_lq_normaliser(a) for a in ws]
-        anchor = [a / n for a, n in zip(ws, norms)]
+    for start, stop, continuing, complete in runtime.chunks(T, CHUNK, offset):
+        base = anchor_state if continuing else ws
+        norms = [_lq_normaliser(a) for a in base]
+        anchor = [a / n for a, n in zip(base, norms)]
         rho = None
         chunk_params = {name: p[:, :, start:stop, None] for name, p in params.items()}
         inputs, deltas = surprise(anchor, k[:, :, start:stop], v[:, :, start:stop], rho, chunk_params, ln)
@@ -85,14 +85,27 @@ def recurrent(q, k, v, lr, rate, mom, params, state, scale, ln):
             gs = [a[:, :, i, :, None] * d[:, :, i, None, :] for a, d in zip(inputs, deltas)]
             keep = rate[:, :, t, None, None]
             ws = [keep * a - e * g for a, g in zip(ws, gs)]
-            if t == stop - 1:  # normalise at the chunk's end
+            if complete and t == stop - 1:  # normalise at the end of a complete chunk
                 norms = [_lq_normaliser(a) for a in ws]
             now = [a / n for a, n in zip(ws, norms)]
             outs.append(read(now, scale * q[:, :, t : t + 1], ln))
     return torch.cat(outs, dim=2), ws + ss
 
 
-def forward(q, k, v, gates, scale, initial_state, output_final_state, ln_weight, ln_bias, strategy=None):
+def forward(
+    q,
+    k,
+    v,
+    gates,
+    scale,
+    initial_state,
+    output_final_state,
+    ln_weight,
+    ln_bias,
+    anchor_state=None,
+    chunk_offset=0,
+    strategy=None,
+):
     """Layout and dtype handling around the default strategy, STRATEGIES[0] (or `strategy`)."""
     B, T, H, Dk = q.shape
     Dv = v.shape[-1]
@@ -103,6 +116,9 @@ def forward(q, k, v, gates, scale, initial_state, output_final_state, ln_weight,
     shapes = [(Dk, 4 * Dk), (4 * Dk, Dv)]
     state = runtime.initial_weights(
         initial_state, shapes, 2, q, 'moneta needs initial_state (an MLP memory)'
+    )
+    anchor = runtime.anchor_weights(
+        anchor_state, chunk_offset, CHUNK, shapes, q, 'moneta needs initial_state (an MLP memory)'
     )
     lr = runtime.gate(gates["eta"], "eta", q)
     rate = runtime.gate(gates["a"], "a", q)
@@ -125,6 +141,8 @@ def forward(q, k, v, gates, scale, initial_state, output_final_state, ln_weight,
         state,
         scale,
         ln,
+        anchor,
+        chunk_offset,
     )
     o = o.transpose(1, 2).to(q.dtype)
     return o, (tuple(final) if output_final_state else None)

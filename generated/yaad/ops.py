@@ -25,13 +25,17 @@ def yaad(
     initial_state=None,
     output_final_state=False,
     backend="auto",
+    anchor_state=None,
+    chunk_offset=0,
     ln_weight=None,
     ln_bias=None,
 ):
     """The yaad memory over q, k [B, T, H, Dk] and v [B, T, H, Dv]; gates [B, T, H].
 
     Returns (o [B, T, H, Dv], final state tuple in STATE_NAMES order, or None).
-    `initial_state` may omit the momentum buffers (they start at zero).
+    `initial_state` may omit the momentum buffers (they start at zero). A call starts a new
+    chunk of 16 unless `chunk_offset` > 0: then its first 16 - chunk_offset
+    tokens finish a chunk whose gradients are taken at `anchor_state` (decoding).
     This memory needs `initial_state` (its layer passes learned per-head weights).    `ln_weight`, `ln_bias` [H, Dv] are the memory LayerNorm's gain and bias (default 1 and 0).
     """
     runtime.check_qkv(q, k, v, residual=True)
@@ -52,9 +56,21 @@ def yaad(
             ln_weight=ln_weight,
             ln_bias=ln_bias,
             output_final_state=output_final_state,
+            anchor_state=anchor_state,
+            chunk_offset=chunk_offset,
         )
     return torch_backend.forward(
-        q, k, v, gates, scale, initial_state, output_final_state, ln_weight, ln_bias
+        q,
+        k,
+        v,
+        gates,
+        scale,
+        initial_state,
+        output_final_state,
+        ln_weight,
+        ln_bias,
+        anchor_state,
+        chunk_offset,
     )
 
 
