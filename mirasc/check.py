@@ -18,18 +18,21 @@ TOLERANCE = {
 }
 
 
-def random_shape(rng: random.Random, chunk: int, residual: bool) -> dict:
-    """Sizes that cover single tokens, ragged last chunks and several chunks."""
+def random_shape(rng: random.Random, spec) -> dict:
+    """Sizes that cover single tokens, ragged last chunks and several chunks (at least 3 values
+    under a LayerNorm, whose output over 2 values is degenerate)."""
+    chunk = spec.chunk
     T = rng.choice(
         [1, chunk, chunk + 1, 2 * chunk + rng.randint(1, max(1, chunk - 1)), rng.randint(1, 12)]
     )
-    Dk = rng.randint(2, 6)
+    low = 3 if spec.architecture.norm else 2
+    Dk = rng.randint(low, 6)
     return dict(
         B=rng.randint(1, 2),
         T=min(T, 24),
         H=rng.randint(1, 2),
         Dk=Dk,
-        Dv=Dk if residual else rng.randint(2, 6),
+        Dv=Dk if spec.architecture.residual else rng.randint(low, 6),
     )
 
 
@@ -51,7 +54,7 @@ def check_spec(
     rng = random.Random(seed)
     worst: dict[str, tuple[float, str]] = {}
     for i in tqdm(range(examples), desc=f"checking {spec.name}", unit="case"):
-        shape = random_shape(rng, spec.chunk, spec.architecture.residual)
+        shape = random_shape(rng, spec)
         case = testing.make_case(spec, **shape, dtype=getattr(torch, dtype), seed=seed * 100003 + i)
         for strategy in strategies:
             errors = testing.compare(module, case, backend, strategy)

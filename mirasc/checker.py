@@ -547,12 +547,8 @@ def check(module: ast.Module) -> Spec:
     """The one memory of a parsed file, checked and resolved."""
     scope = _Scope(module)
     for f in module.functions:  # check every definition, used or not
-        env = {
-            p: E.Name(
-                "y" if f.kind == "loss" and i == 0 else "v" if f.kind == "loss" and i == 1 else "x"
-            )
-            for i, p in enumerate(f.params)
-        }
+        canonical = ("y", "v") if f.kind == "loss" else ("x",)
+        env = {p: E.Name(c) for p, c in zip(f.params, canonical, strict=True)}
         env.update({p: E.Name(p) for p in f.extra})
         body = _Inliner(scope, f"{f.kind} {f.name!r}").resolve(f.body, env, (f.name,))
         _check_levels(body, f"{f.kind} {f.name!r}", has_sum_level=f.kind == "loss")
