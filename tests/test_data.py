@@ -1,0 +1,55 @@
+"""Synthetic tasks: the recipes of papers.md §5, checked on what a model must learn."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mirasc import data
+
+
+def test_mqar_answers_are_the_values_of_the_asked_keys():
+    g = torch.Generator().manual_seed(1)
+    x, y = data.mqar(16, 64, 8, vocab=256, generator=g)
+    assert x.shape == y.shape == (16, 64)
+    for row_x, row_y in zip(x, y, strict=True):
+        pairs = dict(zip(row_x[:16:2].tolist(), row_x[1:16:2].tolist(), strict=True))
+        asked = (row_y != data.IGNORE).nonzero().flatten()
+        assert len(asked) == 8
+        for pos in asked.tolist():
+            assert pairs[row_x[pos].item()] == row_y[pos].item()  # predicted at the query
+        assert all(1 <= k < 128 for k in pairs) and all(128 <= v < 256 for v in pairs.values())
+
+
+def test_mqar_is_seeded():
+    a = data.mqar(4, 32, 4, 64, generator=torch.Generator().manual_seed(3))
+    b = data.mqar(4, 32, 4, 64, generator=torch.Generator().manual_seed(3))
+    assert all(torch.equal(p, q) for p, q in zip(a, b, strict=True))
+    with pytest.raises(ValueError):
+        data.mqar(1, 30, 8, 64)
+
+
+def test_selective_copy_asks_the_symbols_in_order():
+    x, y = data.selective_copy(8, 40, 6, 10, torch.Generator().manual_seed(0))
+    for row_x, row_y in zip(x, y, strict=True):
+        symbols = row_x[:34][row_x[:34] < 8]
+        assert len(symbols) == 6 and row_x[34] == 9
+        assert torch.equal(row_y[34:], symbols) and (row_y[:34] == data.IGNORE).all()
+
+
+def test_niah_asks_the_needles_value():
+    x, y = data.niah(4, 128, torch.Generator().manual_seed(2))
+    assert x.shape == (4, 128)
+    for row_x, row_y in zip(x, y, strict=True):
+        text = data.niah_decode(row_x)
+        digits = [data.NIAH_VOCAB[int(t)] for t in row_y[-data.VALUE_DIGITS :]]
+        needle = text.split(" is : ")[1].split(" . ")[0].split()
+        assert needle == digits and "The grass is green" in text
+        assert (row_y[: -data.VALUE_DIGITS] == data.IGNORE).all()
+
+
+@pytest.mark.parametrize("name", ["mqar", "copy", "niah"])
+def test_task_registry(name):
+    t = data.task(name, 128)
+    x, y = t.batch(3, torch.Generator().manual_seed(0))
+    assert x.shape == (3, 128) and int(x.max()) < t.vocab and (y != data.IGNORE).any()
