@@ -1,0 +1,149 @@
+"""Small language models around any compiled memory layer (design §8).
+
+`MemoryLM` is MIRAS' Llama-style stack: pre-RMSNorm blocks of [memory layer, SwiGLU MLP].
+`hybrid="mal"` and `hybrid="mag"` are Titans' memory-as-a-layer and memory-as-a-gate blocks
+(papers.md §1.9), with learned persistent tokens prepended to the sequence and causal
+sliding-window attention that always sees them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass
+class ModelConfig:
+    vocab: int
+    hidden: int = 64
+    layers: int = 2
+    heads: int = 2
+    hybrid: str = "lm"  # lm | mal | mag
+    window: int = 64  # sliding-window attention span (hybrids)
+    persistent: int = 4  # persistent memory tokens (hybrids)
+    mlp_ratio: float = 8 / 3
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class SwiGLU(nn.Module):
+    def __init__(self, hidden: int, ratio: float):
+        super().__init__()
+        inner = int(hidden * ratio)
+        self.gate_up = nn.Linear(hidden, 2 * inner, bias=False)
+        self.down = nn.Linear(inner, hidden, bias=False)
+
+    def forward(self, x):
+        gate, up = self.gate_up(x).chunk(2, dim=-1)
+        return self.down(F.silu(gate) * up)
+
+
+class SlidingWindowAttention(nn.Module):
+    """Causal softmax attention over the last `window` tokens; the first `persistent` positions
+    (the persistent memory) stay visible to every token (Titans Fig. 3b)."""
+
+    def __init__(self, hidden: int, heads: int, window: int, persistent: int):
+        super().__init__()
+        self.heads, self.window, self.persistent = heads, window, persistent
+        self.qkv = nn.Linear(hidden, 3 * hidden, bias=False)
+        self.out = nn.Linear(hidden, hidden, bias=False)
+
+    def forward(self, x):
+        B, T, C = x.shape
+        q, k, v = self.qkv(x).view(B, T, 3, self.heads, C // self.heads).permute(2, 0, 3, 1, 4)
+        i = torch.arange(T, device=x.device)
+        causal = i[:, None] >= i[None, :]
+        near = (i[:, None] - i[None, :]) < self.window
+        allowed = causal & (near | (i[None, :] < self.persistent))
+        o = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed)
+        return self.out(o.transpose(1, 2).reshape(B, T, C))
+
+
+class Block(nn.Module):
+    """One pre-norm block: token mixer(s), then a SwiGLU MLP, each with a residual."""
+
+    def __init__(self, layer_cls, cfg: ModelConfig):
+        super().__init__()
+        self.hybrid = cfg.hybrid
+        self.norm_mem = nn.RMSNorm(cfg.hidden)
+        self.memory = layer_cls(cfg.hidden, cfg.heads)
+        if cfg.hybrid in ("mal", "mag"):
+            self.norm_attn = nn.RMSNorm(cfg.hidden)
+            self.attn = SlidingWindowAttention(cfg.hidden, cfg.heads, cfg.window, cfg.persistent)
+        if cfg.hybrid == "mag":  # o = norm(y) * sigmoid(norm(M(x))), learnable vector weights
+            self.norm_y = nn.RMSNorm(cfg.hidden)
+            self.norm_m = nn.RMSNorm(cfg.hidden)
+        self.norm_mlp = nn.RMSNorm(cfg.hidden)
+        self.mlp = SwiGLU(cfg.hidden, cfg.mlp_ratio)
+
+    def forward(self, h, cache=None, use_cache: bool = False):
+        """h [B, T, hidden]; `cache` (plain blocks only) is the memory layer's decoding state.
+        Returns (h, new cache or None)."""
+        if self.hybrid == "mag":
+            x = self.norm_mem(h)
+            y = self.attn(self.norm_attn(h))
+            h = h + self.norm_y(y) * torch.sigmoid(self.norm_m(self.memory(x)))
+        else:
+            if use_cache:
+                m, cache = self.memory(self.norm_mem(h), state=cache, use_cache=True)
+            else:
+                m = self.memory(self.norm_mem(h))
+            h = h + m
+            if self.hybrid == "mal":
+                h = h + self.attn(self.norm_attn(h))
+        return h + self.mlp(self.norm_mlp(h)), cache
+
+
+class MemoryLM(nn.Module):
+    """Embedding, blocks, final norm and an output head; `layer_cls` is a generated Layer."""
+
+    def __init__(self, layer_cls, cfg: ModelConfig):
+        super().__init__()
+        if cfg.hybrid not in ("lm", "mal", "mag"):
+            raise ValueError(f"hybrid must be lm, mal or mag, got {cfg.hybrid!r}")
+        self.cfg = cfg
+        self.embed = nn.Embedding(cfg.vocab, cfg.hidden)
+        n_persistent = cfg.persistent if cfg.hybrid != "lm" else 0
+        self.persistent = nn.Parameter(torch.randn(n_persistent, cfg.hidden) * 0.02)
+        self.blocks = nn.ModuleList(Block(layer_cls, cfg) for _ in range(cfg.layers))
+        self.norm = nn.RMSNorm(cfg.hidden)
+        self.head = nn.Linear(cfg.hidden, cfg.vocab, bias=False)
+
+    def forward(self, tokens: torch.Tensor, caches=None, use_cache: bool = False):
+        """tokens [B, T] -> logits [B, T, vocab], or (logits, caches) with use_cache (plain
+        stack only: the memory layers' decoding states, so generation costs O(1) per token)."""
+        if use_cache and self.cfg.hybrid != "lm":
+            raise ValueError("use_cache is supported by the plain stack (hybrid='lm') only")
+        h = self.embed(tokens)
+        p = self.persistent.shape[0]
+        if p:
+            h = torch.cat([self.persistent.expand(h.shape[0], -1, -1), h], dim=1)
+        caches = list(caches) if caches is not None else [None] * len(self.blocks)
+        for i, block in enumerate(self.blocks):
+            h, caches[i] = block(h, caches[i], use_cache)
+        logits = self.head(self.norm(h[:, p:]))
+        return (logits, caches) if use_cache else logits
+
+    @torch.no_grad()
+    def generate(self, prompt: torch.Tensor, max_new_tokens: int, temperature: float = 0.0):
+        """Greedy (temperature 0) or sampled continuation of `prompt` [B, T]: the plain stack
+        decodes token by token from its caches; hybrids re-read the whole sequence."""
+        cached = self.cfg.hybrid == "lm"
+        logits, caches = self(prompt, use_cache=True) if cached else (self(prompt), None)
+        tokens = prompt
+        for _ in range(max_new_tokens):
+            last = logits[:, -1]
+            if temperature > 0:
+                nxt = torch.multinomial(torch.softmax(last / temperature, -1), 1)
+            else:
+                nxt = last.argmax(-1, keepdim=True)
+            tokens = torch.cat([tokens, nxt], dim=1)
+            if cached:
+                logits, caches = self(nxt, caches, use_cache=True)
+            else:
+                logits = self(tokens)
+        return tokens
