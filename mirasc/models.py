@@ -107,8 +107,11 @@ class MemoryLM(nn.Module):
             raise ValueError(f"hybrid must be lm, mal or mag, got {cfg.hybrid!r}")
         self.cfg = cfg
         self.embed = nn.Embedding(cfg.vocab, cfg.hidden)
-        n_persistent = cfg.persistent if cfg.hybrid != "lm" else 0
-        self.persistent = nn.Parameter(torch.randn(n_persistent, cfg.hidden) * 0.02)
+        self.persistent = (  # Titans' persistent memory tokens, prepended to the sequence
+            nn.Parameter(torch.randn(cfg.persistent, cfg.hidden) * 0.02)
+            if cfg.hybrid != "lm" and cfg.persistent
+            else None
+        )
         self.blocks = nn.ModuleList(Block(layer_cls, cfg) for _ in range(cfg.layers))
         self.norm = nn.RMSNorm(cfg.hidden)
         self.head = nn.Linear(cfg.hidden, cfg.vocab, bias=False)
@@ -119,7 +122,7 @@ class MemoryLM(nn.Module):
         if use_cache and self.cfg.hybrid != "lm":
             raise ValueError("use_cache is supported by the plain stack (hybrid='lm') only")
         h = self.embed(tokens)
-        p = self.persistent.shape[0]
+        p = 0 if self.persistent is None else self.persistent.shape[0]
         if p:
             h = torch.cat([self.persistent.expand(h.shape[0], -1, -1), h], dim=1)
         caches = list(caches) if caches is not None else [None] * len(self.blocks)
