@@ -119,17 +119,11 @@ def _derived_doc(d: Derived) -> Code:
     return docstring_text("\n".join(lines))
 
 
-def _shapes(spec: Spec) -> tuple[Code, list]:
-    """Weight shapes as code over Dk, Dv, and (rows, cols, init std) for the layer."""
+def _shapes(spec: Spec) -> Code:
+    """The memory's weight shapes, as code over Dk and Dv."""
     a = spec.architecture
-    if a.depth == 1:
-        return Code("[(Dk, Dv)]"), [("head_dim", "head_dim", Code("0.0"))]
-    hidden = f"{a.expansion} * Dk"
-    dims = ["Dk"] + [hidden] * (a.depth - 1) + ["Dv"]
-    code = Code("[" + ", ".join(f"({i}, {o})" for i, o in itertools.pairwise(dims)) + "]")
-    layer_dims = ["head_dim"] + [f"{a.expansion} * head_dim"] * (a.depth - 1) + ["head_dim"]
-    init = [(Code(i), Code(o), Code(f"{i} ** -0.5")) for i, o in itertools.pairwise(layer_dims)]
-    return code, init
+    dims = ["Dk"] + [f"{a.expansion} * Dk"] * (a.depth - 1) + ["Dv"]
+    return Code("[" + ", ".join(f"({i}, {o})" for i, o in itertools.pairwise(dims)) + "]")
 
 
 def wy_scale(spec: Spec, derived: Derived) -> sp.Expr | None:
@@ -194,7 +188,6 @@ def context(spec: Spec, derived: Derived, source_text: str) -> dict:
                 lines=_elementwise(TorchPrinter(like="z"), {"_g": expr}, Z, {Z}, "_z"),
             )
         )
-    shapes, init_shapes = _shapes(spec)
     ret = spec.retention
     required = (
         f"{spec.name} needs initial_state ({'an MLP memory' if spec.architecture.kind == 'mlp' else 'kl retention: strictly positive weights'})"
@@ -220,7 +213,13 @@ def context(spec: Spec, derived: Derived, source_text: str) -> dict:
         retention=ret.kind,
         momentum=spec.has_momentum,
         lq_q=Code(repr(float(ret.q))) if ret.q is not None else None,
-        kl=ret.kind == "kl",
+        initial_kind=Code(
+            "zeros"
+            if not spec.needs_initial_state
+            else "simplex"
+            if ret.kind == "kl"
+            else "learned"
+        ),
         dual=spec.linear_update,
         strategies=Code(repr(strategies(spec, derived))),
         strategy_names=strategies(spec, derived),
@@ -234,8 +233,7 @@ def context(spec: Spec, derived: Derived, source_text: str) -> dict:
         dg_lines=[Code(line) for line in printer.block(token, "_s")],
         grad=Code(grad),
         gates=gates,
-        shapes=shapes,
-        init_shapes=init_shapes,
+        shapes=_shapes(spec),
         n_states=len(spec.state_names),
         required_state=Code(repr(required)),
         lr=_operand_code(spec.algorithm.lr, "lr"),

@@ -2,145 +2,25 @@
 # Do not edit: change the spec and recompile (`mirasc compile`).
 """YaadLayer: the yaad memory as a token mixer for [B, T, hidden] inputs."""
 
-import torch
-from torch import nn
-
 from mirasc import runtime
 
 from . import elementwise
 from .ops import op
 from .torch_backend import CHUNK
 
-GATE_FORMULAS = { "eta": elementwise.gate_eta, "alpha": elementwise.gate_alpha, "delta": elementwise.gate_delta }
 
+class YaadLayer(runtime.MemoryLayer):
+    """yaad as a layer: see `mirasc.runtime.MemoryLayer` for the structure and the
+    arguments (hidden_size, num_heads, head_dim=None, *, use_short_conv, conv_size, qk_norm,
+    output_gate, scale, backend).
 
-class YaadLayer(nn.Module):
-    """Projections for q, k, v and each gate, optional short convolution and q/k L2 norm, the
-    memory op, then a per-head RMSNorm, an output gate and the output projection.
-
-    Each gate is its spec formula applied to a learned linear pre-activation z = W_g x.
     The memory's initial weights are learned per head and get gradients through the op.
     """
 
-    def __init__(
-        self,
-        hidden_size: int,
-        num_heads: int,
-        head_dim: int | None = None,
-        *,
-        use_short_conv: bool = True,
-        conv_size: int = 4,
-        qk_norm: bool = True,
-        output_gate: bool = True,
-        scale: float = 1.0,
-        backend: str = "auto",
-    ):
-        super().__init__()
-        head_dim = head_dim or hidden_size // num_heads
-        self.hidden_size, self.num_heads, self.head_dim = hidden_size, num_heads, head_dim
-        self.qk_norm, self.scale, self.backend = qk_norm, scale, backend
-        inner = num_heads * head_dim
-        self.q_proj = nn.Linear(hidden_size, inner, bias=False)
-        self.k_proj = nn.Linear(hidden_size, inner, bias=False)
-        self.v_proj = nn.Linear(hidden_size, inner, bias=False)
-        self.convs = (
-            nn.ModuleList([runtime.ShortConvolution(inner, conv_size) for _ in range(3)])
-            if use_short_conv
-            else None
-        )
-        self.gate_proj = nn.ModuleDict(
-            { "eta": nn.Linear(hidden_size, num_heads), "alpha": nn.Linear(hidden_size, num_heads), "delta": nn.Linear(hidden_size, num_heads) }
-        )
-        self.ln_weight = nn.Parameter(torch.ones(num_heads, head_dim))
-        self.ln_bias = nn.Parameter(torch.zeros(num_heads, head_dim))
-        self.initial = nn.ParameterList(
-            [
-                nn.Parameter(torch.randn(num_heads, head_dim, 4 * head_dim) * head_dim ** -0.5),
-                nn.Parameter(torch.randn(num_heads, 4 * head_dim, head_dim) * 4 * head_dim ** -0.5),
-            ]
-        )
-        self.o_norm = nn.RMSNorm(head_dim, eps=1e-5)
-        self.g_proj = nn.Linear(hidden_size, inner, bias=False) if output_gate else None
-        self.o_proj = nn.Linear(inner, hidden_size, bias=False)
-
-    def initial_state(self, batch_size: int):
-        """The memory's starting weights for a batch (learned, per head)."""
-        weights = list(self.initial)
-        return tuple(w.unsqueeze(0).expand(batch_size, *w.shape) for w in weights)
-
-    def forward(self, x: torch.Tensor, state=None, use_cache: bool = False):
-        """x [B, T, hidden] -> y [B, T, hidden], or (y, cache) with use_cache.
-
-        The cache (`runtime.MemoryCache`) holds the memory state, the anchor state and offset
-        of the chunk in progress, and the convolutions' last inputs: a prefill of any length
-        followed by token-by-token decoding equals one pass over the whole sequence.
-        """
-        B, T, _ = x.shape
-        H, D = self.num_heads, self.head_dim
-        cache = state if state is not None else runtime.MemoryCache()
-        if T == 0:  # e.g. an empty prompt
-            return (x, cache) if use_cache else x
-        q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
-        conv_cache = cache.conv
-        if self.convs is not None:
-            (q, cq), (k, ck), (v, cv) = (
-                conv(t, c) for conv, t, c in zip(self.convs, (q, k, v), conv_cache)
-            )
-            conv_cache = (cq, ck, cv)
-        q, k, v = (t.view(B, T, H, D) for t in (q, k, v))
-        if self.qk_norm:
-            q, k = runtime.l2norm(q), runtime.l2norm(k)
-        gates = {name: GATE_FORMULAS[name](proj(x)) for name, proj in self.gate_proj.items()}
-        memory = cache.memory if cache.memory is not None else self.initial_state(B)
-        if use_cache or cache.offset:
-            o, memory, anchor, offset = self.memory_segments(q, k, v, gates, memory, cache)
-        else:  # training: one call, which starts a chunk
-            o, memory = self.memory(q, k, v, gates, memory)
-            anchor, offset = None, 0
-        o = self.o_norm(o).reshape(B, T, H * D)
-        if self.g_proj is not None:
-            o = o * torch.nn.functional.silu(self.g_proj(x))
-        y = self.o_proj(o)
-        return (y, runtime.MemoryCache(memory, anchor, offset, conv_cache)) if use_cache else y
-
-    def memory_segments(self, q, k, v, gates, memory, cache):
-        """The op over a segment that may start inside a chunk: finish the chunk in progress
-        (gradients at its anchor), run the whole chunks, then start the last, partial chunk,
-        whose starting state becomes the next anchor. Returns (o, state, anchor, offset)."""
-        chunk, T = CHUNK, q.shape[1]
-        anchor, offset = cache.anchor, cache.offset
-        pieces, start = [], 0
-        if offset:
-            start = min(chunk - offset, T)
-            o, memory = self.memory(q[:, :start], k[:, :start], v[:, :start],
-                                    {n: g[:, :start] for n, g in gates.items()}, memory,
-                                    anchor, offset)
-            pieces.append(o)
-            offset = (offset + start) % chunk
-        rest = T - start
-        for stop in (start + rest - rest % chunk, T):
-            if stop > start:
-                if stop == T and rest % chunk:  # a partial chunk begins here
-                    anchor, offset = memory, rest % chunk
-                o, memory = self.memory(q[:, start:stop], k[:, start:stop], v[:, start:stop],
-                                        {n: g[:, start:stop] for n, g in gates.items()}, memory)
-                pieces.append(o)
-                start = stop
-        return torch.cat(pieces, dim=1), memory, anchor, offset
-
-    def memory(self, q, k, v, gates, initial_state, anchor_state=None, chunk_offset=0):
-        """The raw op on projected inputs; returns (o, final state)."""
-        return op(
-            q,
-            k,
-            v,
-            **gates,
-            scale=self.scale,
-            initial_state=initial_state,
-            output_final_state=True,
-            backend=self.backend,
-            anchor_state=anchor_state,
-            chunk_offset=chunk_offset,
-            ln_weight=self.ln_weight,
-            ln_bias=self.ln_bias,
-        )
+    op = staticmethod(op)
+    chunk = CHUNK
+    gate_formulas = { "eta": elementwise.gate_eta, "alpha": elementwise.gate_alpha, "delta": elementwise.gate_delta }
+    layer_norm = True
+    initial_kind = "learned"
+    depth = 2
+    expansion = 4
