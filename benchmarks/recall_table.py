@@ -1,7 +1,7 @@
-"""Small-scale recall table: every shipped spec trained with `mirasc train`'s trainer on MQAR
-at several sequence lengths, with seeds. Prints a markdown table of final held-out accuracy
-(mean ± half-range over seeds) and the time per run. The budget is fixed and small (CPU):
-report what comes out. (A softmax-attention baseline and plots are still to come.)
+"""Small-scale recall table: every shipped spec, and a softmax-attention baseline of the same
+width, trained with `mirasc train`'s trainer on MQAR at several sequence lengths, with seeds.
+Prints a markdown table of final held-out accuracy (mean ± half-range over seeds) and the time
+per run. The budget is fixed and small (CPU): report what comes out.
 
     python benchmarks/recall_table.py [--lengths 128 256 512] [--seeds 0 1] [--steps 300]
 """

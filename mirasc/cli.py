@@ -185,7 +185,7 @@ def parser() -> argparse.ArgumentParser:
         ),
         epilog=EPILOG,
     )
-    t.add_argument("spec", metavar="SPEC")
+    t.add_argument("spec", metavar="SPEC", help="a .miras file, or `attention` for the baseline")
     t.add_argument("--task", choices=("mqar", "niah", "copy"), default="mqar")
     t.add_argument("--model", choices=("lm", "mal", "mag"), default="lm")
     t.add_argument("--steps", type=int, default=300)

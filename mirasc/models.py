@@ -63,6 +63,21 @@ class SlidingWindowAttention(nn.Module):
         return self.out(o.transpose(1, 2).reshape(B, T, C))
 
 
+class AttentionLayer(nn.Module):
+    """The softmax-attention baseline with a memory layer's interface: causal multi-head
+    attention over the whole sequence (q/k/v and output projections, as wide as the memory)."""
+
+    def __init__(self, hidden_size: int, num_heads: int):
+        super().__init__()
+        self.attn = SlidingWindowAttention(hidden_size, num_heads, window=1 << 30, persistent=0)
+
+    def forward(self, x, state=None, use_cache: bool = False):
+        if use_cache:  # re-reads the whole prefix: state is the sequence so far
+            x_all = x if state is None else torch.cat([state, x], dim=1)
+            return self.attn(x_all)[:, -x.shape[1] :], x_all
+        return self.attn(x)
+
+
 class Block(nn.Module):
     """One pre-norm block: token mixer(s), then a SwiGLU MLP, each with a residual."""
 

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from . import data
-from .models import MemoryLM, ModelConfig
+from .models import AttentionLayer, MemoryLM, ModelConfig
 
 
 @dataclass
@@ -71,7 +71,7 @@ class Trainer:
         self.out = Path(cfg.out)
         torch.manual_seed(cfg.seed)
         self.task = data.task(cfg.task, cfg.seq_len)
-        module = mirasc.compile(cfg.spec)
+        layer_cls = AttentionLayer if cfg.spec == "attention" else mirasc.compile(cfg.spec).Layer
         self.model_cfg = ModelConfig(
             vocab=self.task.vocab,
             hidden=cfg.hidden,
@@ -80,7 +80,7 @@ class Trainer:
             hybrid=cfg.model,
             window=cfg.window,
         )
-        self.model = MemoryLM(module.Layer, self.model_cfg)
+        self.model = MemoryLM(layer_cls, self.model_cfg)
         self.step_model = self.model
         if self.world > 1:
             self.step_model = torch.nn.parallel.DistributedDataParallel(self.model)

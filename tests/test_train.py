@@ -73,3 +73,17 @@ def test_cli_writes_metrics_config_and_curves(tmp_path, capsys):
     assert cfg["train"]["model"] == "mal" and cfg["model"]["hybrid"] == "mal"
     assert (out / "curves.png").stat().st_size > 1000 and (out / "checkpoint.pt").exists()
     assert "accuracy" in capsys.readouterr().out
+
+
+def test_attention_baseline_trains_and_decodes(tmp_path):
+    from mirasc.models import AttentionLayer
+
+    history = Trainer(config(tmp_path, spec="attention", steps=4)).run()
+    assert [r["step"] for r in history] == [4]
+    torch.manual_seed(0)
+    model = MemoryLM(AttentionLayer, ModelConfig(vocab=20)).double()
+    x = torch.randint(0, 20, (2, 10))
+    ref = x[:, :4]
+    for _ in range(5):
+        ref = torch.cat([ref, model(ref)[:, -1].argmax(-1, keepdim=True)], dim=1)
+    assert torch.equal(model.generate(x[:, :4], 5), ref)
