@@ -179,7 +179,7 @@ def parser() -> argparse.ArgumentParser:
         help="train a model around a spec on a synthetic task",
         description=(
             "Train a small language model whose token mixer is SPEC's layer (plain stack, or the "
-            "Titans hybrids MAL/MAG) on a synthetic task generated on the fly. Writes "
+            "Titans hybrids MAC/MAL/MAG) on a synthetic task generated on the fly. Writes "
             "DIR/config.json, DIR/metrics.jsonl, DIR/checkpoint.pt and DIR/curves.png. "
             "Runs unchanged under torchrun."
         ),
@@ -187,7 +187,7 @@ def parser() -> argparse.ArgumentParser:
     )
     t.add_argument("spec", metavar="SPEC", help="a .miras file, or `attention` for the baseline")
     t.add_argument("--task", choices=("mqar", "niah", "copy"), default="mqar")
-    t.add_argument("--model", choices=("lm", "mal", "mag"), default="lm")
+    t.add_argument("--model", choices=("lm", "mac", "mal", "mag"), default="lm")
     t.add_argument("--steps", type=int, default=300)
     t.add_argument("--seq-len", dest="seq_len", type=int, default=64)
     t.add_argument("--batch", type=int, default=32)
@@ -197,7 +197,9 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--hidden", type=int, default=64)
     t.add_argument("--layers", type=int, default=2)
     t.add_argument("--heads", type=int, default=2)
-    t.add_argument("--window", type=int, default=32, help="sliding-window span (hybrids)")
+    t.add_argument(
+        "--window", type=int, default=32, help="attention window (MAL, MAG) or segment (MAC)"
+    )
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--out", default="runs/train", metavar="DIR")
     t.add_argument("--resume", action="store_true", help="continue from DIR/checkpoint.pt")

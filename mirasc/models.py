@@ -3,7 +3,8 @@
 `MemoryLM` is MIRAS' Llama-style stack: pre-RMSNorm blocks of [memory layer, SwiGLU MLP].
 `hybrid="mal"` and `hybrid="mag"` are Titans' memory-as-a-layer and memory-as-a-gate blocks
 (papers.md §1.9), with learned persistent tokens prepended to the sequence and causal
-sliding-window attention that always sees them.
+sliding-window attention that always sees them; `hybrid="mac"` is memory-as-a-context, segment
+by segment, following the paper's equations.
 """
 
 from __future__ import annotations
@@ -21,8 +22,8 @@ class ModelConfig:
     hidden: int = 64
     layers: int = 2
     heads: int = 2
-    hybrid: str = "lm"  # lm | mal | mag
-    window: int = 64  # sliding-window attention span (hybrids)
+    hybrid: str = "lm"  # lm | mac | mal | mag
+    window: int = 64  # sliding-window attention span (MAL, MAG); segment length (MAC)
     persistent: int = 4  # persistent memory tokens (hybrids)
     mlp_ratio: float = 8 / 3
 
@@ -52,13 +53,15 @@ class SlidingWindowAttention(nn.Module):
         self.qkv = nn.Linear(hidden, 3 * hidden, bias=False)
         self.out = nn.Linear(hidden, hidden, bias=False)
 
-    def forward(self, x):
+    def forward(self, x, allowed: torch.Tensor | None = None):
+        """`allowed` [T, T] overrides the sliding-window mask (True: may attend)."""
         B, T, C = x.shape
         q, k, v = self.qkv(x).view(B, T, 3, self.heads, C // self.heads).permute(2, 0, 3, 1, 4)
-        i = torch.arange(T, device=x.device)
-        causal = i[:, None] >= i[None, :]
-        near = (i[:, None] - i[None, :]) < self.window
-        allowed = causal & (near | (i[None, :] < self.persistent))
+        if allowed is None:
+            i = torch.arange(T, device=x.device)
+            causal = i[:, None] >= i[None, :]
+            near = (i[:, None] - i[None, :]) < self.window
+            allowed = causal & (near | (i[None, :] < self.persistent))
         o = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed)
         return self.out(o.transpose(1, 2).reshape(B, T, C))
 
@@ -113,21 +116,68 @@ class Block(nn.Module):
         return h + self.mlp(self.norm_mlp(h)), cache
 
 
+class MACBlock(nn.Module):
+    """Titans' memory as a context (papers.md §1.9, eqs. 21-25), segment by segment:
+    h = M*_{t-1}(q) is retrieved from the memory before the segment; attention runs over
+    [persistent tokens | h | segment] (token i sees the persistent tokens, h_j and x_j for j <= i);
+    the memory is then updated with the attention output y, and o = y * sigmoid(norm(M_t(y))),
+    where M_t(y) is read after each token's write, so the block stays causal."""
+
+    def __init__(self, layer_cls, cfg: ModelConfig):
+        super().__init__()
+        self.segment = cfg.window
+        self.persistent = nn.Parameter(torch.randn(cfg.persistent, cfg.hidden) * 0.02)
+        self.norm_in = nn.RMSNorm(cfg.hidden)
+        self.memory = layer_cls(cfg.hidden, cfg.heads)
+        self.attn = SlidingWindowAttention(cfg.hidden, cfg.heads, window=1 << 30, persistent=0)
+        self.norm_m = nn.RMSNorm(cfg.hidden)
+        self.norm_mlp = nn.RMSNorm(cfg.hidden)
+        self.mlp = SwiGLU(cfg.hidden, cfg.mlp_ratio)
+
+    def mask(self, n: int, device) -> torch.Tensor:
+        p = self.persistent.shape[0]
+        i = torch.arange(n, device=device)
+        causal = i[:, None] >= i[None, :]
+        rows = torch.zeros(p + 2 * n, p + 2 * n, dtype=torch.bool, device=device)
+        rows[:, :p] = True  # everyone sees the persistent tokens
+        rows[p : p + n, p : p + n] = causal  # retrieved tokens (outputs unused)
+        rows[p + n :, p : p + n] = causal  # token i sees h_j, j <= i
+        rows[p + n :, p + n :] = causal  # and x_j, j <= i
+        rows[:p, :p] = True
+        return rows
+
+    def forward(self, h, cache=None, use_cache: bool = False):
+        B, T, _ = h.shape
+        state, outs = None, []
+        for start in range(0, T, self.segment):
+            x = self.norm_in(h[:, start : start + self.segment])
+            n = x.shape[1]
+            memory = state.memory if state is not None else None
+            retrieved = self.memory.retrieve(x, memory)
+            context = torch.cat([self.persistent.expand(B, -1, -1), retrieved, x], dim=1)
+            y = self.attn(context, self.mask(n, h.device))[:, -n:]
+            m, state = self.memory(y, state=state, use_cache=True)
+            outs.append(y * torch.sigmoid(self.norm_m(m)))
+        h = h + torch.cat(outs, dim=1)
+        return h + self.mlp(self.norm_mlp(h)), None
+
+
 class MemoryLM(nn.Module):
     """Embedding, blocks, final norm and an output head; `layer_cls` is a generated Layer."""
 
     def __init__(self, layer_cls, cfg: ModelConfig):
         super().__init__()
-        if cfg.hybrid not in ("lm", "mal", "mag"):
-            raise ValueError(f"hybrid must be lm, mal or mag, got {cfg.hybrid!r}")
+        if cfg.hybrid not in ("lm", "mac", "mal", "mag"):
+            raise ValueError(f"hybrid must be lm, mac, mal or mag, got {cfg.hybrid!r}")
         self.cfg = cfg
         self.embed = nn.Embedding(cfg.vocab, cfg.hidden)
         self.persistent = (  # Titans' persistent memory tokens, prepended to the sequence
             nn.Parameter(torch.randn(cfg.persistent, cfg.hidden) * 0.02)
-            if cfg.hybrid != "lm" and cfg.persistent
+            if cfg.hybrid in ("mal", "mag") and cfg.persistent
             else None
         )
-        self.blocks = nn.ModuleList(Block(layer_cls, cfg) for _ in range(cfg.layers))
+        block = MACBlock if cfg.hybrid == "mac" else Block
+        self.blocks = nn.ModuleList(block(layer_cls, cfg) for _ in range(cfg.layers))
         self.norm = nn.RMSNorm(cfg.hidden)
         self.head = nn.Linear(cfg.hidden, cfg.vocab, bias=False)
 

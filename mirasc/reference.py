@@ -226,3 +226,21 @@ def run(
     o = torch.stack(outputs, dim=1).to(dtype) if outputs else q.new_zeros(B, 0, H, Dv)
     final = tuple(weights + moms) if output_final_state else None
     return o, final
+
+
+def read(spec: Spec, q: torch.Tensor, state, scale: float = 1.0, ln_weight=None, ln_bias=None):
+    """f(W; scale * q) at a fixed state (MONETA's A normalised), every token: the oracle of a
+    generated package's `read`."""
+    T, H = q.shape[1], q.shape[2]
+    f64 = torch.float64
+    weights = [s.to(f64) for s in state[: spec.architecture.depth]]
+    if spec.retention.kind == "lq":
+        weights = [a / _lq_normaliser(a, spec.retention.q) for a in weights]
+    Dv = weights[-1].shape[-1]
+    ln = None
+    if spec.architecture.norm == "layernorm":
+        gain = torch.ones(H, Dv, dtype=f64) if ln_weight is None else ln_weight.to(f64)
+        shift = torch.zeros(H, Dv, dtype=f64) if ln_bias is None else ln_bias.to(f64)
+        ln = (gain.unsqueeze(0), shift.unsqueeze(0))
+    outs = [_memory(spec, weights, scale * q[:, t].to(f64), ln) for t in range(T)]
+    return torch.stack(outs, dim=1).to(q.dtype)

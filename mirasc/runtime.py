@@ -176,6 +176,7 @@ class MemoryLayer(nn.Module):
     """
 
     op: ClassVar  # the generated op, as a staticmethod
+    read: ClassVar  # the generated read-only op, as a staticmethod
     chunk: ClassVar[int]
     gate_formulas: ClassVar[dict]  # gate name -> formula of z
     layer_norm: ClassVar[bool]  # the memory has a LayerNorm (gain and bias are learned here)
@@ -268,6 +269,23 @@ class MemoryLayer(nn.Module):
             o = o * F.silu(self.g_proj(x))
         y = self.o_proj(o)
         return (y, MemoryCache(memory, anchor, offset, conv_cache)) if use_cache else y
+
+    def retrieve(self, x: torch.Tensor, memory) -> torch.Tensor:
+        """M*(x): the memory at state `memory` applied to queries from x, without writing,
+        through the same query and output paths (no convolution: retrieval is stateless)."""
+        B, T, _ = x.shape
+        q = self.q_proj(x).view(B, T, self.num_heads, self.head_dim)
+        if self.qk_norm:
+            q = l2norm(q)
+        if memory is None:  # a linear memory's default start: zeros
+            memory = self.initial_state(B) or (
+                x.new_zeros(B, self.num_heads, self.head_dim, self.head_dim),
+            )
+        norm = {"ln_weight": self.ln_weight, "ln_bias": self.ln_bias} if self.layer_norm else {}
+        o = self.o_norm(self.read(q, memory, scale=self.scale, **norm)).reshape(B, T, -1)
+        if self.g_proj is not None:
+            o = o * F.silu(self.g_proj(x))
+        return self.o_proj(o)
 
     def memory_segments(self, q, k, v, gates, memory, cache):
         """The op over a segment that may start inside a chunk: finish the chunk in progress

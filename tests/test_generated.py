@@ -81,3 +81,17 @@ def test_op_errors_are_clear(shipped):
         module.op(q, q, q, **gates, backend="cuda")
     with pytest.raises(BackendError, match="no Triton backend yet"):
         module.op(q, q, q, **gates, backend="triton")
+
+
+@pytest.mark.parametrize("name", ["titans", "moneta", "yaad", "deltanet", "memora"])
+def test_read_matches_the_reference(shipped, name):
+    """`read`: the memory at a fixed state, without writing (what MAC's retrieval uses)."""
+    from mirasc import reference, testing
+
+    module = shipped[name]
+    spec = testing.spec_of(module)
+    case = testing.make_case(spec, B=2, T=5, H=2, Dk=4, seed=1, with_initial_state=True)
+    kw = {"ln_weight": case.ln[0], "ln_bias": case.ln[1]} if case.ln else {}
+    got = module.read(case.q, case.initial_state, scale=0.7, **kw)
+    want = reference.read(spec, case.q, case.initial_state, 0.7, **kw)
+    assert testing.relative_error(got, want) < 1e-12

@@ -12,7 +12,7 @@ from mirasc.models import MemoryLM, ModelConfig
 from mirasc.train import TrainConfig, Trainer
 
 
-@pytest.mark.parametrize("hybrid", ["lm", "mal", "mag"])
+@pytest.mark.parametrize("hybrid", ["lm", "mac", "mal", "mag"])
 def test_models_run_and_generate(shipped, hybrid):
     torch.manual_seed(0)
     model = MemoryLM(
@@ -29,13 +29,16 @@ def test_models_run_and_generate(shipped, hybrid):
     assert torch.equal(out, ref)
 
 
-def test_models_are_causal(shipped):
+@pytest.mark.parametrize("hybrid", ["mac", "mag"])
+def test_models_are_causal(shipped, hybrid):
+    """Changing tokens from position 15 on changes no earlier output (15 is inside a segment)."""
     torch.manual_seed(1)
-    model = MemoryLM(shipped["yaad"].Layer, ModelConfig(vocab=30, hybrid="mag", window=4)).double()
+    model = MemoryLM(shipped["yaad"].Layer, ModelConfig(vocab=30, hybrid=hybrid, window=4)).double()
     x = torch.randint(0, 30, (1, 24))
     y = x.clone()
     y[:, 15:] = (y[:, 15:] + 1) % 30
     assert torch.allclose(model(x)[:, :15], model(y)[:, :15])
+    assert not torch.allclose(model(x)[:, 15:], model(y)[:, 15:])
 
 
 def config(tmp_path, **kw) -> TrainConfig:

@@ -24,7 +24,7 @@ Derived by SymPy (r = y - v element-wise; S_i are sums over the value dimension)
 """
 
 from .layer import DeltanetLayer
-from .ops import GATE_NAMES, SPEC, SPEC_IR, STATE_NAMES, op, deltanet
+from .ops import GATE_NAMES, SPEC, SPEC_IR, STATE_NAMES, op, read, deltanet
 
 Layer = DeltanetLayer
 
@@ -36,5 +36,6 @@ __all__ = [
     "STATE_NAMES",
     "DeltanetLayer",
     "op",
+    "read",
     "deltanet",
 ]

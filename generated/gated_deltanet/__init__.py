@@ -26,7 +26,7 @@ Derived by SymPy (r = y - v element-wise; S_i are sums over the value dimension)
 """
 
 from .layer import GatedDeltanetLayer
-from .ops import GATE_NAMES, SPEC, SPEC_IR, STATE_NAMES, op, gated_deltanet
+from .ops import GATE_NAMES, SPEC, SPEC_IR, STATE_NAMES, op, read, gated_deltanet
 
 Layer = GatedDeltanetLayer
 
@@ -38,5 +38,6 @@ __all__ = [
     "STATE_NAMES",
     "GatedDeltanetLayer",
     "op",
+    "read",
     "gated_deltanet",
 ]

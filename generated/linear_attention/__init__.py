@@ -22,7 +22,7 @@ Derived by SymPy (r = y - v element-wise; S_i are sums over the value dimension)
 """
 
 from .layer import LinearAttentionLayer
-from .ops import GATE_NAMES, SPEC, SPEC_IR, STATE_NAMES, op, linear_attention
+from .ops import GATE_NAMES, SPEC, SPEC_IR, STATE_NAMES, op, read, linear_attention
 
 Layer = LinearAttentionLayer
 
@@ -34,5 +34,6 @@ __all__ = [
     "STATE_NAMES",
     "LinearAttentionLayer",
     "op",
+    "read",
     "linear_attention",
 ]

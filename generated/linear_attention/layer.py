@@ -5,7 +5,7 @@
 from mirasc import runtime
 
 from . import elementwise
-from .ops import op
+from .ops import op, read
 from .torch_backend import CHUNK
 
 
@@ -16,6 +16,7 @@ class LinearAttentionLayer(runtime.MemoryLayer):
     """
 
     op = staticmethod(op)
+    read = staticmethod(read)
     chunk = CHUNK
     gate_formulas = {  }
     layer_norm = False

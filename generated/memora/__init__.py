@@ -30,7 +30,7 @@ Derived by SymPy (r = y - v element-wise; S_i are sums over the value dimension)
 """
 
 from .layer import MemoraLayer
-from .ops import GATE_NAMES, SPEC, SPEC_IR, STATE_NAMES, op, memora
+from .ops import GATE_NAMES, SPEC, SPEC_IR, STATE_NAMES, op, read, memora
 
 Layer = MemoraLayer
 
@@ -42,5 +42,6 @@ __all__ = [
     "STATE_NAMES",
     "MemoraLayer",
     "op",
+    "read",
     "memora",
 ]

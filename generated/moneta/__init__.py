@@ -30,7 +30,7 @@ Derived by SymPy (r = y - v element-wise; S_i are sums over the value dimension)
 """
 
 from .layer import MonetaLayer
-from .ops import GATE_NAMES, SPEC, SPEC_IR, STATE_NAMES, op, moneta
+from .ops import GATE_NAMES, SPEC, SPEC_IR, STATE_NAMES, op, read, moneta
 
 Layer = MonetaLayer
 
@@ -42,5 +42,6 @@ __all__ = [
     "STATE_NAMES",
     "MonetaLayer",
     "op",
+    "read",
     "moneta",
 ]

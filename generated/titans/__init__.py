@@ -32,7 +32,7 @@ Derived by SymPy (r = y - v element-wise; S_i are sums over the value dimension)
 """
 
 from .layer import TitansLayer
-from .ops import GATE_NAMES, SPEC, SPEC_IR, STATE_NAMES, op, titans
+from .ops import GATE_NAMES, SPEC, SPEC_IR, STATE_NAMES, op, read, titans
 
 Layer = TitansLayer
 
@@ -44,5 +44,6 @@ __all__ = [
     "STATE_NAMES",
     "TitansLayer",
     "op",
+    "read",
     "titans",
 ]

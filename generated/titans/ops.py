@@ -71,4 +71,10 @@ def titans(
     )
 
 
+def read(q, state, *, scale=1.0):
+    """The memory at `state` applied to q [B, T, H, Dk], without writing: o [B, T, H, Dv]."""
+    runtime.check_qkv(q, q, q, residual=False)
+    return torch_backend.read_state(q, state, scale, None, None)
+
+
 op = titans

@@ -28,7 +28,7 @@ Derived by SymPy (r = y - v element-wise; S_i are sums over the value dimension)
 """
 
 from .layer import TttMlpLayer
-from .ops import GATE_NAMES, SPEC, SPEC_IR, STATE_NAMES, op, ttt_mlp
+from .ops import GATE_NAMES, SPEC, SPEC_IR, STATE_NAMES, op, read, ttt_mlp
 
 Layer = TttMlpLayer
 
@@ -40,5 +40,6 @@ __all__ = [
     "STATE_NAMES",
     "TttMlpLayer",
     "op",
+    "read",
     "ttt_mlp",
 ]

@@ -35,7 +35,7 @@ Derived by SymPy (r = y - v element-wise; S_i are sums over the value dimension)
 """
 
 from .layer import YaadLayer
-from .ops import GATE_NAMES, SPEC, SPEC_IR, STATE_NAMES, op, yaad
+from .ops import GATE_NAMES, SPEC, SPEC_IR, STATE_NAMES, op, read, yaad
 
 Layer = YaadLayer
 
@@ -47,5 +47,6 @@ __all__ = [
     "STATE_NAMES",
     "YaadLayer",
     "op",
+    "read",
     "yaad",
 ]

@@ -5,7 +5,7 @@
 from mirasc import runtime
 
 from . import elementwise
-from .ops import op
+from .ops import op, read
 from .torch_backend import CHUNK
 
 
@@ -18,6 +18,7 @@ class YaadLayer(runtime.MemoryLayer):
     """
 
     op = staticmethod(op)
+    read = staticmethod(read)
     chunk = CHUNK
     gate_formulas = { "eta": elementwise.gate_eta, "alpha": elementwise.gate_alpha, "delta": elementwise.gate_delta }
     layer_norm = True

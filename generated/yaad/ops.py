@@ -74,4 +74,10 @@ def yaad(
     )
 
 
+def read(q, state, *, scale=1.0, ln_weight=None, ln_bias=None):
+    """The memory at `state` applied to q [B, T, H, Dk], without writing: o [B, T, H, Dv]."""
+    runtime.check_qkv(q, q, q, residual=False)
+    return torch_backend.read_state(q, state, scale, ln_weight, ln_bias)
+
+
 op = yaad

@@ -117,6 +117,17 @@ def chunked(q, k, v, lr, rate, mom, params, state, scale, ln, anchor_state, offs
     return torch.cat(outs, dim=2), ws + ss
 
 
+def read_state(q, state, scale, ln_weight, ln_bias):
+    """f(W; scale * q) at a fixed state, without any update (retrieval, as Titans' MAC needs)."""
+    H, Dv = q.shape[2], state[0].shape[-1]
+    dt = runtime.compute_dtype(q)
+    ws = [s.to(dt) for s in state[:DEPTH]]
+    ln = (
+        (torch.ones(H, Dv, dtype=dt) if ln_weight is None else ln_weight.to(dt))[None, :, None, :],
+        (torch.zeros(H, Dv, dtype=dt) if ln_bias is None else ln_bias.to(dt))[None, :, None, :],
+    )
+    return read(ws, scale * q.transpose(1, 2).to(dt), ln).transpose(1, 2).to(q.dtype)
+
 def forward(
     q,
     k,
