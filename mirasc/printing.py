@@ -73,6 +73,10 @@ class KernelPrinter(StrPrinter):
             return f"{self.functions[sp.sqrt]}({self._print(base)})"
         if exp == sp.Rational(-1, 2):
             return f"1.0/{self.functions[sp.sqrt]}({self._print(base)})"
+        return self._general_pow(base, exp)
+
+    def _general_pow(self, base, exp) -> str:
+        """base**exp for anything but small integers and +-1/2."""
         return f"{self.pow}({self._print(base)}, {self._print(exp)})"
 
     def _print_Piecewise(self, expr):
@@ -137,3 +141,56 @@ class TorchPrinter(KernelPrinter):
         Sigmoid: "torch.sigmoid",
         Softplus: "torch.nn.functional.softplus",
     }
+
+
+class TritonPrinter(KernelPrinter):
+    """Triton element-wise code for fp32 values (kernels load and accumulate in fp32).
+
+    Triton's core language has no tanh, cosh, sinh, softplus or sign: they are printed from
+    exp, sigmoid and where in numerically stable forms. Non-integer powers are exp(e * log(b))
+    (NaN for a negative base, as in torch); integer powers beyond 8 call the `ipow` helper
+    (a static loop of multiplications), which `helpers` records for the kernel file.
+    """
+
+    language = "Triton"
+    where = "tl.where"
+    functions: ClassVar[dict] = {
+        sp.exp: "tl.exp",
+        sp.log: "tl.log",
+        sp.sqrt: "tl.sqrt",
+        sp.Abs: "tl.abs",
+        sp.erf: "tl.erf",
+        Sigmoid: "tl.sigmoid",
+        sp.sign: None,
+        sp.tanh: None,
+        sp.cosh: None,
+        sp.sinh: None,
+        Softplus: None,
+    }
+
+    def __init__(self, **settings):
+        super().__init__(settings)
+        self.helpers: set[str] = set()
+
+    def _print_Function(self, expr):
+        (arg,) = (self._print(a) for a in expr.args)
+        kind = type(expr)
+        if kind is sp.tanh:
+            return f"(2.0*tl.sigmoid(2.0*({arg})) - 1.0)"
+        if kind is sp.cosh:
+            return f"(0.5*(tl.exp({arg}) + tl.exp(-({arg}))))"
+        if kind is sp.sinh:
+            return f"(0.5*(tl.exp({arg}) - tl.exp(-({arg}))))"
+        if kind is Softplus:  # max(x, 0) + log(1 + exp(-|x|)): no overflow
+            return f"(tl.maximum({arg}, 0.0) + tl.log(1.0 + tl.exp(-tl.abs({arg}))))"
+        if kind is sp.sign:
+            return f"tl.where(({arg}) > 0, 1.0, tl.where(({arg}) < 0, -1.0, 0.0))"
+        return super()._print_Function(expr)
+
+    def _general_pow(self, base, exp) -> str:
+        b = self._print(base)
+        if exp.is_Integer:  # |n| > 8 (smaller ones are expanded)
+            self.helpers.add("ipow")
+            power = f"ipow({b}, {abs(int(exp))})"
+            return power if exp > 0 else f"1.0/{power}"
+        return f"tl.exp(({self._print(exp)})*tl.log({b}))"
