@@ -123,8 +123,9 @@ class Spec:
 
     @property
     def linear_update(self) -> bool:
-        """True when each state after a token is linear in the chunk's gradients (dual form applies)."""
-        return self.retention.kind in ("none", "decay", "l2")
+        """True when each state after a token is linear in the chunk's gradients (dual form
+        applies): MONETA's A too, since inside a chunk reads use the anchor's normaliser."""
+        return self.retention.kind in ("none", "decay", "l2", "lq")
 
     @property
     def needs_initial_state(self) -> bool:

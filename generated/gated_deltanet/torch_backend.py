@@ -86,7 +86,7 @@ def chunked(q, k, v, lr, rate, mom, params, state, scale, ln, anchor_state, offs
         h_in = x
         z = a.unsqueeze(-1) * (h_in @ ws[0])
         z = z - (D * (h_in @ inputs[0].transpose(-1, -2))) @ deltas[0]
-        outs.append(_finish(z, x, ln))
+        out = _finish(z, x, ln)
         last = D[..., -1, :].unsqueeze(-1)
         new_ws = [
             a[..., -1, None, None] * w
@@ -94,6 +94,7 @@ def chunked(q, k, v, lr, rate, mom, params, state, scale, ln, anchor_state, offs
             for w, inp, d in zip(ws, inputs, deltas)
         ]
         ws = new_ws
+        outs.append(out)
     return torch.cat(outs, dim=2), ws + ss
 
 

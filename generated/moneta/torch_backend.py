@@ -14,7 +14,7 @@ from .elementwise import bias_grad, act, act_grad
 CHUNK = 16
 DEPTH = 2
 LN_EPS = 1e-5
-STRATEGIES = ('recurrent',)  # the first is the default
+STRATEGIES = ('chunked', 'recurrent')  # the first is the default
 
 
 def _layer_norm(m, ln):
@@ -92,6 +92,48 @@ def recurrent(q, k, v, lr, rate, mom, params, state, scale, ln, anchor_state, of
     return torch.cat(outs, dim=2), ws + ss
 
 
+def chunked(q, k, v, lr, rate, mom, params, state, scale, ln, anchor_state, offset):
+    """The dual form: per chunk, all tokens' states are affine in the anchor state and the
+    rank-one gradients, W_t = a_t W + b_t S - sum_s D[t, s] g_s, so reads are masked matmuls
+    layer by layer and no per-token state is materialised."""
+    T = q.shape[2]
+    ws, ss = list(state[:DEPTH]), list(state[DEPTH:])
+    outs = []
+    for start, stop, continuing, complete in runtime.chunks(T, CHUNK, offset):
+        e = lr[:, :, start:stop]
+        rho = None
+        chunk_params = {name: p[:, :, start:stop, None] for name, p in params.items()}
+        base = anchor_state if continuing else ws
+        norms = [_lq_normaliser(a) for a in base]  # inside a chunk, reads use the anchor's
+        anchor = [a / n for a, n in zip(base, norms)]
+        inputs, deltas = surprise(anchor, k[:, :, start:stop], v[:, :, start:stop], rho, chunk_params, ln)
+        keep = rate[:, :, start:stop]
+        a, retain = runtime.products(keep)
+        D = retain * e.unsqueeze(-2)
+        x = scale * q[:, :, start:stop]
+        h_in = x
+        z = a.unsqueeze(-1) * (h_in @ ws[0])
+        z = z - (D * (h_in @ inputs[0].transpose(-1, -2))) @ deltas[0]
+        z = z / norms[0]
+        h_in = act(z)
+        z = a.unsqueeze(-1) * (h_in @ ws[1])
+        z = z - (D * (h_in @ inputs[1].transpose(-1, -2))) @ deltas[1]
+        z = z / norms[1]
+        out = _finish(z, x, ln)
+        last = D[..., -1, :].unsqueeze(-1)
+        new_ws = [
+            a[..., -1, None, None] * w
+            - inp.transpose(-1, -2) @ (last * d)
+            for w, inp, d in zip(ws, inputs, deltas)
+        ]
+        ws = new_ws
+        if complete:  # the chunk's last token reads the exactly normalised end state
+            now = [a / _lq_normaliser(a) for a in ws]
+            out = torch.cat([out[:, :, :-1], read(now, x[:, :, -1:], ln)], dim=2)
+        outs.append(out)
+    return torch.cat(outs, dim=2), ws + ss
+
+
 def read_state(q, state, scale, ln_weight, ln_bias):
     """f(W; scale * q) at a fixed state, without any update (retrieval, as Titans' MAC needs)."""
     H, Dv = q.shape[2], state[0].shape[-1]
@@ -140,7 +182,7 @@ def forward(
         (torch.ones(H, Dv, dtype=dt) if ln_weight is None else ln_weight.to(dt))[None, :, None, :],
         (torch.zeros(H, Dv, dtype=dt) if ln_bias is None else ln_bias.to(dt))[None, :, None, :],
     )
-    run = { "recurrent": recurrent }[strategy]
+    run = { "chunked": chunked, "recurrent": recurrent }[strategy]
 
     o, final = run(
         q.transpose(1, 2).to(dt),

@@ -100,7 +100,7 @@ def chunked(q, k, v, lr, rate, mom, params, state, scale, ln, anchor_state, offs
         z = a.unsqueeze(-1) * (h_in @ ws[1])
         z = z + b.unsqueeze(-1) * (h_in @ ss[1])
         z = z - (D * (h_in @ inputs[1].transpose(-1, -2))) @ deltas[1]
-        outs.append(_finish(z, x, ln))
+        out = _finish(z, x, ln)
         last = D[..., -1, :].unsqueeze(-1)
         new_ws = [
             a[..., -1, None, None] * w + b[..., -1, None, None] * s
@@ -112,6 +112,7 @@ def chunked(q, k, v, lr, rate, mom, params, state, scale, ln, anchor_state, offs
             for s, inp, d in zip(ss, inputs, deltas)
         ]
         ws = new_ws
+        outs.append(out)
     return torch.cat(outs, dim=2), ws + ss
 
 

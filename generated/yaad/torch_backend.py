@@ -106,7 +106,7 @@ def chunked(q, k, v, lr, rate, mom, params, state, scale, ln, anchor_state, offs
         h_in = act(z)
         z = a.unsqueeze(-1) * (h_in @ ws[1])
         z = z - (D * (h_in @ inputs[1].transpose(-1, -2))) @ deltas[1]
-        outs.append(_finish(z, x, ln))
+        out = _finish(z, x, ln)
         last = D[..., -1, :].unsqueeze(-1)
         new_ws = [
             a[..., -1, None, None] * w
@@ -114,6 +114,7 @@ def chunked(q, k, v, lr, rate, mom, params, state, scale, ln, anchor_state, offs
             for w, inp, d in zip(ws, inputs, deltas)
         ]
         ws = new_ws
+        outs.append(out)
     return torch.cat(outs, dim=2), ws + ss
 
 
