@@ -1,4 +1,4 @@
-"""Spec + Derived to files: the plan of each backend and the Jinja rendering of the package.
+"""Spec + Derived + Plan to files: the Jinja rendering of a generated package.
 
 Every value a template prints passes `_safe`: a validated identifier, a number, or `Code` that
 mirasc itself produced (printer output, `repr` literals, escaped docstrings). Spec text can
@@ -18,6 +18,7 @@ import sympy as sp
 from . import __version__
 from . import expr as E
 from .errors import CodegenError
+from .plan import Plan, make_plan
 from .printing import TorchPrinter
 from .spec import ConstVal, Spec, bias_gate_names, to_data
 from .symbolic import Derived, V, X, Y, Z
@@ -126,46 +127,11 @@ def _shapes(spec: Spec) -> Code:
     return Code("[" + ", ".join(f"({i}, {o})" for i, o in itertools.pairwise(dims)) + "]")
 
 
-def wy_scale(spec: Spec, derived: Derived) -> sp.Expr | None:
-    """c when the spec is the chunk-1 delta rule with dl/dy = c (y - v): linear memory, gd,
-    no or first-order decay retention, nothing else; None otherwise."""
-    a, ret = spec.architecture, spec.retention
-    if not (
-        spec.chunk == 1
-        and a.depth == 1
-        and not a.residual
-        and a.norm is None
-        and spec.clip is None
-        and spec.algorithm.kind == "gd"
-        and (ret.kind == "none" or (ret.kind == "decay" and ret.first))
-        and not derived.bias.params
-    ):
-        return None
-    grad = derived.bias.grad()
-    c = sp.diff(grad, Y)  # cheap structural test, no simplify() on user formulas
-    if not (c.is_number and c.is_positive) or sp.expand(grad - c * (Y - V)) != 0:
-        return None
-    return c
-
-
-def strategies(spec: Spec, derived: Derived) -> tuple:
-    """The torch backend's strategies, default first: the WY form for the chunk-1 delta rule;
-    the dual form from chunk 2 on (at chunk 1 it is a slower recurrent loop)."""
-    if not spec.linear_update:
-        return ("recurrent",)
-    if wy_scale(spec, derived) is not None:
-        return ("wy", "recurrent", "chunked")
-    return ("chunked", "recurrent") if spec.chunk > 1 else ("recurrent", "chunked")
-
-
-def context(spec: Spec, derived: Derived, source_text: str) -> dict:
+def context(spec: Spec, derived: Derived, plan: Plan, source_text: str) -> dict:
     """Everything the templates print, each value already safe."""
     printer = TorchPrinter(like="y")
     b = derived.bias
-    # only the sums some dg/dS_i depends on are computed (l2's dg is constant: no sum at all)
-    used = set().union(*(g.free_symbols for g in b.dg)) & set(b.sums)
-    sums = [i for i, S in enumerate(b.sums) if S in used]
-    elementwise = {f"_phi{i}": b.phi[i] for i in sums}
+    elementwise = {f"_phi{i}": b.phi[i] for i in plan.sums}
     elementwise.update({f"_dphi{i}": p for i, p in enumerate(b.dphi)})
     token = {f"_g{i}": g for i, g in enumerate(b.dg)}
     grad = " + ".join(f"_g{i} * _dphi{i}" for i in range(len(b.phi)))
@@ -220,16 +186,16 @@ def context(spec: Spec, derived: Derived, source_text: str) -> dict:
             if ret.kind == "kl"
             else "learned"
         ),
-        dual=spec.linear_update,
-        strategies=Code(repr(strategies(spec, derived))),
-        strategy_names=strategies(spec, derived),
-        wy=wy_scale(spec, derived) is not None,
-        wy_scale=Code(repr(float(wy_scale(spec, derived) or 0.0))),
+        dual="chunked" in plan.strategies,
+        strategies=Code(repr(plan.strategies)),
+        strategy_names=plan.strategies,
+        wy="wy" in plan.strategies,
+        wy_scale=Code(repr(plan.wy_scale or 0.0)),
         bias_params=bias_gate_names(spec.bias),
         bias_params_tuple=Code(repr(bias_gate_names(spec.bias))),
         loss_text=docstring_text(E.unparse(spec.bias.body), ""),
         phi_lines=_elementwise(printer, elementwise, Y, {Y, V}, "_e"),
-        sums=sums,
+        sums=plan.sums,
         dg_lines=[Code(line) for line in printer.block(token, "_s")],
         grad=Code(grad),
         gates=gates,
@@ -245,6 +211,6 @@ def context(spec: Spec, derived: Derived, source_text: str) -> dict:
 
 def render(spec: Spec, derived: Derived, source_text: str) -> dict[str, str]:
     """The generated package as {file name: text}."""
-    ctx = context(spec, derived, source_text)
+    ctx = context(spec, derived, make_plan(spec, derived), source_text)
     env = environment()
     return {out: env.get_template(tpl).render(**ctx) for out, tpl in FILES.items()}

@@ -1,0 +1,60 @@
+"""Derived to Plan: which strategies each backend gets for a spec, decided once from the spec
+and its derivation (design §4's plan stage), so templates only print what the plan says."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import sympy as sp
+
+from .spec import Spec
+from .symbolic import Derived, V, Y
+
+
+@dataclass(frozen=True)
+class Plan:
+    strategies: tuple  # the torch backend's strategies, the default first
+    wy_scale: float | None  # c when dl/dy = c (y - v) and the WY form applies
+    sums: tuple  # indices of the loss's sums S_i that dl/dy needs
+
+
+def wy_scale(spec: Spec, derived: Derived) -> float | None:
+    """c when the spec is the chunk-1 delta rule with dl/dy = c (y - v): linear memory, gd,
+    no or first-order decay retention, nothing else; None otherwise."""
+    a, ret = spec.architecture, spec.retention
+    if not (
+        spec.chunk == 1
+        and a.depth == 1
+        and not a.residual
+        and a.norm is None
+        and spec.clip is None
+        and spec.algorithm.kind == "gd"
+        and (ret.kind == "none" or (ret.kind == "decay" and ret.first))
+        and not derived.bias.params
+    ):
+        return None
+    grad = derived.bias.grad()
+    c = sp.diff(grad, Y)  # cheap structural test, no simplify() on user formulas
+    if not (c.is_number and c.is_positive) or sp.expand(grad - c * (Y - V)) != 0:
+        return None
+    return float(c)
+
+
+def make_plan(spec: Spec, derived: Derived) -> Plan:
+    """The WY form for the chunk-1 delta rule; the chunked dual form where every state is
+    linear in the chunk's gradients, the default from chunk 2 on (at chunk 1 it is a slower
+    recurrent loop); the recurrent path always."""
+    c = wy_scale(spec, derived)
+    if c is not None:
+        strategies = ("wy", "recurrent", "chunked")
+    elif not spec.linear_update:
+        strategies = ("recurrent",)
+    elif spec.chunk > 1:
+        strategies = ("chunked", "recurrent")
+    else:
+        strategies = ("recurrent", "chunked")
+    b = derived.bias
+    # only the sums some dg/dS_i depends on are computed (l2's dg is constant: no sum at all)
+    used = set().union(*(g.free_symbols for g in b.dg)) & set(b.sums)
+    sums = tuple(i for i, S in enumerate(b.sums) if S in used)
+    return Plan(strategies, c, sums)

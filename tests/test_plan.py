@@ -1,0 +1,49 @@
+"""The plan stage: which torch strategies a spec gets, decided from the spec and derivation."""
+
+from __future__ import annotations
+
+import pytest
+
+from mirasc.checker import load
+from mirasc.plan import make_plan
+from mirasc.symbolic import derive
+
+
+def plan_of(arch="linear", bias="l2", retention="none", algorithm="gd(lr: eta)", chunk=1, extra=""):
+    text = f"""memory p {{
+    architecture = {arch}
+    bias = {bias}
+    retention = {retention}
+    algorithm = {algorithm}
+    chunk = {chunk}
+    gate eta = sigmoid(z)
+    {extra}
+}}"""
+    spec = load(text, "p.miras")
+    return make_plan(spec, derive(spec))
+
+
+@pytest.mark.parametrize(
+    "kwargs,strategies,scale",
+    [
+        ({}, ("wy", "recurrent", "chunked"), 1.0),  # DeltaNet
+        ({"bias": "lp(p: 2)"}, ("wy", "recurrent", "chunked"), 2.0),  # 2 * l2: lr scaled
+        ({"retention": "decay(alpha, first: true)", "extra": "gate alpha = sigmoid(z)"},
+         ("wy", "recurrent", "chunked"), 1.0),  # Gated DeltaNet
+        ({"retention": "decay(alpha)", "extra": "gate alpha = sigmoid(z)"},
+         ("recurrent", "chunked"), None),  # decay after the gradient: no WY form
+        ({"bias": "huber(delta: 1)"}, ("recurrent", "chunked"), None),
+        ({"chunk": 16}, ("chunked", "recurrent"), None),
+        ({"retention": "kl(keep: a)", "extra": "gate a = sigmoid(z)"}, ("recurrent",), None),
+        ({"retention": "lq(q: 4, keep: a)", "extra": "gate a = sigmoid(z)", "chunk": 4},
+         ("chunked", "recurrent"), None),
+    ],
+)  # fmt: skip
+def test_strategies(kwargs, strategies, scale):
+    plan = plan_of(**kwargs)
+    assert plan.strategies == strategies and plan.wy_scale == scale
+
+
+def test_only_needed_sums_are_computed():
+    assert plan_of().sums == ()  # l2: dg/dS = 1/2, no sum needed
+    assert plan_of(bias="yaad(delta: 1)").sums == (0,)  # the switch needs ||r||^2 only
