@@ -85,7 +85,10 @@ def main(argv=None) -> int:
     keys = values = 32
     model = RecallModel(package.Layer, keys + values, args.hidden, args.heads, args.depth)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, args.lr, total_steps=args.steps, pct_start=0.1)
+    warmup = max(0.1, 2 / args.steps)  # OneCycleLR needs a warm-up of at least two steps
+    sched = torch.optim.lr_scheduler.OneCycleLR(
+        opt, args.lr, total_steps=args.steps, pct_start=warmup
+    )
     g = torch.Generator().manual_seed(args.seed)
     test = recall_batch(
         512, args.pairs, args.queries, keys, values, torch.Generator().manual_seed(10**6)
