@@ -20,7 +20,7 @@ from . import expr as E
 from .errors import CodegenError
 from .plan import Plan, make_plan
 from .printing import TorchPrinter
-from .spec import ConstVal, Spec, bias_gate_names, to_data
+from .spec import ConstVal, GateRef, Spec, bias_gate_names, to_data
 from .symbolic import Derived, V, X, Y, Z
 
 IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
@@ -127,6 +127,19 @@ def _shapes(spec: Spec) -> Code:
     return Code("[" + ", ".join(f"({i}, {o})" for i, o in itertools.pairwise(dims)) + "]")
 
 
+RETENTION_TARGETS = {"decay": 0.05, "l2": 0.1, "lq": 0.95, "kl": 0.95}
+
+
+def gate_targets(spec: Spec) -> Code:
+    """Initial values for retention gates that a layer starts from (its gate bias is set so the
+    gate's formula gives the value): keep most of the memory at first (forget 5%), whatever the
+    formula; other gates start where their formula puts z = 0."""
+    gate = spec.retention.gate
+    if not isinstance(gate, GateRef):
+        return Code("{}")
+    return Code(repr({gate.name: RETENTION_TARGETS[spec.retention.kind]}))
+
+
 def context(spec: Spec, derived: Derived, plan: Plan, source_text: str) -> dict:
     """Everything the templates print, each value already safe."""
     printer = TorchPrinter(like="y")
@@ -200,6 +213,7 @@ def context(spec: Spec, derived: Derived, plan: Plan, source_text: str) -> dict:
         grad=Code(grad),
         gates=gates,
         shapes=_shapes(spec),
+        gate_targets=gate_targets(spec),
         n_states=len(spec.state_names),
         required_state=Code(repr(required)),
         lr=_operand_code(spec.algorithm.lr, "lr"),

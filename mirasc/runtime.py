@@ -179,6 +179,7 @@ class MemoryLayer(nn.Module):
     read: ClassVar  # the generated read-only op, as a staticmethod
     chunk: ClassVar[int]
     gate_formulas: ClassVar[dict]  # gate name -> formula of z
+    gate_targets: ClassVar[dict]  # gate name -> value its formula should start near
     layer_norm: ClassVar[bool]  # the memory has a LayerNorm (gain and bias are learned here)
     initial_kind: ClassVar[str]  # "zeros", "learned", or "simplex" (softmax of learned logits)
     depth: ClassVar[int]
@@ -213,6 +214,11 @@ class MemoryLayer(nn.Module):
         self.gate_proj = nn.ModuleDict(
             {name: nn.Linear(hidden_size, num_heads) for name in self.gate_formulas}
         )
+        with torch.no_grad():  # start retention gates near their targets (any formula of z)
+            grid = torch.linspace(-12.0, 12.0, 4801)
+            for name, target in self.gate_targets.items():
+                values = self.gate_formulas[name](grid)
+                self.gate_proj[name].bias.fill_(grid[(values - target).abs().argmin()].item())
         if self.layer_norm:
             self.ln_weight = nn.Parameter(torch.ones(num_heads, head_dim))
             self.ln_bias = nn.Parameter(torch.zeros(num_heads, head_dim))

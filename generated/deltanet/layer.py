@@ -19,6 +19,7 @@ class DeltanetLayer(runtime.MemoryLayer):
     read = staticmethod(read)
     chunk = CHUNK
     gate_formulas = { "beta": elementwise.gate_beta }
+    gate_targets = {}
     layer_norm = False
     initial_kind = "zeros"
     depth = 1

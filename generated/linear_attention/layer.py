@@ -19,6 +19,7 @@ class LinearAttentionLayer(runtime.MemoryLayer):
     read = staticmethod(read)
     chunk = CHUNK
     gate_formulas = {  }
+    gate_targets = {}
     layer_norm = False
     initial_kind = "zeros"
     depth = 1

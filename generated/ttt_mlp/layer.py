@@ -21,6 +21,7 @@ class TttMlpLayer(runtime.MemoryLayer):
     read = staticmethod(read)
     chunk = CHUNK
     gate_formulas = { "eta": elementwise.gate_eta }
+    gate_targets = {}
     layer_norm = True
     initial_kind = "learned"
     depth = 2
