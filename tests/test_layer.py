@@ -78,3 +78,13 @@ def test_bf16_inputs_keep_fp32_state(shipped):
     gates = {n: torch.full((1, 6, 2), 0.3, dtype=torch.bfloat16) for n in module.GATE_NAMES}
     o, (state,) = module.op(q, k, v, **gates, output_final_state=True)
     assert o.dtype == torch.bfloat16 and state.dtype == torch.float32
+
+
+@pytest.mark.parametrize(
+    "name,gate,target",
+    [("titans", "alpha", 0.05), ("gated_deltanet", "alpha", 0.05), ("moneta", "a", 0.95)],
+)
+def test_retention_gates_start_near_their_target(shipped, name, gate, target):
+    layer = shipped[name].Layer(16, 2)
+    formula = type(layer).gate_formulas[gate]
+    assert torch.allclose(formula(layer.gate_proj[gate].bias), torch.tensor(target), atol=1e-3)
