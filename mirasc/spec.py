@@ -11,7 +11,6 @@ import re
 from dataclasses import dataclass, field, fields
 
 from . import expr as E
-from .errors import Span
 
 
 @dataclass(frozen=True)
@@ -267,7 +266,6 @@ __all__ = [
     "Gate",
     "GateRef",
     "Retention",
-    "Span",
     "Spec",
     "from_data",
     "to_data",
