@@ -95,3 +95,17 @@ def test_read_matches_the_reference(shipped, name):
     got = module.read(case.q, case.initial_state, scale=0.7, **kw)
     want = reference.read(spec, case.q, case.initial_state, 0.7, **kw)
     assert testing.relative_error(got, want) < 1e-12
+
+
+@pytest.mark.parametrize("name", ["gated_deltanet", "titans", "moneta"])
+def test_empty_sequences(shipped, name):
+    from mirasc import testing
+
+    module = shipped[name]
+    case = testing.make_case(testing.spec_of(module), B=1, T=0, H=2, Dk=4, with_initial_state=True)
+    for backend in ("torch", "reference"):
+        kw = {"ln_weight": case.ln[0], "ln_bias": case.ln[1]} if case.ln else {}
+        o, state = module.op(case.q, case.k, case.v, **case.gates, initial_state=case.initial_state,
+                             output_final_state=True, backend=backend, **kw)  # fmt: skip
+        assert o.shape == (1, 0, 2, 4)
+        assert all(torch.equal(a, b) for a, b in zip(state, case.initial_state, strict=True))

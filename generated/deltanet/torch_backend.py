@@ -164,6 +164,8 @@ def forward(
     mom = None
     params = {name: runtime.gate(gates[name], name, q) for name in ()}
     ln = None
+    if T == 0:  # nothing to read or write: the state passes through
+        return q.new_zeros(B, 0, H, Dv), (tuple(state) if output_final_state else None)
     run = { "wy": wy, "recurrent": recurrent, "chunked": chunked }[strategy]
 
     o, final = run(

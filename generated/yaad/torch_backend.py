@@ -165,6 +165,8 @@ def forward(
         (torch.ones(H, Dv, dtype=dt) if ln_weight is None else ln_weight.to(dt))[None, :, None, :],
         (torch.zeros(H, Dv, dtype=dt) if ln_bias is None else ln_bias.to(dt))[None, :, None, :],
     )
+    if T == 0:  # nothing to read or write: the state passes through
+        return q.new_zeros(B, 0, H, Dv), (tuple(state) if output_final_state else None)
     run = { "chunked": chunked, "recurrent": recurrent }[strategy]
 
     o, final = run(
