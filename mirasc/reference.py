@@ -102,6 +102,16 @@ def _operand(op, gates: dict, t: int) -> torch.Tensor | float:
     return gates[op.name][:, t].unsqueeze(-1).unsqueeze(-1)  # [B, H, 1, 1]
 
 
+def _layer_norm_params(spec: Spec, H: int, Dv: int, ln_weight, ln_bias):
+    """The memory LayerNorm's per-head gain and bias [1, H, Dv] (default 1 and 0), or None."""
+    if spec.architecture.norm != "layernorm":
+        return None
+    f64 = torch.float64
+    gain = torch.ones(H, Dv, dtype=f64) if ln_weight is None else ln_weight.to(f64)
+    shift = torch.zeros(H, Dv, dtype=f64) if ln_bias is None else ln_bias.to(f64)
+    return gain.unsqueeze(0), shift.unsqueeze(0)
+
+
 def _lq_normaliser(a: torch.Tensor, q: float) -> torch.Tensor:
     """||A||_q^(q-2) over each matrix; a zero matrix maps to W = 0 (divide by one)."""
     n = a.abs().pow(q).sum((-2, -1), keepdim=True).pow((q - 2.0) / q)
@@ -133,11 +143,7 @@ def run(
     q, k, v = q.to(f64), k.to(f64), v.to(f64)
     gates = {name: g.to(f64) for name, g in gates.items()}
     arch = spec.architecture
-    ln = None
-    if arch.norm == "layernorm":  # per-head gain and bias, broadcast over the batch
-        gain = torch.ones(H, Dv, dtype=f64) if ln_weight is None else ln_weight.to(f64)
-        shift = torch.zeros(H, Dv, dtype=f64) if ln_bias is None else ln_bias.to(f64)
-        ln = (gain.unsqueeze(0), shift.unsqueeze(0))
+    ln = _layer_norm_params(spec, H, Dv, ln_weight, ln_bias)
     n_w = arch.depth
     if initial_state is None:
         if spec.needs_initial_state:
@@ -236,11 +242,6 @@ def read(spec: Spec, q: torch.Tensor, state, scale: float = 1.0, ln_weight=None,
     weights = [s.to(f64) for s in state[: spec.architecture.depth]]
     if spec.retention.kind == "lq":
         weights = [a / _lq_normaliser(a, spec.retention.q) for a in weights]
-    Dv = weights[-1].shape[-1]
-    ln = None
-    if spec.architecture.norm == "layernorm":
-        gain = torch.ones(H, Dv, dtype=f64) if ln_weight is None else ln_weight.to(f64)
-        shift = torch.zeros(H, Dv, dtype=f64) if ln_bias is None else ln_bias.to(f64)
-        ln = (gain.unsqueeze(0), shift.unsqueeze(0))
+    ln = _layer_norm_params(spec, H, weights[-1].shape[-1], ln_weight, ln_bias)
     outs = [_memory(spec, weights, scale * q[:, t].to(f64), ln) for t in range(T)]
     return torch.stack(outs, dim=1).to(q.dtype)

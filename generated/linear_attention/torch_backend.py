@@ -16,6 +16,11 @@ DEPTH = 1
 STRATEGIES = ('chunked', 'recurrent')  # the first is the default
 
 
+def _ln_params(H, Dv, dt, ln_weight, ln_bias):
+    """The memory LayerNorm's gain and bias as [1, H, 1, Dv] (default 1 and 0): this memory has none."""
+    return None
+
+
 def _finish(m, x, ln):
     """The memory's output from the last layer's pre-activation `m` and its input `x`."""
     return m
@@ -101,7 +106,7 @@ def read_state(q, state, scale, ln_weight, ln_bias):
     H, Dv = q.shape[2], state[0].shape[-1]
     dt = runtime.compute_dtype(q)
     ws = [s.to(dt) for s in state[:DEPTH]]
-    ln = None
+    ln = _ln_params(H, Dv, dt, ln_weight, ln_bias)
     return read(ws, scale * q.transpose(1, 2).to(dt), ln).transpose(1, 2).to(q.dtype)
 
 def forward(
@@ -136,7 +141,7 @@ def forward(
     rate = None
     mom = None
     params = {name: runtime.gate(gates[name], name, q) for name in ()}
-    ln = None
+    ln = _ln_params(H, Dv, dt, ln_weight, ln_bias)
     if T == 0:  # nothing to read or write: the state passes through
         return q.new_zeros(B, 0, H, Dv), (tuple(state) if output_final_state else None)
     run = { "chunked": chunked, "recurrent": recurrent }[strategy]

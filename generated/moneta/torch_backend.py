@@ -25,6 +25,14 @@ def _layer_norm(m, ln):
     return xhat * ln[0] + ln[1], xhat, rstd
 
 
+def _ln_params(H, Dv, dt, ln_weight, ln_bias):
+    """The memory LayerNorm's gain and bias as [1, H, 1, Dv] (default 1 and 0)."""
+    return (
+        (torch.ones(H, Dv, dtype=dt) if ln_weight is None else ln_weight.to(dt))[None, :, None, :],
+        (torch.zeros(H, Dv, dtype=dt) if ln_bias is None else ln_bias.to(dt))[None, :, None, :],
+    )
+
+
 def _finish(m, x, ln):
     """The memory's output from the last layer's pre-activation `m` and its input `x`."""
     m = _layer_norm(m, ln)[0]
@@ -140,10 +148,7 @@ def read_state(q, state, scale, ln_weight, ln_bias):
     dt = runtime.compute_dtype(q)
     ws = [s.to(dt) for s in state[:DEPTH]]
     ws = [a / _lq_normaliser(a) for a in ws]
-    ln = (
-        (torch.ones(H, Dv, dtype=dt) if ln_weight is None else ln_weight.to(dt))[None, :, None, :],
-        (torch.zeros(H, Dv, dtype=dt) if ln_bias is None else ln_bias.to(dt))[None, :, None, :],
-    )
+    ln = _ln_params(H, Dv, dt, ln_weight, ln_bias)
     return read(ws, scale * q.transpose(1, 2).to(dt), ln).transpose(1, 2).to(q.dtype)
 
 def forward(
@@ -178,10 +183,7 @@ def forward(
     rate = runtime.gate(gates["a"], "a", q)
     mom = None
     params = {name: runtime.gate(gates[name], name, q) for name in ()}
-    ln = (
-        (torch.ones(H, Dv, dtype=dt) if ln_weight is None else ln_weight.to(dt))[None, :, None, :],
-        (torch.zeros(H, Dv, dtype=dt) if ln_bias is None else ln_bias.to(dt))[None, :, None, :],
-    )
+    ln = _ln_params(H, Dv, dt, ln_weight, ln_bias)
     if T == 0:  # nothing to read or write: the state passes through
         return q.new_zeros(B, 0, H, Dv), (tuple(state) if output_final_state else None)
     run = { "chunked": chunked, "recurrent": recurrent }[strategy]
