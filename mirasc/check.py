@@ -1,5 +1,6 @@
 """`mirasc check`: a spec's torch backend against the float64 autograd reference on random
-cases (shapes, ragged chunks, gates, initial states), reporting the worst error per tensor."""
+cases (shapes, ragged chunks, gates, initial states), and a split call continuing a chunk
+against one call, reporting the worst error per tensor."""
 
 from __future__ import annotations
 
@@ -56,9 +57,12 @@ def check_spec(
     for i in tqdm(range(examples), desc=f"checking {spec.name}", unit="case"):
         shape = random_shape(rng, spec)
         case = testing.make_case(spec, **shape, dtype=getattr(torch, dtype), seed=seed * 100003 + i)
-        for strategy in strategies:
-            errors = testing.compare(module, case, backend, strategy)
-            where = f"{strategy} {shape}"
+        results = [(testing.compare(module, case, backend, s), f"{s} {shape}") for s in strategies]
+        if shape["T"] > 1:  # decoding's contract: a call may continue a chunk from its anchor
+            split = rng.randint(1, shape["T"] - 1)
+            error = testing.continuation_error(module, case, split)
+            results.append(({"o:split+continue": error}, f"split at {split} {shape}"))
+        for errors, where in results:
             for name, err in errors.items():
                 if err > worst.get(name, (-1.0, ""))[0] or err != err:
                     worst[name] = (err, where)

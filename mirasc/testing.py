@@ -168,6 +168,39 @@ def compare(module, case: Case, backend: str = "torch", strategy: str | None = N
     return errors
 
 
+def _slice(case: Case, start: int, stop: int, state) -> Case:
+    gates = {n: g[:, start:stop] for n, g in case.gates.items()}
+    return Case(case.q[:, start:stop], case.k[:, start:stop], case.v[:, start:stop], gates,
+                case.scale, state, case.ln)  # fmt: skip
+
+
+def _call(module, case: Case, **kw):
+    norm = {"ln_weight": case.ln[0], "ln_bias": case.ln[1]} if case.ln is not None else {}
+    return module.op(case.q, case.k, case.v, **case.gates, scale=case.scale,
+                     initial_state=case.initial_state, output_final_state=True, **norm, **kw)  # fmt: skip
+
+
+def continuation_error(module, case: Case, split: int) -> float:
+    """Relative error between one call and three calls split at token `split` (chunk-aligned
+    prefix, the rest of that chunk, then a call continuing the chunk from its anchor state):
+    the op-level contract that exact decoding rests on."""
+    chunk = module.torch_backend.CHUNK
+    aligned = split - split % chunk
+    o_full, _ = _call(module, case)
+    pieces = []
+    anchor = case.initial_state
+    if aligned:
+        o, anchor = _call(module, _slice(case, 0, aligned, case.initial_state))
+        pieces.append(o)
+    o, state = _call(module, _slice(case, aligned, split, anchor))
+    pieces.append(o)
+    offset = (split - aligned) % chunk
+    rest = _slice(case, split, case.q.shape[1], state)
+    o, _ = _call(module, rest, anchor_state=anchor if offset else None, chunk_offset=offset)
+    pieces.append(o)
+    return relative_error(torch.cat(pieces, dim=1), o_full)
+
+
 def spec_of(module) -> Spec:
     return from_data(module.SPEC_IR)
 
@@ -175,6 +208,7 @@ def spec_of(module) -> Spec:
 __all__ = [
     "Case",
     "compare",
+    "continuation_error",
     "gate_ranges",
     "make_case",
     "relative_error",

@@ -102,3 +102,13 @@ def test_op_continues_a_chunk_against_the_reference(shipped):
         for b in ("torch", "reference")
     }
     assert relative_error(runs["torch"][0], runs["reference"][0]) < TOL
+
+
+@pytest.mark.parametrize("name,split", [("titans", 5), ("titans", 16), ("moneta", 21), ("yaad", 9)])
+def test_split_calls_continue_a_chunk(shipped, name, split):
+    """mirasc.testing.continuation_error: prefix, rest of the chunk, continuation = one call."""
+    from mirasc import testing
+
+    module = shipped[name]
+    case = testing.make_case(testing.spec_of(module), B=1, T=37, H=2, Dk=3, seed=2)
+    assert testing.continuation_error(module, case, split) < TOL
