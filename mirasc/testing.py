@@ -168,13 +168,15 @@ def compare(module, case: Case, backend: str = "torch", strategy: str | None = N
     return errors
 
 
-def _slice(case: Case, start: int, stop: int, state) -> Case:
+def slice_case(case: Case, start: int, stop: int, state) -> Case:
+    """Tokens [start, stop) of a case, starting from `state`."""
     gates = {n: g[:, start:stop] for n, g in case.gates.items()}
     return Case(case.q[:, start:stop], case.k[:, start:stop], case.v[:, start:stop], gates,
                 case.scale, state, case.ln)  # fmt: skip
 
 
-def _call(module, case: Case, **kw):
+def call(module, case: Case, **kw):
+    """The op on a case (torch backend unless `backend` is given): (o, final state)."""
     norm = {"ln_weight": case.ln[0], "ln_bias": case.ln[1]} if case.ln is not None else {}
     return module.op(case.q, case.k, case.v, **case.gates, scale=case.scale,
                      initial_state=case.initial_state, output_final_state=True, **norm, **kw)  # fmt: skip
@@ -186,17 +188,17 @@ def continuation_error(module, case: Case, split: int) -> float:
     the op-level contract that exact decoding rests on."""
     chunk = module.torch_backend.CHUNK
     aligned = split - split % chunk
-    o_full, _ = _call(module, case)
+    o_full, _ = call(module, case)
     pieces = []
     anchor = case.initial_state
     if aligned:
-        o, anchor = _call(module, _slice(case, 0, aligned, case.initial_state))
+        o, anchor = call(module, slice_case(case, 0, aligned, case.initial_state))
         pieces.append(o)
-    o, state = _call(module, _slice(case, aligned, split, anchor))
+    o, state = call(module, slice_case(case, aligned, split, anchor))
     pieces.append(o)
     offset = (split - aligned) % chunk
-    rest = _slice(case, split, case.q.shape[1], state)
-    o, _ = _call(module, rest, anchor_state=anchor if offset else None, chunk_offset=offset)
+    rest = slice_case(case, split, case.q.shape[1], state)
+    o, _ = call(module, rest, anchor_state=anchor if offset else None, chunk_offset=offset)
     pieces.append(o)
     return relative_error(torch.cat(pieces, dim=1), o_full)
 
@@ -207,11 +209,13 @@ def spec_of(module) -> Spec:
 
 __all__ = [
     "Case",
+    "call",
     "compare",
     "continuation_error",
     "gate_ranges",
     "make_case",
     "relative_error",
     "run",
+    "slice_case",
     "spec_of",
 ]

@@ -85,20 +85,9 @@ def test_op_continues_a_chunk_against_the_reference(shipped):
     module = shipped["moneta"]
     spec = testing.spec_of(module)
     case = testing.make_case(spec, B=1, T=20, H=1, Dk=3, seed=4)
-    kw = dict(scale=0.9, output_final_state=True, ln_weight=case.ln[0], ln_bias=case.ln[1])
     anchor = tuple(torch.randn_like(s) for s in case.initial_state)
     runs = {
-        b: module.op(
-            case.q,
-            case.k,
-            case.v,
-            **case.gates,
-            **kw,
-            initial_state=case.initial_state,
-            anchor_state=anchor,
-            chunk_offset=5,
-            backend=b,
-        )
+        b: testing.call(module, case, anchor_state=anchor, chunk_offset=5, backend=b)
         for b in ("torch", "reference")
     }
     assert relative_error(runs["torch"][0], runs["reference"][0]) < TOL

@@ -104,8 +104,6 @@ def test_empty_sequences(shipped, name):
     module = shipped[name]
     case = testing.make_case(testing.spec_of(module), B=1, T=0, H=2, Dk=4, with_initial_state=True)
     for backend in ("torch", "reference"):
-        kw = {"ln_weight": case.ln[0], "ln_bias": case.ln[1]} if case.ln else {}
-        o, state = module.op(case.q, case.k, case.v, **case.gates, initial_state=case.initial_state,
-                             output_final_state=True, backend=backend, **kw)  # fmt: skip
+        o, state = testing.call(module, case, backend=backend)
         assert o.shape == (1, 0, 2, 4)
         assert all(torch.equal(a, b) for a, b in zip(state, case.initial_state, strict=True))

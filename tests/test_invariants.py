@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 from hypothesis import given, settings
@@ -21,13 +23,11 @@ def spec_text(arch="mlp(depth: 2, expansion: 2, activation: gelu, residual: true
     return "memory inv {\n    " + "\n    ".join(lines) + "\n}\n"
 
 
-def call(module, case, **override):
-    kw = dict(scale=case.scale, initial_state=case.initial_state, output_final_state=True)
-    if case.ln is not None:
-        kw.update(ln_weight=case.ln[0], ln_bias=case.ln[1])
-    gates = {**case.gates, **override.pop("gates", {})}
-    kw.update(override)
-    return module.op(case.q, case.k, case.v, **gates, **kw, backend=kw.pop("backend", "torch"))
+def call(module, case, gates=None):
+    """The torch backend on a case, with some gates replaced."""
+    return testing.call(
+        module, replace(case, gates={**case.gates, **(gates or {})}), backend="torch"
+    )
 
 
 @pytest.mark.parametrize("name", ["titans", "moneta", "memora", "gated_deltanet", "yaad"])
@@ -42,14 +42,8 @@ def test_two_calls_equal_one(shipped, name, chunks, tail, seed):
         spec, B=1, T=split + tail, H=2, Dk=4, seed=seed, with_initial_state=True
     )
     o, state = call(module, case)
-    first = testing.Case(case.q[:, :split], case.k[:, :split], case.v[:, :split],
-                         {n: g[:, :split] for n, g in case.gates.items()}, case.scale,
-                         case.initial_state, case.ln)  # fmt: skip
-    o1, mid = call(module, first)
-    second = testing.Case(case.q[:, split:], case.k[:, split:], case.v[:, split:],
-                          {n: g[:, split:] for n, g in case.gates.items()}, case.scale, mid,
-                          case.ln)  # fmt: skip
-    o2, end = call(module, second)
+    o1, mid = call(module, testing.slice_case(case, 0, split, case.initial_state))
+    o2, end = call(module, testing.slice_case(case, split, case.q.shape[1], mid))
     assert relative_error(torch.cat([o1, o2], 1), o) < TOL
     assert all(relative_error(a, b) < TOL for a, b in zip(end, state, strict=True))
 
