@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import math
 import re
+import textwrap
 from functools import lru_cache
 
 import jinja2
@@ -19,9 +21,10 @@ from . import __version__
 from . import expr as E
 from .errors import CodegenError
 from .plan import Plan, make_plan
-from .printing import TorchPrinter
+from .printing import TorchPrinter, TritonPrinter
 from .spec import ConstVal, GateRef, Spec, bias_gate_names, to_data
-from .symbolic import Derived, V, X, Y, Z
+from .symbolic import Derived, V, X, Y, Z, symbol
+from .triton_pieces import activation_bodies, bias_bodies
 
 IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 FILES = {  # output file -> template
@@ -30,6 +33,7 @@ FILES = {  # output file -> template
     "layer.py": "layer.py.j2",
     "elementwise.py": "elementwise.py.j2",
     "torch_backend.py": "torch_backend.py.j2",
+    "triton_backend.py": "triton_backend.py.j2",
 }
 
 
@@ -47,9 +51,17 @@ def _safe(value):
     raise CodegenError(f"refusing to print an unchecked value into generated code: {value!r}")
 
 
+def verbatim(text: str, indent: int | None = None) -> Code:
+    """A block a template captured (`{% set %}` or a macro) printed back, optionally
+    re-indented: every value inside it already passed `_safe`."""
+    if indent is not None:
+        text = textwrap.indent(textwrap.dedent(text), " " * indent)
+    return Code(text.rstrip("\n"))
+
+
 @lru_cache(maxsize=1)
 def environment() -> jinja2.Environment:
-    return jinja2.Environment(
+    env = jinja2.Environment(
         loader=jinja2.PackageLoader("mirasc", "templates"),
         undefined=jinja2.StrictUndefined,
         trim_blocks=True,
@@ -58,6 +70,8 @@ def environment() -> jinja2.Environment:
         autoescape=False,
         finalize=_safe,
     )
+    env.globals["verbatim"] = verbatim
+    return env
 
 
 def docstring_text(text: str, indent: str = "    ") -> Code:
@@ -223,8 +237,117 @@ def context(spec: Spec, derived: Derived, plan: Plan, source_text: str) -> dict:
     )
 
 
+def _names(prefix: str, indices) -> Code:
+    return Code(", ".join(f"{prefix}{i}" for i in indices))
+
+
+def triton_context(spec: Spec, derived: Derived, plan: Plan, source_text: str) -> dict:
+    """What the Triton template prints beyond the shared context: the printed helper bodies,
+    the memory's layers as tile names, and the names tying the kernel's pieces together."""
+    L, ret, a = spec.depth, spec.retention, spec.architecture
+    dims = ["DK"] + ["HID"] * (L - 1) + ["DV"]
+    tiles = {"DK": ("rk", "mk"), "HID": ("rh", "mh"), "DV": ("rv", "mv")}
+    layers, sizes = [], []
+    for l, (i, o) in enumerate(itertools.pairwise(dims), start=1):
+        layers.append(
+            dict(
+                l=l,
+                O=o,
+                ri=tiles[i][0],
+                mi=tiles[i][1],
+                ro=tiles[o][0],
+                mo=tiles[o][1],
+                off=Code(" + ".join(sizes) or "0"),
+            )
+        )
+        sizes.append(f"{i} * {o}")
+    wsize = Code("(" + " + ".join(sizes) + ")")
+    bias = bias_bodies(derived, plan)
+    act = activation_bodies(derived)
+    helpers = set(bias["helpers"]) | set(act.get("act_helpers", ()))
+    pnames = [f"_p{i}" for i in range(bias["n_params"])]
+    rows, row_code = {}, [_operand_code(spec.algorithm.lr, "lr")]
+    if ret.gate is not None:
+        rows["rate"] = len(row_code)
+        row_code.append(_operand_code(ret.gate, ret.kind))
+    if spec.has_momentum:
+        rows["mom"] = len(row_code)
+        row_code.append(_operand_code(spec.algorithm.momentum, "momentum"))
+    param_rows = []
+    for name in bias_gate_names(spec.bias):
+        param_rows.append(len(row_code))
+        row_code.append(Code(f'runtime.gate(gates["{name}"], "{name}", q)'))
+    ls = range(1, L + 1)
+    sur = [f"a{i}" for i in range(L)] + [f"zr{i}" for i in ls] + [f"u{i}" for i in range(1, L)]
+    sur += [f"d{i}" for i in ls] + [f"dd{i}" for i in ls] + ["y", "dy"]
+    read = ["o"] + [f"h{i}" for i in range(L)] + [f"r{i}" for i in ls]
+    if a.norm == "layernorm":
+        sur += ["xh", "rstd"]
+        read += ["xh", "rstd"]
+    if spec.clip is not None:
+        sur += ["fac", "dfac"]
+    lq = {}
+    if ret.kind == "lq":
+        q = float(ret.q)
+        printer = TritonPrinter()
+        x = symbol("x")
+        qs = sp.Integer(int(q)) if q.is_integer() else sp.Float(q)
+        lq = dict(
+            lq_pow_q=Code(printer.doprint(sp.Abs(x) ** qs)),
+            lq_pow_grad=Code(printer.doprint(sp.Abs(x) ** (qs - 2) * x)),
+            lq_exponent=Code(repr((q - 2.0) / q)),
+        )
+        helpers |= printer.helpers
+    update_args = ["e"] + (["rate"] if ret.gate is not None else [])
+    update_args += (["mom"] if spec.has_momentum else []) + (["mirror"] if ret.kind == "kl" else [])
+    ws = [f"W{i}" for i in ls] + ([f"S{i}" for i in ls] if spec.has_momentum else [])
+    return dict(
+        layers=layers,
+        wsize=wsize,
+        state_size=Code(f"2 * {wsize}" if spec.has_momentum else wsize),
+        state_formula=Code(
+            " + ".join(s.replace("DK", "Dk").replace("DV", "Dv").replace("HID", f"{a.expansion}*Dk") for s in sizes)
+            + (", twice with momentum" if spec.has_momentum else "")
+        ),
+        seg=spec.chunk * math.ceil(16 / spec.chunk),
+        namespace=f"mirasc_{spec.module_name}_{spec_hash(source_text)[:12]}",
+        expansion=a.expansion,
+        helpers=helpers,
+        pnames=pnames,
+        has_rate=ret.gate is not None,
+        rate_row=rows.get("rate"),
+        mom_row=rows.get("mom"),
+        param_rows=param_rows,
+        gate_rows=Code(", ".join(row_code)),
+        masks=Code("mk, mh, mv" if L > 1 else "mk, mv"),
+        kl_masks=Code(", ".join(f"m{ly['l']}, {ly['mi']}" for ly in layers)),
+        update_args=Code(", ".join(update_args)),
+        sur_out=Code(", ".join(sur)),
+        read_out=Code(", ".join(read)),
+        read_out_r=Code(", ".join("r_" + n for n in read)),
+        WSs=Code(", ".join(ws)),
+        Ps=_names("P", ls),
+        Rs=_names("R", ls),
+        Gs=_names("G", ls),
+        Gbs=_names("Gb", ls),
+        Pbs=_names("Pb", ls),
+        Rbs=_names("Rb", ls),
+        Wbs=_names("Wb", ls),
+        Sbs=_names("Sb", ls),
+        Wps=_names("Wp", ls),
+        Sps=_names("Sp", ls),
+        Wns=_names("Wn", ls),
+        bias_grad_lines=[Code(line) for line in bias["bias_grad_lines"]],
+        bias_vjp_lines=[Code(line) for line in bias["bias_vjp_lines"]],
+        **{k: [Code(line) for line in v] for k, v in act.items() if k.endswith("_lines")},
+        **lq,
+    )
+
+
 def render(spec: Spec, derived: Derived, source_text: str) -> dict[str, str]:
     """The generated package as {file name: text}."""
-    ctx = context(spec, derived, make_plan(spec, derived), source_text)
+    plan = make_plan(spec, derived)
+    ctx = context(spec, derived, plan, source_text)
+    ctx.update(triton_context(spec, derived, plan, source_text))
     env = environment()
     return {out: env.get_template(tpl).render(**ctx) for out, tpl in FILES.items()}

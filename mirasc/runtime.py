@@ -6,6 +6,8 @@ It never imports the compiler (sympy, lark, jinja2): a trained model needs only 
 
 from __future__ import annotations
 
+import os
+from collections.abc import Callable
 from itertools import pairwise
 from typing import ClassVar, NamedTuple
 
@@ -97,6 +99,22 @@ def chunks(T: int, chunk: int, offset: int = 0):
         start, size = stop, chunk
 
 
+def triton_interpreted() -> bool:
+    """Triton kernels run in its CPU interpreter (set before triton is imported)."""
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+_CUSTOM_OPS: dict[str, object] = {}
+
+
+def custom_op(namespace: str, register: Callable[[], object]):
+    """A generated package's torch.library op, registered once per process: the namespace
+    carries the spec's hash, so a second import of the same spec reuses the first one's."""
+    if namespace not in _CUSTOM_OPS:
+        _CUSTOM_OPS[namespace] = register()
+    return _CUSTOM_OPS[namespace]
+
+
 def pick_backend(backend: str, q: torch.Tensor, has_triton: bool) -> str:
     if backend not in BACKENDS:
         raise BackendError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
@@ -104,7 +122,7 @@ def pick_backend(backend: str, q: torch.Tensor, has_triton: bool) -> str:
         return "triton" if (q.is_cuda and has_triton) else "torch"
     if backend == "triton" and not has_triton:
         raise BackendError(
-            "this package has no Triton backend yet; use backend='torch' (or 'auto')"
+            "this package has no Triton backend (triton is not installed); use backend='torch'"
         )
     return backend
 

@@ -1,0 +1,139 @@
+"""Derived to Triton code: the bodies of the small `@triton.jit` helpers the Triton template
+calls: the loss gradient dl/dy, its vector-Jacobian product (the second-order pieces a backward
+pass through an inner gradient step needs) and the activation with two derivatives.
+
+Gate parameters of the loss are renamed `_p0, _p1, ...` before printing, so no name from a spec
+reaches kernel scope. Terms that are identically zero are dropped here, not left to the compiler.
+"""
+
+from __future__ import annotations
+
+from .plan import Plan
+from .printing import TritonPrinter
+from .symbolic import V, Derived, d, symbol
+
+
+def _sum(terms: list[str]) -> str:
+    return " + ".join(terms) if terms else "0.0"
+
+
+class _Body:
+    """Lines of one helper: CSE'd element-wise vectors (masked), then per-token scalars."""
+
+    def __init__(self, printer: TritonPrinter, rename: dict):
+        self.printer, self.rename = printer, rename
+        self.lines: list[str] = []
+
+    def vectors(self, exprs: dict, prefix: str) -> None:
+        exprs = {n: e.subs(self.rename) for n, e in exprs.items()}
+        self.lines += self.printer.block(exprs, prefix)
+        self.lines += [f"{n} = tl.where(mask, {n}, 0.0)" for n in exprs]
+
+    def scalars(self, exprs: dict, prefix: str) -> None:
+        exprs = {n: e.subs(self.rename) for n, e in exprs.items()}
+        if exprs:
+            self.lines += self.printer.block(exprs, prefix)
+
+
+def bias_bodies(derived: Derived, plan: Plan) -> dict:
+    """`bias_grad(y, v, mask, _p..)` -> dl/dy and `bias_vjp(y, v, mask, dyb, _p..)` -> the
+    adjoints of y, v and each parameter given the adjoint `dyb` of dl/dy."""
+    b = derived.bias
+    printer = TritonPrinter()
+    rename = {p: symbol(f"_p{i}") for i, p in enumerate(b.params)}
+    m, used = len(b.phi), plan.sums
+    nz = lambda e: e != 0  # noqa: E731
+
+    grad = _Body(printer, rename)
+    vec = {f"_phi{i}": b.phi[i] for i in used}
+    vec.update({f"_dphi{i}": b.dphi[i] for i in range(m) if nz(b.dphi[i])})
+    grad.vectors(vec, "_e")
+    grad.lines += [f"_S{i} = tl.sum(_phi{i}, axis=0)" for i in used]
+    grad.scalars({f"_g{i}": b.dg[i] for i in range(m)}, "_s")
+    grad.lines.append(
+        "return " + _sum([f"_g{i} * _dphi{i}" for i in range(m) if nz(b.dphi[i])]) + " + y * 0.0"
+    )
+
+    # The vector-Jacobian product of dl/dy_j = sum_i g_i(S, p) phi_i'(y_j, v_j):
+    # P_i = sum_j dyb_j phi_i'(j), Q_l = sum_i d2g_il P_i, then
+    # yb_j = dyb_j sum_i g_i phi_i''(j) + sum_l Q_l phi_l'(j), the same for v with d/dv, and
+    # pb = sum_i P_i dg_i/dp + sum_j dyb_j sum_i g_i dphi_i'/dp + sum_l Q_l sum_j dphi_l/dp.
+    vjp = _Body(printer, rename)
+    vec = {f"_phi{i}": b.phi[i] for i in used}
+    for i in range(m):
+        for name, e in (
+            ("_dphi", b.dphi[i]),
+            ("_d2phi", b.d2phi[i]),
+            ("_dphiv", b.dphi_dv[i]),
+        ):
+            if nz(e):
+                vec[f"{name}{i}"] = e
+        for j, p in enumerate(b.params):
+            if nz(b.dphi_dparam[i][j]):
+                vec[f"_dphip{i}_{j}"] = b.dphi_dparam[i][j]
+    for i in used:
+        if nz(d(b.phi[i], V)):
+            vec[f"_phiv{i}"] = d(b.phi[i], V)
+        for j, p in enumerate(b.params):
+            if nz(d(b.phi[i], p)):
+                vec[f"_phip{i}_{j}"] = d(b.phi[i], p)
+    vjp.vectors(vec, "_e")
+    vjp.lines += [f"_S{i} = tl.sum(_phi{i}, axis=0)" for i in used]
+    scal = {f"_g{i}": b.dg[i] for i in range(m)}
+    scal.update(
+        {f"_h{i}_{j}": b.d2g[i * m + j] for i in range(m) for j in used if nz(b.d2g[i * m + j])}
+    )
+    scal.update(
+        {
+            f"_gp{i}_{j}": b.dg_dparam[i][j]
+            for i in range(m)
+            for j in range(len(b.params))
+            if nz(b.dg_dparam[i][j])
+        }
+    )
+    vjp.scalars(scal, "_s")
+    P = [i for i in range(m) if f"_dphi{i}" in vec]
+    vjp.lines += [f"_P{i} = tl.sum(dyb * _dphi{i}, axis=0)" for i in P]
+    Q = {}
+    for j in used:
+        terms = [f"_h{i}_{j} * _P{i}" for i in P if f"_h{i}_{j}" in scal]
+        if terms:
+            Q[j] = f"_Q{j}"
+            vjp.lines.append(f"_Q{j} = {_sum(terms)}")
+    yb = [f"dyb * ({_sum([f'_g{i} * _d2phi{i}' for i in range(m) if f'_d2phi{i}' in vec])})"]
+    yb += [f"_Q{j} * _dphi{j}" for j in Q if f"_dphi{j}" in vec]
+    vb = [f"dyb * ({_sum([f'_g{i} * _dphiv{i}' for i in range(m) if f'_dphiv{i}' in vec])})"]
+    vb += [f"_Q{j} * _phiv{j}" for j in Q if f"_phiv{j}" in vec]
+    vjp.lines.append(f"yb = tl.where(mask, {_sum(yb)}, 0.0)")
+    vjp.lines.append(f"vb = tl.where(mask, {_sum(vb)}, 0.0)")
+    outs = ["yb", "vb"]
+    for j in range(len(b.params)):
+        terms = [f"_P{i} * _gp{i}_{j}" for i in P if f"_gp{i}_{j}" in scal]
+        inner = [f"_g{i} * _dphip{i}_{j}" for i in range(m) if f"_dphip{i}_{j}" in vec]
+        if inner:
+            terms.append(f"tl.sum(dyb * ({_sum(inner)}), axis=0)")
+        terms += [f"_Q{i} * tl.sum(_phip{i}_{j}, axis=0)" for i in Q if f"_phip{i}_{j}" in vec]
+        vjp.lines.append(f"pb{j} = {_sum(terms)} + 0.0 * _S_zero")
+        outs.append(f"pb{j}")
+    vjp.lines.insert(0, "_S_zero = tl.sum(y * 0.0, axis=0)")  # a scalar tensor, for typing
+    vjp.lines.append("return " + ", ".join(outs))
+    return dict(
+        bias_grad_lines=grad.lines,
+        bias_vjp_lines=vjp.lines,
+        n_params=len(b.params),
+        helpers=printer.helpers,
+    )
+
+
+def activation_bodies(derived: Derived) -> dict:
+    """`act(x)`, `act_d1(x)`, `act_d2(x)` bodies, or nothing for a linear memory."""
+    a = derived.activation
+    if a is None:
+        return {}
+    printer = TritonPrinter()
+    out = {}
+    for name, e in (("act", a.f), ("act_d1", a.df), ("act_d2", a.d2f)):
+        lines = printer.block({"_r": e}, "_a")
+        out[f"{name}_lines"] = [*lines, "return _r + x * 0.0"]
+    out["act_helpers"] = printer.helpers
+    return out
