@@ -248,10 +248,10 @@ def triton_context(spec: Spec, derived: Derived, plan: Plan, source_text: str) -
     dims = ["DK"] + ["HID"] * (L - 1) + ["DV"]
     tiles = {"DK": ("rk", "mk"), "HID": ("rh", "mh"), "DV": ("rv", "mv")}
     layers, sizes = [], []
-    for l, (i, o) in enumerate(itertools.pairwise(dims), start=1):
+    for index, (i, o) in enumerate(itertools.pairwise(dims), start=1):
         layers.append(
             dict(
-                l=l,
+                l=index,
                 O=o,
                 ri=tiles[i][0],
                 mi=tiles[i][1],
@@ -264,7 +264,7 @@ def triton_context(spec: Spec, derived: Derived, plan: Plan, source_text: str) -
     wsize = Code("(" + " + ".join(sizes) + ")")
     bias = bias_bodies(derived, plan)
     act = activation_bodies(derived)
-    helpers = set(bias["helpers"]) | set(act.get("act_helpers", ()))
+    helpers = set(bias["helpers"]) | set(act.get("triton_act_helpers", ()))
     pnames = [f"_p{i}" for i in range(bias["n_params"])]
     rows, row_code = {}, [_operand_code(spec.algorithm.lr, "lr")]
     if ret.gate is not None:
@@ -306,7 +306,10 @@ def triton_context(spec: Spec, derived: Derived, plan: Plan, source_text: str) -
         wsize=wsize,
         state_size=Code(f"2 * {wsize}" if spec.has_momentum else wsize),
         state_formula=Code(
-            " + ".join(s.replace("DK", "Dk").replace("DV", "Dv").replace("HID", f"{a.expansion}*Dk") for s in sizes)
+            " + ".join(
+                s.replace("DK", "Dk").replace("DV", "Dv").replace("HID", f"{a.expansion}*Dk")
+                for s in sizes
+            )
             + (", twice with momentum" if spec.has_momentum else "")
         ),
         seg=spec.chunk * math.ceil(16 / spec.chunk),

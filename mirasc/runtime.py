@@ -7,6 +7,7 @@ It never imports the compiler (sympy, lark, jinja2): a trained model needs only 
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Callable
 from itertools import pairwise
 from typing import ClassVar, NamedTuple
@@ -102,6 +103,11 @@ def chunks(T: int, chunk: int, offset: int = 0):
 def triton_interpreted() -> bool:
     """Triton kernels run in its CPU interpreter (set before triton is imported)."""
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def warn_fallback(name: str, reason: str) -> None:
+    """backend='auto' chose Triton but these inputs cannot run there: say so, use torch."""
+    warnings.warn(f"{name}: using the torch backend: {reason}", stacklevel=3)
 
 
 _CUSTOM_OPS: dict[str, object] = {}

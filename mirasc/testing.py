@@ -37,6 +37,16 @@ class Case:
             out["ln_weight"], out["ln_bias"] = self.ln
         return out
 
+    def to(self, device=None, dtype=None) -> Case:
+        """The same case with every tensor moved (and, for `dtype`, cast)."""
+        move = lambda t: t.to(device=device, dtype=dtype)  # noqa: E731
+        return Case(
+            move(self.q), move(self.k), move(self.v),
+            {n: move(g) for n, g in self.gates.items()}, self.scale,
+            None if self.initial_state is None else tuple(move(s) for s in self.initial_state),
+            None if self.ln is None else tuple(move(t) for t in self.ln),
+        )  # fmt: skip
+
 
 def gate_ranges(spec: Spec) -> dict:
     """A range per gate in which the spec's update is well behaved (contracting, positive)."""
@@ -182,23 +192,23 @@ def call(module, case: Case, **kw):
                      initial_state=case.initial_state, output_final_state=True, **norm, **kw)  # fmt: skip
 
 
-def continuation_error(module, case: Case, split: int) -> float:
+def continuation_error(module, case: Case, split: int, **kw) -> float:
     """Relative error between one call and three calls split at token `split` (chunk-aligned
     prefix, the rest of that chunk, then a call continuing the chunk from its anchor state):
-    the op-level contract that exact decoding rests on."""
+    the op-level contract that exact decoding rests on. `kw` goes to every call (`backend`)."""
     chunk = module.torch_backend.CHUNK
     aligned = split - split % chunk
-    o_full, _ = call(module, case)
+    o_full, _ = call(module, case, **kw)
     pieces = []
     anchor = case.initial_state
     if aligned:
-        o, anchor = call(module, slice_case(case, 0, aligned, case.initial_state))
+        o, anchor = call(module, slice_case(case, 0, aligned, case.initial_state), **kw)
         pieces.append(o)
-    o, state = call(module, slice_case(case, aligned, split, anchor))
+    o, state = call(module, slice_case(case, aligned, split, anchor), **kw)
     pieces.append(o)
     offset = (split - aligned) % chunk
     rest = slice_case(case, split, case.q.shape[1], state)
-    o, _ = call(module, rest, anchor_state=anchor if offset else None, chunk_offset=offset)
+    o, _ = call(module, rest, anchor_state=anchor if offset else None, chunk_offset=offset, **kw)
     pieces.append(o)
     return relative_error(torch.cat(pieces, dim=1), o_full)
 

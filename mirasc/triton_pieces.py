@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from .plan import Plan
 from .printing import TritonPrinter
-from .symbolic import V, Derived, d, symbol
+from .symbolic import Derived, V, d, symbol
 
 
 def _sum(terms: list[str]) -> str:
@@ -68,7 +68,7 @@ def bias_bodies(derived: Derived, plan: Plan) -> dict:
         ):
             if nz(e):
                 vec[f"{name}{i}"] = e
-        for j, p in enumerate(b.params):
+        for j in range(len(b.params)):
             if nz(b.dphi_dparam[i][j]):
                 vec[f"_dphip{i}_{j}"] = b.dphi_dparam[i][j]
     for i in used:
@@ -126,7 +126,8 @@ def bias_bodies(derived: Derived, plan: Plan) -> dict:
 
 
 def activation_bodies(derived: Derived) -> dict:
-    """`act(x)`, `act_d1(x)`, `act_d2(x)` bodies, or nothing for a linear memory."""
+    """`act(x)`, `act_d1(x)`, `act_d2(x)` bodies (as `triton_act*_lines`), or nothing for a
+    linear memory."""
     a = derived.activation
     if a is None:
         return {}
@@ -134,6 +135,6 @@ def activation_bodies(derived: Derived) -> dict:
     out = {}
     for name, e in (("act", a.f), ("act_d1", a.df), ("act_d2", a.d2f)):
         lines = printer.block({"_r": e}, "_a")
-        out[f"{name}_lines"] = [*lines, "return _r + x * 0.0"]
-    out["act_helpers"] = printer.helpers
+        out[f"triton_{name}_lines"] = [*lines, "return _r + x * 0.0"]
+    out["triton_act_helpers"] = printer.helpers
     return out

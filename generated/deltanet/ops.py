@@ -6,11 +6,16 @@ from mirasc import runtime
 
 from . import torch_backend
 
+try:
+    from . import triton_backend
+except ImportError:  # no triton on this platform: the torch backend serves every call
+    triton_backend = None
+
 SPEC = '# bias: l2\nmemory deltanet {\n    architecture = linear\n    bias(y, v) = 0.5 * sum((y - v)^2)\n    retention = none\n    algorithm = gd(lr: beta)\n    chunk = 1\n    gate beta = sigmoid(z)\n}\n'
 SPEC_IR = ('Spec', (('name', 'deltanet'), ('architecture', ('Architecture', (('depth', 1), ('expansion', 1), ('activation', None), ('residual', False), ('norm', None)))), ('bias', ('Bias', (('name', 'l2'), ('body', ('Binary', (('op', '*'), ('left', ('Num', (('value', 0.5),))), ('right', ('Call', (('fn', 'sum'), ('args', ('tuple', ('Binary', (('op', '^'), ('left', ('Binary', (('op', '-'), ('left', ('Name', (('id', 'y'),))), ('right', ('Name', (('id', 'v'),)))))), ('right', ('Num', (('value', 2.0),))))))), ('params', ('tuple',))))))))))), ('retention', ('Retention', (('kind', 'none'), ('gate', None), ('first', False), ('q', None)))), ('algorithm', ('Algorithm', (('kind', 'gd'), ('lr', ('GateRef', (('name', 'beta'),))), ('momentum', None)))), ('chunk', 1), ('clip', None), ('gates', ('tuple', ('Gate', (('name', 'beta'), ('body', ('Call', (('fn', 'sigmoid'), ('args', ('tuple', ('Name', (('id', 'z'),)))), ('params', ('tuple',)))))))))))
 STATE_NAMES = ('W',)
 GATE_NAMES = ('beta',)
-HAS_TRITON = False
+HAS_TRITON = triton_backend is not None
 
 
 def deltanet(
@@ -34,6 +39,7 @@ def deltanet(
     tokens finish a chunk whose gradients are taken at `anchor_state` (decoding).    """
     runtime.check_qkv(q, k, v, residual=False)
     gates = { "beta": beta }
+    requested = backend
     backend = runtime.pick_backend(backend, q, HAS_TRITON)
     ln_weight = None
     ln_bias = None
@@ -53,6 +59,25 @@ def deltanet(
             anchor_state=anchor_state,
             chunk_offset=chunk_offset,
         )
+    if backend == "triton":
+        reason = triton_backend.unsupported(q, v)
+        if reason is None:
+            return triton_backend.forward(
+                q,
+                k,
+                v,
+                gates,
+                scale,
+                initial_state,
+                output_final_state,
+                ln_weight,
+                ln_bias,
+                anchor_state,
+                chunk_offset,
+            )
+        if requested == "triton":
+            raise runtime.BackendError(reason)
+        runtime.warn_fallback("deltanet", reason)
     return torch_backend.forward(
         q,
         k,

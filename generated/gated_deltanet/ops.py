@@ -6,11 +6,16 @@ from mirasc import runtime
 
 from . import torch_backend
 
+try:
+    from . import triton_backend
+except ImportError:  # no triton on this platform: the torch backend serves every call
+    triton_backend = None
+
 SPEC = '# bias: l2\nmemory gated_deltanet {\n    architecture = linear\n    bias(y, v) = 0.5 * sum((y - v)^2)\n    retention = decay(alpha, first: true)\n    algorithm = gd(lr: beta)\n    chunk = 1\n    gate beta = sigmoid(z)\n    gate alpha = 1 - exp(-softplus(z))\n}\n'
 SPEC_IR = ('Spec', (('name', 'gated_deltanet'), ('architecture', ('Architecture', (('depth', 1), ('expansion', 1), ('activation', None), ('residual', False), ('norm', None)))), ('bias', ('Bias', (('name', 'l2'), ('body', ('Binary', (('op', '*'), ('left', ('Num', (('value', 0.5),))), ('right', ('Call', (('fn', 'sum'), ('args', ('tuple', ('Binary', (('op', '^'), ('left', ('Binary', (('op', '-'), ('left', ('Name', (('id', 'y'),))), ('right', ('Name', (('id', 'v'),)))))), ('right', ('Num', (('value', 2.0),))))))), ('params', ('tuple',))))))))))), ('retention', ('Retention', (('kind', 'decay'), ('gate', ('GateRef', (('name', 'alpha'),))), ('first', True), ('q', None)))), ('algorithm', ('Algorithm', (('kind', 'gd'), ('lr', ('GateRef', (('name', 'beta'),))), ('momentum', None)))), ('chunk', 1), ('clip', None), ('gates', ('tuple', ('Gate', (('name', 'beta'), ('body', ('Call', (('fn', 'sigmoid'), ('args', ('tuple', ('Name', (('id', 'z'),)))), ('params', ('tuple',))))))), ('Gate', (('name', 'alpha'), ('body', ('Binary', (('op', '-'), ('left', ('Num', (('value', 1.0),))), ('right', ('Call', (('fn', 'exp'), ('args', ('tuple', ('Neg', (('operand', ('Call', (('fn', 'softplus'), ('args', ('tuple', ('Name', (('id', 'z'),)))), ('params', ('tuple',))))),)))), ('params', ('tuple',))))))))))))))
 STATE_NAMES = ('W',)
 GATE_NAMES = ('beta', 'alpha')
-HAS_TRITON = False
+HAS_TRITON = triton_backend is not None
 
 
 def gated_deltanet(
@@ -35,6 +40,7 @@ def gated_deltanet(
     tokens finish a chunk whose gradients are taken at `anchor_state` (decoding).    """
     runtime.check_qkv(q, k, v, residual=False)
     gates = { "beta": beta, "alpha": alpha }
+    requested = backend
     backend = runtime.pick_backend(backend, q, HAS_TRITON)
     ln_weight = None
     ln_bias = None
@@ -54,6 +60,25 @@ def gated_deltanet(
             anchor_state=anchor_state,
             chunk_offset=chunk_offset,
         )
+    if backend == "triton":
+        reason = triton_backend.unsupported(q, v)
+        if reason is None:
+            return triton_backend.forward(
+                q,
+                k,
+                v,
+                gates,
+                scale,
+                initial_state,
+                output_final_state,
+                ln_weight,
+                ln_bias,
+                anchor_state,
+                chunk_offset,
+            )
+        if requested == "triton":
+            raise runtime.BackendError(reason)
+        runtime.warn_fallback("gated_deltanet", reason)
     return torch_backend.forward(
         q,
         k,

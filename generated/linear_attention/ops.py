@@ -6,11 +6,16 @@ from mirasc import runtime
 
 from . import torch_backend
 
+try:
+    from . import triton_backend
+except ImportError:  # no triton on this platform: the torch backend serves every call
+    triton_backend = None
+
 SPEC = '# bias: dot\nmemory linear_attention {\n    architecture = linear\n    bias(y, v) = -sum(y * v)\n    retention = none\n    algorithm = gd(lr: 1)\n    chunk = 64\n}\n'
 SPEC_IR = ('Spec', (('name', 'linear_attention'), ('architecture', ('Architecture', (('depth', 1), ('expansion', 1), ('activation', None), ('residual', False), ('norm', None)))), ('bias', ('Bias', (('name', 'dot'), ('body', ('Neg', (('operand', ('Call', (('fn', 'sum'), ('args', ('tuple', ('Binary', (('op', '*'), ('left', ('Name', (('id', 'y'),))), ('right', ('Name', (('id', 'v'),))))))), ('params', ('tuple',))))),)))))), ('retention', ('Retention', (('kind', 'none'), ('gate', None), ('first', False), ('q', None)))), ('algorithm', ('Algorithm', (('kind', 'gd'), ('lr', ('ConstVal', (('value', 1.0),))), ('momentum', None)))), ('chunk', 64), ('clip', None), ('gates', ('tuple',))))
 STATE_NAMES = ('W',)
 GATE_NAMES = ()
-HAS_TRITON = False
+HAS_TRITON = triton_backend is not None
 
 
 def linear_attention(
@@ -33,6 +38,7 @@ def linear_attention(
     tokens finish a chunk whose gradients are taken at `anchor_state` (decoding).    """
     runtime.check_qkv(q, k, v, residual=False)
     gates = {  }
+    requested = backend
     backend = runtime.pick_backend(backend, q, HAS_TRITON)
     ln_weight = None
     ln_bias = None
@@ -52,6 +58,25 @@ def linear_attention(
             anchor_state=anchor_state,
             chunk_offset=chunk_offset,
         )
+    if backend == "triton":
+        reason = triton_backend.unsupported(q, v)
+        if reason is None:
+            return triton_backend.forward(
+                q,
+                k,
+                v,
+                gates,
+                scale,
+                initial_state,
+                output_final_state,
+                ln_weight,
+                ln_bias,
+                anchor_state,
+                chunk_offset,
+            )
+        if requested == "triton":
+            raise runtime.BackendError(reason)
+        runtime.warn_fallback("linear_attention", reason)
     return torch_backend.forward(
         q,
         k,

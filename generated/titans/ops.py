@@ -6,11 +6,16 @@ from mirasc import runtime
 
 from . import torch_backend
 
+try:
+    from . import triton_backend
+except ImportError:  # no triton on this platform: the torch backend serves every call
+    triton_backend = None
+
 SPEC = '# bias: l2\nmemory titans {\n    architecture = mlp(depth: 2, expansion: 4, activation: silu, residual: true)\n    bias(y, v) = 0.5 * sum((y - v)^2)\n    retention = decay(alpha)\n    algorithm = momentum(lr: theta, momentum: eta)\n    chunk = 16\n    gate theta = 0.1 * sigmoid(z)\n    gate eta = sigmoid(z)\n    gate alpha = sigmoid(z)\n}\nactivation silu(x) = x * sigmoid(x)\n'
 SPEC_IR = ('Spec', (('name', 'titans'), ('architecture', ('Architecture', (('depth', 2), ('expansion', 4), ('activation', ('Activation', (('name', 'silu'), ('body', ('Binary', (('op', '*'), ('left', ('Name', (('id', 'x'),))), ('right', ('Call', (('fn', 'sigmoid'), ('args', ('tuple', ('Name', (('id', 'x'),)))), ('params', ('tuple',))))))))))), ('residual', True), ('norm', None)))), ('bias', ('Bias', (('name', 'l2'), ('body', ('Binary', (('op', '*'), ('left', ('Num', (('value', 0.5),))), ('right', ('Call', (('fn', 'sum'), ('args', ('tuple', ('Binary', (('op', '^'), ('left', ('Binary', (('op', '-'), ('left', ('Name', (('id', 'y'),))), ('right', ('Name', (('id', 'v'),)))))), ('right', ('Num', (('value', 2.0),))))))), ('params', ('tuple',))))))))))), ('retention', ('Retention', (('kind', 'decay'), ('gate', ('GateRef', (('name', 'alpha'),))), ('first', False), ('q', None)))), ('algorithm', ('Algorithm', (('kind', 'momentum'), ('lr', ('GateRef', (('name', 'theta'),))), ('momentum', ('GateRef', (('name', 'eta'),)))))), ('chunk', 16), ('clip', None), ('gates', ('tuple', ('Gate', (('name', 'theta'), ('body', ('Binary', (('op', '*'), ('left', ('Num', (('value', 0.1),))), ('right', ('Call', (('fn', 'sigmoid'), ('args', ('tuple', ('Name', (('id', 'z'),)))), ('params', ('tuple',)))))))))), ('Gate', (('name', 'eta'), ('body', ('Call', (('fn', 'sigmoid'), ('args', ('tuple', ('Name', (('id', 'z'),)))), ('params', ('tuple',))))))), ('Gate', (('name', 'alpha'), ('body', ('Call', (('fn', 'sigmoid'), ('args', ('tuple', ('Name', (('id', 'z'),)))), ('params', ('tuple',)))))))))))
 STATE_NAMES = ('W1', 'W2', 'S1', 'S2')
 GATE_NAMES = ('theta', 'eta', 'alpha')
-HAS_TRITON = False
+HAS_TRITON = triton_backend is not None
 
 
 def titans(
@@ -37,6 +42,7 @@ def titans(
     This memory needs `initial_state` (its layer passes learned per-head weights).    """
     runtime.check_qkv(q, k, v, residual=True)
     gates = { "theta": theta, "eta": eta, "alpha": alpha }
+    requested = backend
     backend = runtime.pick_backend(backend, q, HAS_TRITON)
     ln_weight = None
     ln_bias = None
@@ -56,6 +62,25 @@ def titans(
             anchor_state=anchor_state,
             chunk_offset=chunk_offset,
         )
+    if backend == "triton":
+        reason = triton_backend.unsupported(q, v)
+        if reason is None:
+            return triton_backend.forward(
+                q,
+                k,
+                v,
+                gates,
+                scale,
+                initial_state,
+                output_final_state,
+                ln_weight,
+                ln_bias,
+                anchor_state,
+                chunk_offset,
+            )
+        if requested == "triton":
+            raise runtime.BackendError(reason)
+        runtime.warn_fallback("titans", reason)
     return torch_backend.forward(
         q,
         k,

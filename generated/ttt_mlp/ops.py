@@ -6,11 +6,16 @@ from mirasc import runtime
 
 from . import torch_backend
 
+try:
+    from . import triton_backend
+except ImportError:  # no triton on this platform: the torch backend serves every call
+    triton_backend = None
+
 SPEC = '# bias: l2\nmemory ttt_mlp {\n    architecture = mlp(depth: 2, expansion: 4, activation: gelu, residual: true, norm: layernorm)\n    bias(y, v) = 0.5 * sum((y - v)^2)\n    retention = none\n    algorithm = gd(lr: eta)\n    chunk = 16\n    gate eta = 0.1 * sigmoid(z)\n}\nactivation gelu(x) = 0.5 * x * (1 + erf(x / sqrt(2)))\n'
 SPEC_IR = ('Spec', (('name', 'ttt_mlp'), ('architecture', ('Architecture', (('depth', 2), ('expansion', 4), ('activation', ('Activation', (('name', 'gelu'), ('body', ('Binary', (('op', '*'), ('left', ('Binary', (('op', '*'), ('left', ('Num', (('value', 0.5),))), ('right', ('Name', (('id', 'x'),)))))), ('right', ('Binary', (('op', '+'), ('left', ('Num', (('value', 1.0),))), ('right', ('Call', (('fn', 'erf'), ('args', ('tuple', ('Binary', (('op', '/'), ('left', ('Name', (('id', 'x'),))), ('right', ('Call', (('fn', 'sqrt'), ('args', ('tuple', ('Num', (('value', 2.0),)))), ('params', ('tuple',))))))))), ('params', ('tuple',)))))))))))))), ('residual', True), ('norm', 'layernorm')))), ('bias', ('Bias', (('name', 'l2'), ('body', ('Binary', (('op', '*'), ('left', ('Num', (('value', 0.5),))), ('right', ('Call', (('fn', 'sum'), ('args', ('tuple', ('Binary', (('op', '^'), ('left', ('Binary', (('op', '-'), ('left', ('Name', (('id', 'y'),))), ('right', ('Name', (('id', 'v'),)))))), ('right', ('Num', (('value', 2.0),))))))), ('params', ('tuple',))))))))))), ('retention', ('Retention', (('kind', 'none'), ('gate', None), ('first', False), ('q', None)))), ('algorithm', ('Algorithm', (('kind', 'gd'), ('lr', ('GateRef', (('name', 'eta'),))), ('momentum', None)))), ('chunk', 16), ('clip', None), ('gates', ('tuple', ('Gate', (('name', 'eta'), ('body', ('Binary', (('op', '*'), ('left', ('Num', (('value', 0.1),))), ('right', ('Call', (('fn', 'sigmoid'), ('args', ('tuple', ('Name', (('id', 'z'),)))), ('params', ('tuple',))))))))))))))
 STATE_NAMES = ('W1', 'W2')
 GATE_NAMES = ('eta',)
-HAS_TRITON = False
+HAS_TRITON = triton_backend is not None
 
 
 def ttt_mlp(
@@ -38,6 +43,7 @@ def ttt_mlp(
     """
     runtime.check_qkv(q, k, v, residual=True)
     gates = { "eta": eta }
+    requested = backend
     backend = runtime.pick_backend(backend, q, HAS_TRITON)
     ln_weight = ln_weight
     ln_bias = ln_bias
@@ -57,6 +63,25 @@ def ttt_mlp(
             anchor_state=anchor_state,
             chunk_offset=chunk_offset,
         )
+    if backend == "triton":
+        reason = triton_backend.unsupported(q, v)
+        if reason is None:
+            return triton_backend.forward(
+                q,
+                k,
+                v,
+                gates,
+                scale,
+                initial_state,
+                output_final_state,
+                ln_weight,
+                ln_bias,
+                anchor_state,
+                chunk_offset,
+            )
+        if requested == "triton":
+            raise runtime.BackendError(reason)
+        runtime.warn_fallback("ttt_mlp", reason)
     return torch_backend.forward(
         q,
         k,

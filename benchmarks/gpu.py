@@ -1,0 +1,229 @@
+"""The Triton backend on a GPU, in one command: correctness first, then speed.
+
+1. Correctness: every shipped spec's Triton backend on CUDA, fp32 and bf16 inputs, against the
+   float64 reference: outputs, final states and every gradient (mirasc.testing.compare, what the
+   property tests use), at a shape that crosses chunks and saved segments. `--pytest` also runs
+   tests/test_triton_backend.py on CUDA (the interpreter's property tests, unchanged).
+2. Speed: forward and forward+backward of the triton and torch backends for every shipped spec
+   at B=8, T=4096, H=16, D=64 and D=128, bf16 inputs: ms, tokens/s, achieved GB/s (the bytes of
+   the inputs, outputs and gradients: the least any implementation must move) and each row's
+   speed-up over the torch backend (its fwd+bwd time / the row's), measured in the same run. Where flash-linear-attention is importable, its
+   chunk_gated_delta_rule and fused_recurrent_gated_delta_rule run beside gated_deltanet (and
+   their outputs are compared with ours).
+
+    python benchmarks/gpu.py [--specs ...] [--D 64 128] [--budget 420] [--pytest]
+    python benchmarks/gpu.py --smoke     # tiny shapes on CPU under TRITON_INTERPRET=1 (CI)
+
+A deadline (`--budget` seconds) stops the timing sweep cleanly: first compiles of the fused MLP
+kernels take minutes, and a lent GPU's time is short. Rows not reached are listed as skipped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+if "--smoke" in sys.argv:
+    os.environ["TRITON_INTERPRET"] = "1"  # before triton is imported
+
+import torch  # noqa: E402
+
+from mirasc import testing  # noqa: E402
+
+SHIPPED = [p.stem for p in sorted((ROOT / "specs").glob("*.miras"))]
+TOL = {torch.float32: 2e-3, torch.bfloat16: 3e-2}
+
+
+def inputs(spec, B, T, H, D, dtype, device, seed=0):
+    """Benchmark inputs made on the device: unit q and k, gates in the test ranges."""
+    g = torch.Generator(device=device).manual_seed(seed)
+    Dv = D
+
+    def randn(*shape):
+        return torch.randn(*shape, generator=g, device=device, dtype=torch.float32)
+
+    q, k = (torch.nn.functional.normalize(randn(B, T, H, D), dim=-1) for _ in range(2))
+    v = randn(B, T, H, Dv)
+    gates = {}
+    for name, (lo, hi) in testing.gate_ranges(spec).items():
+        u = torch.rand(B, T, H, generator=g, device=device)
+        gates[name] = lo + (hi - lo) * u
+    initial = None
+    if spec.needs_initial_state:
+        ws = [randn(B, H, i, o) * i**-0.5 for i, o in testing.weight_shapes(spec, D, Dv)]
+        if spec.retention.kind == "kl":
+            ws = [w.softmax(-1) for w in ws]
+        initial = tuple(ws)
+    return q.to(dtype), k.to(dtype), v.to(dtype), gates, initial
+
+
+def correctness(args, device) -> bool:
+    print("== correctness: Triton on", device, "vs the float64 reference (relative RMS error)")
+    ok = True
+    B, T, H, D = (1, 13, 2, 4) if args.smoke else (2, 75, 3, 32)
+    for name in args.specs:
+        module = importlib.import_module(f"generated.{name}")
+        spec = testing.spec_of(module)
+        for dtype in (torch.float32, torch.bfloat16):
+            case = testing.make_case(spec, B=B, T=T, H=H, Dk=D, dtype=dtype, seed=1).to(device)
+            start = time.perf_counter()
+            errors = testing.compare(module, case, "triton")
+            worst = max(errors, key=errors.get)
+            good = all(e <= TOL[dtype] for e in errors.values())
+            ok &= good
+            print(
+                f"  {name:18s} {str(dtype)[6:]:9s} worst {worst:24s} {errors[worst]:.2e} "
+                f"{'ok' if good else 'FAIL'}  ({time.perf_counter() - start:.1f} s incl. compile)"
+            )
+    if args.pytest:
+        done = subprocess.run(
+            [sys.executable, "-m", "pytest", "-q", str(ROOT / "tests" / "test_triton_backend.py")]
+        )
+        ok &= done.returncode == 0
+    return ok
+
+
+def bench(fn, device, repeats: int) -> float:
+    """Milliseconds per call: median of `repeats` after a warm-up (which compiles)."""
+    fn()
+    if device == "cpu":
+        start = time.perf_counter()
+        fn()
+        return 1e3 * (time.perf_counter() - start)
+    times = []
+    for _ in range(repeats):
+        begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        begin.record()
+        fn()
+        end.record()
+        torch.cuda.synchronize()
+        times.append(begin.elapsed_time(end))
+    return sorted(times)[len(times) // 2]
+
+
+def runner(call, q, k, v, backward: bool):
+    """A closure running forward (and backward with a fixed output gradient)."""
+    leaves = [t.detach().requires_grad_(backward) for t in (q, k, v)]
+    do = torch.randn_like(q[..., :1].expand(*q.shape[:3], v.shape[-1]))
+
+    def run():
+        o = call(*leaves)
+        if backward:
+            torch.autograd.grad(o, leaves, do)
+
+    return run
+
+
+def io_bytes(q, v, gates, backward: bool) -> int:
+    """Bytes of inputs and outputs (and their gradients): the least any kernel must move."""
+    qkvo = 3 * q.numel() * q.element_size() + v.numel() * v.element_size()
+    g = sum(x.numel() * 4 for x in gates.values())
+    return (2 if backward else 1) * (qkvo + g) + (v.numel() * v.element_size() if backward else 0)
+
+
+def fla_rows(spec_module, q, k, v, gates, device):
+    """flash-linear-attention's gated delta rule on the same inputs (keep = 1 - alpha)."""
+    try:
+        from fla.ops.gated_delta_rule import (
+            chunk_gated_delta_rule,
+            fused_recurrent_gated_delta_rule,
+        )
+    except ImportError:
+        return []
+    log_keep = torch.log1p(-gates["alpha"])
+    beta = gates["beta"]
+    ours, _ = spec_module.op(q, k, v, **gates, backend="triton")
+    rows = []
+    for label, fn in (
+        ("fla chunk", chunk_gated_delta_rule),
+        ("fla fused_recurrent", fused_recurrent_gated_delta_rule),
+    ):
+
+        def call(q_, k_, v_, fn=fn):
+            return fn(q_, k_, v_, g=log_keep, beta=beta, scale=1.0)[0]
+
+        agreement = testing.relative_error(call(q, k, v).float(), ours.float())
+        rows.append((label, call, agreement))
+    return rows
+
+
+def timings(args, device, deadline: float) -> None:
+    B, T, H = (1, 40, 2) if args.smoke else (8, 4096, 16)
+    dims = [8] if args.smoke else args.D
+    dtype = torch.float32 if args.smoke else torch.bfloat16
+    print(f"\n== speed: B={B} T={T} H={H}, {str(dtype)[6:]} inputs, {torch.__version__}")
+    print(f"{'spec':16s} {'D':>4s} {'impl':22s} {'fwd ms':>9s} {'fwd+bwd ms':>11s} "
+          f"{'Mtok/s':>8s} {'GB/s':>7s} {'torch/it':>9s}")  # fmt: skip
+    skipped = []
+    for D in dims:
+        for name in args.specs:
+            if time.monotonic() > deadline:
+                skipped.append(f"{name} D={D}")
+                continue
+            module = importlib.import_module(f"generated.{name}")
+            spec = testing.spec_of(module)
+            q, k, v, gates, initial = inputs(spec, B, T, H, D, dtype, device)
+            impls = []
+            for backend in ("triton", "torch"):
+
+                def call(q_, k_, v_, backend=backend, module=module, gates=gates, initial=initial):
+                    return module.op(q_, k_, v_, **gates, initial_state=initial,
+                                     backend=backend)[0]  # fmt: skip
+
+                impls.append((backend, call, None))
+            if name == "gated_deltanet":
+                impls += fla_rows(module, q, k, v, gates, device)
+            measured = []
+            for label, call, agreement in impls:
+                try:
+                    fwd = bench(runner(call, q, k, v, False), device, args.repeats)
+                    both = bench(runner(call, q, k, v, True), device, args.repeats)
+                except (torch.cuda.OutOfMemoryError, RuntimeError) as e:
+                    print(f"{name:16s} {D:4d} {label:22s} n/a ({type(e).__name__}: {str(e)[:60]})")
+                    if device == "cuda":
+                        torch.cuda.empty_cache()
+                    continue
+                measured.append((label, fwd, both, agreement))
+            torch_both = {label: both for label, _, both, _ in measured}.get("torch")
+            for label, fwd, both, agreement in measured:
+                tokens = B * T / (both / 1e3) / 1e6
+                gbs = io_bytes(q, v, gates, True) / (both / 1e3) / 1e9
+                ratio = f"{torch_both / both:8.2f}x" if torch_both else f"{'-':>9s}"
+                note = f"  (output vs ours: {agreement:.1e})" if agreement is not None else ""
+                print(
+                    f"{name:16s} {D:4d} {label:22s} {fwd:9.2f} {both:11.2f} {tokens:8.2f} "
+                    f"{gbs:7.1f} {ratio}{note}"
+                )
+    if skipped:
+        print("\nskipped (deadline):", ", ".join(skipped))
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--specs", nargs="*", default=SHIPPED)
+    p.add_argument("--D", nargs="*", type=int, default=[64, 128])
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--budget", type=float, default=420.0, help="seconds for the timing sweep")
+    p.add_argument("--pytest", action="store_true", help="also run the Triton test file")
+    p.add_argument("--skip-correctness", action="store_true")
+    p.add_argument("--smoke", action="store_true", help="tiny shapes, CPU interpreter")
+    args = p.parse_args(argv)
+    device = "cpu" if args.smoke else "cuda"
+    if device == "cuda" and not torch.cuda.is_available():
+        print("no CUDA device: run with --smoke for the CPU interpreter", file=sys.stderr)
+        return 2
+    torch.manual_seed(0)
+    ok = True if args.skip_correctness else correctness(args, device)
+    timings(args, device, time.monotonic() + args.budget)
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,48 @@
+"""Compile generated packages' Triton kernels for a Hopper GPU (sm_90) without one: the
+interpreter accepts code a GPU compiler refuses (loop-carried types, shapes), this does not.
+
+usage: python compile_kernels.py PACKAGE_DIR...   (run without TRITON_INTERPRET)
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from pathlib import Path
+
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+
+HALVES = ("q_ptr", "k_ptr", "v_ptr", "o_ptr", "do_ptr")
+
+
+def compile_backend(backend, Dk: int, Dv: int, dtype: str, continuing: bool) -> None:
+    meta = backend._meta(Dk, Dv, 1 if continuing else 0)
+    for kernel in (backend._forward_kernel, backend._backward_kernel):
+        signature = {}
+        for arg in kernel.arg_names:
+            if arg in meta:
+                signature[arg] = "constexpr"
+            elif arg.endswith("_ptr"):
+                signature[arg] = f"*{dtype}" if arg in HALVES else "*fp32"
+            else:
+                signature[arg] = "fp32" if arg == "scale" else "i32"
+        source = ASTSource(fn=kernel, signature=signature, constexprs=meta)
+        compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32))
+        assert compiled.asm["cubin"], kernel
+
+
+def main(paths: list[str]) -> None:
+    for path in map(Path, paths):
+        sys.path.insert(0, str(path.parent))
+        backend = importlib.import_module(f"{path.name}.triton_backend")
+        chunked = backend.CHUNK > 1
+        compile_backend(backend, 8, 8, "bf16", continuing=False)
+        if chunked:
+            compile_backend(backend, 8, 8, "fp32", continuing=True)
+        print(path.name, "compiled", flush=True)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

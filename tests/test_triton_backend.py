@@ -1,0 +1,235 @@
+"""The Triton backend (fused recurrent kernels, forward and backward) against the float64
+autograd reference: outputs, final states and every gradient, for every shipped spec, randomly
+drawn specs and fuzzed loss formulas. Without a GPU the kernels run in Triton's interpreter
+(conftest sets TRITON_INTERPRET=1); the same file runs unchanged on CUDA.
+
+The interpreter is lenient about types a GPU compiler is not, so every shipped spec's kernels
+are also compiled ahead of time for a Hopper GPU (sm_90), which needs no GPU.
+
+Tolerances: fp32 kernels vs the fp64 oracle as in test_backend (TOL32); bf16/fp16 inputs 3e-2
+(the inputs themselves are rounded to 8 or 11 bits; the state stays fp32).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from test_backend import OUTER, PHI, SHIPPED, TOL32, assert_close, shapes, specs
+
+from mirasc import testing
+from mirasc.errors import BackendError
+
+triton = pytest.importorskip("triton")
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+TOL_HALF = 3e-2
+
+
+@contextlib.contextmanager
+def segment(module, tokens: int):
+    """Save the state every `tokens` tokens (a multiple of the chunk): short sequences then
+    cross several segments of the backward pass's recomputation."""
+    backend = module.triton_backend
+    saved, backend.SEGMENT = backend.SEGMENT, tokens
+    try:
+        yield
+    finally:
+        backend.SEGMENT = saved
+
+
+def triton_errors(module, case, seg: int | None = None) -> dict:
+    with segment(module, seg or module.triton_backend.SEGMENT):
+        return testing.compare(module, case.to(DEVICE), "triton")
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+@settings(max_examples=3)
+@given(data=st.data())
+def test_shipped_specs_match_reference(shipped, name, data):
+    module = shipped[name]
+    spec = testing.spec_of(module)
+    shape = data.draw(shapes(spec))
+    seg = spec.chunk * data.draw(st.integers(1, 3))
+    case = testing.make_case(spec, **shape, dtype=torch.float32)
+    assert_close(triton_errors(module, case, seg), TOL32, f"{name} {shape} segment {seg}")
+
+
+@settings(max_examples=12)
+@given(text=specs(), data=st.data())
+def test_random_specs_match_reference(compile_text, text, data):
+    module = compile_text(text)
+    spec = testing.spec_of(module)
+    shape = data.draw(shapes(spec))
+    seg = spec.chunk * data.draw(st.integers(1, 4))
+    case = testing.make_case(spec, **shape, dtype=torch.float32)
+    assert_close(triton_errors(module, case, seg), TOL32, f"{text}\n{shape} segment {seg}")
+
+
+@settings(max_examples=15)
+@given(outer=st.sampled_from(OUTER), phi=PHI, data=st.data())
+def test_fuzzed_losses_agree_where_fp32_is_accurate(compile_text, outer, phi, data):
+    """Random formulas exercise the printed vector-Jacobian product of the loss. Some are
+    ill-conditioned in fp32 (poles, huge powers): the kernels are held to the reference
+    wherever the fp32 torch backend itself is."""
+    from mirasc.errors import MirascError
+
+    text = (
+        "memory fuzz {\n    architecture = mlp(depth: 2, expansion: 1, activation: tanh)\n"
+        f"    bias(y, v) = {outer.format(phi)}\n    retention = decay(alpha)\n"
+        "    algorithm = gd(lr: eta)\n    chunk = 2\n"
+        "    gate eta = 0.1 * sigmoid(z)\n    gate alpha = sigmoid(z)\n}\n"
+    )
+    try:
+        module = compile_text(text)
+    except MirascError:
+        return
+    spec = testing.spec_of(module)
+    case = testing.make_case(spec, **data.draw(shapes(spec)), dtype=torch.float32)
+    torch_errors = testing.compare(module, case, "torch")
+    if not all(e <= TOL32 for e in torch_errors.values()):
+        return  # fp32 itself cannot represent this case's maths to 2e-3
+    assert_close(triton_errors(module, case), 5 * TOL32, text)
+
+
+@pytest.mark.parametrize("name,offset", [("titans", 5), ("moneta", 11), ("ttt_mlp", 15)])
+def test_a_call_continuing_a_chunk_matches_reference(shipped, name, offset):
+    """anchor_state / chunk_offset (decoding): outputs and gradients, the anchor's included."""
+    module = shipped[name]
+    spec = testing.spec_of(module)
+    case = testing.make_case(spec, B=1, T=20, H=2, Dk=3, seed=4, dtype=torch.float32)
+    case = case.to(DEVICE)
+    g = torch.Generator().manual_seed(0)
+    anchor0 = [
+        (torch.randn(s.shape, generator=g) * 0.5).to(DEVICE)
+        for s in case.initial_state[: spec.depth]
+    ]
+    results = {}
+    for backend in ("triton", "reference"):
+        anchor = [a.clone().requires_grad_(True) for a in anchor0]
+        o, state = testing.call(
+            module, case, anchor_state=anchor, chunk_offset=offset, backend=backend
+        )
+        loss = (
+            o.double()
+            * torch.linspace(-1, 1, o.numel(), dtype=torch.float64, device=o.device).view(o.shape)
+        ).sum()
+        loss = loss + sum((s.double() ** 2).sum() for s in state)
+        grads = torch.autograd.grad(loss, anchor)
+        results[backend] = (o, state, grads)
+    (o, s, ga), (ro, rs, rga) = results["triton"], results["reference"]
+    errors = {"o": testing.relative_error(o, ro)}
+    errors.update(
+        {
+            f"state{i}": testing.relative_error(a, b)
+            for i, (a, b) in enumerate(zip(s, rs, strict=True))
+        }
+    )
+    errors.update(
+        {
+            f"anchor{i}": testing.relative_error(a, b)
+            for i, (a, b) in enumerate(zip(ga, rga, strict=True))
+        }
+    )
+    assert_close(errors, TOL32, name)
+
+
+@pytest.mark.parametrize("name,split", [("titans", 5), ("yaad", 9), ("gated_deltanet", 7)])
+def test_split_calls_continue_a_chunk(shipped, name, split):
+    module = shipped[name]
+    case = testing.make_case(testing.spec_of(module), B=1, T=23, H=2, Dk=3, seed=2,
+                             dtype=torch.float32).to(DEVICE)  # fmt: skip
+    assert testing.continuation_error(module, case, split, backend="triton") < TOL32
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("name", ["gated_deltanet", "titans"])
+def test_half_precision_inputs(shipped, name, dtype):
+    """bf16/fp16 in and out, fp32 state; gradients come back in the inputs' dtype."""
+    module = shipped[name]
+    case = testing.make_case(testing.spec_of(module), B=1, T=19, H=2, Dk=4, seed=5, dtype=dtype)
+    o, state, grads = testing.run(module, case.to(DEVICE), "triton")
+    assert o.dtype == dtype and all(s.dtype == torch.float32 for s in state)
+    assert grads["q"].dtype == dtype
+    assert_close(triton_errors(module, case), TOL_HALF, f"{name} {dtype}")
+
+
+def test_layer_trains_the_same_on_triton_and_torch(shipped):
+    """The generated Layer on either backend: same output, same parameter gradients (the
+    learned initial memory and LayerNorm included)."""
+    module = shipped["yaad"]
+    torch.manual_seed(0)
+    layer = module.Layer(16, 2).to(DEVICE)
+    x = torch.randn(2, 21, 16, device=DEVICE)
+    outs = {}
+    for backend in ("torch", "triton"):
+        layer.backend = backend
+        layer.zero_grad()
+        y = layer(x)
+        y.square().mean().backward()
+        outs[backend] = (y.detach(), {n: p.grad.clone() for n, p in layer.named_parameters()})
+    (y0, g0), (y1, g1) = outs["torch"], outs["triton"]
+    assert testing.relative_error(y1, y0) < TOL32
+    assert_close({n: testing.relative_error(g1[n], g0[n]) for n in g0}, TOL32, "yaad layer")
+
+
+def test_torch_compile_traces_the_custom_op_without_graph_breaks(shipped):
+    module = shipped["titans"]
+    case = testing.make_case(testing.spec_of(module), B=1, T=9, H=2, Dk=4, seed=1,
+                             dtype=torch.float32).to(DEVICE)  # fmt: skip
+
+    def f(q, k, v):
+        o, _ = module.op(q, k, v, **case.gates, initial_state=case.initial_state, backend="triton")
+        return o
+
+    q = case.q.clone().requires_grad_(True)
+    eager = f(q, case.k, case.v)
+    (g_eager,) = torch.autograd.grad(eager.sum(), q)
+    compiled = torch.compile(f, fullgraph=True, backend="aot_eager")(q, case.k, case.v)
+    (g_compiled,) = torch.autograd.grad(compiled.sum(), q)
+    assert torch.allclose(compiled, eager) and torch.allclose(g_compiled, g_eager)
+
+
+def test_clear_errors_and_the_fallback_of_auto(shipped, monkeypatch):
+    module = shipped["deltanet"]
+    q = torch.randn(1, 4, 2, 8, dtype=torch.float64)
+    gates = {n: torch.rand(1, 4, 2, dtype=torch.float64) for n in module.GATE_NAMES}
+    with pytest.raises(BackendError, match="fp32, bf16 or fp16"):
+        module.op(q, q, q, **gates, backend="triton")
+    big = torch.randn(1, 2, 1, 512)
+    with pytest.raises(BackendError, match="on-chip tile"):
+        module.op(big, big, big, beta=torch.rand(1, 2, 1), backend="triton")
+    # `auto` falls back to the torch backend, with a warning, where the kernels cannot run
+    monkeypatch.setattr("mirasc.runtime.pick_backend", lambda *a: "triton")
+    with pytest.warns(UserWarning, match="using the torch backend: .*on-chip tile"):
+        o, _ = module.op(big, big, big, beta=torch.rand(1, 2, 1), backend="auto")
+    assert torch.isfinite(o).all()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        module.op(q.float(), q.float(), q.float(), **{n: g.float() for n, g in gates.items()})
+
+
+# ---- ahead-of-time compilation for a GPU, without one ------------------------------------------
+def test_kernels_compile_for_a_gpu(shipped):
+    """Every shipped spec's kernels, bf16 inputs, a call starting and one continuing a chunk,
+    compiled to a Hopper cubin. In a fresh process: the interpreter's functions cannot be
+    compiled."""
+    if DEVICE == "cuda":
+        pytest.skip("the CUDA runs compile these kernels for the real device")
+    if "nvidia" not in triton.backends.backends:
+        pytest.skip("this triton has no NVIDIA backend")
+    packages = [Path(shipped[name].__file__).parent for name in SHIPPED]
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    script = Path(__file__).parent / "gpu" / "compile_kernels.py"
+    done = subprocess.run(
+        [sys.executable, str(script), *map(str, packages)], env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.count("compiled") == len(SHIPPED), done.stdout
