@@ -1,9 +1,11 @@
-"""`mirasc check`: a spec's torch backend against the float64 autograd reference on random
-cases (shapes, ragged chunks, gates, initial states), and a split call continuing a chunk
-against one call, reporting the worst error per tensor."""
+"""`mirasc check`: a spec's torch or Triton backend against the float64 autograd reference on
+random cases (shapes, ragged chunks, gates, initial states), and a split call continuing a chunk
+against one call, reporting the worst error per tensor. Without a GPU the Triton kernels run in
+Triton's CPU interpreter."""
 
 from __future__ import annotations
 
+import os
 import random
 
 import torch
@@ -38,8 +40,16 @@ def random_shape(rng: random.Random, spec) -> dict:
 
 
 def check_spec(
-    path, examples: int = 20, seed: int = 0, dtype: str = "float64", backend: str = "torch"
+    path, examples: int = 20, seed: int = 0, dtype: str | None = None, backend: str = "torch"
 ) -> int:
+    """Print the worst error per tensor over `examples` random cases; 1 if any is over."""
+    device = "cpu"
+    if backend == "triton":
+        if torch.cuda.is_available():
+            device = "cuda"
+        else:  # must be set before triton is first imported (by the compiled package)
+            os.environ.setdefault("TRITON_INTERPRET", "1")
+    dtype = dtype or ("float32" if backend == "triton" else "float64")
     import mirasc
 
     try:
@@ -51,25 +61,34 @@ def check_spec(
 
     module = mirasc.compile(path)
     spec = testing.spec_of(module)
-    strategies = module.torch_backend.STRATEGIES
+    strategies = module.torch_backend.STRATEGIES if backend == "torch" else (None,)
     rng = random.Random(seed)
     worst: dict[str, tuple[float, str]] = {}
     for i in tqdm(range(examples), desc=f"checking {spec.name}", unit="case"):
         shape = random_shape(rng, spec)
         case = testing.make_case(spec, **shape, dtype=getattr(torch, dtype), seed=seed * 100003 + i)
-        results = [(testing.compare(module, case, backend, s), f"{s} {shape}") for s in strategies]
+        case = case.to(device)
+        results = [
+            (testing.compare(module, case, backend, s), f"{s or backend} {shape}")
+            for s in strategies
+        ]
         if shape["T"] > 1:  # decoding's contract: a call may continue a chunk from its anchor
             split = rng.randint(1, shape["T"] - 1)
-            error = testing.continuation_error(module, case, split)
+            error = testing.continuation_error(module, case, split, backend=backend)
             results.append(({"o:split+continue": error}, f"split at {split} {shape}"))
         for errors, where in results:
             for name, err in errors.items():
                 if err > worst.get(name, (-1.0, ""))[0] or err != err:
                     worst[name] = (err, where)
     tol = TOLERANCE[dtype]
+    what = (
+        f"{len(strategies)} strategies ({', '.join(strategies)})"
+        if backend == "torch"
+        else f"the Triton kernels on {device}{' (interpreter)' if device == 'cpu' else ''}"
+    )
     print(
-        f"\n{spec.name}: {examples} cases x {len(strategies)} strategies ({', '.join(strategies)}), "
-        f"{dtype}, tolerance {tol:g} (relative RMS vs the float64 reference)\n"
+        f"\n{spec.name}: {examples} cases x {what}, {dtype}, "
+        f"tolerance {tol:g} (relative RMS vs the float64 reference)\n"
     )
     print(f"{'tensor':28s} {'worst error':>12s}  case")
     failed = 0

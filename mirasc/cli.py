@@ -161,17 +161,28 @@ def parser() -> argparse.ArgumentParser:
         "check",
         help="property-test a spec's backend against the autograd reference",
         description=(
-            "Compile SPEC and compare its torch backend (both strategies) with the float64 "
-            "autograd reference on random shapes, chunk boundaries and gate values; print the "
-            "worst relative error per tensor. Exit 1 if any exceeds its tolerance."
+            "Compile SPEC and compare its torch backend (every strategy) or its Triton kernels "
+            "with the float64 autograd reference on random shapes, chunk boundaries and gate "
+            "values; print the worst relative error per tensor. Exit 1 if any exceeds its "
+            "tolerance."
         ),
         epilog=EPILOG,
     )
     k.add_argument("spec", metavar="SPEC")
     k.add_argument("-n", "--examples", type=int, default=20, help="random cases (default 20)")
     k.add_argument("--seed", type=int, default=0)
-    k.add_argument("--dtype", choices=("float64", "float32"), default="float64")
-    k.add_argument("--backend", choices=("torch",), default="torch")
+    k.add_argument(
+        "--dtype",
+        choices=("float64", "float32"),
+        default=None,
+        help="input dtype (default float64 for torch, float32 for triton, which refuses fp64)",
+    )
+    k.add_argument(
+        "--backend",
+        choices=("torch", "triton"),
+        default="torch",
+        help="triton runs in its CPU interpreter when there is no GPU (slow: use small -n)",
+    )
     k.set_defaults(run=_check)
 
     t = sub.add_parser(

@@ -3,6 +3,7 @@ and its derivation (design §4's plan stage), so templates only print what the p
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import sympy as sp
@@ -11,11 +12,15 @@ from .spec import Spec
 from .symbolic import Derived, V, Y
 
 
+SEGMENT_TOKENS = 16
+
+
 @dataclass(frozen=True)
 class Plan:
     strategies: tuple  # the torch backend's strategies, the default first
     wy_scale: float | None  # c when dl/dy = c (y - v) and the WY form applies
     sums: tuple  # indices of the loss's sums S_i that dl/dy needs
+    segment: int  # Triton: tokens between the states the forward pass saves (chunk multiple)
 
 
 def wy_scale(spec: Spec, derived: Derived) -> float | None:
@@ -57,4 +62,7 @@ def make_plan(spec: Spec, derived: Derived) -> Plan:
     # only the sums some dg/dS_i depends on are computed (l2's dg is constant: no sum at all)
     used = set().union(*(g.free_symbols for g in b.dg)) & set(b.sums)
     sums = tuple(i for i, S in enumerate(b.sums) if S in used)
-    return Plan(strategies, c, sums)
+    # the backward pass recomputes a segment's states from its saved start: at least 16
+    # tokens per saved state bounds the activation memory at ~T/16 states for chunk 1
+    segment = spec.chunk * math.ceil(SEGMENT_TOKENS / spec.chunk)
+    return Plan(strategies, c, sums, segment)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import itertools
-import math
 import re
 import textwrap
 from functools import lru_cache
@@ -312,7 +311,7 @@ def triton_context(spec: Spec, derived: Derived, plan: Plan, source_text: str) -
             )
             + (", twice with momentum" if spec.has_momentum else "")
         ),
-        seg=spec.chunk * math.ceil(16 / spec.chunk),
+        seg=plan.segment,
         namespace=f"mirasc_{spec.module_name}_{spec_hash(source_text)[:12]}",
         expansion=a.expansion,
         helpers=helpers,

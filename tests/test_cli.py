@@ -39,6 +39,12 @@ def test_check_passes_on_a_shipped_spec(capsys):
     assert "grad:gate:alpha" in out and "ok: 0 tensor(s) over tolerance" in out
 
 
+def test_check_holds_the_triton_kernels_too(capsys):
+    assert main(["check", "specs/linear_attention.miras", "-n", "2", "--backend", "triton"]) == 0
+    out = capsys.readouterr().out
+    assert "the Triton kernels" in out and "float32" in out and "ok: 0 tensor(s)" in out
+
+
 @pytest.mark.parametrize(
     "text,message",
     [

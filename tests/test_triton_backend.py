@@ -233,3 +233,16 @@ def test_kernels_compile_for_a_gpu(shipped):
     )
     assert done.returncode == 0, done.stdout + done.stderr
     assert done.stdout.count("compiled") == len(SHIPPED), done.stdout
+
+
+def test_the_gpu_script_runs(tmp_path):
+    """benchmarks/gpu.py end to end at toy sizes in the interpreter, so that the one command a
+    lent GPU gets is known to work."""
+    script = Path(__file__).parents[1] / "benchmarks" / "gpu.py"
+    done = subprocess.run(
+        [sys.executable, str(script), "--smoke", "--specs", "linear_attention", "--repeats", "1"],
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "linear_attention" in done.stdout and " ok " in done.stdout and "triton" in done.stdout
