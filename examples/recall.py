@@ -1,4 +1,4 @@
-"""A compiled memory layer learning associative recall: the main job of README's first command.
+"""A compiled memory layer learning associative recall, written out in plain PyTorch (no trainer).
 
 Each sequence lists key-value pairs, then asks for some keys again; the model must answer each
 query with the value stored with its key (a small MQAR, Zoology's recipe). The only token mixer

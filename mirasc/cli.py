@@ -110,14 +110,24 @@ def _train(args) -> int:
 
     fields = TrainConfig.__dataclass_fields__
     cfg = TrainConfig(**{k: v for k, v in vars(args).items() if k in fields})
-    history = Trainer(cfg, resume=args.resume).run()
+    try:
+        trainer = Trainer(cfg, resume=args.resume)
+    except ValueError as e:  # sizes a task cannot be made at
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    history = trainer.run()
     if history and int(os.environ.get("RANK", 0)) == 0:
         first, last = history[0], history[-1]
         print(
             f"{cfg.out}: accuracy {first['accuracy']:.1%} (step {first['step']}) -> "
             f"{last['accuracy']:.1%} (step {last['step']}); metrics.jsonl, curves.png, checkpoint.pt"
         )
+        if cfg.task == "text":
+            print(f"sample: {trainer.complete(TEXT_PROMPT, 120)!r}")
     return 0
+
+
+TEXT_PROMPT = "And God said unto Moses, "
 
 
 def parser() -> argparse.ArgumentParser:
@@ -197,10 +207,12 @@ def parser() -> argparse.ArgumentParser:
         epilog=EPILOG,
     )
     t.add_argument("spec", metavar="SPEC", help="a .miras file, or `attention` for the baseline")
-    t.add_argument("--task", choices=("mqar", "niah", "copy"), default="mqar")
+    t.add_argument("--task", choices=("mqar", "niah", "copy", "text"), default="mqar")
     t.add_argument("--model", choices=("lm", "mac", "mal", "mag"), default="lm")
     t.add_argument("--steps", type=int, default=300)
     t.add_argument("--seq-len", dest="seq_len", type=int, default=64)
+    t.add_argument("--pairs", type=int, help="mqar: key-value pairs (default seq-len / 8)")
+    t.add_argument("--vocab", type=int, help="mqar: vocabulary (default max(256, 2 seq-len + 2))")
     t.add_argument("--batch", type=int, default=32)
     t.add_argument("--lr", type=float, default=3e-3)
     t.add_argument("--warmup", type=int, default=30)

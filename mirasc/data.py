@@ -1,4 +1,5 @@
-"""Synthetic long-context tasks, generated on the fly from a seed: no downloads.
+"""Tasks generated on the fly from a seed, no downloads: synthetic long-context tasks and
+character-level language modelling on a small public-domain corpus shipped in the package.
 
 Every generator returns `(inputs, targets)`, both `[B, L]` int64, with targets -100 wherever
 nothing is asked (the convention of `torch.nn.functional.cross_entropy`). papers.md §5 has the
@@ -7,7 +8,10 @@ recipes: MQAR (Zoology), RULER's `niah_single_1` with its repeated haystack, MAD
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
 
 import torch
 
@@ -206,26 +210,85 @@ def niah(
     return torch.stack(inputs), torch.stack(targets)
 
 
+CORPUS = Path(__file__).parent / "corpus" / "kjv_genesis_exodus.txt"
+HELD_OUT = 0.1  # the corpus's last 10% is never trained on
+
+
+@lru_cache(maxsize=1)
+def corpus() -> tuple[str, str]:
+    """(the shipped corpus, its alphabet): see mirasc/corpus/README.md."""
+    text = CORPUS.read_text(encoding="utf-8")
+    return text, "".join(sorted(set(text)))
+
+
+def text_encode(text: str) -> list[int]:
+    alphabet = corpus()[1]
+    return [alphabet.index(c) for c in text if c in alphabet]
+
+
+def text_decode(ids) -> str:
+    alphabet = corpus()[1]
+    return "".join(alphabet[int(i)] for i in ids)
+
+
+def text(
+    batch: int, seq_len: int, held_out: bool = False, generator: torch.Generator | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Character-level language modelling: random windows of the corpus (its first 90%, or the
+    held-out last 10%); the target at every position is the next character."""
+    g = generator or torch.Generator().manual_seed(0)
+    ids = _corpus_ids()
+    split = int(len(ids) * (1 - HELD_OUT))
+    part = ids[split:] if held_out else ids[:split]
+    if seq_len + 1 > len(part):
+        raise ValueError(f"text windows of {seq_len} do not fit the corpus")
+    starts = torch.randint(0, len(part) - seq_len, (batch,), generator=g)
+    windows = torch.stack([part[s : s + seq_len + 1] for s in starts.tolist()])
+    return windows[:, :-1], windows[:, 1:]
+
+
+@lru_cache(maxsize=1)
+def _corpus_ids() -> torch.Tensor:
+    return torch.tensor(text_encode(corpus()[0]), dtype=torch.long)
+
+
 @dataclass(frozen=True)
 class Task:
-    """A task as the trainer sees it: a vocabulary size and a seeded batch generator."""
+    """A task as the trainer sees it: a vocabulary size and seeded batch generators, one for
+    training and one for evaluation (the same one where the data is synthetic)."""
 
     name: str
     vocab: int
-    make: object  # (batch, generator) -> (inputs, targets)
+    make: Callable  # (batch, generator) -> (inputs, targets)
+    held_out: Callable | None = None  # the same, for evaluation, where it must differ
 
     def batch(self, size: int, generator: torch.Generator):
         return self.make(size, generator)
 
+    def eval_batch(self, size: int, generator: torch.Generator):
+        return (self.held_out or self.make)(size, generator)
 
-def task(name: str, seq_len: int) -> Task:
-    """The named task at a sequence length, with the papers' small-scale defaults."""
+
+def task(name: str, seq_len: int, pairs: int | None = None, vocab: int | None = None) -> Task:
+    """The named task at a sequence length, with the papers' small-scale defaults (`pairs` and
+    `vocab` override MQAR's)."""
     if name == "mqar":  # a small vocabulary for CPU budgets (Zoology's default is 8192)
-        pairs = max(1, seq_len // 8)
-        vocab = max(256, 2 * seq_len + 2)
+        pairs = pairs or max(1, seq_len // 8)
+        vocab = vocab or max(256, 2 * seq_len + 2)
+        mqar(1, seq_len, pairs, vocab)  # fail now, with mqar's message, on impossible sizes
         return Task(name, vocab, lambda b, g: mqar(b, seq_len, pairs, vocab, generator=g))
     if name == "copy":
         return Task(name, 16, lambda b, g: selective_copy(b, seq_len, min(16, seq_len // 4), 16, g))
     if name == "niah":
         return Task(name, len(NIAH_VOCAB), lambda b, g: niah(b, seq_len, g))
-    raise ValueError(f"unknown task {name!r}: one of mqar, copy, niah")
+    if name == "text":
+        return Task(
+            name,
+            len(corpus()[1]),
+            lambda b, g: text(b, seq_len, False, g),
+            lambda b, g: text(b, seq_len, True, g),
+        )
+    raise ValueError(f"unknown task {name!r}: one of {', '.join(TASKS)}")
+
+
+TASKS = ("mqar", "niah", "copy", "text")

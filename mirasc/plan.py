@@ -11,7 +11,6 @@ import sympy as sp
 from .spec import Spec
 from .symbolic import Derived, V, Y
 
-
 SEGMENT_TOKENS = 16
 
 

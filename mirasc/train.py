@@ -26,6 +26,8 @@ class TrainConfig:
     model: str = "lm"
     steps: int = 300
     seq_len: int = 64
+    pairs: int | None = None  # mqar: key-value pairs per sequence (default seq_len // 8)
+    vocab: int | None = None  # mqar: vocabulary size (default max(256, 2 * seq_len + 2))
     batch: int = 32
     lr: float = 3e-3
     weight_decay: float = 0.01
@@ -70,7 +72,7 @@ class Trainer:
             torch.distributed.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
         self.out = Path(cfg.out)
         torch.manual_seed(cfg.seed)
-        self.task = data.task(cfg.task, cfg.seq_len)
+        self.task = data.task(cfg.task, cfg.seq_len, pairs=cfg.pairs, vocab=cfg.vocab)
         layer_cls = AttentionLayer if cfg.spec == "attention" else mirasc.compile(cfg.spec).Layer
         self.model_cfg = ModelConfig(
             vocab=self.task.vocab,
@@ -124,12 +126,21 @@ class Trainer:
 
     # ---- training ------------------------------------------------------------------------
     @torch.no_grad()
+    @torch.no_grad()
+    def complete(self, prompt: str, n: int) -> str:
+        """Greedy continuation of `prompt` by the model (text task), decoded from its caches."""
+        self.model.eval()
+        ids = torch.tensor([data.text_encode(prompt)])
+        out = self.model.generate(ids, n)[0, ids.shape[1] :]
+        self.model.train()
+        return data.text_decode(out.tolist())
+
     def evaluate(self) -> tuple[float, float]:
         g = torch.Generator().manual_seed(10**6 + self.cfg.seed)
         losses, accs = [], []
         self.model.eval()
         for _ in range(self.cfg.eval_batches):
-            x, y = self.task.batch(self.cfg.batch, g)
+            x, y = self.task.eval_batch(self.cfg.batch, g)
             loss, acc = masked_metrics(self.model(x), y)
             losses.append(loss.item())
             accs.append(acc.item())
@@ -158,6 +169,9 @@ class Trainer:
         bar = tqdm(
             total=cfg.steps, initial=self.step, unit="step", disable=self.rank != 0, leave=True
         )
+        if self.step == 0 and last > 0:  # where training starts from: chance, usually
+            eval_loss, eval_acc = self.evaluate()
+            self.log({"step": 0, "loss": eval_loss, "accuracy": eval_acc})
         tokens, start = 0, time.perf_counter()
         while self.step < last:
             x, y = self.task.batch(cfg.batch, self.data_rng)

@@ -48,7 +48,32 @@ def test_niah_asks_the_needles_value():
         assert (row_y[: -data.VALUE_DIGITS] == data.IGNORE).all()
 
 
-@pytest.mark.parametrize("name", ["mqar", "copy", "niah"])
+def test_text_windows_predict_the_next_character_from_disjoint_splits():
+    text, alphabet = data.corpus()
+    assert 300_000 < len(text) < 500_000 and len(alphabet) == 62
+    assert data.text_decode(data.text_encode("In the beginning God")) == "In the beginning God"
+    x, y = data.text(4, 64, generator=torch.Generator().manual_seed(1))
+    assert x.shape == y.shape == (4, 64) and torch.equal(x[:, 1:], y[:, :-1])
+    ids = data.text_encode(text)
+    split = int(len(ids) * (1 - data.HELD_OUT))
+    held, _ = data.text(8, 64, held_out=True, generator=torch.Generator().manual_seed(1))
+    train_text, held_text = data.text_decode(ids[:split]), data.text_decode(ids[split:])
+    for row in held:  # a held-out window lies in the last 10% (which is Exodus)
+        assert data.text_decode(row.tolist()) in held_text
+    assert data.text_decode(x[0].tolist()) in train_text
+    task = data.task("text", 64)
+    assert task.vocab == 62 and not torch.equal(
+        task.batch(2, torch.Generator().manual_seed(0))[0],
+        task.eval_batch(2, torch.Generator().manual_seed(0))[0],
+    )
+
+
+def test_mqar_sizes_are_checked_up_front():
+    with pytest.raises(ValueError, match="mqar needs"):
+        data.task("mqar", 32, pairs=9, vocab=64)
+
+
+@pytest.mark.parametrize("name", ["mqar", "copy", "niah", "text"])
 def test_task_registry(name):
     t = data.task(name, 128)
     x, y = t.batch(3, torch.Generator().manual_seed(0))

@@ -60,7 +60,7 @@ def test_resume_is_exact(tmp_path):
     ):
         assert torch.equal(p, q), name
     lines = (tmp_path / "b" / "run" / "metrics.jsonl").read_text().splitlines()
-    assert [json.loads(line)["step"] for line in lines] == [4, 8, 12]
+    assert [json.loads(line)["step"] for line in lines] == [0, 4, 8, 12]
 
 
 def test_cli_writes_metrics_config_and_curves(tmp_path, capsys):
@@ -70,7 +70,7 @@ def test_cli_writes_metrics_config_and_curves(tmp_path, capsys):
             "--model", "mal", "--out", str(out)]  # fmt: skip
     assert main(args) == 0
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in records] == [3, 6]
+    assert [r["step"] for r in records] == [0, 3, 6]
     assert {"step", "loss", "accuracy"} <= set(records[0])
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["train"]["model"] == "mal" and cfg["model"]["hybrid"] == "mal"
@@ -82,7 +82,7 @@ def test_attention_baseline_trains_and_decodes(tmp_path):
     from mirasc.models import AttentionLayer
 
     history = Trainer(config(tmp_path, spec="attention", steps=4)).run()
-    assert [r["step"] for r in history] == [4]
+    assert [r["step"] for r in history] == [0, 4]
     torch.manual_seed(0)
     model = MemoryLM(AttentionLayer, ModelConfig(vocab=20)).double()
     x = torch.randint(0, 20, (2, 10))
@@ -90,3 +90,18 @@ def test_attention_baseline_trains_and_decodes(tmp_path):
     for _ in range(5):
         ref = torch.cat([ref, model(ref)[:, -1].argmax(-1, keepdim=True)], dim=1)
     assert torch.equal(model.generate(x[:, :4], 5), ref)
+
+
+def test_cli_trains_on_text_and_prints_a_sample(tmp_path, capsys):
+    args = ["train", "specs/deltanet.miras", "--task", "text", "--steps", "2", "--seq-len", "16",
+            "--batch", "2", "--hidden", "16", "--layers", "1", "--out", str(tmp_path / "t")]  # fmt: skip
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "sample: '" in out  # the greedy continuation of the prompt
+
+
+def test_cli_refuses_impossible_task_sizes(tmp_path, capsys):
+    args = ["train", "specs/deltanet.miras", "--task", "mqar", "--seq-len", "16", "--pairs", "8",
+            "--out", str(tmp_path / "m")]  # fmt: skip
+    assert main(args) == 2
+    assert "mqar needs" in capsys.readouterr().err
