@@ -31,6 +31,7 @@ def _explain(args) -> int:
 
     from .checker import load
     from .compiler import read_spec
+    from .plan import make_plan
     from .render import render
     from .symbolic import derive
 
@@ -53,6 +54,15 @@ def _explain(args) -> int:
             print(sp.pretty(e, use_unicode=args.unicode))
     print("\n# update rule (design §3)\n")
     print(_update_rule(spec))
+    plan = make_plan(spec, d)
+    print("\n# plan\n")
+    print(f"torch backend: {', '.join(plan.strategies)} (default {plan.strategies[0]})")
+    print(
+        f"triton backend: fused recurrent forward and backward kernels, one program per "
+        f"(batch, head); state saved every {plan.segment} tokens, the backward pass recomputes "
+        f"each segment: activation memory (ceil(T / {plan.segment}) + {plan.segment + 1}) x |state| "
+        "per (batch, head)"
+    )
     files = render(spec, d, data.decode("utf-8"))
     print("\n# emitted element-wise code (elementwise.py)\n")
     print(files["elementwise.py"])

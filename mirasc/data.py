@@ -34,8 +34,8 @@ def mqar(
     """Multi-query associative recall, Zoology's recipe: the context lists `num_pairs`
     key-value pairs (keys from [1, V/2), values from [V/2, V)); each key is asked again at a
     gap drawn with P(g) ~ (g + 1)^(power_a - 1); the answer is predicted at the query."""
-    if seq_len % 2 or num_pairs * 4 > seq_len or seq_len >= vocab:
-        raise ValueError("mqar needs an even seq_len >= 4 * num_pairs and < vocab")
+    if seq_len % 2 or num_pairs * 4 > seq_len or not 1 <= num_pairs < vocab // 2:
+        raise ValueError("mqar needs an even seq_len >= 4 * num_pairs, and vocab > 2 * num_pairs")
     g = generator or torch.Generator().manual_seed(0)
     half = vocab // 2
     keys = 1 + _sample_without_replacement(half - 1, num_pairs, batch, g)
