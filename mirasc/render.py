@@ -7,6 +7,7 @@ therefore never reach generated code unchecked.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import itertools
 import re
@@ -104,6 +105,17 @@ def _operand_code(op, role: str) -> Code | None:
     return Code(f'runtime.gate(gates["{op.name}"], "{op.name}", q)')
 
 
+@contextlib.contextmanager
+def located(span):
+    """A printer's refusal (CodegenError) pointed at the spec text its expression came from."""
+    try:
+        yield
+    except CodegenError as e:
+        if e.span is not None or span is None:
+            raise
+        raise CodegenError(e.message, span, e.hint) from None
+
+
 def _elementwise(printer: TorchPrinter, outputs: dict, like: sp.Symbol, tensors: set, prefix: str):
     """CSE'd lines; outputs free of any tensor symbol are broadcast to `like`'s shape."""
     lines = printer.block(outputs, prefix)
@@ -165,21 +177,21 @@ def context(spec: Spec, derived: Derived, plan: Plan, source_text: str) -> dict:
     if derived.activation is not None:
         a = derived.activation
         ap = TorchPrinter(like="x")
-        act_ctx = dict(
-            act_name=a.name,
-            act_text=docstring_text(E.unparse(spec.architecture.activation.body), ""),
-            act_lines=_elementwise(ap, {"_f": a.f}, X, {X}, "_a"),
-            act_grad_lines=_elementwise(ap, {"_df": a.df}, X, {X}, "_a"),
-        )
+        with located(spec.architecture.activation.body.span):
+            act_ctx = dict(
+                act_name=a.name,
+                act_text=docstring_text(E.unparse(spec.architecture.activation.body), ""),
+                act_lines=_elementwise(ap, {"_f": a.f}, X, {X}, "_a"),
+                act_grad_lines=_elementwise(ap, {"_df": a.df}, X, {X}, "_a"),
+            )
     gates = []
     for g, (name, expr) in zip(spec.gates, derived.gates, strict=True):
-        gates.append(
-            dict(
-                name=name,
-                text=docstring_text(E.unparse(g.body), ""),
-                lines=_elementwise(TorchPrinter(like="z"), {"_g": expr}, Z, {Z}, "_z"),
-            )
-        )
+        with located(g.body.span):
+            lines = _elementwise(TorchPrinter(like="z"), {"_g": expr}, Z, {Z}, "_z")
+        gates.append(dict(name=name, text=docstring_text(E.unparse(g.body), ""), lines=lines))
+    with located(spec.bias.body.span):
+        phi_lines = _elementwise(printer, elementwise, Y, {Y, V}, "_e")
+        dg_lines = [Code(line) for line in printer.block(token, "_s")]
     ret = spec.retention
     required = (
         f"{spec.name} needs initial_state ({'an MLP memory' if spec.architecture.kind == 'mlp' else 'kl retention: strictly positive weights'})"
@@ -220,9 +232,9 @@ def context(spec: Spec, derived: Derived, plan: Plan, source_text: str) -> dict:
         bias_params=bias_gate_names(spec.bias),
         bias_params_tuple=Code(repr(bias_gate_names(spec.bias))),
         loss_text=docstring_text(E.unparse(spec.bias.body), ""),
-        phi_lines=_elementwise(printer, elementwise, Y, {Y, V}, "_e"),
+        phi_lines=phi_lines,
         sums=plan.sums,
-        dg_lines=[Code(line) for line in printer.block(token, "_s")],
+        dg_lines=dg_lines,
         grad=Code(grad),
         gates=gates,
         shapes=_shapes(spec),
@@ -261,8 +273,10 @@ def triton_context(spec: Spec, derived: Derived, plan: Plan, source_text: str) -
         )
         sizes.append(f"{i} * {o}")
     wsize = Code("(" + " + ".join(sizes) + ")")
-    bias = bias_bodies(derived, plan)
-    act = activation_bodies(derived)
+    with located(spec.bias.body.span):
+        bias = bias_bodies(derived, plan)
+    with located(a.activation.body.span if a.activation is not None else None):
+        act = activation_bodies(derived)
     helpers = set(bias["helpers"]) | set(act.get("triton_act_helpers", ()))
     pnames = [f"_p{i}" for i in range(bias["n_params"])]
     rows, row_code = {}, [_operand_code(spec.algorithm.lr, "lr")]

@@ -114,3 +114,20 @@ def test_bias_gradients_run_as_triton_kernels(tmp_path, bias, extra):
     # fp32 kernel vs fp64 autograd: a few ulps of fp32 per operation
     err = ((out.double() - want).norm() / want.norm().clamp_min(1e-3)).item()
     assert err < 1e-5, err
+
+
+def test_an_unprintable_node_is_a_located_compile_error(monkeypatch):
+    """A node a printer cannot print stops compilation with the node and the spec line."""
+    from mirasc.compiler import build
+    from mirasc.errors import CodegenError
+
+    kept = {f: name for f, name in TritonPrinter.functions.items() if f is not sp.erf}
+    monkeypatch.setattr(TritonPrinter, "functions", kept)
+    text = (
+        "memory m {\n    architecture = linear\n    bias(y, v) = sum(erf(y - v) * (y - v))\n"
+        "    retention = none\n    algorithm = gd(lr: eta)\n    gate eta = sigmoid(z)\n}\n"
+    )
+    with pytest.raises(CodegenError) as e:
+        build(text, "m.miras")
+    message = str(e.value)
+    assert "m.miras:3:" in message and "cannot print erf" in message and "^" in message
