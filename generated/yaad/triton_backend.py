@@ -575,7 +575,8 @@ def _launch_backward(q, k, v, gates, state, anchor, ln, ckpt, do, dfinal, scale,
         dq, dk, dv, dgates, dstate, danchor, dln, T, H, offset, ckpt.shape[2], scale,
         **_meta(Dk, Dv, offset), **_launch_options(Dk, Dv),
     )
-    return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), dgates, dstate, danchor, dln.sum(0).transpose(0, 1).contiguous()
+    dln = dln.sum(0).transpose(0, 1).contiguous() if ln.numel() else torch.zeros_like(ln)
+    return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), dgates, dstate, danchor, dln
 
 
 def _register():
