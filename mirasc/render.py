@@ -337,6 +337,7 @@ def triton_context(spec: Spec, derived: Derived, plan: Plan, source_text: str) -
         gate_rows=Code(", ".join(row_code)),
         masks=Code("mk, mh, mv" if L > 1 else "mk, mv"),
         kl_masks=Code(", ".join(f"m{ly['l']}, {ly['mi']}" for ly in layers)),
+        kl_params=Code(", ".join(f"m{ly['l']}, mi{ly['l']}" for ly in layers)),
         update_args=Code(", ".join(update_args)),
         sur_out=Code(", ".join(sur)),
         read_out=Code(", ".join(read)),

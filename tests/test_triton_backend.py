@@ -73,6 +73,19 @@ def test_random_specs_match_reference(compile_text, text, data):
     assert_close(triton_errors(module, case, seg), TOL32, f"{text}\n{shape} segment {seg}")
 
 
+def test_a_deep_kl_memory(compile_text):
+    """Depth 3 under kl retention: each layer's row mask is its own kernel argument (found by
+    the random-spec test: two layers shared one argument name)."""
+    text = (
+        "memory deep {\n    architecture = mlp(depth: 3, expansion: 2, activation: tanh, "
+        "residual: true)\n    bias = l2\n    retention = kl(keep: a)\n    algorithm = gd(lr: eta)\n"
+        "    clip = 2.0\n    gate eta = sigmoid(z)\n    gate a = sigmoid(z)\n}\n"
+    )
+    module = compile_text(text)
+    case = testing.make_case(testing.spec_of(module), B=1, T=5, H=1, Dk=3, dtype=torch.float32)
+    assert_close(triton_errors(module, case), TOL32, text)
+
+
 @settings(max_examples=15)
 @given(outer=st.sampled_from(OUTER), phi=PHI, data=st.data())
 def test_fuzzed_losses_agree_where_fp32_is_accurate(compile_text, outer, phi, data):

@@ -237,17 +237,17 @@ def _dot2(a, b):
 
 
 @triton.jit
-def _update(W1, W2, G1, G2, e, rate, mirror, m1, mk, m2, mh):
+def _update(W1, W2, G1, G2, e, rate, mirror, m1, mi1, m2, mi2):
     """The state after one token from its gradients G1, G2 (design §3's table)."""
-    mirrored = _softmax_rows(rate * tl.log(tl.where(m1, W1, 1.0)) - e * G1, m1, mk)
+    mirrored = _softmax_rows(rate * tl.log(tl.where(m1, W1, 1.0)) - e * G1, m1, mi1)
     W1 = tl.where(mirror, mirrored, rate * W1 - e * G1)
-    mirrored = _softmax_rows(rate * tl.log(tl.where(m2, W2, 1.0)) - e * G2, m2, mh)
+    mirrored = _softmax_rows(rate * tl.log(tl.where(m2, W2, 1.0)) - e * G2, m2, mi2)
     W2 = tl.where(mirror, mirrored, rate * W2 - e * G2)
     return W1, W2
 
 
 @triton.jit
-def _update_bwd(Wb1, Wb2, Wp1, Wp2, Wn1, Wn2, G1, G2, e, rate, mirror, m1, mk, m2, mh):
+def _update_bwd(Wb1, Wb2, Wp1, Wp2, Wn1, Wn2, G1, G2, e, rate, mirror, m1, mi1, m2, mi2):
     """Adjoints of the state before the token, of its gradients and of its gates, given the
     adjoints Wb1, Wb2 of the state after it."""
     zero = _dot2(Wb1, Wb1 * 0.0)
