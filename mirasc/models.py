@@ -43,9 +43,20 @@ class SwiGLU(nn.Module):
         return self.down(F.silu(gate) * up)
 
 
+def rotary(x: torch.Tensor, base: float = 10000.0) -> torch.Tensor:
+    """Rotary position embedding (RoFormer) of [B, H, T, D] at positions 0..T-1: q.k then
+    depends on the distance between positions, so re-reading a longer prefix changes nothing."""
+    T, half = x.shape[-2], x.shape[-1] // 2
+    freq = base ** (-torch.arange(half, device=x.device, dtype=torch.float32) / max(half, 1))
+    angle = torch.arange(T, device=x.device, dtype=torch.float32)[:, None] * freq
+    cos, sin = angle.cos().to(x.dtype), angle.sin().to(x.dtype)
+    a, b, rest = x[..., :half], x[..., half : 2 * half], x[..., 2 * half :]
+    return torch.cat([a * cos - b * sin, a * sin + b * cos, rest], dim=-1)
+
+
 class SlidingWindowAttention(nn.Module):
-    """Causal softmax attention over the last `window` tokens; the first `persistent` positions
-    (the persistent memory) stay visible to every token (Titans Fig. 3b)."""
+    """Causal softmax attention with rotary positions over the last `window` tokens; the first
+    `persistent` positions (the persistent memory) stay visible to every token (Titans Fig. 3b)."""
 
     def __init__(self, hidden: int, heads: int, window: int, persistent: int):
         super().__init__()
@@ -57,6 +68,7 @@ class SlidingWindowAttention(nn.Module):
         """`allowed` [T, T] overrides the sliding-window mask (True: may attend)."""
         B, T, C = x.shape
         q, k, v = self.qkv(x).view(B, T, 3, self.heads, C // self.heads).permute(2, 0, 3, 1, 4)
+        q, k = rotary(q), rotary(k)
         if allowed is None:
             i = torch.arange(T, device=x.device)
             causal = i[:, None] >= i[None, :]
