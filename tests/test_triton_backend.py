@@ -50,6 +50,19 @@ def triton_errors(module, case, seg: int | None = None) -> dict:
         return testing.compare(module, case.to(DEVICE), "triton")
 
 
+def assert_as_accurate_as_fp32_torch(module, case, errors: dict, context: str) -> None:
+    """Each tensor within TOL32, or within 5x the fp32 torch backend's own error on the same
+    case where that is larger: some drawn cases are ill-conditioned in fp32 (a LayerNorm of a
+    near-zero memory output has rstd ~ 1/sqrt(eps)), whatever the implementation."""
+    torch_errors = testing.compare(module, case, "torch")
+    bad = {
+        name: (err, torch_errors[name])
+        for name, err in errors.items()
+        if not err <= max(TOL32, 5 * torch_errors[name])
+    }
+    assert not bad, f"{context}: over max({TOL32:g}, 5x torch fp32) (triton, torch): {bad}"
+
+
 @pytest.mark.parametrize("name", SHIPPED)
 @settings(max_examples=3)
 @given(data=st.data())
@@ -59,7 +72,8 @@ def test_shipped_specs_match_reference(shipped, name, data):
     shape = data.draw(shapes(spec))
     seg = spec.chunk * data.draw(st.integers(1, 3))
     case = testing.make_case(spec, **shape, dtype=torch.float32)
-    assert_close(triton_errors(module, case, seg), TOL32, f"{name} {shape} segment {seg}")
+    errors = triton_errors(module, case, seg)
+    assert_as_accurate_as_fp32_torch(module, case, errors, f"{name} {shape} segment {seg}")
 
 
 @settings(max_examples=12)
@@ -70,7 +84,8 @@ def test_random_specs_match_reference(compile_text, text, data):
     shape = data.draw(shapes(spec))
     seg = spec.chunk * data.draw(st.integers(1, 4))
     case = testing.make_case(spec, **shape, dtype=torch.float32)
-    assert_close(triton_errors(module, case, seg), TOL32, f"{text}\n{shape} segment {seg}")
+    errors = triton_errors(module, case, seg)
+    assert_as_accurate_as_fp32_torch(module, case, errors, f"{text}\n{shape} segment {seg}")
 
 
 def test_a_deep_kl_memory(compile_text):
