@@ -37,16 +37,16 @@ TOL_HALF = 3e-2
 def segment(module, tokens: int):
     """Save the state every `tokens` tokens (a multiple of the chunk): short sequences then
     cross several segments of the backward pass's recomputation."""
-    backend = module.triton_backend
-    saved, backend.SEGMENT = backend.SEGMENT, tokens
+    fused = module.triton_backend.fused
+    saved, fused.segment = fused.segment, tokens
     try:
         yield
     finally:
-        backend.SEGMENT = saved
+        fused.segment = saved
 
 
 def triton_errors(module, case, seg: int | None = None) -> dict:
-    with segment(module, seg or module.triton_backend.SEGMENT):
+    with segment(module, seg or module.triton_backend.fused.segment):
         return testing.compare(module, case.to(DEVICE), "triton")
 
 

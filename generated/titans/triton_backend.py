@@ -23,9 +23,6 @@ from mirasc import runtime
 
 CHUNK = 16
 SEGMENT = 16  # tokens between saved states: a multiple of CHUNK
-MAX_TILE = 1 << 16  # elements of one on-chip weight tile (a [in, out] block, padded to powers of 2)
-NAMESPACE = "mirasc_titans_bcd2d1ebbff1"
-HIDDEN_FACTOR = 4
 
 
 @triton.jit
@@ -442,176 +439,33 @@ def _backward_kernel(
     tl.store(dstate_ptr + bh * STATE + WSIZE + OFF2 + ix2, Sb2, mask=m2)
 
 
-# ---- the host side: layout, limits, launches, the custom ops and their autograd -----------------
-N_STATES = 4
-REQUIRED_STATE = 'titans needs initial_state (an MLP memory)'
-
-
+# ---- the host side: the spec's sizes; the rest is runtime.FusedRecurrent --------------------------
 def _shapes(Dk, Dv):
     return [(Dk, 4 * Dk), (4 * Dk, Dv)]
 
 
-def _pow2(n):
-    return 1 << max(0, (int(n) - 1).bit_length())
-
-
-def _meta(Dk, Dv, offset):
-    hidden = HIDDEN_FACTOR * Dk
-    return dict(
-        DK=Dk, DV=Dv, HID=hidden, BK=_pow2(Dk), BV=_pow2(Dv), BH=_pow2(hidden),
-        CH=CHUNK, SEG=SEGMENT, CONTINUING=offset > 0,
-    )
-
-
-def _launch_options(Dk, Dv):
-    """More warps for larger tiles, so each thread holds fewer of the state's elements."""
-    largest = max(_pow2(i) * _pow2(o) for i, o in _shapes(Dk, Dv))
-    return dict(num_warps=4 if largest <= 4096 else 8)
-
-
-def _segments(T, offset):
-    return (T + offset + SEGMENT - 1) // SEGMENT
-
-
-def unsupported(q, v):
-    """Why these inputs cannot run on this backend, or None."""
-    if q.dtype not in (torch.float32, torch.bfloat16, torch.float16):
-        return f"the Triton backend takes fp32, bf16 or fp16 inputs, not {q.dtype}"
-    if not (q.is_cuda or runtime.triton_interpreted()):
-        return "the Triton backend needs CUDA tensors (or TRITON_INTERPRET=1 for its CPU interpreter)"
-    Dk, Dv = q.shape[-1], v.shape[-1]
-    for i, o in _shapes(Dk, Dv):
-        if _pow2(i) * _pow2(o) > MAX_TILE:
-            return (
-                f"a {i} x {o} weight matrix needs a {_pow2(i)} x {_pow2(o)} on-chip tile, over the "
-                f"{MAX_TILE}-element limit of this fused kernel (smaller head_dim, or backend='torch')"
-            )
-    return None
-
-
-def _launch_forward(q, k, v, gates, state, anchor, ln, scale, offset):
-    B, T, H, Dk = q.shape
-    Dv = v.shape[-1]
-    nseg = _segments(T, offset)
-    o = torch.full((B, T, H, Dv), float("nan"), dtype=q.dtype, device=q.device)
-    final = torch.full_like(state, float("nan"))
-    ckpt = torch.empty((B, H, nseg, state.shape[-1]), dtype=torch.float32, device=q.device)
-    _forward_kernel[(B * H,)](
-        q, k, v, gates, state, anchor, ln, o, final, ckpt, T, H, offset, nseg, scale,
-        **_meta(Dk, Dv, offset), **_launch_options(Dk, Dv),
-    )
-    return o, final, ckpt
-
-
-def _launch_backward(q, k, v, gates, state, anchor, ln, ckpt, do, dfinal, scale, offset):
-    B, T, H, Dk = q.shape
-    Dv = v.shape[-1]
-    nan = float("nan")
-    f32 = dict(dtype=torch.float32, device=q.device)
-    dq = torch.full((B, T, H, Dk), nan, **f32)
-    dk = torch.full((B, T, H, Dk), nan, **f32)
-    dv = torch.full((B, T, H, Dv), nan, **f32)
-    dgates = torch.full_like(gates, nan)
-    dstate = torch.full_like(state, nan)
-    danchor = torch.zeros_like(anchor)
-    dln = torch.zeros((B, H, 2, Dv), **f32)
-    scratch = torch.empty((B * H * (SEGMENT + 1) * state.shape[-1],), **f32)
-    _backward_kernel[(B * H,)](
-        q, k, v, gates, state, anchor, ln, ckpt, do.contiguous(), dfinal.contiguous(), scratch,
-        dq, dk, dv, dgates, dstate, danchor, dln, T, H, offset, ckpt.shape[2], scale,
-        **_meta(Dk, Dv, offset), **_launch_options(Dk, Dv),
-    )
-    dln = dln.sum(0).transpose(0, 1).contiguous() if ln.numel() else torch.zeros_like(ln)
-    return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), dgates, dstate, danchor, dln
-
-
-def _register():
-    """The fused op as torch.library custom ops (fake implementations included, so that
-    torch.compile traces through them) with a registered autograd formula."""
-
-    @torch.library.custom_op(f"{NAMESPACE}::fused_forward", mutates_args=())
-    def fused_forward(
-        q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, gates: torch.Tensor,
-        state: torch.Tensor, anchor: torch.Tensor, ln: torch.Tensor, scale: float, offset: int,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        return _launch_forward(q, k, v, gates, state, anchor, ln, scale, offset)
-
-    @fused_forward.register_fake
-    def _(q, k, v, gates, state, anchor, ln, scale, offset):
-        B, T, H, _ = q.shape
-        nseg = _segments(T, offset)
-        return (
-            q.new_empty((B, T, H, v.shape[-1])),
-            state.new_empty(state.shape),
-            state.new_empty((B, H, nseg, state.shape[-1])),
-        )
-
-    @torch.library.custom_op(f"{NAMESPACE}::fused_backward", mutates_args=())
-    def fused_backward(
-        q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, gates: torch.Tensor,
-        state: torch.Tensor, anchor: torch.Tensor, ln: torch.Tensor, ckpt: torch.Tensor,
-        do: torch.Tensor, dfinal: torch.Tensor, scale: float, offset: int,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        return _launch_backward(q, k, v, gates, state, anchor, ln, ckpt, do, dfinal, scale, offset)
-
-    @fused_backward.register_fake
-    def _(q, k, v, gates, state, anchor, ln, ckpt, do, dfinal, scale, offset):
-        return (
-            q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape),
-            gates.new_empty(gates.shape), state.new_empty(state.shape),
-            anchor.new_empty(anchor.shape), ln.new_empty(ln.shape),
-        )
-
-    def setup_context(ctx, inputs, output):
-        q, k, v, gates, state, anchor, ln, scale, offset = inputs
-        ctx.save_for_backward(q, k, v, gates, state, anchor, ln, output[2])
-        ctx.scale, ctx.offset = scale, offset
-
-    def backward(ctx, do, dfinal, _dckpt):
-        q, k, v, gates, state, anchor, ln, ckpt = ctx.saved_tensors
-        do = torch.zeros((*q.shape[:3], v.shape[-1]), dtype=q.dtype, device=q.device) if do is None else do
-        dfinal = torch.zeros_like(state) if dfinal is None else dfinal
-        dq, dk, dv, dgates, dstate, danchor, dln = fused_backward(
-            q, k, v, gates, state, anchor, ln, ckpt, do, dfinal, ctx.scale, ctx.offset
-        )
-        return dq, dk, dv, dgates, dstate, danchor, dln, None, None
-
-    fused_forward.register_autograd(backward, setup_context=setup_context)
-    return fused_forward
-
-
-fused_forward = runtime.custom_op(NAMESPACE, _register)
+fused = runtime.FusedRecurrent(
+    "mirasc_titans_bcd2d1ebbff1",
+    _forward_kernel,
+    _backward_kernel,
+    shapes=_shapes,
+    hidden_factor=4,
+    chunk=CHUNK,
+    segment=SEGMENT,
+    n_states=4,
+    required_state='titans needs initial_state (an MLP memory)',
+    layer_norm=False,
+)
+unsupported = fused.unsupported
 
 
 def forward(
     q, k, v, gates, scale, initial_state, output_final_state, ln_weight, ln_bias,
     anchor_state=None, chunk_offset=0,
 ):
-    """The torch backend's `forward` contract on the fused kernels; see `unsupported`."""
-    reason = unsupported(q, v)
-    if reason is not None:
-        raise runtime.BackendError(reason)
-    B, T, H, Dk = q.shape
-    Dv = v.shape[-1]
-    shapes = _shapes(Dk, Dv)
-    state = runtime.initial_weights(initial_state, shapes, N_STATES, q, REQUIRED_STATE)
-    anchor = runtime.anchor_weights(anchor_state, chunk_offset, CHUNK, shapes, q, REQUIRED_STATE)
-    if T == 0:  # nothing to read or write: the state passes through
-        return q.new_zeros(B, 0, H, Dv), (tuple(state) if output_final_state else None)
+    """The torch backend's `forward` contract on the fused kernels (see `unsupported`)."""
     rows = [runtime.gate(gates["theta"], "theta", q), runtime.gate(gates["alpha"], "alpha", q), runtime.gate(gates["eta"], "eta", q)]
-    flat = torch.cat([s.reshape(B, H, -1) for s in state], dim=-1).contiguous()
-    anchor_flat = (
-        q.new_empty(0, dtype=torch.float32) if anchor is None
-        else torch.cat([s.reshape(B, H, -1) for s in anchor], dim=-1).contiguous()
+    return fused.forward(
+        q, k, v, rows, scale, initial_state, output_final_state, ln_weight, ln_bias,
+        anchor_state, chunk_offset,
     )
-    ln = q.new_empty(0, dtype=torch.float32)
-    o, final, _ = fused_forward(
-        q.contiguous(), k.contiguous(), v.contiguous(), torch.stack(rows).contiguous(),
-        flat, anchor_flat, ln, float(scale), int(chunk_offset),
-    )
-    if not output_final_state:
-        return o, None
-    sizes = [i * o_ for i, o_ in shapes] * (N_STATES // len(shapes))
-    parts = final.split(sizes, dim=-1)
-    shapes_all = shapes * (N_STATES // len(shapes))
-    return o, tuple(p.reshape(B, H, *s) for p, s in zip(parts, shapes_all))

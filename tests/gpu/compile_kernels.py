@@ -18,7 +18,7 @@ HALVES = ("q_ptr", "k_ptr", "v_ptr", "o_ptr", "do_ptr")
 
 
 def compile_backend(backend, Dk: int, Dv: int, dtype: str, continuing: bool) -> None:
-    meta = backend._meta(Dk, Dv, 1 if continuing else 0)
+    meta = backend.fused.meta(Dk, Dv, 1 if continuing else 0)
     for kernel in (backend._forward_kernel, backend._backward_kernel):
         signature = {}
         for arg in kernel.arg_names:
