@@ -152,13 +152,15 @@ def _shapes(spec: Spec) -> Code:
     return Code("[" + ", ".join(f"({i}, {o})" for i, o in itertools.pairwise(dims)) + "]")
 
 
-RETENTION_TARGETS = {"decay": 0.05, "l2": 0.1, "lq": 0.95, "kl": 0.95}
+RETENTION_TARGETS = {"decay": 0.001, "l2": 0.01, "lq": 0.999, "kl": 0.999}
 
 
 def gate_targets(spec: Spec) -> Code:
     """Initial values for retention gates that a layer starts from (its gate bias is set so the
-    gate's formula gives the value): keep most of the memory at first (forget 5%), whatever the
-    formula; other gates start where their formula puts z = 0."""
+    gate's formula gives the value): forget about 0.1% per token, a time constant longer than a
+    training sequence, so that training learns how much to forget instead of starting from a
+    memory that erases itself (at 5% per token, Titans' MLP memory decayed towards zero weights
+    and stayed at chance on MQAR). Other gates start where their formula puts z = 0."""
     gate = spec.retention.gate
     if not isinstance(gate, GateRef):
         return Code("{}")

@@ -82,9 +82,11 @@ def test_bf16_inputs_keep_fp32_state(shipped):
 
 @pytest.mark.parametrize(
     "name,gate,target",
-    [("titans", "alpha", 0.05), ("gated_deltanet", "alpha", 0.05), ("moneta", "a", 0.95)],
+    [("titans", "alpha", 1e-3), ("gated_deltanet", "alpha", 1e-3), ("moneta", "a", 0.999)],
 )
 def test_retention_gates_start_near_their_target(shipped, name, gate, target):
     layer = shipped[name].Layer(16, 2)
     formula = type(layer).gate_formulas[gate]
-    assert torch.allclose(formula(layer.gate_proj[gate].bias), torch.tensor(target), atol=1e-3)
+    assert torch.allclose(
+        formula(layer.gate_proj[gate].bias), torch.tensor(target), rtol=0, atol=1e-4
+    )

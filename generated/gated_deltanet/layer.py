@@ -19,7 +19,7 @@ class GatedDeltanetLayer(runtime.MemoryLayer):
     read = staticmethod(read)
     chunk = CHUNK
     gate_formulas = { "beta": elementwise.gate_beta, "alpha": elementwise.gate_alpha }
-    gate_targets = {'alpha': 0.05}
+    gate_targets = {'alpha': 0.001}
     layer_norm = False
     initial_kind = "zeros"
     depth = 1

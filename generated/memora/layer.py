@@ -21,7 +21,7 @@ class MemoraLayer(runtime.MemoryLayer):
     read = staticmethod(read)
     chunk = CHUNK
     gate_formulas = { "eta": elementwise.gate_eta, "a": elementwise.gate_a }
-    gate_targets = {'a': 0.95}
+    gate_targets = {'a': 0.999}
     layer_norm = True
     initial_kind = "simplex"
     depth = 2

@@ -21,7 +21,7 @@ class TitansLayer(runtime.MemoryLayer):
     read = staticmethod(read)
     chunk = CHUNK
     gate_formulas = { "theta": elementwise.gate_theta, "eta": elementwise.gate_eta, "alpha": elementwise.gate_alpha }
-    gate_targets = {'alpha': 0.05}
+    gate_targets = {'alpha': 0.001}
     layer_norm = False
     initial_kind = "learned"
     depth = 2

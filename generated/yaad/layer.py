@@ -21,7 +21,7 @@ class YaadLayer(runtime.MemoryLayer):
     read = staticmethod(read)
     chunk = CHUNK
     gate_formulas = { "eta": elementwise.gate_eta, "alpha": elementwise.gate_alpha, "delta": elementwise.gate_delta }
-    gate_targets = {'alpha': 0.05}
+    gate_targets = {'alpha': 0.001}
     layer_norm = True
     initial_kind = "learned"
     depth = 2
