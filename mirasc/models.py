@@ -4,12 +4,15 @@
 `hybrid="mal"` and `hybrid="mag"` are Titans' memory-as-a-layer and memory-as-a-gate blocks
 (papers.md §1.9), with learned persistent tokens prepended to the sequence and causal
 sliding-window attention that always sees them; `hybrid="mac"` is memory-as-a-context, segment
-by segment, following the paper's equations.
+by segment, following the paper's equations. Every model decodes from caches: the memory layers'
+states, the sliding windows' keys and values, and MAC's current segment, so `generate()` never
+re-reads what it has read.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -43,20 +46,31 @@ class SwiGLU(nn.Module):
         return self.down(F.silu(gate) * up)
 
 
-def rotary(x: torch.Tensor, base: float = 10000.0) -> torch.Tensor:
-    """Rotary position embedding (RoFormer) of [B, H, T, D] at positions 0..T-1: q.k then
-    depends on the distance between positions, so re-reading a longer prefix changes nothing."""
-    T, half = x.shape[-2], x.shape[-1] // 2
+def rotary(x: torch.Tensor, positions: torch.Tensor, base: float = 10000.0) -> torch.Tensor:
+    """Rotary position embedding (RoFormer) of [B, H, T, D] at `positions` [T]: q.k then
+    depends only on the distance between positions."""
+    half = x.shape[-1] // 2
     freq = base ** (-torch.arange(half, device=x.device, dtype=torch.float32) / max(half, 1))
-    angle = torch.arange(T, device=x.device, dtype=torch.float32)[:, None] * freq
+    angle = positions.to(torch.float32)[:, None] * freq
     cos, sin = angle.cos().to(x.dtype), angle.sin().to(x.dtype)
     a, b, rest = x[..., :half], x[..., half : 2 * half], x[..., 2 * half :]
     return torch.cat([a * cos - b * sin, a * sin + b * cos, rest], dim=-1)
 
 
+class KVCache(NamedTuple):
+    """The keys and values (rotated) a sliding window still needs, their positions, and the
+    position of the next token."""
+
+    k: torch.Tensor
+    v: torch.Tensor
+    positions: torch.Tensor
+    next: int
+
+
 class SlidingWindowAttention(nn.Module):
     """Causal softmax attention with rotary positions over the last `window` tokens; the first
-    `persistent` positions (the persistent memory) stay visible to every token (Titans Fig. 3b)."""
+    `persistent` positions (the persistent memory) stay visible to every token (Titans Fig. 3b).
+    With `use_cache` it also returns a `KVCache` holding only the keys later tokens can see."""
 
     def __init__(self, hidden: int, heads: int, window: int, persistent: int):
         super().__init__()
@@ -64,18 +78,31 @@ class SlidingWindowAttention(nn.Module):
         self.qkv = nn.Linear(hidden, 3 * hidden, bias=False)
         self.out = nn.Linear(hidden, hidden, bias=False)
 
-    def forward(self, x, allowed: torch.Tensor | None = None):
-        """`allowed` [T, T] overrides the sliding-window mask (True: may attend)."""
+    def forward(self, x, allowed=None, positions=None, cache: KVCache | None = None,
+                use_cache: bool = False):  # fmt: skip
+        """`allowed` [T, T] and `positions` [T] override the sliding-window mask (True: may
+        attend) and the positions 0..T-1; `cache` continues a sequence. Returns the output, or
+        (output, cache) with `use_cache`."""
         B, T, C = x.shape
+        start = 0 if cache is None else cache.next
+        pos = torch.arange(start, start + T, device=x.device) if positions is None else positions
         q, k, v = self.qkv(x).view(B, T, 3, self.heads, C // self.heads).permute(2, 0, 3, 1, 4)
-        q, k = rotary(q), rotary(k)
+        q, k = rotary(q, pos), rotary(k, pos)
+        if cache is not None:
+            k, v = torch.cat([cache.k, k], dim=2), torch.cat([cache.v, v], dim=2)
+            pos_k = torch.cat([cache.positions, pos])
+        else:
+            pos_k = pos
         if allowed is None:
-            i = torch.arange(T, device=x.device)
-            causal = i[:, None] >= i[None, :]
-            near = (i[:, None] - i[None, :]) < self.window
-            allowed = causal & (near | (i[None, :] < self.persistent))
+            causal = pos[:, None] >= pos_k[None, :]
+            near = (pos[:, None] - pos_k[None, :]) < self.window
+            allowed = causal & (near | (pos_k[None, :] < self.persistent))
         o = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed)
-        return self.out(o.transpose(1, 2).reshape(B, T, C))
+        o = self.out(o.transpose(1, 2).reshape(B, T, C))
+        if not use_cache:
+            return o
+        keep = (pos_k > start + T - self.window) | (pos_k < self.persistent)
+        return o, KVCache(k[:, :, keep], v[:, :, keep], pos_k[keep], start + T)
 
 
 class AttentionLayer(nn.Module):
@@ -86,11 +113,9 @@ class AttentionLayer(nn.Module):
         super().__init__()
         self.attn = SlidingWindowAttention(hidden_size, num_heads, window=1 << 30, persistent=0)
 
-    def forward(self, x, state=None, use_cache: bool = False):
-        if use_cache:  # re-reads the whole prefix: state is the sequence so far
-            x_all = x if state is None else torch.cat([state, x], dim=1)
-            return self.attn(x_all)[:, -x.shape[1] :], x_all
-        return self.attn(x)
+    def forward(self, x, state: KVCache | None = None, use_cache: bool = False):
+        """Like a memory layer: `state` is the key-value cache of the sequence so far."""
+        return self.attn(x, cache=state, use_cache=use_cache)
 
 
 class Block(nn.Module):
@@ -111,21 +136,41 @@ class Block(nn.Module):
         self.mlp = SwiGLU(cfg.hidden, cfg.mlp_ratio)
 
     def forward(self, h, cache=None, use_cache: bool = False):
-        """h [B, T, hidden]; `cache` (plain blocks only) is the memory layer's decoding state.
-        Returns (h, new cache or None)."""
+        """h [B, T, hidden]; `cache` continues a sequence: (memory layer state, attention cache).
+        Returns (h, the new cache, or None without `use_cache`)."""
+        memory_state, attn_cache = cache if cache is not None else (None, None)
+
+        def memory(x):
+            if not use_cache:
+                return self.memory(x), None
+            return self.memory(x, state=memory_state, use_cache=True)
+
+        def attention(x):
+            if not use_cache:
+                return self.attn(x), None
+            return self.attn(x, cache=attn_cache, use_cache=True)
+
         if self.hybrid == "mag":
-            x = self.norm_mem(h)
-            y = self.attn(self.norm_attn(h))
-            h = h + self.norm_y(y) * torch.sigmoid(self.norm_m(self.memory(x)))
+            m, memory_state = memory(self.norm_mem(h))
+            y, attn_cache = attention(self.norm_attn(h))
+            h = h + self.norm_y(y) * torch.sigmoid(self.norm_m(m))
         else:
-            if use_cache:
-                m, cache = self.memory(self.norm_mem(h), state=cache, use_cache=True)
-            else:
-                m = self.memory(self.norm_mem(h))
+            m, memory_state = memory(self.norm_mem(h))
             h = h + m
             if self.hybrid == "mal":
-                h = h + self.attn(self.norm_attn(h))
-        return h + self.mlp(self.norm_mlp(h)), cache
+                y, attn_cache = attention(self.norm_attn(h))
+                h = h + y
+        new_cache = (memory_state, attn_cache) if use_cache else None
+        return h + self.mlp(self.norm_mlp(h)), new_cache
+
+
+class MACCache(NamedTuple):
+    """Where a MAC block is: the memory's state at the start of the current segment (what
+    retrieval reads), its state after the last token, and the segment's normalised inputs."""
+
+    start: object
+    state: object
+    segment: torch.Tensor
 
 
 class MACBlock(nn.Module):
@@ -146,9 +191,13 @@ class MACBlock(nn.Module):
         self.norm_mlp = nn.RMSNorm(cfg.hidden)
         self.mlp = SwiGLU(cfg.hidden, cfg.mlp_ratio)
 
-    def mask(self, n: int, device) -> torch.Tensor:
+    def layout(self, n: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mask and rotary positions of [persistent | h_0..h_n-1 | x_0..x_n-1]. The positions
+        (p + j for h_j, p + segment + j for x_j) do not depend on how much of the segment has
+        been read, so decoding a segment token by token sees what the parallel pass sees."""
         p = self.persistent.shape[0]
         i = torch.arange(n, device=device)
+        positions = torch.cat([torch.arange(p, device=device), p + i, p + self.segment + i])
         causal = i[:, None] >= i[None, :]
         rows = torch.zeros(p + 2 * n, p + 2 * n, dtype=torch.bool, device=device)
         rows[:, :p] = True  # everyone sees the persistent tokens
@@ -156,22 +205,31 @@ class MACBlock(nn.Module):
         rows[p + n :, p : p + n] = causal  # token i sees h_j, j <= i
         rows[p + n :, p + n :] = causal  # and x_j, j <= i
         rows[:p, :p] = True
-        return rows
+        return rows, positions
 
-    def forward(self, h, cache=None, use_cache: bool = False):
+    def forward(self, h, cache: MACCache | None = None, use_cache: bool = False):
+        """h [B, T, hidden], continuing `cache` (the current segment so far) if given. A segment
+        is re-read as it grows during decoding (at most `window` tokens); the memory is not."""
         B, T, _ = h.shape
-        state, outs = None, []
-        for start in range(0, T, self.segment):
-            x = self.norm_in(h[:, start : start + self.segment])
+        cache = cache or MACCache(None, None, h.new_zeros(B, 0, h.shape[-1]))
+        outs, done = [], 0
+        while done < T:
+            n_new = min(T - done, self.segment - cache.segment.shape[1])
+            x_new = self.norm_in(h[:, done : done + n_new])
+            x = torch.cat([cache.segment, x_new], dim=1)  # the segment so far
             n = x.shape[1]
-            memory = state.memory if state is not None else None
-            retrieved = self.memory.retrieve(x, memory)
+            start = cache.start.memory if cache.start is not None else None
+            retrieved = self.memory.retrieve(x, start)
             context = torch.cat([self.persistent.expand(B, -1, -1), retrieved, x], dim=1)
-            y = self.attn(context, self.mask(n, h.device))[:, -n:]
-            m, state = self.memory(y, state=state, use_cache=True)
+            allowed, positions = self.layout(n, h.device)
+            y = self.attn(context, allowed, positions)[:, -n_new:]
+            m, state = self.memory(y, state=cache.state, use_cache=True)
             outs.append(y * torch.sigmoid(self.norm_m(m)))
+            full = n == self.segment
+            cache = MACCache(state if full else cache.start, state, x[:, :0] if full else x)
+            done += n_new
         h = h + torch.cat(outs, dim=1)
-        return h + self.mlp(self.norm_mlp(h)), None
+        return h + self.mlp(self.norm_mlp(h)), cache if use_cache else None
 
 
 class MemoryLM(nn.Module):
@@ -194,13 +252,11 @@ class MemoryLM(nn.Module):
         self.head = nn.Linear(cfg.hidden, cfg.vocab, bias=False)
 
     def forward(self, tokens: torch.Tensor, caches=None, use_cache: bool = False):
-        """tokens [B, T] -> logits [B, T, vocab], or (logits, caches) with use_cache (plain
-        stack only: the memory layers' decoding states, so generation costs O(1) per token)."""
-        if use_cache and self.cfg.hybrid != "lm":
-            raise ValueError("use_cache is supported by the plain stack (hybrid='lm') only")
+        """tokens [B, T] -> logits [B, T, vocab], or (logits, caches) with `use_cache`; passing
+        the caches back continues the sequence, so decoding costs no re-reading."""
         h = self.embed(tokens)
-        p = 0 if self.persistent is None else self.persistent.shape[0]
-        if p:
+        p = 0 if self.persistent is None or caches is not None else self.persistent.shape[0]
+        if p:  # a sequence starts with the persistent tokens
             h = torch.cat([self.persistent.expand(h.shape[0], -1, -1), h], dim=1)
         caches = list(caches) if caches is not None else [None] * len(self.blocks)
         for i, block in enumerate(self.blocks):
@@ -210,10 +266,9 @@ class MemoryLM(nn.Module):
 
     @torch.no_grad()
     def generate(self, prompt: torch.Tensor, max_new_tokens: int, temperature: float = 0.0):
-        """Greedy (temperature 0) or sampled continuation of `prompt` [B, T]: the plain stack
-        decodes token by token from its caches; hybrids re-read the whole sequence."""
-        cached = self.cfg.hybrid == "lm"
-        logits, caches = self(prompt, use_cache=True) if cached else (self(prompt), None)
+        """Greedy (temperature 0) or sampled continuation of `prompt` [B, T], token by token
+        from the caches."""
+        logits, caches = self(prompt, use_cache=True)
         tokens = prompt
         for _ in range(max_new_tokens):
             last = logits[:, -1]
@@ -222,8 +277,5 @@ class MemoryLM(nn.Module):
             else:
                 nxt = last.argmax(-1, keepdim=True)
             tokens = torch.cat([tokens, nxt], dim=1)
-            if cached:
-                logits, caches = self(nxt, caches, use_cache=True)
-            else:
-                logits = self(tokens)
+            logits, caches = self(nxt, caches, use_cache=True)
         return tokens
