@@ -1,5 +1,6 @@
-"""`benchmarks/recall_table.py`: a tiny sweep writes its tables and plots, stores every run, and a
-rerun trains only what its configuration has not stored yet."""
+"""The benchmark scripts at toy sizes: `recall_table.py` writes its tables and plots, stores every
+run and trains on a rerun only what is not stored; `memorize.py` reports how much one pass of
+writes memorizes."""
 
 import importlib
 import json
@@ -15,6 +16,17 @@ def recall_table(monkeypatch):
     """The script as a module, on sys.path so that its worker processes can import it too."""
     monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
     return importlib.import_module("recall_table")
+
+
+def test_memorize_reports_the_recall_error_after_one_pass(monkeypatch, capsys):
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    memorize = importlib.import_module("memorize")
+    specs = [str(ROOT / f"specs/{name}.miras") for name in ("deltanet", "linear_attention")]
+    memorize.main([*specs, "--head-dim", "8", "--batch", "4"])
+    rows = [r for r in capsys.readouterr().out.splitlines() if r.startswith("| deltanet")]
+    at_start, at_max, gates = rows[0].split("|")[2:5]
+    assert 0.0 < float(at_start) < 1.0 and 0.0 < float(at_max) < 1.0  # it memorizes something
+    assert "beta" in gates
 
 
 def sweep(recall_table, out: Path, steps: int, *extra: str) -> None:
