@@ -1,7 +1,8 @@
 """Small-scale recall table: the shipped specs and a softmax-attention baseline of the same width,
 trained with `mirasc train`'s trainer on MQAR at several sequence lengths and seeds, then S-NIAH
 against haystack length for the best few. Writes markdown tables (held-out accuracy: the mean over
-seeds and each seed's value; seconds per run) and plots to `--out`.
+the seeds that trained to the end and each seed's value, or the step a run diverged at; seconds
+per run) and plots to `--out`.
 
 Every run keeps its result in `<out>/<run>/result.json`, so an interrupted sweep resumes where it
 stopped and a finished one reprints its table at once (`--no-train` reports what is stored, a
@@ -92,8 +93,10 @@ def train(run: Run, args, threads: int) -> dict:
     cfg = train_config(run, args)
     start = time.perf_counter()
     history = Trainer(cfg).run()
+    last = history[-1]
     result = {
-        "accuracy": history[-1]["accuracy"],
+        "accuracy": last["accuracy"],
+        "diverged_at": last["step"] if last.get("diverged") else None,
         "seconds": time.perf_counter() - start,
         "config": asdict(cfg),
     }
@@ -131,6 +134,19 @@ def trained(cell: list) -> list[dict]:
     return [r for r in cell if r is not None]
 
 
+def finished(cell: list) -> list[dict]:
+    """The runs of a cell that trained to the end (a diverged run has no final accuracy)."""
+    return [r for r in trained(cell) if r.get("diverged_at") is None]
+
+
+def shown(result: dict | None) -> str:
+    if result is None:
+        return "not run"
+    if result.get("diverged_at") is not None:
+        return f"diverged at step {result['diverged_at']}"
+    return f"{result['accuracy']:.1%}"
+
+
 def table(rows: dict[str, dict[int, list]], lengths: list[int]) -> str:
     out = ["| model | " + " | ".join(f"L = {L}" for L in lengths) + " | s/run (by L) |"]
     out.append("| --- |" + " --- |" * (len(lengths) + 1))
@@ -138,12 +154,11 @@ def table(rows: dict[str, dict[int, list]], lengths: list[int]) -> str:
         cells = []
         for L in lengths:
             cell = by_length[L]
-            seeds = ", ".join("not run" if r is None else f"{r['accuracy']:.1%}" for r in cell)
-            accs = [r["accuracy"] for r in trained(cell)]
+            seeds = ", ".join(shown(r) for r in cell)
+            accs = [r["accuracy"] for r in finished(cell)]
             cells.append(
-                "not run" if not accs
-                else f"{statistics.mean(accs):.1%} ({seeds})" if len(cell) > 1 else seeds
-            )  # fmt: skip
+                f"{statistics.mean(accs):.1%} ({seeds})" if accs and len(cell) > 1 else seeds
+            )
         secs = ", ".join(
             f"{statistics.mean(r['seconds'] for r in trained(by_length[L])):.0f}"
             if trained(by_length[L]) else "–"
@@ -164,12 +179,12 @@ def plot(rows: dict[str, dict[int, list]], lengths: list[int], path: Path, title
         return
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     for name, by_length in rows.items():
-        done = [L for L in lengths if trained(by_length[L])]
-        means = [statistics.mean(r["accuracy"] for r in trained(by_length[L])) for L in done]
+        done = [L for L in lengths if finished(by_length[L])]
+        means = [statistics.mean(r["accuracy"] for r in finished(by_length[L])) for L in done]
         style = "--" if name.startswith("attention") else "-"
         (line,) = ax.plot(done, means, marker="o", linestyle=style, label=name)
         for L in lengths:
-            accs = [r["accuracy"] for r in trained(by_length[L])]
+            accs = [r["accuracy"] for r in finished(by_length[L])]
             ax.scatter([L] * len(accs), accs, s=10, alpha=0.4, color=line.get_color())
     ax.set(xlabel="sequence length", ylabel="held-out accuracy", title=title, ylim=(-0.02, 1.02))
     ax.set_xscale("log", base=2)
@@ -223,7 +238,7 @@ def main(argv=None) -> int:
                 [
                     r["accuracy"]
                     for L in args.lengths
-                    for r in trained(mqar[Run(s, n, "mqar", L, 0).row][L])
+                    for r in finished(mqar[Run(s, n, "mqar", L, 0).row][L])
                 ]
                 or [0.0]
             )

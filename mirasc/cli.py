@@ -132,6 +132,9 @@ def _train(args) -> int:
             f"{cfg.out}: accuracy {first['accuracy']:.1%} (step {first['step']}) -> "
             f"{last['accuracy']:.1%} (step {last['step']}); metrics.jsonl, curves.png, checkpoint.pt"
         )
+        if last.get("diverged"):
+            print(f"error: training diverged at step {last['step']}", file=sys.stderr)
+            return 1
         if cfg.task == "text":
             print(f"sample: {trainer.complete(TEXT_PROMPT, 120)!r}")
     return 0

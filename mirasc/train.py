@@ -153,6 +153,23 @@ class Trainer:
             with open(self.out / "metrics.jsonl", "a") as f:
                 f.write(json.dumps(record) + "\n")
 
+    def finite(self, loss: torch.Tensor) -> bool:
+        """Whether the loss is finite on every rank (ranks must stop together)."""
+        ok = torch.isfinite(loss.detach()).float()
+        if self.world > 1:
+            torch.distributed.all_reduce(ok, op=torch.distributed.ReduceOp.MIN)
+        return bool(ok.item())
+
+    def diverged(self, bar) -> None:
+        """Record a non-finite loss and stop: continuing would only train on NaN. The last
+        checkpoint (from the last evaluation) is kept."""
+        self.log({"step": self.step, "loss": None, "accuracy": 0.0, "diverged": True})
+        if self.rank == 0:
+            bar.write(
+                f"step {self.step:6d}  the training loss is not finite: training diverged, "
+                "stopping (metrics.jsonl records it; the last checkpoint is kept)"
+            )
+
     def run(self, until: int | None = None) -> list[dict]:
         """Train to `cfg.steps` (or stop early after step `until`, as an interruption would)."""
         from tqdm import tqdm
@@ -176,6 +193,9 @@ class Trainer:
         while self.step < last:
             x, y = self.task.batch(cfg.batch, self.data_rng)
             loss, acc = masked_metrics(self.step_model(x), y)
+            if not self.finite(loss):
+                self.diverged(bar)
+                break
             self.opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.clip)
@@ -210,18 +230,24 @@ class Trainer:
 
 
 def plot(history: list[dict], path: Path, title: str) -> None:
-    """Loss and accuracy against steps, side by side."""
+    """Loss and accuracy against steps, side by side (a divergence is marked, not plotted)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    stop = next((r["step"] for r in history if r.get("diverged")), None)
+    history = [r for r in history if not r.get("diverged")]
     steps = [r["step"] for r in history]
     fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.2))
     a.plot(steps, [r["loss"] for r in history], marker="o")
     a.set(xlabel="step", ylabel="eval loss", title=title)
     b.plot(steps, [r["accuracy"] for r in history], marker="o", color="tab:green")
     b.set(xlabel="step", ylabel="eval accuracy", ylim=(0, 1))
+    if stop is not None:
+        for ax in (a, b):
+            ax.axvline(stop, color="tab:red", linestyle=":", label=f"diverged at step {stop}")
+        b.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -100,6 +100,24 @@ def test_cli_writes_metrics_config_and_curves(tmp_path, capsys):
     assert "accuracy" in capsys.readouterr().out
 
 
+def test_a_diverging_run_stops_and_says_so(tmp_path):
+    """A non-finite loss ends training at once: metrics.jsonl records the step (valid JSON),
+    the curves mark it, and no step trains on NaN."""
+    trainer = Trainer(config(tmp_path, steps=10, eval_every=2))
+    calls = iter(range(10**6))
+
+    def poison(module, args, output):  # the 4th training forward (after the step-0 evaluation)
+        return output * float("nan") if next(calls) == 5 else output
+
+    trainer.model.head.register_forward_hook(poison)
+    history = trainer.run()
+    assert history[-1] == {"step": 3, "loss": None, "accuracy": 0.0, "diverged": True}
+    assert [r["step"] for r in history] == [0, 2, 3]
+    lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    assert json.loads(lines[-1])["diverged"] and (tmp_path / "run" / "curves.png").exists()
+    assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
+
+
 def test_attention_baseline_trains_and_decodes(tmp_path):
     from mirasc.models import AttentionLayer
 
