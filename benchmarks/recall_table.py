@@ -111,7 +111,7 @@ def sweep(runs: list[Run], args) -> dict[Run, dict]:
     if args.no_train:
         todo = []
     print(f"{len(results)} of {len(runs)} runs stored; training {len(todo)}", flush=True)
-    threads = max(1, (os.cpu_count() or 1) // args.jobs)
+    threads = args.threads or max(1, (os.cpu_count() or 1) // args.jobs)
     with ProcessPoolExecutor(args.jobs, mp_context=get_context("spawn")) as pool:
         futures = {pool.submit(train, r, args, threads): r for r in todo}
         for future in as_completed(futures):
@@ -213,6 +213,7 @@ def main(argv=None) -> int:
     p.add_argument("--niah-lengths", nargs="*", type=int, default=[128, 256, 512])
     p.add_argument("--niah-best", type=int, default=3, help="S-NIAH for the best N on MQAR")
     p.add_argument("--jobs", type=int, default=1, help="runs trained at a time")
+    p.add_argument("--threads", type=int, help="threads per run (default: cores / jobs)")
     p.add_argument("--no-train", action="store_true", help="report the stored runs only")
     p.add_argument("--out", default="runs/recall_table")
     args = p.parse_args(argv)

@@ -78,8 +78,9 @@ class SlidingWindowAttention(nn.Module):
         self.qkv = nn.Linear(hidden, 3 * hidden, bias=False)
         self.out = nn.Linear(hidden, hidden, bias=False)
 
-    def forward(self, x, allowed=None, positions=None, cache: KVCache | None = None,
-                use_cache: bool = False):  # fmt: skip
+    def forward(
+        self, x, allowed=None, positions=None, cache: KVCache | None = None, use_cache=False
+    ):
         """`allowed` [T, T] and `positions` [T] override the sliding-window mask (True: may
         attend) and the positions 0..T-1; `cache` continues a sequence. Returns the output, or
         (output, cache) with `use_cache`."""
