@@ -211,6 +211,7 @@ def main(argv=None) -> int:
     p.add_argument("--pairs", type=int, default=8, help="MQAR key-value pairs at every length")
     p.add_argument("--vocab", type=int, default=64, help="MQAR vocabulary")
     p.add_argument("--niah-lengths", nargs="*", type=int, default=[128, 256, 512])
+    p.add_argument("--niah-seeds", nargs="*", type=int, help="S-NIAH seeds (default: --seeds)")
     p.add_argument("--niah-best", type=int, default=3, help="S-NIAH for the best N on MQAR")
     p.add_argument("--jobs", type=int, default=1, help="runs trained at a time")
     p.add_argument("--threads", type=int, help="threads per run (default: cores / jobs)")
@@ -250,12 +251,13 @@ def main(argv=None) -> int:
             Run(s, n, "niah", L, seed)
             for s, n in best
             for L in args.niah_lengths
-            for seed in args.seeds
+            for seed in args.niah_seeds or args.seeds
         ]
         niah = rows_of(niah_runs, sweep(niah_runs, args))
         report += [
             "\nS-NIAH (niah_single_1, repeated haystack): held-out accuracy on the needle's "
-            f"digits by context length, the best {args.niah_best} on MQAR\n",
+            f"digits by context length, the best {args.niah_best} on MQAR, seeds "
+            f"{args.niah_seeds or args.seeds}\n",
             table(niah, args.niah_lengths),
         ]
         plot(niah, args.niah_lengths, out / "niah.png", "S-NIAH")
