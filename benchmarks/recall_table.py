@@ -156,6 +156,8 @@ def table(rows: dict[str, dict[int, list]], lengths: list[int]) -> str:
             cell = by_length[L]
             seeds = ", ".join(shown(r) for r in cell)
             accs = [r["accuracy"] for r in finished(cell)]
+            if not trained(cell):
+                seeds = "not run"
             cells.append(
                 f"{statistics.mean(accs):.1%} ({seeds})" if accs and len(cell) > 1 else seeds
             )
