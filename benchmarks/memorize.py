@@ -21,9 +21,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def recall_error(module, layer, k, v, gates) -> float:
     """Mean recall error after writing (k, v) once, over the error of the initial state."""
-    norm = {"ln_weight": layer.ln_weight, "ln_bias": layer.ln_bias} if layer.layer_norm else {}
-    B, _, H, D = k.shape
-    initial = layer.initial_state(B) or (k.new_zeros(B, H, D, D),)
+    norm = layer.norm_args()
+    initial = layer.starting_memory(k.shape[0], k)
     with torch.no_grad():
         _, final = module.op(
             k, k, v, **gates, initial_state=initial, output_final_state=True, **norm

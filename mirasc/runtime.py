@@ -256,6 +256,15 @@ class MemoryLayer(nn.Module):
         self.g_proj = nn.Linear(hidden_size, inner, bias=False) if output_gate else None
         self.o_proj = nn.Linear(inner, hidden_size, bias=False)
 
+    def norm_args(self) -> dict:
+        """The op's LayerNorm arguments (none when the memory has no LayerNorm)."""
+        return {"ln_weight": self.ln_weight, "ln_bias": self.ln_bias} if self.layer_norm else {}
+
+    def starting_memory(self, batch_size: int, like: torch.Tensor) -> tuple:
+        """The memory before any write: the learned initial weights, or zeros (linear)."""
+        D = self.head_dim
+        return self.initial_state(batch_size) or (like.new_zeros(batch_size, self.num_heads, D, D),)
+
     def initial_state(self, batch_size: int):
         """The memory's starting weights for a batch (None: the op's zeros)."""
         if self.initial_kind == "zeros":
@@ -307,12 +316,10 @@ class MemoryLayer(nn.Module):
         q = self.q_proj(x).view(B, T, self.num_heads, self.head_dim)
         if self.qk_norm:
             q = l2norm(q)
-        if memory is None:  # a linear memory's default start: zeros
-            memory = self.initial_state(B) or (
-                x.new_zeros(B, self.num_heads, self.head_dim, self.head_dim),
-            )
-        norm = {"ln_weight": self.ln_weight, "ln_bias": self.ln_bias} if self.layer_norm else {}
-        o = self.o_norm(self.read(q, memory, scale=self.scale, **norm)).reshape(B, T, -1)
+        if memory is None:
+            memory = self.starting_memory(B, x)
+        o = self.read(q, memory, scale=self.scale, **self.norm_args())
+        o = self.o_norm(o).reshape(B, T, -1)
         if self.g_proj is not None:
             o = o * F.silu(self.g_proj(x))
         return self.o_proj(o)
@@ -347,7 +354,6 @@ class MemoryLayer(nn.Module):
 
     def memory(self, q, k, v, gates, initial_state, anchor_state=None, chunk_offset=0):
         """The raw op on projected inputs; returns (o, final state)."""
-        norm = {"ln_weight": self.ln_weight, "ln_bias": self.ln_bias} if self.layer_norm else {}
         return self.op(
             q,
             k,
@@ -359,7 +365,7 @@ class MemoryLayer(nn.Module):
             backend=self.backend,
             anchor_state=anchor_state,
             chunk_offset=chunk_offset,
-            **norm,
+            **self.norm_args(),
         )
 
 
