@@ -79,19 +79,19 @@ class SlidingWindowAttention(nn.Module):
         self.out = nn.Linear(hidden, hidden, bias=False)
 
     def forward(
-        self, x, allowed=None, positions=None, cache: KVCache | None = None, use_cache=False
+        self, x, allowed=None, positions=None, state: KVCache | None = None, use_cache=False
     ):
         """`allowed` [T, T] and `positions` [T] override the sliding-window mask (True: may
-        attend) and the positions 0..T-1; `cache` continues a sequence. Returns the output, or
-        (output, cache) with `use_cache`."""
+        attend) and the positions 0..T-1; `state` (a cache) continues a sequence. Returns the
+        output, or (output, cache) with `use_cache`, like a memory layer."""
         B, T, C = x.shape
-        start = 0 if cache is None else cache.next
+        start = 0 if state is None else state.next
         pos = torch.arange(start, start + T, device=x.device) if positions is None else positions
         q, k, v = self.qkv(x).view(B, T, 3, self.heads, C // self.heads).permute(2, 0, 3, 1, 4)
         q, k = rotary(q, pos), rotary(k, pos)
-        if cache is not None:
-            k, v = torch.cat([cache.k, k], dim=2), torch.cat([cache.v, v], dim=2)
-            pos_k = torch.cat([cache.positions, pos])
+        if state is not None:
+            k, v = torch.cat([state.k, k], dim=2), torch.cat([state.v, v], dim=2)
+            pos_k = torch.cat([state.positions, pos])
         else:
             pos_k = pos
         if allowed is None:
@@ -116,7 +116,12 @@ class AttentionLayer(nn.Module):
 
     def forward(self, x, state: KVCache | None = None, use_cache: bool = False):
         """Like a memory layer: `state` is the key-value cache of the sequence so far."""
-        return self.attn(x, cache=state, use_cache=use_cache)
+        return self.attn(x, state=state, use_cache=use_cache)
+
+
+def mix(mixer: nn.Module, x: torch.Tensor, state, use_cache: bool):
+    """A token mixer's output and its new state (None without `use_cache`)."""
+    return mixer(x, state=state, use_cache=True) if use_cache else (mixer(x), None)
 
 
 class Block(nn.Module):
@@ -139,29 +144,17 @@ class Block(nn.Module):
     def forward(self, h, cache=None, use_cache: bool = False):
         """h [B, T, hidden]; `cache` continues a sequence: (memory layer state, attention cache).
         Returns (h, the new cache, or None without `use_cache`)."""
-        memory_state, attn_cache = cache if cache is not None else (None, None)
-
-        def memory(x):
-            if not use_cache:
-                return self.memory(x), None
-            return self.memory(x, state=memory_state, use_cache=True)
-
-        def attention(x):
-            if not use_cache:
-                return self.attn(x), None
-            return self.attn(x, cache=attn_cache, use_cache=True)
-
+        memory_state, attn_state = cache if cache is not None else (None, None)
+        m, memory_state = mix(self.memory, self.norm_mem(h), memory_state, use_cache)
         if self.hybrid == "mag":
-            m, memory_state = memory(self.norm_mem(h))
-            y, attn_cache = attention(self.norm_attn(h))
+            y, attn_state = mix(self.attn, self.norm_attn(h), attn_state, use_cache)
             h = h + self.norm_y(y) * torch.sigmoid(self.norm_m(m))
         else:
-            m, memory_state = memory(self.norm_mem(h))
             h = h + m
             if self.hybrid == "mal":
-                y, attn_cache = attention(self.norm_attn(h))
+                y, attn_state = mix(self.attn, self.norm_attn(h), attn_state, use_cache)
                 h = h + y
-        new_cache = (memory_state, attn_cache) if use_cache else None
+        new_cache = (memory_state, attn_state) if use_cache else None
         return h + self.mlp(self.norm_mlp(h)), new_cache
 
 
