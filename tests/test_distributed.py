@@ -21,7 +21,8 @@ from mirasc.train import masked_metrics  # noqa: E402
 @pytest.mark.parametrize("mode", ["ddp", "fsdp"])
 def test_two_ranks_give_single_process_gradients(shipped, tmp_path, mode):
     out = tmp_path / f"{mode}.pt"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+    # --standalone: a rendezvous on a free port, so runs back to back never share port 29500
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            str(HERE / "distributed" / "gradients.py"), mode, str(out)]  # fmt: skip
     run = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]
