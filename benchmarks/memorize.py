@@ -40,8 +40,8 @@ def main(argv=None) -> int:
     p.add_argument("--batch", type=int, default=16)
     args = p.parse_args(argv)
     import mirasc
-    from mirasc.checker import load
-    from mirasc.spec import GateRef
+    from mirasc.frontend.checker import load
+    from mirasc.ir.spec import GateRef
 
     H, D, N = 2, args.head_dim, args.pairs
     print(

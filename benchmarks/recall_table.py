@@ -53,7 +53,7 @@ class Run:
 
 
 def train_config(run: Run, args):
-    from mirasc.train import TrainConfig
+    from mirasc.training.trainer import TrainConfig
 
     return TrainConfig(
         spec=run.spec,
@@ -87,7 +87,7 @@ def train(run: Run, args, threads: int) -> dict:
     """Train one run (in a worker process) and store its final held-out accuracy and time."""
     import torch
 
-    from mirasc.train import Trainer
+    from mirasc.training.trainer import Trainer
 
     torch.set_num_threads(threads)
     cfg = train_config(run, args)

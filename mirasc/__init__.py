@@ -10,7 +10,7 @@ from .errors import MirascError
 
 def compile(path, *, cache_dir=None):  # noqa: A001 - the name users expect
     """Compile a spec file (cached on disk) and return the imported generated module."""
-    from .cache import compile_cached
+    from .compiler.cache import compile_cached
 
     return compile_cached(path, cache_dir=cache_dir)
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from mirasc.checker import load
 from mirasc.errors import MirascError, SpecLimitError, SpecNameError, SpecTypeError
-from mirasc.expr import unparse
-from mirasc.spec import ConstVal, GateRef
+from mirasc.frontend.checker import load
+from mirasc.ir.expr import unparse
+from mirasc.ir.spec import ConstVal, GateRef
 
 
 def memory(body: str, extra: str = "") -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mirasc import data
+from mirasc.training import data
 
 
 def test_mqar_answers_are_the_values_of_the_asked_keys():

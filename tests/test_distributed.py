@@ -15,7 +15,7 @@ sys.path.insert(0, str(HERE / "distributed"))
 
 from gradients import batch, build  # noqa: E402
 
-from mirasc.train import masked_metrics  # noqa: E402
+from mirasc.training.trainer import masked_metrics  # noqa: E402
 
 
 @pytest.mark.parametrize("mode", ["ddp", "fsdp"])
@@ -37,7 +37,7 @@ def test_two_ranks_give_single_process_gradients(shipped, tmp_path, mode):
 
 
 def test_torch_compile_matches_eager(shipped):
-    from mirasc.models import MemoryLM, ModelConfig
+    from mirasc.training.models import MemoryLM, ModelConfig
 
     torch.manual_seed(0)
     model = MemoryLM(shipped["gated_deltanet"].Layer, ModelConfig(vocab=16, hidden=16, layers=1))

@@ -8,10 +8,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from mirasc.checker import load
 from mirasc.errors import MirascError, SpecLimitError, SpecSyntaxError
-from mirasc.expr import Binary, Call, Neg, Num, unparse
-from mirasc.parser import parse
+from mirasc.frontend.checker import load
+from mirasc.frontend.parser import parse
+from mirasc.ir.expr import Binary, Call, Neg, Num, unparse
 
 GOOD = """
 # comment

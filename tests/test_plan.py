@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from mirasc.checker import load
-from mirasc.plan import make_plan
-from mirasc.symbolic import derive
+from mirasc.derivation.plan import make_plan
+from mirasc.derivation.symbolic import derive
+from mirasc.frontend.checker import load
 
 
 def plan_of(arch="linear", bias="l2", retention="none", algorithm="gd(lr: eta)", chunk=1, extra=""):

@@ -7,10 +7,10 @@ import builtins
 import pytest
 import sympy
 
-from mirasc.checker import load
-from mirasc.compiler import build
+from mirasc.codegen.render import Code, _safe
+from mirasc.compiler.pipeline import build
 from mirasc.errors import CodegenError, MirascError
-from mirasc.render import Code, _safe
+from mirasc.frontend.checker import load
 
 BASE = """memory M {{
     architecture = linear
@@ -29,6 +29,7 @@ def test_compile_never_calls_eval_exec_or_sympify(monkeypatch):
     text = BASE.format(
         bias="yaad(delta: d)", lr="eta", gates="gate eta = sigmoid(z)\n gate d = softplus(z)"
     )
+    build(text, "x.miras")  # warm up: SymPy's lazy imports and Jinja's template compile use exec
     monkeypatch.setattr(builtins, "eval", forbidden)
     monkeypatch.setattr(builtins, "exec", forbidden)
     monkeypatch.setattr(sympy, "sympify", forbidden)
@@ -56,7 +57,7 @@ def test_injection_attempts_are_errors(attack):
 
 def test_hostile_file_name_cannot_break_out_of_comments():
     text = BASE.format(bias="l2", lr="0.5", gates="")
-    _, files = build(text, 'evil"""\nimport os\n#.miras')
+    files = build(text, 'evil"""\nimport os\n#.miras').files
     for code in files.values():
         compile(code, "generated", "exec")  # still valid Python
         assert "\nimport os" not in code

@@ -7,11 +7,11 @@ import pytest
 import sympy as sp
 import torch
 
-from mirasc.checker import load
+from mirasc.codegen.printing import TorchPrinter
+from mirasc.derivation.symbolic import Sigmoid, Softplus, V, X, Y, derive, derive_bias, symbol
 from mirasc.errors import CodegenError, SpecLimitError, SpecTypeError
-from mirasc.printing import TorchPrinter
-from mirasc.reference import evaluate
-from mirasc.symbolic import Sigmoid, Softplus, V, X, Y, derive, derive_bias, symbol
+from mirasc.frontend.checker import load
+from mirasc.testing.reference import evaluate
 
 
 def spec_with(bias: str, extra: str = "", act: str = "silu"):

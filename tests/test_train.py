@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from mirasc.cli import main
-from mirasc.models import MemoryLM, ModelConfig
-from mirasc.train import TrainConfig, Trainer
+from mirasc.training.models import MemoryLM, ModelConfig
+from mirasc.training.trainer import TrainConfig, Trainer
 
 
 @pytest.mark.parametrize("hybrid", ["lm", "mac", "mal", "mag"])
@@ -119,7 +119,7 @@ def test_a_diverging_run_stops_and_says_so(tmp_path):
 
 
 def test_attention_baseline_trains_and_decodes(tmp_path):
-    from mirasc.models import AttentionLayer
+    from mirasc.training.models import AttentionLayer
 
     history = Trainer(config(tmp_path, spec="attention", steps=4)).run()
     assert [r["step"] for r in history] == [0, 4]

@@ -12,9 +12,9 @@ import sympy as sp
 import torch
 from test_symbolic import BIASES, spec_with
 
-from mirasc.printing import TritonPrinter
-from mirasc.reference import evaluate
-from mirasc.symbolic import Softplus, X, derive_bias
+from mirasc.codegen.printing import TritonPrinter
+from mirasc.derivation.symbolic import Softplus, X, derive_bias
+from mirasc.testing.reference import evaluate
 
 triton = pytest.importorskip("triton")
 
@@ -118,7 +118,7 @@ def test_bias_gradients_run_as_triton_kernels(tmp_path, bias, extra):
 
 def test_an_unprintable_node_is_a_located_compile_error(monkeypatch):
     """A node a printer cannot print stops compilation with the node and the spec line."""
-    from mirasc.compiler import build
+    from mirasc.compiler.pipeline import build
     from mirasc.errors import CodegenError
 
     kept = {f: name for f, name in TritonPrinter.functions.items() if f is not sp.erf}

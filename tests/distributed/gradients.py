@@ -8,9 +8,9 @@ import sys
 import torch
 import torch.distributed as dist
 
-from mirasc import data
-from mirasc.models import MemoryLM, ModelConfig
-from mirasc.train import masked_metrics
+from mirasc.training import data
+from mirasc.training.models import MemoryLM, ModelConfig
+from mirasc.training.trainer import masked_metrics
 
 
 def build(layer_cls):

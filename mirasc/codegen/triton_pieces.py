@@ -8,9 +8,9 @@ reaches kernel scope. Terms that are identically zero are dropped here, not left
 
 from __future__ import annotations
 
-from .plan import Plan
+from ..derivation.plan import Plan
+from ..derivation.symbolic import Derived, V, d, symbol
 from .printing import TritonPrinter
-from .symbolic import Derived, V, d, symbol
 
 
 def _sum(terms: list[str]) -> str:

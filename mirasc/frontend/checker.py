@@ -1,19 +1,12 @@
-"""AST to Spec: resolve names against the spec, the prelude and the built-in functions; check
-arities, parameter ranges and kinds; inline every user and prelude call. All failures are
-located `MirascError`s."""
+"""Syntax tree to Spec: the memory's settings checked (architecture, bias, retention,
+algorithm, chunk, clip, gates): arities, parameter ranges and kinds, with every expression
+resolved and inlined by `names`. All failures are located `MirascError`s."""
 
 from __future__ import annotations
 
-import dataclasses
-import keyword
-from functools import lru_cache
-from importlib import resources
-
-from . import ast
-from . import expr as E
-from .errors import MirascError, Span, SpecLimitError, SpecNameError, SpecTypeError, did_you_mean
-from .parser import parse
-from .spec import (
+from ..errors import MirascError, Span, SpecLimitError, SpecNameError, SpecTypeError, did_you_mean
+from ..ir import expr as E
+from ..ir.spec import (
     Activation,
     Algorithm,
     Architecture,
@@ -24,33 +17,10 @@ from .spec import (
     Retention,
     Spec,
 )
+from . import syntax
+from .names import Inliner, Scope, check_identifier, check_levels
+from .parser import parse
 
-BUILTINS = {  # name -> arity; `sum` and `piecewise` are handled specially
-    "exp": 1,
-    "log": 1,
-    "sqrt": 1,
-    "abs": 1,
-    "sign": 1,
-    "sigmoid": 1,
-    "tanh": 1,
-    "cosh": 1,
-    "sinh": 1,
-    "erf": 1,
-    "softplus": 1,
-    "min": 2,
-    "max": 2,
-    "sum": 1,
-}
-
-RESERVED = {
-    "torch", "triton", "tl", "math", "runtime", "mirasc", "nn", "F",
-    "q", "k", "v", "x", "y", "z", "scale", "initial_state", "output_final_state", "backend",
-    "op", "Layer", "SPEC", "SPEC_IR", "STATE_NAMES", "self", "ln_weight", "ln_bias", "state",
-    "sum", "piecewise", "otherwise", "memory", "loss", "activation", "gate", "const",
-}  # fmt: skip
-
-MAX_EXPR_NODES = 4000  # after inlining; bounds derivation time
-MAX_EXPONENT = 64.0  # literal exponents beyond this only overflow
 SETTINGS = ("architecture", "bias", "retention", "algorithm", "chunk", "clip")
 RETENTIONS = ("none", "decay", "l2", "lq", "kl")
 ALGORITHMS = ("gd", "momentum")
@@ -61,182 +31,15 @@ PARAM_RULES = {  # prelude loss parameter -> (test, what it must be)
 }  # fmt: skip
 
 
-def check_identifier(name: str, span: Span, what: str) -> None:
-    """Names become Python identifiers in generated code: keep them safe and unambiguous."""
-    if keyword.iskeyword(name) or keyword.issoftkeyword(name) or name in ("None", "True", "False"):
-        raise SpecNameError(f"{what} name {name!r} is a Python keyword", span)
-    if name.startswith("_"):
-        raise SpecNameError(
-            f"{what} name {name!r} starts with '_', which is reserved for generated code", span
-        )
-    if name in RESERVED:
-        raise SpecNameError(f"{what} name {name!r} is reserved", span)
-
-
-@lru_cache(maxsize=1)
-def prelude() -> ast.Module:
-    text = resources.files("mirasc").joinpath("prelude.miras").read_text(encoding="utf-8")
-    return parse(text, "<prelude>")
-
-
-class _Scope:
-    """Definitions visible to a spec: the prelude, overridden by the file's own definitions."""
-
-    def __init__(self, module: ast.Module):
-        self.defs: dict[str, ast.FunctionDef] = {f.name: f for f in prelude().functions}
-        seen: dict[str, ast.FunctionDef] = {}
-        for f in module.functions:
-            if f.name in seen:
-                raise SpecNameError(f"{f.kind} {f.name!r} is defined twice", f.span)
-            check_identifier(f.name, f.span, f.kind)
-            for p in f.params + f.extra:
-                if f.params.count(p) + f.extra.count(p) > 1:
-                    raise SpecNameError(f"parameter {p!r} appears twice in {f.name!r}", f.span)
-            want = 2 if f.kind == "loss" else 1
-            if len(f.params) != want:
-                shape = "(y, v; params)" if f.kind == "loss" else "(x; params)"
-                raise SpecTypeError(
-                    f"{f.kind} {f.name!r} takes {want} positional parameter(s), not {len(f.params)}",
-                    f.span,
-                    hint=f"write {f.kind} {f.name}{shape} = ...",
-                )
-            seen[f.name] = f
-        self.defs.update(seen)
-
-
-class _Inliner:
-    """Resolves an expression: binds parameters, inlines definitions, rejects unknown names."""
-
-    def __init__(self, scope: _Scope, context: str):
-        self.scope = scope
-        self.context = context
-
-    def resolve(self, node, env: dict, stack: tuple = ()):
-        if isinstance(node, E.Num):
-            return node
-        if isinstance(node, E.Name):
-            if node.id in env:
-                value = env[node.id]
-                if value.span is E.NO_SPAN:  # a bare variable: point at this use
-                    value = dataclasses.replace(value, span=node.span)
-                return value
-            raise SpecNameError(
-                f"unknown name {node.id!r} in {self.context}",
-                node.span,
-                hint=did_you_mean(node.id, env)
-                or f"names available here: {', '.join(sorted(env))}",
-            )
-        if isinstance(node, E.Neg):
-            return E.Neg(self.resolve(node.operand, env, stack), node.span)
-        if isinstance(node, E.Binary):
-            left = self.resolve(node.left, env, stack)
-            right = self.resolve(node.right, env, stack)
-            if node.op == "^" and isinstance(right, E.Num) and abs(right.value) > MAX_EXPONENT:
-                raise SpecLimitError(
-                    f"exponent {E.format_number(right.value)} is too large (|p| <= {MAX_EXPONENT:g})",
-                    node.right.span,
-                )
-            return self._limit(E.Binary(node.op, left, right, node.span))
-        if isinstance(node, E.Piecewise):
-            cases = tuple(
-                E.Case(
-                    self.resolve(c.left, env, stack),
-                    c.cmp,
-                    self.resolve(c.right, env, stack),
-                    self.resolve(c.value, env, stack),
-                    c.span,
-                )
-                for c in node.cases
-            )
-            return self._limit(
-                E.Piecewise(cases, self.resolve(node.otherwise, env, stack), node.span)
-            )
-        assert isinstance(node, E.Call)
-        return self._limit(self.call(node, env, stack))
-
-    def _limit(self, node):
-        if E.size(node) > MAX_EXPR_NODES:
-            raise SpecLimitError(
-                f"{self.context} grows past {MAX_EXPR_NODES} nodes once definitions are inlined",
-                node.span,
-            )
-        return node
-
-    def call(self, node: E.Call, env: dict, stack: tuple):
-        name = node.fn
-        if name in BUILTINS:
-            if node.params:
-                raise SpecTypeError(f"{name}() takes no parameters after ';'", node.span)
-            if len(node.args) != BUILTINS[name]:
-                raise SpecTypeError(
-                    f"{name}() takes {BUILTINS[name]} argument(s), got {len(node.args)}", node.span
-                )
-            args = tuple(self.resolve(a, env, stack) for a in node.args)
-            return E.Call(name, args, (), node.span)
-        if name not in self.scope.defs:
-            raise SpecNameError(
-                f"unknown function {name!r}",
-                node.span,
-                hint=did_you_mean(name, list(BUILTINS) + list(self.scope.defs)),
-            )
-        fdef = self.scope.defs[name]
-        if name in stack:
-            chain = " -> ".join((*stack[stack.index(name) :], name))
-            raise SpecTypeError(f"recursive definition: {chain}", node.span)
-        if len(node.args) != len(fdef.params) or len(node.params) != len(fdef.extra):
-            want = ", ".join(fdef.params) + ("; " + ", ".join(fdef.extra) if fdef.extra else "")
-            raise SpecTypeError(
-                f"{fdef.kind} {name!r} is called with the wrong number of arguments",
-                node.span,
-                hint=f"its signature is {name}({want})",
-            )
-        values = [self.resolve(a, env, stack) for a in node.args + node.params]
-        inner_env = dict(zip(fdef.params + fdef.extra, values, strict=True))
-        return _Inliner(self.scope, f"{fdef.kind} {name!r}").resolve(
-            fdef.body, inner_env, (*stack, name)
-        )
-
-
-def _check_levels(body, context: str, has_sum_level: bool) -> None:
-    """In a loss, y and v live inside sum(...) only and sums do not nest."""
-    stack = [(body, False)]
-    found_y = False
-    while stack:
-        node, inside = stack.pop()
-        if isinstance(node, E.Call) and node.fn == "sum":
-            if not has_sum_level:
-                raise SpecTypeError(
-                    f"sum(...) is only allowed in a loss, not in {context}", node.span
-                )
-            if inside:
-                raise SpecTypeError(
-                    "sums do not nest: a loss is g(S_1..S_m) with S_i = sum(phi_i(y_j, v_j))",
-                    node.span,
-                )
-            stack.append((node.args[0], True))
-            continue
-        if isinstance(node, E.Name) and node.id in ("y", "v") and has_sum_level:
-            if not inside:
-                raise SpecTypeError(
-                    f"{node.id!r} is a vector: use it inside sum(...)",
-                    node.span,
-                    hint="e.g. sum((y - v)^2); outside sums a loss combines scalars",
-                )
-            found_y = found_y or node.id == "y"
-        stack.extend((c, inside) for c in E.children(node))
-    if has_sum_level and not found_y:
-        raise SpecTypeError(f"{context} does not depend on the prediction y", body.span)
-
-
 class _MemoryChecker:
-    def __init__(self, mem: ast.MemoryDecl, scope: _Scope, file: str):
+    def __init__(self, mem: syntax.MemoryDecl, scope: Scope, file: str):
         self.mem = mem
         self.scope = scope
         self.file = file
-        self.settings: dict[str, ast.Setting] = {}
-        self.bias_formula: ast.FunctionDef | None = None
-        self.gates: dict[str, ast.GateDecl] = {}
-        self.consts: dict[str, ast.ConstDecl] = {}
+        self.settings: dict[str, syntax.Setting] = {}
+        self.bias_formula: syntax.FunctionDef | None = None
+        self.gates: dict[str, syntax.GateDecl] = {}
+        self.consts: dict[str, syntax.ConstDecl] = {}
         self.used: set[str] = set()
 
     def run(self) -> Spec:
@@ -273,7 +76,7 @@ class _MemoryChecker:
 
     # ---- members -------------------------------------------------------------------------
     def collect(self, m) -> None:
-        if isinstance(m, ast.Setting):
+        if isinstance(m, syntax.Setting):
             if m.name not in SETTINGS:
                 raise SpecNameError(
                     f"unknown setting {m.name!r}", m.span, hint=did_you_mean(m.name, SETTINGS)
@@ -281,13 +84,13 @@ class _MemoryChecker:
             if m.name in self.settings:
                 raise SpecNameError(f"setting {m.name!r} is given twice", m.span)
             self.settings[m.name] = m
-        elif isinstance(m, ast.FunctionDef):
+        elif isinstance(m, syntax.FunctionDef):
             if self.bias_formula is not None:
                 raise SpecNameError("bias is given twice", m.span)
             self.bias_formula = m
         else:
-            table = self.gates if isinstance(m, ast.GateDecl) else self.consts
-            kind = "gate" if isinstance(m, ast.GateDecl) else "const"
+            table = self.gates if isinstance(m, syntax.GateDecl) else self.consts
+            kind = "gate" if isinstance(m, syntax.GateDecl) else "const"
             check_identifier(m.name, m.span, kind)
             if m.name in self.gates or m.name in self.consts:
                 raise SpecNameError(f"{m.name!r} is declared twice", m.span)
@@ -295,9 +98,9 @@ class _MemoryChecker:
 
     def operand(self, value, what: str):
         """A gate name, a const name or a number."""
-        if isinstance(value, ast.NumberValue):
+        if isinstance(value, syntax.NumberValue):
             return ConstVal(value.value)
-        if isinstance(value, ast.RefValue):
+        if isinstance(value, syntax.RefValue):
             if value.name in self.consts:
                 self.used.add(value.name)
                 return ConstVal(self.consts[value.name].value)
@@ -314,9 +117,9 @@ class _MemoryChecker:
 
     def args(self, value, what: str, names: tuple, required: tuple) -> dict:
         """Positional and keyword arguments of a configured choice, by parameter name."""
-        if isinstance(value, ast.RefValue):
-            value = ast.Configured(value.name, (), (), value.span)
-        if not isinstance(value, ast.Configured):
+        if isinstance(value, syntax.RefValue):
+            value = syntax.Configured(value.name, (), (), value.span)
+        if not isinstance(value, syntax.Configured):
             raise SpecTypeError(f"{what} expects a name or a call such as name(...)", value.span)
         if len(value.args) > len(names):
             raise SpecTypeError(
@@ -339,10 +142,10 @@ class _MemoryChecker:
         return out
 
     def number(self, value, what: str, lo: float, hi: float, integer: bool = False) -> float:
-        if isinstance(value, ast.RefValue) and value.name in self.consts:
+        if isinstance(value, syntax.RefValue) and value.name in self.consts:
             self.used.add(value.name)
-            value = ast.NumberValue(self.consts[value.name].value, value.span)
-        if not isinstance(value, ast.NumberValue):
+            value = syntax.NumberValue(self.consts[value.name].value, value.span)
+        if not isinstance(value, syntax.NumberValue):
             raise SpecTypeError(f"{what} must be a number", value.span)
         x = value.value
         if integer and not float(x).is_integer():
@@ -358,7 +161,7 @@ class _MemoryChecker:
         return int(x) if integer else x
 
     def flag(self, value, what: str) -> bool:
-        if not isinstance(value, ast.BoolValue):
+        if not isinstance(value, syntax.BoolValue):
             raise SpecTypeError(f"{what} must be true or false", value.span)
         return value.value
 
@@ -373,7 +176,7 @@ class _MemoryChecker:
         return self.number(self.settings[name].value, name, 1e-12, 1e12)
 
     def architecture(self, value) -> Architecture:
-        kind = value.name if isinstance(value, (ast.RefValue, ast.Configured)) else None
+        kind = value.name if isinstance(value, (syntax.RefValue, syntax.Configured)) else None
         if kind not in ("linear", "mlp"):
             raise SpecTypeError(
                 "architecture must be linear or mlp(...)",
@@ -388,7 +191,7 @@ class _MemoryChecker:
         norm = None
         if "norm" in a:
             nv = a["norm"]
-            if not isinstance(nv, ast.RefValue) or nv.name not in ("layernorm", "none"):
+            if not isinstance(nv, syntax.RefValue) or nv.name not in ("layernorm", "none"):
                 raise SpecTypeError("norm must be layernorm or none", nv.span)
             norm = None if nv.name == "none" else "layernorm"
         if kind == "linear":
@@ -397,11 +200,11 @@ class _MemoryChecker:
         expansion = (
             self.number(a["expansion"], "expansion", 1, 16, integer=True) if "expansion" in a else 4
         )
-        act_value = a.get("activation", ast.RefValue("gelu", value.span))
+        act_value = a.get("activation", syntax.RefValue("gelu", value.span))
         return Architecture(depth, expansion, self.activation(act_value), residual, norm)
 
     def activation(self, value) -> Activation:
-        if not isinstance(value, ast.RefValue):
+        if not isinstance(value, syntax.RefValue):
             raise SpecTypeError("activation must be the name of an activation", value.span)
         fdef = self.scope.defs.get(value.name)
         if fdef is None or fdef.kind != "activation":
@@ -417,10 +220,10 @@ class _MemoryChecker:
                 value.span,
                 hint=f"define `activation my_act(x) = {value.name}(x; ...)` with the values fixed",
             )
-        body = _Inliner(self.scope, f"activation {value.name!r}").resolve(
+        body = Inliner(self.scope, f"activation {value.name!r}").resolve(
             fdef.body, {fdef.params[0]: E.Name("x")}, (value.name,)
         )
-        _check_levels(body, f"activation {value.name!r}", has_sum_level=False)
+        check_levels(body, f"activation {value.name!r}", has_sum_level=False)
         return Activation(value.name, body)
 
     def bias(self) -> Bias:
@@ -433,11 +236,11 @@ class _MemoryChecker:
             if len(f.params) != 2:
                 raise SpecTypeError("bias formula takes (y, v; params)", f.span)
             env[f.params[0]], env[f.params[1]] = y, v
-            body = _Inliner(self.scope, "bias").resolve(f.body, env, ())
-            _check_levels(body, "the bias", has_sum_level=True)
+            body = Inliner(self.scope, "bias").resolve(f.body, env, ())
+            check_levels(body, "the bias", has_sum_level=True)
             return Bias("custom", body)
         value = self.settings["bias"].value
-        name = value.name if isinstance(value, (ast.RefValue, ast.Configured)) else None
+        name = value.name if isinstance(value, (syntax.RefValue, syntax.Configured)) else None
         fdef = self.scope.defs.get(name) if name else None
         if fdef is None or fdef.kind != "loss":
             losses = [n for n, d in self.scope.defs.items() if d.kind == "loss"]
@@ -457,8 +260,8 @@ class _MemoryChecker:
                 env[pname] = E.Num(op.value, pval.span)
             else:
                 env[pname] = E.Name(op.name, pval.span)
-        body = _Inliner(self.scope, f"loss {name!r}").resolve(fdef.body, env, (name,))
-        _check_levels(body, f"loss {name!r}", has_sum_level=True)
+        body = Inliner(self.scope, f"loss {name!r}").resolve(fdef.body, env, (name,))
+        check_levels(body, f"loss {name!r}", has_sum_level=True)
         return Bias(name, body)
 
     def expression_operand(self, name: str, span: Span):
@@ -475,7 +278,7 @@ class _MemoryChecker:
         )
 
     def retention(self, value) -> Retention:
-        kind = value.name if isinstance(value, (ast.RefValue, ast.Configured)) else None
+        kind = value.name if isinstance(value, (syntax.RefValue, syntax.Configured)) else None
         if kind not in RETENTIONS:
             raise SpecTypeError(
                 f"unknown retention {kind!r}" if kind else "retention must name a retention",
@@ -499,7 +302,7 @@ class _MemoryChecker:
         return Retention("kl", self.operand(a["keep"], "kl(keep)"))
 
     def algorithm(self, value) -> Algorithm:
-        kind = value.name if isinstance(value, (ast.RefValue, ast.Configured)) else None
+        kind = value.name if isinstance(value, (syntax.RefValue, syntax.Configured)) else None
         if kind not in ALGORITHMS:
             raise SpecTypeError(
                 f"unknown algorithm {kind!r}" if kind else "algorithm must name an algorithm",
@@ -527,8 +330,8 @@ class _MemoryChecker:
                 )
             env = {"z": E.Name("z")}
             env.update({c: E.Num(d.value, d.span) for c, d in self.consts.items()})
-            body = _Inliner(self.scope, f"gate {name!r}").resolve(g.body, env, ())
-            _check_levels(body, f"gate {name!r}", has_sum_level=False)
+            body = Inliner(self.scope, f"gate {name!r}").resolve(g.body, env, ())
+            check_levels(body, f"gate {name!r}", has_sum_level=False)
             if not any(isinstance(n, E.Name) and n.id == "z" for n in E.walk(body)):
                 raise SpecTypeError(
                     f"gate {name!r} does not depend on its pre-activation z",
@@ -543,15 +346,15 @@ class _MemoryChecker:
         return tuple(gates)
 
 
-def check(module: ast.Module) -> Spec:
+def check(module: syntax.Module) -> Spec:
     """The one memory of a parsed file, checked and resolved."""
-    scope = _Scope(module)
+    scope = Scope(module)
     for f in module.functions:  # check every definition, used or not
         canonical = ("y", "v") if f.kind == "loss" else ("x",)
         env = {p: E.Name(c) for p, c in zip(f.params, canonical, strict=True)}
         env.update({p: E.Name(p) for p in f.extra})
-        body = _Inliner(scope, f"{f.kind} {f.name!r}").resolve(f.body, env, (f.name,))
-        _check_levels(body, f"{f.kind} {f.name!r}", has_sum_level=f.kind == "loss")
+        body = Inliner(scope, f"{f.kind} {f.name!r}").resolve(f.body, env, (f.name,))
+        check_levels(body, f"{f.kind} {f.name!r}", has_sum_level=f.kind == "loss")
     if len(module.memories) != 1:
         where = module.memories[1].span if len(module.memories) > 1 else Span(module.file, 1, 1)
         raise SpecTypeError(

@@ -9,16 +9,9 @@ import os
 import sys
 from pathlib import Path
 
-from . import __version__
-from .errors import MirascError
-
-
-def read_spec(path: str | os.PathLike) -> tuple[bytes, str]:
-    p = Path(path)
-    try:
-        return p.read_bytes(), p.name
-    except OSError as e:
-        raise MirascError(f"cannot read {path}: {e.strerror or e}") from None
+from .. import __version__
+from ..codegen.template_dir import template_dir
+from ..frontend.source import read_spec
 
 
 def default_cache_dir() -> Path:
@@ -46,14 +39,15 @@ def import_package(directory: Path, module_name: str):
 
 
 def compiler_fingerprint() -> bytes:
-    """mirasc's version plus a hash of its own sources and templates, so a cached package is
-    never reused across compiler changes (even unreleased ones)."""
+    """mirasc's version plus a hash of every source, grammar, prelude and template it compiles
+    with (names included), so a cached package is never reused across compiler changes."""
     h = hashlib.sha256(__version__.encode())
-    root = Path(__file__).parent
-    for p in sorted(root.glob("*.py")) + sorted(root.glob("*.lark")) + sorted(root.glob("*.miras")):
-        h.update(p.read_bytes())
-    for p in sorted((root / "templates").glob("*.j2")):
-        h.update(p.read_bytes())
+    templates = template_dir()
+    package = Path(__file__).resolve().parents[1]
+    files = [p for pattern in ("*.py", "*.lark", "*.miras") for p in package.rglob(pattern)]
+    for root, paths in ((package, files), (templates, list(templates.glob("*.j2")))):
+        for p in sorted(paths):
+            h.update(str(p.relative_to(root)).encode() + b"\0" + p.read_bytes())
     return h.digest()
 
 
@@ -68,9 +62,10 @@ def compile_cached(path: str | os.PathLike, cache_dir: str | os.PathLike | None 
     if hits:
         directory = hits[0].parent
     else:
-        from .compiler import build, write_package
+        from .package import write_package
+        from .pipeline import build
 
-        spec, files = build(data, name)
-        directory = entry / spec.module_name
-        write_package(files, directory)
+        result = build(data, name)
+        directory = entry / result.spec.module_name
+        write_package(result.files, directory)
     return import_package(directory, f"_mirasc_{directory.name}_{key}")

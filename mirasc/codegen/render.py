@@ -17,13 +17,14 @@ from functools import lru_cache
 import jinja2
 import sympy as sp
 
-from . import __version__
-from . import expr as E
-from .errors import CodegenError
-from .plan import Plan, make_plan
+from .. import __version__
+from ..derivation.plan import Plan
+from ..derivation.symbolic import Derived, V, X, Y, Z, symbol
+from ..errors import CodegenError
+from ..ir import expr as E
+from ..ir.spec import ConstVal, GateRef, Spec, bias_gate_names, to_data
 from .printing import TorchPrinter, TritonPrinter
-from .spec import ConstVal, GateRef, Spec, bias_gate_names, to_data
-from .symbolic import Derived, V, X, Y, Z, symbol
+from .template_dir import template_dir
 from .triton_pieces import activation_bodies, bias_bodies
 
 IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
@@ -62,7 +63,7 @@ def verbatim(text: str, indent: int | None = None) -> Code:
 @lru_cache(maxsize=1)
 def environment() -> jinja2.Environment:
     env = jinja2.Environment(
-        loader=jinja2.PackageLoader("mirasc", "templates"),
+        loader=jinja2.FileSystemLoader(template_dir()),
         undefined=jinja2.StrictUndefined,
         trim_blocks=True,
         lstrip_blocks=True,
@@ -363,9 +364,8 @@ def triton_context(spec: Spec, derived: Derived, plan: Plan, source_text: str) -
     )
 
 
-def render(spec: Spec, derived: Derived, source_text: str) -> dict[str, str]:
+def render(spec: Spec, derived: Derived, plan: Plan, source_text: str) -> dict[str, str]:
     """The generated package as {file name: text}."""
-    plan = make_plan(spec, derived)
     ctx = context(spec, derived, plan, source_text)
     ctx.update(triton_context(spec, derived, plan, source_text))
     env = environment()

@@ -13,9 +13,9 @@ from importlib import resources
 from lark import Lark, Token, Tree
 from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken
 
-from . import ast
-from .errors import Span, SpecLimitError, SpecSyntaxError
-from .expr import Binary, Call, Case, Name, Neg, Num, Piecewise
+from ..errors import Span, SpecLimitError, SpecSyntaxError
+from ..ir.expr import Binary, Call, Case, Name, Neg, Num, Piecewise
+from . import syntax
 
 MAX_BYTES = 256 * 1024  # a spec is a few hundred bytes; this bounds parse time
 MAX_DEPTH = (
@@ -55,7 +55,9 @@ TOKEN_NAMES = {
 
 @lru_cache(maxsize=1)
 def _lark() -> Lark:
-    grammar = resources.files("mirasc").joinpath("grammar.lark").read_text(encoding="utf-8")
+    grammar = (
+        resources.files("mirasc.frontend").joinpath("grammar.lark").read_text(encoding="utf-8")
+    )
     return Lark(grammar, parser="lalr", propagate_positions=True, maybe_placeholders=True)
 
 
@@ -159,23 +161,25 @@ class _Builder:
             )
         return -value if negative else value
 
-    def module(self, tree: Tree, text: str) -> ast.Module:
+    def module(self, tree: Tree, text: str) -> syntax.Module:
         memories, functions = [], []
         for item in tree.children:
             if item.data == "memory":
                 memories.append(self.memory(item))
             else:
                 functions.append(self.function(item))
-        return ast.Module(self.file, text, tuple(memories), tuple(functions))
+        return syntax.Module(self.file, text, tuple(memories), tuple(functions))
 
-    def function(self, node: Tree) -> ast.FunctionDef:
+    def function(self, node: Tree) -> syntax.FunctionDef:
         if node.data == "loss_def":
             name, params, body = node.children
             pos, extra = self.param_list(params)
-            return ast.FunctionDef("loss", str(name), pos, extra, self.expr(body), self.span(name))
+            return syntax.FunctionDef(
+                "loss", str(name), pos, extra, self.expr(body), self.span(name)
+            )
         name, params, body = node.children
         pos, extra = self.param_list(params)
-        return ast.FunctionDef(
+        return syntax.FunctionDef(
             "activation", str(name), pos, extra, self.expr(body), self.span(name)
         )
 
@@ -186,15 +190,15 @@ class _Builder:
             tuple(str(t) for t in extra.children) if extra is not None else (),
         )
 
-    def memory(self, node: Tree) -> ast.MemoryDecl:
+    def memory(self, node: Tree) -> syntax.MemoryDecl:
         name, *members = node.children
-        return ast.MemoryDecl(str(name), tuple(self.member(m) for m in members), self.span(name))
+        return syntax.MemoryDecl(str(name), tuple(self.member(m) for m in members), self.span(name))
 
     def member(self, node: Tree):
         kind = node.data
         if kind == "setting":
             name, value = node.children
-            return ast.Setting(str(name), self.value(value), self.span(name))
+            return syntax.Setting(str(name), self.value(value), self.span(name))
         if kind == "bias_formula":
             name, params, body = node.children
             if str(name) != "bias":
@@ -204,12 +208,12 @@ class _Builder:
                     hint="write `bias(y, v; params) = ...`, or a top-level `loss` definition",
                 )
             pos, extra = self.param_list(params)
-            return ast.FunctionDef("loss", "bias", pos, extra, self.expr(body), self.span(name))
+            return syntax.FunctionDef("loss", "bias", pos, extra, self.expr(body), self.span(name))
         if kind == "gate_decl":
             name, body = node.children
-            return ast.GateDecl(str(name), self.expr(body), self.span(name))
+            return syntax.GateDecl(str(name), self.expr(body), self.span(name))
         name, value = node.children  # const_decl
-        return ast.ConstDecl(str(name), self.signed(value), self.span(name))
+        return syntax.ConstDecl(str(name), self.signed(value), self.span(name))
 
     def signed(self, node: Tree) -> float:
         return self.number(node.children[0], negative=node.data == "negative_number")
@@ -217,11 +221,11 @@ class _Builder:
     def value(self, node):
         kind = node.data
         if kind in ("signed_number", "negative_number"):
-            return ast.NumberValue(self.signed(node), self.span(node))
+            return syntax.NumberValue(self.signed(node), self.span(node))
         if kind in ("true", "false"):
-            return ast.BoolValue(kind == "true", self.span(node))
+            return syntax.BoolValue(kind == "true", self.span(node))
         if kind == "ref":
-            return ast.RefValue(str(node.children[0]), self.span(node))
+            return syntax.RefValue(str(node.children[0]), self.span(node))
         name, *arguments = node.children  # configured
         args, kwargs = [], []
         for a in arguments:
@@ -229,10 +233,10 @@ class _Builder:
                 continue
             if isinstance(a, Tree) and a.data == "keyword":
                 key, val = a.children
-                kwargs.append(ast.Keyword(str(key), self.value(val), self.span(key)))
+                kwargs.append(syntax.Keyword(str(key), self.value(val), self.span(key)))
             else:
                 args.append(self.value(a))
-        return ast.Configured(str(name), tuple(args), tuple(kwargs), self.span(name))
+        return syntax.Configured(str(name), tuple(args), tuple(kwargs), self.span(name))
 
     def expr(self, node):
         kind = node.data
@@ -269,7 +273,7 @@ class _Builder:
         raise AssertionError(f"unhandled grammar rule {kind}")
 
 
-def parse(data: bytes | str, file: str = "<spec>") -> ast.Module:
+def parse(data: bytes | str, file: str = "<spec>") -> syntax.Module:
     """Parse spec text (or bytes) into an AST; raises MirascError subclasses only."""
     text = decode(data, file)
     lines = text.splitlines() or [""]

@@ -8,14 +8,14 @@ import sys
 import time
 from pathlib import Path
 
-from . import __version__
-from .errors import MirascError
+from .. import __version__
+from ..errors import MirascError
 
 EPILOG = "Each command exits with 0 on success and 1 on a spec or usage error."
 
 
 def _compile(args) -> int:
-    from .compiler import compile_to
+    from ..compiler.pipeline import compile_to
 
     out = Path(args.output)
     for path in args.specs:
@@ -29,15 +29,11 @@ def _compile(args) -> int:
 def _explain(args) -> int:
     import sympy as sp
 
-    from .checker import load
-    from .compiler import read_spec
-    from .plan import make_plan
-    from .render import render
-    from .symbolic import derive
+    from ..compiler.pipeline import build
+    from ..frontend.source import read_spec
 
-    data, name = read_spec(args.spec)
-    spec = load(data, name)
-    d = derive(spec)
+    result = build(*read_spec(args.spec))
+    spec, d, plan, files = result.spec, result.derived, result.plan, result.files
     b = d.bias
     print("# spec (normalised)\n")
     print(spec.text())
@@ -54,7 +50,6 @@ def _explain(args) -> int:
             print(sp.pretty(e, use_unicode=args.unicode))
     print("\n# update rule (design §3)\n")
     print(_update_rule(spec))
-    plan = make_plan(spec, d)
     print("\n# plan\n")
     print(f"torch backend: {', '.join(plan.strategies)} (default {plan.strategies[0]})")
     print(
@@ -63,7 +58,6 @@ def _explain(args) -> int:
         f"each segment: activation memory (ceil(T / {plan.segment}) + {plan.segment + 1}) x |state| "
         "per (batch, head)"
     )
-    files = render(spec, d, data.decode("utf-8"))
     print("\n# emitted element-wise code (elementwise.py)\n")
     print(files["elementwise.py"])
     if args.all:
@@ -74,7 +68,7 @@ def _explain(args) -> int:
 
 
 def _update_rule(spec) -> str:
-    from .spec import operand_text
+    from ..ir.spec import operand_text
 
     ret, alg = spec.retention, spec.algorithm
     lr = operand_text(alg.lr)
@@ -108,7 +102,7 @@ def _update_rule(spec) -> str:
 
 
 def _check(args) -> int:
-    from .check import check_spec
+    from ..testing.spec_check import check_spec
 
     return check_spec(
         args.spec, examples=args.examples, seed=args.seed, dtype=args.dtype, backend=args.backend
@@ -116,7 +110,7 @@ def _check(args) -> int:
 
 
 def _train(args) -> int:
-    from .train import TrainConfig, Trainer
+    from ..training.trainer import TrainConfig, Trainer
 
     fields = TrainConfig.__dataclass_fields__
     cfg = TrainConfig(**{k: v for k, v in vars(args).items() if k in fields})

@@ -10,7 +10,7 @@ import random
 
 import torch
 
-from . import testing
+from . import cases as testing
 
 TOLERANCE = {
     # fp64 backend vs fp64 oracle: identical maths in another order; 1e-9 leaves room for the

@@ -14,9 +14,9 @@ from dataclasses import dataclass
 
 import sympy as sp
 
-from . import expr as E
-from .errors import SpecLimitError, SpecTypeError
-from .spec import Spec, bias_gate_names
+from ..errors import SpecLimitError, SpecTypeError
+from ..ir import expr as E
+from ..ir.spec import Spec, bias_gate_names
 
 
 class Sigmoid(sp.Function):

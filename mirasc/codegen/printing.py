@@ -13,8 +13,8 @@ from typing import ClassVar
 import sympy as sp
 from sympy.printing.str import StrPrinter
 
-from .errors import CodegenError
-from .symbolic import Sigmoid, Softplus
+from ..derivation.symbolic import Sigmoid, Softplus
+from ..errors import CodegenError
 
 MAX_EXPANDED_POWER = 8  # x**n for |n| <= 8 prints as multiplications, beyond as pow()
 

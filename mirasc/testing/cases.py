@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .spec import GateRef, Spec, from_data
+from ..ir.spec import GateRef, Spec, from_data
 
 # Below these norms a tensor counts as zero and the error is absolute: a gradient that is zero
 # in exact arithmetic comes out as rounding noise (~1e-17 in fp64), which is no relative error.

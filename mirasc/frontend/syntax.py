@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .errors import Span
-from .expr import NO_SPAN
+from ..errors import Span
+from ..ir.expr import NO_SPAN
 
 
 @dataclass(frozen=True)

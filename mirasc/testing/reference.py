@@ -11,9 +11,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from . import expr as E
-from .errors import BackendError
-from .spec import ConstVal, GateRef, Spec
+from ..errors import BackendError
+from ..ir import expr as E
+from ..ir.spec import ConstVal, GateRef, Spec
 
 LN_EPS = 1e-5  # the memory's LayerNorm epsilon (design §3)
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .errors import Span
+from ..errors import Span
 
 NO_SPAN = Span("<generated>", 0, 0)
 

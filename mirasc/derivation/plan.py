@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import sympy as sp
 
-from .spec import Spec
+from ..ir.spec import Spec
 from .symbolic import Derived, V, Y
 
 SEGMENT_TOKENS = 16

@@ -1,0 +1,45 @@
+"""The pipeline in one place: spec text -> Spec (front end) -> Derived (SymPy) -> Plan ->
+generated files, each stage a call with a typed result."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..codegen.render import render
+from ..derivation.plan import Plan, make_plan
+from ..derivation.symbolic import Derived, derive
+from ..frontend.checker import load
+from ..frontend.source import read_spec
+from ..ir.spec import Spec
+from .package import write_package
+
+
+@dataclass(frozen=True)
+class Build:
+    """Every stage's result for one spec: what `explain` prints and `compile` writes."""
+
+    source_text: str
+    spec: Spec
+    derived: Derived
+    plan: Plan
+    files: dict[str, str]  # generated file name -> text
+
+
+def build(data: bytes | str, file: str = "<spec>") -> Build:
+    """Spec text through load -> derive -> plan -> render."""
+    spec = load(data, file)
+    text = data if isinstance(data, str) else data.decode("utf-8")
+    derived = derive(spec)
+    plan = make_plan(spec, derived)
+    return Build(text, spec, derived, plan, render(spec, derived, plan, text))
+
+
+def compile_to(path: str | os.PathLike, out_dir: str | os.PathLike) -> Path:
+    """Compile one spec file into `out_dir/<module_name>/`; returns the package folder."""
+    data, name = read_spec(path)
+    result = build(data, name)
+    target = Path(out_dir) / result.spec.module_name
+    write_package(result.files, target)
+    return target

@@ -1,0 +1,209 @@
+"""Name resolution for the front end: the names a spec may use and define, the prelude, and the
+inliner that binds parameters and expands every user and prelude definition into one expression.
+Failures are located `MirascError`s."""
+
+from __future__ import annotations
+
+import dataclasses
+import keyword
+from functools import lru_cache
+from importlib import resources
+
+from ..errors import Span, SpecLimitError, SpecNameError, SpecTypeError, did_you_mean
+from ..ir import expr as E
+from . import syntax
+from .parser import parse
+
+BUILTINS = {  # name -> arity; `sum` and `piecewise` are handled specially
+    "exp": 1,
+    "log": 1,
+    "sqrt": 1,
+    "abs": 1,
+    "sign": 1,
+    "sigmoid": 1,
+    "tanh": 1,
+    "cosh": 1,
+    "sinh": 1,
+    "erf": 1,
+    "softplus": 1,
+    "min": 2,
+    "max": 2,
+    "sum": 1,
+}
+
+RESERVED = {
+    "torch", "triton", "tl", "math", "runtime", "mirasc", "nn", "F",
+    "q", "k", "v", "x", "y", "z", "scale", "initial_state", "output_final_state", "backend",
+    "op", "Layer", "SPEC", "SPEC_IR", "STATE_NAMES", "self", "ln_weight", "ln_bias", "state",
+    "sum", "piecewise", "otherwise", "memory", "loss", "activation", "gate", "const",
+}  # fmt: skip
+
+MAX_EXPR_NODES = 4000  # after inlining; bounds derivation time
+MAX_EXPONENT = 64.0  # literal exponents beyond this only overflow
+
+
+def check_identifier(name: str, span: Span, what: str) -> None:
+    """Names become Python identifiers in generated code: keep them safe and unambiguous."""
+    if keyword.iskeyword(name) or keyword.issoftkeyword(name) or name in ("None", "True", "False"):
+        raise SpecNameError(f"{what} name {name!r} is a Python keyword", span)
+    if name.startswith("_"):
+        raise SpecNameError(
+            f"{what} name {name!r} starts with '_', which is reserved for generated code", span
+        )
+    if name in RESERVED:
+        raise SpecNameError(f"{what} name {name!r} is reserved", span)
+
+
+@lru_cache(maxsize=1)
+def prelude() -> syntax.Module:
+    text = resources.files("mirasc.frontend").joinpath("prelude.miras").read_text(encoding="utf-8")
+    return parse(text, "<prelude>")
+
+
+class Scope:
+    """Definitions visible to a spec: the prelude, overridden by the file's own definitions."""
+
+    def __init__(self, module: syntax.Module):
+        self.defs: dict[str, syntax.FunctionDef] = {f.name: f for f in prelude().functions}
+        seen: dict[str, syntax.FunctionDef] = {}
+        for f in module.functions:
+            if f.name in seen:
+                raise SpecNameError(f"{f.kind} {f.name!r} is defined twice", f.span)
+            check_identifier(f.name, f.span, f.kind)
+            for p in f.params + f.extra:
+                if f.params.count(p) + f.extra.count(p) > 1:
+                    raise SpecNameError(f"parameter {p!r} appears twice in {f.name!r}", f.span)
+            want = 2 if f.kind == "loss" else 1
+            if len(f.params) != want:
+                shape = "(y, v; params)" if f.kind == "loss" else "(x; params)"
+                raise SpecTypeError(
+                    f"{f.kind} {f.name!r} takes {want} positional parameter(s), not {len(f.params)}",
+                    f.span,
+                    hint=f"write {f.kind} {f.name}{shape} = ...",
+                )
+            seen[f.name] = f
+        self.defs.update(seen)
+
+
+class Inliner:
+    """Resolves an expression: binds parameters, inlines definitions, rejects unknown names."""
+
+    def __init__(self, scope: Scope, context: str):
+        self.scope = scope
+        self.context = context
+
+    def resolve(self, node, env: dict, stack: tuple = ()):
+        if isinstance(node, E.Num):
+            return node
+        if isinstance(node, E.Name):
+            if node.id in env:
+                value = env[node.id]
+                if value.span is E.NO_SPAN:  # a bare variable: point at this use
+                    value = dataclasses.replace(value, span=node.span)
+                return value
+            raise SpecNameError(
+                f"unknown name {node.id!r} in {self.context}",
+                node.span,
+                hint=did_you_mean(node.id, env)
+                or f"names available here: {', '.join(sorted(env))}",
+            )
+        if isinstance(node, E.Neg):
+            return E.Neg(self.resolve(node.operand, env, stack), node.span)
+        if isinstance(node, E.Binary):
+            left = self.resolve(node.left, env, stack)
+            right = self.resolve(node.right, env, stack)
+            if node.op == "^" and isinstance(right, E.Num) and abs(right.value) > MAX_EXPONENT:
+                raise SpecLimitError(
+                    f"exponent {E.format_number(right.value)} is too large (|p| <= {MAX_EXPONENT:g})",
+                    node.right.span,
+                )
+            return self._limit(E.Binary(node.op, left, right, node.span))
+        if isinstance(node, E.Piecewise):
+            cases = tuple(
+                E.Case(
+                    self.resolve(c.left, env, stack),
+                    c.cmp,
+                    self.resolve(c.right, env, stack),
+                    self.resolve(c.value, env, stack),
+                    c.span,
+                )
+                for c in node.cases
+            )
+            return self._limit(
+                E.Piecewise(cases, self.resolve(node.otherwise, env, stack), node.span)
+            )
+        assert isinstance(node, E.Call)
+        return self._limit(self.call(node, env, stack))
+
+    def _limit(self, node):
+        if E.size(node) > MAX_EXPR_NODES:
+            raise SpecLimitError(
+                f"{self.context} grows past {MAX_EXPR_NODES} nodes once definitions are inlined",
+                node.span,
+            )
+        return node
+
+    def call(self, node: E.Call, env: dict, stack: tuple):
+        name = node.fn
+        if name in BUILTINS:
+            if node.params:
+                raise SpecTypeError(f"{name}() takes no parameters after ';'", node.span)
+            if len(node.args) != BUILTINS[name]:
+                raise SpecTypeError(
+                    f"{name}() takes {BUILTINS[name]} argument(s), got {len(node.args)}", node.span
+                )
+            args = tuple(self.resolve(a, env, stack) for a in node.args)
+            return E.Call(name, args, (), node.span)
+        if name not in self.scope.defs:
+            raise SpecNameError(
+                f"unknown function {name!r}",
+                node.span,
+                hint=did_you_mean(name, list(BUILTINS) + list(self.scope.defs)),
+            )
+        fdef = self.scope.defs[name]
+        if name in stack:
+            chain = " -> ".join((*stack[stack.index(name) :], name))
+            raise SpecTypeError(f"recursive definition: {chain}", node.span)
+        if len(node.args) != len(fdef.params) or len(node.params) != len(fdef.extra):
+            want = ", ".join(fdef.params) + ("; " + ", ".join(fdef.extra) if fdef.extra else "")
+            raise SpecTypeError(
+                f"{fdef.kind} {name!r} is called with the wrong number of arguments",
+                node.span,
+                hint=f"its signature is {name}({want})",
+            )
+        values = [self.resolve(a, env, stack) for a in node.args + node.params]
+        inner_env = dict(zip(fdef.params + fdef.extra, values, strict=True))
+        return Inliner(self.scope, f"{fdef.kind} {name!r}").resolve(
+            fdef.body, inner_env, (*stack, name)
+        )
+
+
+def check_levels(body, context: str, has_sum_level: bool) -> None:
+    """In a loss, y and v live inside sum(...) only and sums do not nest."""
+    stack = [(body, False)]
+    found_y = False
+    while stack:
+        node, inside = stack.pop()
+        if isinstance(node, E.Call) and node.fn == "sum":
+            if not has_sum_level:
+                raise SpecTypeError(
+                    f"sum(...) is only allowed in a loss, not in {context}", node.span
+                )
+            if inside:
+                raise SpecTypeError(
+                    "sums do not nest: a loss is g(S_1..S_m) with S_i = sum(phi_i(y_j, v_j))",
+                    node.span,
+                )
+            stack.append((node.args[0], True))
+            continue
+        if isinstance(node, E.Name) and node.id in ("y", "v") and has_sum_level:
+            if not inside:
+                raise SpecTypeError(
+                    f"{node.id!r} is a vector: use it inside sum(...)",
+                    node.span,
+                    hint="e.g. sum((y - v)^2); outside sums a loss combines scalars",
+                )
+            found_y = found_y or node.id == "y"
+        stack.extend((c, inside) for c in E.children(node))
+    if has_sum_level and not found_y:
+        raise SpecTypeError(f"{context} does not depend on the prediction y", body.span)
