@@ -1,4 +1,4 @@
-"""Synthetic tasks: the recipes of papers.md §5, checked on what a model must learn."""
+"""Synthetic tasks: the published recipes, checked on what a model must learn."""
 
 from __future__ import annotations
 

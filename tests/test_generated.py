@@ -1,4 +1,4 @@
-"""generated/ is exactly what the compiler produces, and honours the contract of design §5."""
+"""generated/ is exactly what the compiler produces, and honours the package contract (docs/semantics.md §4)."""
 
 from __future__ import annotations
 

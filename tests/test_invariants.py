@@ -1,4 +1,4 @@
-"""Design §6 invariants, each a property test on the torch backend (float64)."""
+"""Invariants of the update semantics, each a property test on the torch backend (float64)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Design §2.3: spec text never reaches eval/exec/sympify, nor generated code unchecked."""
+"""Spec text never reaches eval/exec/sympify, nor generated code unchecked."""
 
 from __future__ import annotations
 

@@ -4,7 +4,7 @@
 
 One program per (batch, head) holds the memory on chip for the whole sequence:
 per chunk of 64 the surprise of each token is taken at the chunk's anchor state, then the
-state is updated token by token and read after the write (design §3). The forward pass saves
+state is updated token by token and read after the write (mirasc's docs/semantics.md §2). The forward pass saves
 the state every 64 tokens (a multiple of the chunk); the backward pass walks those
 segments in reverse, recomputes each segment's per-token states into a scratch buffer, and
 backpropagates through reads, updates and the inner gradient step itself (the second-order
@@ -20,26 +20,10 @@ import triton
 import triton.language as tl
 
 from mirasc import runtime
+from mirasc.runtime.triton_lib import matvec, outer, vecmat
 
 CHUNK = 64
 SEGMENT = 64  # tokens between saved states: a multiple of CHUNK
-
-
-@triton.jit
-def _vecmat(x, w):
-    """x [I] times w [I, O] -> [O]."""
-    return tl.sum(x[:, None] * w, axis=0)
-
-
-@triton.jit
-def _matvec(w, d):
-    """w [I, O] times d [O] -> [I]."""
-    return tl.sum(w * d[None, :], axis=1)
-
-
-@triton.jit
-def _outer(a, d):
-    return a[:, None] * d[None, :]
 
 
 @triton.jit
@@ -70,7 +54,7 @@ def _bias_vjp(y, v, mask, dyb):
 def _read(x, R1, mk, mv):
     """f(R; x) and what its backward needs: (o, h0, r1)."""
     h0 = x
-    r1 = _vecmat(h0, R1)
+    r1 = vecmat(h0, R1)
     o = r1
     return o, h0, r1
 
@@ -79,8 +63,8 @@ def _read(x, R1, mk, mv):
 def _read_bwd(ob, o, h0, r1, R1, mk, mv):
     """Adjoints (x, R1) of a read given o's adjoint ob."""
     rb1 = ob
-    Rb1 = _outer(h0, rb1)
-    hb = _matvec(R1, rb1)
+    Rb1 = outer(h0, rb1)
+    hb = matvec(R1, rb1)
     return hb, Rb1
 
 
@@ -89,7 +73,7 @@ def _surprise(k, v, P1, rho, mk, mv):
     """The token's gradient at the anchor P1, as rank-one factors
     g_l = a_(l-1) (outer) dd_l, and what the backward pass needs: (a0, zr1, d1, dd1, y, dy)."""
     a0 = k
-    zr1 = _vecmat(a0, P1)
+    zr1 = vecmat(a0, P1)
     z1 = zr1 * rho
     y = z1
     dy = _bias_grad(y, v, mv)
@@ -103,8 +87,8 @@ def _surprise(k, v, P1, rho, mk, mv):
 def _surprise_bwd(Gb1, a0, zr1, d1, dd1, y, dy, v, P1, rho, mk, mv):
     """Adjoints (k, v, P1, rho) of the inner gradient
     step given the adjoints Gb1 of the token's gradients g_l = a_(l-1) (outer) dd_l."""
-    ab0 = _matvec(Gb1, dd1)
-    db1 = _vecmat(a0, Gb1)
+    ab0 = matvec(Gb1, dd1)
+    db1 = vecmat(a0, Gb1)
     rho_b = tl.sum(dy * 0.0, axis=0)
     dyb = db1
     yb, vb = _bias_vjp(y, v, mv, dyb)
@@ -112,8 +96,8 @@ def _surprise_bwd(Gb1, a0, zr1, d1, dd1, y, dy, v, P1, rho, mk, mv):
     # z_l = rho * a_(l-1) P_l
     rho_b += tl.sum(zb1 * zr1, axis=0)
     zs = zb1 * rho
-    Pb1 = _outer(a0, zs)
-    ab0 = ab0 + _matvec(P1, zs)
+    Pb1 = outer(a0, zs)
+    ab0 = ab0 + matvec(P1, zs)
     return ab0, vb, Pb1, rho_b
 
 
@@ -124,7 +108,7 @@ def _dot2(a, b):
 
 @triton.jit
 def _update(W1, G1, e):
-    """The state after one token from its gradients G1 (design §3's table)."""
+    """The state after one token from its gradients G1 (the update table, docs/semantics.md §2.5)."""
     W1 = W1 - e * G1
     return W1
 
@@ -184,7 +168,7 @@ def _forward_kernel(
                 e = tl.load(gt)
                 rho = 1.0
                 a0, zr1, d1, dd1, y, dy = _surprise(kt, vt, P1, rho, mk, mv)
-                G1 = _outer(a0, dd1)
+                G1 = outer(a0, dd1)
                 W1 = _update(W1, G1, e)
                 R1 = W1
                 x = scale * tl.load(q_ptr + tok * DK + rk, mask=mk, other=0.0).to(tl.float32)
@@ -244,7 +228,7 @@ def _backward_kernel(
                 e = tl.load(gt)
                 rho = 1.0
                 a0, zr1, d1, dd1, y, dy = _surprise(kt, vt, P1, rho, mk, mv)
-                G1 = _outer(a0, dd1)
+                G1 = outer(a0, dd1)
                 W1 = _update(W1, G1, e)
                 slot = scr + (t - seg_t0 + 1) * STATE
                 tl.store(slot + OFF1 + ix1, W1, mask=m1)
@@ -271,7 +255,7 @@ def _backward_kernel(
             e = tl.load(gt)
             rho = 1.0
             a0, zr1, d1, dd1, y, dy = _surprise(kt, vt, P1, rho, mk, mv)
-            G1 = _outer(a0, dd1)
+            G1 = outer(a0, dd1)
             R1 = Wn1
             x = scale * tl.load(q_ptr + tok * DK + rk, mask=mk, other=0.0).to(tl.float32)
             r_o, r_h0, r_r1 = _read(x, R1, mk, mv)

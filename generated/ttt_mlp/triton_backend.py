@@ -4,7 +4,7 @@
 
 One program per (batch, head) holds the memory on chip for the whole sequence:
 per chunk of 16 the surprise of each token is taken at the chunk's anchor state, then the
-state is updated token by token and read after the write (design §3). The forward pass saves
+state is updated token by token and read after the write (mirasc's docs/semantics.md §2). The forward pass saves
 the state every 16 tokens (a multiple of the chunk); the backward pass walks those
 segments in reverse, recomputes each segment's per-token states into a scratch buffer, and
 backpropagates through reads, updates and the inner gradient step itself (the second-order
@@ -20,26 +20,10 @@ import triton
 import triton.language as tl
 
 from mirasc import runtime
+from mirasc.runtime.triton_lib import ln_bwd, ln_bwd_bwd, ln_fwd, ln_fwd_bwd, matvec, outer, vecmat
 
 CHUNK = 16
 SEGMENT = 16  # tokens between saved states: a multiple of CHUNK
-
-
-@triton.jit
-def _vecmat(x, w):
-    """x [I] times w [I, O] -> [O]."""
-    return tl.sum(x[:, None] * w, axis=0)
-
-
-@triton.jit
-def _matvec(w, d):
-    """w [I, O] times d [O] -> [I]."""
-    return tl.sum(w * d[None, :], axis=1)
-
-
-@triton.jit
-def _outer(a, d):
-    return a[:, None] * d[None, :]
 
 
 @triton.jit
@@ -91,51 +75,13 @@ def _act_d2(x):
 
 
 @triton.jit
-def _ln_fwd(m, mask, N: tl.constexpr):
-    """(x_hat, rstd) of LayerNorm over the first N entries (eps 1e-5)."""
-    mu = tl.sum(m, axis=0) / N
-    c = tl.where(mask, m - mu, 0.0)
-    rstd = 1.0 / tl.sqrt(tl.sum(c * c, axis=0) / N + 1e-5)
-    return c * rstd, rstd
-
-
-@triton.jit
-def _ln_bwd(xb, xh, rstd, mask, N: tl.constexpr):
-    """Adjoint of LayerNorm's input from the adjoint `xb` of x_hat."""
-    out = rstd * (xb - tl.sum(xb, axis=0) / N - xh * (tl.sum(xb * xh, axis=0) / N))
-    return tl.where(mask, out, 0.0)
-
-
-@triton.jit
-def _ln_bwd_bwd(ob, xb, xh, rstd, mask, N: tl.constexpr):
-    """Adjoints of (xb, xh, rstd) through out = _ln_bwd(xb, xh, rstd) given out's adjoint ob."""
-    a = tl.sum(xb * xh, axis=0) / N
-    w = tl.where(mask, xb - tl.sum(xb, axis=0) / N - xh * a, 0.0)
-    rstd_b = tl.sum(ob * w, axis=0)
-    u = rstd * ob
-    uxh = tl.sum(u * xh, axis=0) / N
-    xb_b = tl.where(mask, u - tl.sum(u, axis=0) / N - xh * uxh, 0.0)
-    xh_b = tl.where(mask, -u * a - uxh * xb, 0.0)
-    return xb_b, xh_b, rstd_b
-
-
-@triton.jit
-def _ln_fwd_bwd(xh_b, rstd_b, xh, rstd, mask, N: tl.constexpr):
-    """Adjoint of LayerNorm's input from the adjoints of x_hat and of rstd."""
-    c = xh / rstd
-    total = rstd_b + tl.sum(xh_b * c, axis=0)
-    cb = xh_b * rstd - total * rstd * rstd * rstd * c / N
-    return tl.where(mask, cb - tl.sum(cb, axis=0) / N, 0.0)
-
-
-@triton.jit
 def _read(x, R1, R2, gamma, beta, mk, mh, mv, DV: tl.constexpr):
     """f(R; x) and what its backward needs: (o, h0, h1, r1, r2, xh, rstd)."""
     h0 = x
-    r1 = _vecmat(h0, R1)
+    r1 = vecmat(h0, R1)
     h1 = tl.where(mh, _act(r1), 0.0)
-    r2 = _vecmat(h1, R2)
-    xh, rstd = _ln_fwd(r2, mv, DV)
+    r2 = vecmat(h1, R2)
+    xh, rstd = ln_fwd(r2, mv, DV)
     o = xh * gamma + beta
     o = x + o
     return o, h0, h1, r1, r2, xh, rstd
@@ -146,12 +92,12 @@ def _read_bwd(ob, o, h0, h1, r1, r2, xh, rstd, R1, R2, gamma, mk, mh, mv, DV: tl
     """Adjoints (x, R1, R2, gamma, beta) of a read given o's adjoint ob."""
     gamma_b = ob * xh
     beta_b = ob
-    rb2 = _ln_fwd_bwd(ob * gamma, 0.0, xh, rstd, mv, DV)
-    Rb2 = _outer(h1, rb2)
-    hb = _matvec(R2, rb2)
+    rb2 = ln_fwd_bwd(ob * gamma, 0.0, xh, rstd, mv, DV)
+    Rb2 = outer(h1, rb2)
+    hb = matvec(R2, rb2)
     rb1 = tl.where(mh, hb * _act_d1(r1), 0.0)
-    Rb1 = _outer(h0, rb1)
-    hb = _matvec(R1, rb1)
+    Rb1 = outer(h0, rb1)
+    hb = matvec(R1, rb1)
     hb = hb + ob
     return hb, Rb1, Rb2, gamma_b, beta_b
 
@@ -161,17 +107,17 @@ def _surprise(k, v, P1, P2, rho, gamma, beta, mk, mh, mv, DV: tl.constexpr):
     """The token's gradient at the anchor P1, P2, as rank-one factors
     g_l = a_(l-1) (outer) dd_l, and what the backward pass needs: (a0, a1, zr1, zr2, u1, d1, d2, dd1, dd2, y, dy, xh, rstd)."""
     a0 = k
-    zr1 = _vecmat(a0, P1)
+    zr1 = vecmat(a0, P1)
     z1 = zr1 * rho
     a1 = tl.where(mh, _act(z1), 0.0)
-    zr2 = _vecmat(a1, P2)
+    zr2 = vecmat(a1, P2)
     z2 = zr2 * rho
-    xh, rstd = _ln_fwd(z2, mv, DV)
+    xh, rstd = ln_fwd(z2, mv, DV)
     y = xh * gamma + beta
     y = k + y
     dy = _bias_grad(y, v, mv)
-    d2 = _ln_bwd(dy * gamma, xh, rstd, mv, DV)
-    u1 = _matvec(P2, d2)
+    d2 = ln_bwd(dy * gamma, xh, rstd, mv, DV)
+    u1 = matvec(P2, d2)
     d1 = tl.where(mh, u1 * rho * _act_d1(z1), 0.0)
     fac = 1.0
     dd1 = d1 * fac
@@ -184,36 +130,36 @@ def _surprise_bwd(Gb1, Gb2, a0, a1, zr1, zr2, u1, d1, d2, dd1, dd2, y, dy, xh, r
     """Adjoints (k, v, P1, P2, rho, gamma, beta) of the inner gradient
     step given the adjoints Gb1, Gb2 of the token's gradients g_l = a_(l-1) (outer) dd_l."""
     z1 = zr1 * rho
-    ab0 = _matvec(Gb1, dd1)
-    db1 = _vecmat(a0, Gb1)
-    ab1 = _matvec(Gb2, dd2)
-    db2 = _vecmat(a1, Gb2)
+    ab0 = matvec(Gb1, dd1)
+    db1 = vecmat(a0, Gb1)
+    ab1 = matvec(Gb2, dd2)
+    db2 = vecmat(a1, Gb2)
     rho_b = tl.sum(dy * 0.0, axis=0)
     # d_l = rho * (P_(l+1) d_(l+1)) * act'(z_l)
     s1 = _act_d1(z1)
     zb1 = tl.where(mh, db1 * u1 * rho * _act_d2(z1), 0.0)
     rho_b += tl.sum(db1 * u1 * s1, axis=0)
     ub = tl.where(mh, db1 * rho * s1, 0.0)
-    db2 = db2 + _vecmat(ub, P2)
-    Pb2 = _outer(ub, d2)
-    dxhb, xhb, rstdb = _ln_bwd_bwd(db2, dy * gamma, xh, rstd, mv, DV)
+    db2 = db2 + vecmat(ub, P2)
+    Pb2 = outer(ub, d2)
+    dxhb, xhb, rstdb = ln_bwd_bwd(db2, dy * gamma, xh, rstd, mv, DV)
     dyb = dxhb * gamma
     gamma_b = dxhb * dy
     yb, vb = _bias_vjp(y, v, mv, dyb)
     gamma_b += yb * xh
     beta_b = yb
-    zb2 = _ln_fwd_bwd(xhb + yb * gamma, rstdb, xh, rstd, mv, DV)
+    zb2 = ln_fwd_bwd(xhb + yb * gamma, rstdb, xh, rstd, mv, DV)
     # z_l = rho * a_(l-1) P_l
     rho_b += tl.sum(zb2 * zr2, axis=0)
     zs = zb2 * rho
-    Pb2 = Pb2 + _outer(a1, zs)
-    ab1 = ab1 + _matvec(P2, zs)
+    Pb2 = Pb2 + outer(a1, zs)
+    ab1 = ab1 + matvec(P2, zs)
     zb1 = zb1 + tl.where(mh, ab1 * _act_d1(z1), 0.0)
     # z_l = rho * a_(l-1) P_l
     rho_b += tl.sum(zb1 * zr1, axis=0)
     zs = zb1 * rho
-    Pb1 = _outer(a0, zs)
-    ab0 = ab0 + _matvec(P1, zs)
+    Pb1 = outer(a0, zs)
+    ab0 = ab0 + matvec(P1, zs)
     ab0 = ab0 + yb
     return ab0, vb, Pb1, Pb2, rho_b, gamma_b, beta_b
 
@@ -225,7 +171,7 @@ def _dot2(a, b):
 
 @triton.jit
 def _update(W1, W2, G1, G2, e):
-    """The state after one token from its gradients G1, G2 (design §3's table)."""
+    """The state after one token from its gradients G1, G2 (the update table, docs/semantics.md §2.5)."""
     W1 = W1 - e * G1
     W2 = W2 - e * G2
     return W1, W2
@@ -299,8 +245,8 @@ def _forward_kernel(
                 e = tl.load(gt)
                 rho = 1.0
                 a0, a1, zr1, zr2, u1, d1, d2, dd1, dd2, y, dy, xh, rstd = _surprise(kt, vt, P1, P2, rho, gamma, beta, mk, mh, mv, DV)
-                G1 = _outer(a0, dd1)
-                G2 = _outer(a1, dd2)
+                G1 = outer(a0, dd1)
+                G2 = outer(a1, dd2)
                 W1, W2 = _update(W1, W2, G1, G2, e)
                 R1 = W1
                 R2 = W2
@@ -377,8 +323,8 @@ def _backward_kernel(
                 e = tl.load(gt)
                 rho = 1.0
                 a0, a1, zr1, zr2, u1, d1, d2, dd1, dd2, y, dy, xh, rstd = _surprise(kt, vt, P1, P2, rho, gamma, beta, mk, mh, mv, DV)
-                G1 = _outer(a0, dd1)
-                G2 = _outer(a1, dd2)
+                G1 = outer(a0, dd1)
+                G2 = outer(a1, dd2)
                 W1, W2 = _update(W1, W2, G1, G2, e)
                 slot = scr + (t - seg_t0 + 1) * STATE
                 tl.store(slot + OFF1 + ix1, W1, mask=m1)
@@ -411,8 +357,8 @@ def _backward_kernel(
             e = tl.load(gt)
             rho = 1.0
             a0, a1, zr1, zr2, u1, d1, d2, dd1, dd2, y, dy, xh, rstd = _surprise(kt, vt, P1, P2, rho, gamma, beta, mk, mh, mv, DV)
-            G1 = _outer(a0, dd1)
-            G2 = _outer(a1, dd2)
+            G1 = outer(a0, dd1)
+            G2 = outer(a1, dd2)
             R1 = Wn1
             R2 = Wn2
             x = scale * tl.load(q_ptr + tok * DK + rk, mask=mk, other=0.0).to(tl.float32)

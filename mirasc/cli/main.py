@@ -48,7 +48,7 @@ def _explain(args) -> int:
         print(f"\n# activation {a.name}: sigma(x), sigma'(x), sigma''(x)\n")
         for e in (a.f, a.df, a.d2f):
             print(sp.pretty(e, use_unicode=args.unicode))
-    print("\n# update rule (design §3)\n")
+    print("\n# update rule (docs/semantics.md §2)\n")
     print(_update_rule(spec))
     print("\n# plan\n")
     print(f"torch backend: {', '.join(plan.strategies)} (default {plan.strategies[0]})")

@@ -1,5 +1,5 @@
 """Derived to Plan: which strategies each backend gets for a spec, decided once from the spec
-and its derivation (design §4's plan stage), so templates only print what the plan says."""
+and its derivation (docs/semantics.md §3), so templates only print what the plan says."""
 
 from __future__ import annotations
 

@@ -67,7 +67,7 @@ class _MemoryChecker:
             raise SpecTypeError(
                 f"momentum is defined with none or decay retention, not {retention.kind}",
                 self.settings["algorithm"].value.span,
-                hint="design §3 gives momentum with decay(alpha) (Titans eqs. 13-14)",
+                hint="momentum takes none or decay(alpha) retention (Titans eqs. 13-14); see docs/semantics.md §2.5",
             )
         chunk = self.integer("chunk", 1, 1, 4096)
         clip = self.positive("clip")

@@ -1,4 +1,4 @@
-"""The oracle (design §4): design §3 applied literally, token by token, in float64.
+"""The oracle: the update semantics of docs/semantics.md §2 applied literally, token by token, in float64.
 
 It evaluates the spec's expression trees directly as torch operations, takes every surprise
 `g_t` from `torch.autograd.grad`, materialises every state `W_t` and reads after the write.
@@ -15,7 +15,7 @@ from ..errors import BackendError
 from ..ir import expr as E
 from ..ir.spec import ConstVal, GateRef, Spec
 
-LN_EPS = 1e-5  # the memory's LayerNorm epsilon (design §3)
+LN_EPS = 1e-5  # the memory's LayerNorm epsilon (docs/semantics.md §2.2)
 
 _FUNCTIONS = {
     "exp": torch.exp,
@@ -78,7 +78,7 @@ def evaluate(node, env: dict, like: torch.Tensor) -> torch.Tensor:
 
 
 def _memory(spec: Spec, weights: list, x: torch.Tensor, ln) -> torch.Tensor:
-    """f(W; x) for x [B, H, Dk]: the architecture of design §3, written out plainly."""
+    """f(W; x) for x [B, H, Dk]: the architecture of docs/semantics.md §2.2, written out plainly."""
     arch = spec.architecture
     h = x.unsqueeze(-2)
     for i, w in enumerate(weights):

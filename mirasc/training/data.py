@@ -2,7 +2,7 @@
 character-level language modelling on a small public-domain corpus shipped in the package.
 
 Every generator returns `(inputs, targets)`, both `[B, L]` int64, with targets -100 wherever
-nothing is asked (the convention of `torch.nn.functional.cross_entropy`). papers.md §5 has the
+nothing is asked (the convention of `torch.nn.functional.cross_entropy`). the papers' recipes give the
 recipes: MQAR (Zoology), RULER's `niah_single_1` with its repeated haystack, MAD's selective copy.
 """
 

@@ -1,8 +1,8 @@
-"""Small language models around any compiled memory layer (design §8).
+"""Small language models around any compiled memory layer.
 
 `MemoryLM` is MIRAS' Llama-style stack: pre-RMSNorm blocks of [memory layer, SwiGLU MLP].
 `hybrid="mal"` and `hybrid="mag"` are Titans' memory-as-a-layer and memory-as-a-gate blocks
-(papers.md §1.9), with learned persistent tokens prepended to the sequence and causal
+(Titans, section 4), with learned persistent tokens prepended to the sequence and causal
 sliding-window attention that always sees them; `hybrid="mac"` is memory-as-a-context, segment
 by segment, following the paper's equations. Every model decodes from caches: the memory layers'
 states, the sliding windows' keys and values, and MAC's current segment, so `generate()` never
@@ -168,7 +168,7 @@ class MACCache(NamedTuple):
 
 
 class MACBlock(nn.Module):
-    """Titans' memory as a context (papers.md §1.9, eqs. 21-25), segment by segment:
+    """Titans' memory as a context (Titans, eqs. 21-25), segment by segment:
     h = M*_{t-1}(q) is retrieved from the memory before the segment; attention runs over
     [persistent tokens | h | segment] (token i sees the persistent tokens, h_j and x_j for j <= i);
     the memory is then updated with the attention output y, and o = y * sigmoid(norm(M_t(y))),

@@ -1,0 +1,80 @@
+"""The spec-independent `@triton.jit` helpers every generated Triton backend calls: products of
+small on-chip tiles, LayerNorm's forward and backward pieces, a masked row softmax and integer
+powers. Generated kernels import them from here; only what the spec decides is generated."""
+
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def ipow(x, n: tl.constexpr):
+    """x ** n for a compile-time integer n >= 0, as n multiplications (exact, any sign of x)."""
+    r = x * 0.0 + 1.0
+    for _ in tl.static_range(n):
+        r = r * x
+    return r
+
+
+@triton.jit
+def vecmat(x, w):
+    """x [I] times w [I, O] -> [O]."""
+    return tl.sum(x[:, None] * w, axis=0)
+
+
+@triton.jit
+def matvec(w, d):
+    """w [I, O] times d [O] -> [I]."""
+    return tl.sum(w * d[None, :], axis=1)
+
+
+@triton.jit
+def outer(a, d):
+    return a[:, None] * d[None, :]
+
+
+@triton.jit
+def ln_fwd(m, mask, N: tl.constexpr):
+    """(x_hat, rstd) of LayerNorm over the first N entries (eps 1e-5)."""
+    mu = tl.sum(m, axis=0) / N
+    c = tl.where(mask, m - mu, 0.0)
+    rstd = 1.0 / tl.sqrt(tl.sum(c * c, axis=0) / N + 1e-5)
+    return c * rstd, rstd
+
+
+@triton.jit
+def ln_bwd(xb, xh, rstd, mask, N: tl.constexpr):
+    """Adjoint of LayerNorm's input from the adjoint `xb` of x_hat."""
+    out = rstd * (xb - tl.sum(xb, axis=0) / N - xh * (tl.sum(xb * xh, axis=0) / N))
+    return tl.where(mask, out, 0.0)
+
+
+@triton.jit
+def ln_bwd_bwd(ob, xb, xh, rstd, mask, N: tl.constexpr):
+    """Adjoints of (xb, xh, rstd) through out = ln_bwd(xb, xh, rstd) given out's adjoint ob."""
+    a = tl.sum(xb * xh, axis=0) / N
+    w = tl.where(mask, xb - tl.sum(xb, axis=0) / N - xh * a, 0.0)
+    rstd_b = tl.sum(ob * w, axis=0)
+    u = rstd * ob
+    uxh = tl.sum(u * xh, axis=0) / N
+    xb_b = tl.where(mask, u - tl.sum(u, axis=0) / N - xh * uxh, 0.0)
+    xh_b = tl.where(mask, -u * a - uxh * xb, 0.0)
+    return xb_b, xh_b, rstd_b
+
+
+@triton.jit
+def ln_fwd_bwd(xh_b, rstd_b, xh, rstd, mask, N: tl.constexpr):
+    """Adjoint of LayerNorm's input from the adjoints of x_hat and of rstd."""
+    c = xh / rstd
+    total = rstd_b + tl.sum(xh_b * c, axis=0)
+    cb = xh_b * rstd - total * rstd * rstd * rstd * c / N
+    return tl.where(mask, cb - tl.sum(cb, axis=0) / N, 0.0)
+
+
+@triton.jit
+def softmax_rows(z, m, mi):
+    """Softmax over each row's valid entries; zero elsewhere."""
+    z = tl.where(m, z, float("-inf"))
+    zmax = tl.where(mi, tl.max(z, axis=1), 0.0)
+    ex = tl.where(m, tl.exp(z - zmax[:, None]), 0.0)
+    den = tl.where(mi, tl.sum(ex, axis=1), 1.0)
+    return ex / den[:, None]
