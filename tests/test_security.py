@@ -7,7 +7,7 @@ import builtins
 import pytest
 import sympy
 
-from mirasc.codegen.render import Code, _safe
+from mirasc.codegen.safety import Code, safe_value
 from mirasc.compiler.pipeline import build
 from mirasc.errors import CodegenError, MirascError
 from mirasc.frontend.checker import load
@@ -64,12 +64,12 @@ def test_hostile_file_name_cannot_break_out_of_comments():
 
 
 def test_templates_refuse_unchecked_strings():
-    assert _safe("valid_name") == "valid_name"
-    assert _safe(Code("x + 1")) == "x + 1"
-    assert _safe(3) == "3"
+    assert safe_value("valid_name") == "valid_name"
+    assert safe_value(Code("x + 1")) == "x + 1"
+    assert safe_value(3) == "3"
     for bad in ("a b", "os.system('x')", "1; import os", ""):
         with pytest.raises(CodegenError):
-            _safe(bad)
+            safe_value(bad)
 
 
 def test_names_are_python_safe():

@@ -8,6 +8,8 @@ reaches kernel scope. Terms that are identically zero are dropped here, not left
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 from ..derivation.plan import Plan
 from ..derivation.symbolic import Derived, V, d, symbol
 from .printing import TritonPrinter
@@ -35,70 +37,113 @@ class _Body:
             self.lines += self.printer.block(exprs, prefix)
 
 
-def bias_bodies(derived: Derived, plan: Plan) -> dict:
+@dataclass(frozen=True)
+class LossBodies:
+    grad_lines: list  # body of _bias_grad(y, v, mask, _p..) -> dl/dy
+    vjp_lines: list  # body of _bias_vjp(y, v, mask, dyb, _p..) -> (yb, vb, pb..)
+    n_params: int
+    helpers: set
+
+
+@dataclass(frozen=True)
+class ActivationBodies:
+    act_lines: list = field(default_factory=list)
+    d1_lines: list = field(default_factory=list)
+    d2_lines: list = field(default_factory=list)
+    helpers: set = field(default_factory=set)
+
+
+def bias_bodies(derived: Derived, plan: Plan) -> LossBodies:
     """`bias_grad(y, v, mask, _p..)` -> dl/dy and `bias_vjp(y, v, mask, dyb, _p..)` -> the
     adjoints of y, v and each parameter given the adjoint `dyb` of dl/dy."""
     b = derived.bias
     printer = TritonPrinter()
     rename = {p: symbol(f"_p{i}") for i, p in enumerate(b.params)}
-    m, used = len(b.phi), plan.sums
-    nz = lambda e: e != 0  # noqa: E731
+    grad = _grad_body(_Body(printer, rename), derived, plan)
+    vjp = _vjp_body(_Body(printer, rename), derived, plan)
+    return LossBodies(grad.lines, vjp.lines, len(b.params), printer.helpers)
 
-    grad = _Body(printer, rename)
+
+def _nonzero(e) -> bool:
+    return e != 0
+
+
+def _grad_body(grad: _Body, derived: Derived, plan: Plan) -> _Body:
+    """dl/dy_j = sum_i g_i(S) phi_i'(y_j, v_j), with S_i = sum_j phi_i(y_j, v_j)."""
+    b, used = derived.bias, plan.sums
+    m = len(b.phi)
     vec = {f"_phi{i}": b.phi[i] for i in used}
-    vec.update({f"_dphi{i}": b.dphi[i] for i in range(m) if nz(b.dphi[i])})
+    vec.update({f"_dphi{i}": b.dphi[i] for i in range(m) if _nonzero(b.dphi[i])})
     grad.vectors(vec, "_e")
     grad.lines += [f"_S{i} = tl.sum(_phi{i}, axis=0)" for i in used]
     grad.scalars({f"_g{i}": b.dg[i] for i in range(m)}, "_s")
-    grad.lines.append(
-        "return " + _sum([f"_g{i} * _dphi{i}" for i in range(m) if nz(b.dphi[i])]) + " + y * 0.0"
-    )
+    terms = [f"_g{i} * _dphi{i}" for i in range(m) if _nonzero(b.dphi[i])]
+    grad.lines.append("return " + _sum(terms) + " + y * 0.0")
+    return grad
 
-    # The vector-Jacobian product of dl/dy_j = sum_i g_i(S, p) phi_i'(y_j, v_j):
-    # P_i = sum_j dyb_j phi_i'(j), Q_l = sum_i d2g_il P_i, then
-    # yb_j = dyb_j sum_i g_i phi_i''(j) + sum_l Q_l phi_l'(j), the same for v with d/dv, and
-    # pb = sum_i P_i dg_i/dp + sum_j dyb_j sum_i g_i dphi_i'/dp + sum_l Q_l sum_j dphi_l/dp.
-    vjp = _Body(printer, rename)
-    vec = {f"_phi{i}": b.phi[i] for i in used}
-    for i in range(m):
-        for name, e in (
-            ("_dphi", b.dphi[i]),
-            ("_d2phi", b.d2phi[i]),
-            ("_dphiv", b.dphi_dv[i]),
-        ):
-            if nz(e):
+
+def _vjp_vectors(derived: Derived, plan: Plan) -> dict:
+    """The element-wise pieces the VJP needs: phi_i (for S), phi_i', phi_i'', d phi_i'/dv,
+    d phi_i'/dp, d phi_i/dv and d phi_i/dp, each only where not identically zero."""
+    b = derived.bias
+    vec = {f"_phi{i}": b.phi[i] for i in plan.sums}
+    for i in range(len(b.phi)):
+        for name, e in (("_dphi", b.dphi[i]), ("_d2phi", b.d2phi[i]), ("_dphiv", b.dphi_dv[i])):
+            if _nonzero(e):
                 vec[f"{name}{i}"] = e
         for j in range(len(b.params)):
-            if nz(b.dphi_dparam[i][j]):
+            if _nonzero(b.dphi_dparam[i][j]):
                 vec[f"_dphip{i}_{j}"] = b.dphi_dparam[i][j]
-    for i in used:
-        if nz(d(b.phi[i], V)):
+    for i in plan.sums:
+        if _nonzero(d(b.phi[i], V)):
             vec[f"_phiv{i}"] = d(b.phi[i], V)
         for j, p in enumerate(b.params):
-            if nz(d(b.phi[i], p)):
+            if _nonzero(d(b.phi[i], p)):
                 vec[f"_phip{i}_{j}"] = d(b.phi[i], p)
-    vjp.vectors(vec, "_e")
-    vjp.lines += [f"_S{i} = tl.sum(_phi{i}, axis=0)" for i in used]
+    return vec
+
+
+def _vjp_scalars(derived: Derived, plan: Plan) -> dict:
+    """Per-token scalars: g_i = dg/dS_i, h_ij = d2g/dS_i dS_j, gp_ij = d g_i / d p_j."""
+    b = derived.bias
+    m, n = len(b.phi), len(b.params)
     scal = {f"_g{i}": b.dg[i] for i in range(m)}
     scal.update(
-        {f"_h{i}_{j}": b.d2g[i * m + j] for i in range(m) for j in used if nz(b.d2g[i * m + j])}
+        {
+            f"_h{i}_{j}": b.d2g[i * m + j]
+            for i in range(m)
+            for j in plan.sums
+            if _nonzero(b.d2g[i * m + j])
+        }
     )
     scal.update(
         {
             f"_gp{i}_{j}": b.dg_dparam[i][j]
             for i in range(m)
-            for j in range(len(b.params))
-            if nz(b.dg_dparam[i][j])
+            for j in range(n)
+            if _nonzero(b.dg_dparam[i][j])
         }
     )
+    return scal
+
+
+def _vjp_body(vjp: _Body, derived: Derived, plan: Plan) -> _Body:
+    """The vector-Jacobian product of dl/dy_j = sum_i g_i(S, p) phi_i'(y_j, v_j):
+    P_i = sum_j dyb_j phi_i'(j), Q_l = sum_i d2g_il P_i, then
+    yb_j = dyb_j sum_i g_i phi_i''(j) + sum_l Q_l phi_l'(j), the same for v with d/dv, and
+    pb = sum_i P_i dg_i/dp + sum_j dyb_j sum_i g_i dphi_i'/dp + sum_l Q_l sum_j dphi_l/dp."""
+    m = len(derived.bias.phi)
+    vec, scal = _vjp_vectors(derived, plan), _vjp_scalars(derived, plan)
+    vjp.vectors(vec, "_e")
+    vjp.lines += [f"_S{i} = tl.sum(_phi{i}, axis=0)" for i in plan.sums]
     vjp.scalars(scal, "_s")
     P = [i for i in range(m) if f"_dphi{i}" in vec]
     vjp.lines += [f"_P{i} = tl.sum(dyb * _dphi{i}, axis=0)" for i in P]
-    Q = {}
-    for j in used:
+    Q = []
+    for j in plan.sums:
         terms = [f"_h{i}_{j} * _P{i}" for i in P if f"_h{i}_{j}" in scal]
         if terms:
-            Q[j] = f"_Q{j}"
+            Q.append(j)
             vjp.lines.append(f"_Q{j} = {_sum(terms)}")
     yb = [f"dyb * ({_sum([f'_g{i} * _d2phi{i}' for i in range(m) if f'_d2phi{i}' in vec])})"]
     yb += [f"_Q{j} * _dphi{j}" for j in Q if f"_dphi{j}" in vec]
@@ -107,7 +152,7 @@ def bias_bodies(derived: Derived, plan: Plan) -> dict:
     vjp.lines.append(f"yb = tl.where(mask, {_sum(yb)}, 0.0)")
     vjp.lines.append(f"vb = tl.where(mask, {_sum(vb)}, 0.0)")
     outs = ["yb", "vb"]
-    for j in range(len(b.params)):
+    for j in range(len(derived.bias.params)):
         terms = [f"_P{i} * _gp{i}_{j}" for i in P if f"_gp{i}_{j}" in scal]
         inner = [f"_g{i} * _dphip{i}_{j}" for i in range(m) if f"_dphip{i}_{j}" in vec]
         if inner:
@@ -117,24 +162,14 @@ def bias_bodies(derived: Derived, plan: Plan) -> dict:
         outs.append(f"pb{j}")
     vjp.lines.insert(0, "_S_zero = tl.sum(y * 0.0, axis=0)")  # a scalar tensor, for typing
     vjp.lines.append("return " + ", ".join(outs))
-    return dict(
-        bias_grad_lines=grad.lines,
-        bias_vjp_lines=vjp.lines,
-        n_params=len(b.params),
-        helpers=printer.helpers,
-    )
+    return vjp
 
 
-def activation_bodies(derived: Derived) -> dict:
-    """`act(x)`, `act_d1(x)`, `act_d2(x)` bodies (as `triton_act*_lines`), or nothing for a
-    linear memory."""
+def activation_bodies(derived: Derived) -> ActivationBodies:
+    """`act(x)`, `act_d1(x)`, `act_d2(x)` bodies, or none for a linear memory."""
     a = derived.activation
     if a is None:
-        return {}
+        return ActivationBodies()
     printer = TritonPrinter()
-    out = {}
-    for name, e in (("act", a.f), ("act_d1", a.df), ("act_d2", a.d2f)):
-        lines = printer.block({"_r": e}, "_a")
-        out[f"triton_{name}_lines"] = [*lines, "return _r + x * 0.0"]
-    out["triton_act_helpers"] = printer.helpers
-    return out
+    bodies = [[*printer.block({"_r": e}, "_a"), "return _r + x * 0.0"] for e in (a.f, a.df, a.d2f)]
+    return ActivationBodies(*bodies, helpers=printer.helpers)

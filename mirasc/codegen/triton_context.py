@@ -1,0 +1,214 @@
+"""What the Triton template reads beyond the package context: the printed helper bodies, the
+memory's layers as on-chip tiles, the gate rows the kernels load, and the lists of kernel
+variable names that tie the kernel's pieces together (one name per layer)."""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+
+import sympy as sp
+
+from ..derivation.plan import Plan
+from ..derivation.symbolic import Derived, symbol
+from ..ir.spec import Spec, bias_gate_names
+from .package_context import gate_operand
+from .printing import TritonPrinter
+from .safety import Code, located, spec_hash
+from .triton_pieces import activation_bodies, bias_bodies
+
+# each dimension's index range and mask names inside the kernels
+TILES = {"DK": ("rk", "mk"), "HID": ("rh", "mh"), "DV": ("rv", "mv")}
+
+
+@dataclass(frozen=True)
+class LayerTiles:
+    """Layer `index` (1-based) of the memory as a [in, out] weight tile."""
+
+    index: int
+    out_dim: str  # DK, HID or DV
+    in_range: str
+    in_mask: str
+    out_range: str
+    out_mask: str
+    offset: Code  # where its weights start in the flat state
+
+
+@dataclass(frozen=True)
+class KernelNames:
+    """Comma-separated kernel variable names, one per layer: state tiles and their adjoints."""
+
+    state: Code  # W1.., then S1.. (momentum): what an update returns
+    anchor: Code  # P1..: the chunk's anchor weights the surprise is taken at
+    read: Code  # R1..: the weights a token reads
+    grads: Code  # G1..: the token's gradients
+    grad_adjoints: Code  # Gb1..
+    anchor_adjoints: Code  # Pb1..
+    read_adjoints: Code  # Rb1..
+    weight_adjoints: Code  # Wb1..
+    momentum_adjoints: Code  # Sb1..
+    previous_weights: Code  # Wp1..: the state before a token
+    previous_momentum: Code  # Sp1..
+    next_weights: Code  # Wn1..: (kl) the mirror step's result
+    surprise_outputs: Code  # what _surprise returns for the backward pass
+    read_outputs: Code  # what _read returns for the backward pass
+    read_outputs_saved: Code  # the same names, prefixed r_, where the backward recomputes them
+
+
+@dataclass(frozen=True)
+class TritonContext:
+    layers: list  # LayerTiles
+    weight_size: Code
+    state_size: Code
+    state_formula: Code  # |state| for the docstring
+    segment: int
+    namespace: str  # the torch.library namespace (spec name and hash)
+    helpers: set  # runtime.triton_lib helpers the printed code calls
+    loss_params: list  # _p0..: the loss's gate parameters inside kernels
+    has_retention_gate: bool
+    retention_row: int | None
+    momentum_row: int | None
+    param_rows: list
+    gate_rows: Code  # the gates the kernels load, in row order
+    masks: Code
+    kl_masks: Code
+    kl_mask_params: Code
+    update_args: Code
+    names: KernelNames
+    loss_grad_lines: list
+    loss_vjp_lines: list
+    act_lines: list
+    act_d1_lines: list
+    act_d2_lines: list
+    lq: dict  # lq retention's printed powers (pow_q, pow_grad, exponent), else empty
+
+
+def _names(prefix: str, indices) -> Code:
+    return Code(", ".join(f"{prefix}{i}" for i in indices))
+
+
+def _layers(depth: int) -> tuple[list, list]:
+    """The layers' tiles and each layer's size as code."""
+    dims = ["DK"] + ["HID"] * (depth - 1) + ["DV"]
+    layers, sizes = [], []
+    for index, (i, o) in enumerate(itertools.pairwise(dims), start=1):
+        ri, mi = TILES[i]
+        ro, mo = TILES[o]
+        layers.append(LayerTiles(index, o, ri, mi, ro, mo, Code(" + ".join(sizes) or "0")))
+        sizes.append(f"{i} * {o}")
+    return layers, sizes
+
+
+def _gate_rows(spec: Spec) -> tuple[list, dict]:
+    """The gate operands in the kernels' row order (learning rate, retention gate, momentum,
+    loss parameters) and the row of each role."""
+    ret = spec.retention
+    code, rows = [gate_operand(spec.algorithm.lr, "lr")], {}
+    if ret.gate is not None:
+        rows["retention"] = len(code)
+        code.append(gate_operand(ret.gate, ret.kind))
+    if spec.has_momentum:
+        rows["momentum"] = len(code)
+        code.append(gate_operand(spec.algorithm.momentum, "momentum"))
+    rows["params"] = []
+    for name in bias_gate_names(spec.bias):
+        rows["params"].append(len(code))
+        code.append(Code(f'runtime.gate(gates["{name}"], "{name}", q)'))
+    return code, rows
+
+
+def _kernel_names(spec: Spec) -> KernelNames:
+    L, ls = spec.depth, range(1, spec.depth + 1)
+    sur = [f"a{i}" for i in range(L)] + [f"zr{i}" for i in ls] + [f"u{i}" for i in range(1, L)]
+    sur += [f"d{i}" for i in ls] + [f"dd{i}" for i in ls] + ["y", "dy"]
+    read = ["o"] + [f"h{i}" for i in range(L)] + [f"r{i}" for i in ls]
+    if spec.architecture.norm == "layernorm":
+        sur += ["xh", "rstd"]
+        read += ["xh", "rstd"]
+    if spec.clip is not None:
+        sur += ["fac", "dfac"]
+    state = [f"W{i}" for i in ls] + ([f"S{i}" for i in ls] if spec.has_momentum else [])
+    return KernelNames(
+        state=Code(", ".join(state)),
+        anchor=_names("P", ls),
+        read=_names("R", ls),
+        grads=_names("G", ls),
+        grad_adjoints=_names("Gb", ls),
+        anchor_adjoints=_names("Pb", ls),
+        read_adjoints=_names("Rb", ls),
+        weight_adjoints=_names("Wb", ls),
+        momentum_adjoints=_names("Sb", ls),
+        previous_weights=_names("Wp", ls),
+        previous_momentum=_names("Sp", ls),
+        next_weights=_names("Wn", ls),
+        surprise_outputs=Code(", ".join(sur)),
+        read_outputs=Code(", ".join(read)),
+        read_outputs_saved=Code(", ".join("r_" + n for n in read)),
+    )
+
+
+def _lq_pieces(spec: Spec) -> tuple[dict, set]:
+    """|x|^q, |x|^(q-2) x and (q - 2) / q printed for lq retention's normaliser."""
+    if spec.retention.kind != "lq":
+        return {}, set()
+    q = float(spec.retention.q)
+    printer, x = TritonPrinter(), symbol("x")
+    qs = sp.Integer(int(q)) if q.is_integer() else sp.Float(q)
+    pieces = dict(
+        pow_q=Code(printer.doprint(sp.Abs(x) ** qs)),
+        pow_grad=Code(printer.doprint(sp.Abs(x) ** (qs - 2) * x)),
+        exponent=Code(repr((q - 2.0) / q)),
+    )
+    return pieces, printer.helpers
+
+
+def _state_formula(sizes: list, spec: Spec) -> Code:
+    hidden = f"{spec.architecture.expansion}*Dk"
+    text = " + ".join(
+        s.replace("DK", "Dk").replace("DV", "Dv").replace("HID", hidden) for s in sizes
+    )
+    return Code(text + (", twice with momentum" if spec.has_momentum else ""))
+
+
+def triton_context(spec: Spec, derived: Derived, plan: Plan, source_text: str) -> TritonContext:
+    layers, sizes = _layers(spec.depth)
+    weight_size = Code("(" + " + ".join(sizes) + ")")
+    with located(spec.bias.body.span):
+        loss = bias_bodies(derived, plan)
+    activation = spec.architecture.activation
+    with located(activation.body.span if activation is not None else None):
+        act = activation_bodies(derived)
+    lq, lq_helpers = _lq_pieces(spec)
+    row_code, rows = _gate_rows(spec)
+    return TritonContext(
+        layers=layers,
+        weight_size=weight_size,
+        state_size=Code(f"2 * {weight_size}" if spec.has_momentum else weight_size),
+        state_formula=_state_formula(sizes, spec),
+        segment=plan.segment,
+        namespace=f"mirasc_{spec.module_name}_{spec_hash(source_text)[:12]}",
+        helpers=set(loss.helpers) | set(act.helpers) | lq_helpers,
+        loss_params=[f"_p{i}" for i in range(loss.n_params)],
+        has_retention_gate=spec.retention.gate is not None,
+        retention_row=rows.get("retention"),
+        momentum_row=rows.get("momentum"),
+        param_rows=rows["params"],
+        gate_rows=Code(", ".join(row_code)),
+        masks=Code("mk, mh, mv" if spec.depth > 1 else "mk, mv"),
+        kl_masks=Code(", ".join(f"m{ly.index}, {ly.in_mask}" for ly in layers)),
+        kl_mask_params=Code(", ".join(f"m{ly.index}, mi{ly.index}" for ly in layers)),
+        update_args=Code(", ".join(_update_args(spec))),
+        names=_kernel_names(spec),
+        loss_grad_lines=[Code(line) for line in loss.grad_lines],
+        loss_vjp_lines=[Code(line) for line in loss.vjp_lines],
+        act_lines=[Code(line) for line in act.act_lines],
+        act_d1_lines=[Code(line) for line in act.d1_lines],
+        act_d2_lines=[Code(line) for line in act.d2_lines],
+        lq=lq,
+    )
+
+
+def _update_args(spec: Spec) -> list:
+    args = ["e"] + (["rate"] if spec.retention.gate is not None else [])
+    args += ["mom"] if spec.has_momentum else []
+    return args + (["mirror"] if spec.retention.kind == "kl" else [])
