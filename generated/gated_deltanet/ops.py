@@ -44,54 +44,26 @@ def gated_deltanet(
     backend = runtime.pick_backend(backend, q, HAS_TRITON)
     ln_weight = None
     ln_bias = None
+    options = dict(
+        scale=scale,
+        initial_state=initial_state,
+        output_final_state=output_final_state,
+        ln_weight=ln_weight,
+        ln_bias=ln_bias,
+        anchor_state=anchor_state,
+        chunk_offset=chunk_offset,
+    )
     if backend == "reference":
         gates = {name: runtime.gate(g, name, q).transpose(1, 2) for name, g in gates.items()}
-        return runtime.reference(
-            SPEC_IR,
-            q,
-            k,
-            v,
-            gates,
-            scale=scale,
-            initial_state=initial_state,
-            ln_weight=ln_weight,
-            ln_bias=ln_bias,
-            output_final_state=output_final_state,
-            anchor_state=anchor_state,
-            chunk_offset=chunk_offset,
-        )
+        return runtime.reference(SPEC_IR, q, k, v, gates, **options)
     if backend == "triton":
         reason = triton_backend.unsupported(q, v)
         if reason is None:
-            return triton_backend.forward(
-                q,
-                k,
-                v,
-                gates,
-                scale,
-                initial_state,
-                output_final_state,
-                ln_weight,
-                ln_bias,
-                anchor_state,
-                chunk_offset,
-            )
+            return triton_backend.forward(q, k, v, gates, **options)
         if requested == "triton":
             raise runtime.BackendError(reason)
         runtime.warn_fallback("gated_deltanet", reason)
-    return torch_backend.forward(
-        q,
-        k,
-        v,
-        gates,
-        scale,
-        initial_state,
-        output_final_state,
-        ln_weight,
-        ln_bias,
-        anchor_state,
-        chunk_offset,
-    )
+    return torch_backend.forward(q, k, v, gates, **options)
 
 
 def read(q, state, *, scale=1.0):

@@ -303,13 +303,8 @@ fused = runtime.FusedRecurrent(
 unsupported = fused.unsupported
 
 
-def forward(
-    q, k, v, gates, scale, initial_state, output_final_state, ln_weight, ln_bias,
-    anchor_state=None, chunk_offset=0,
-):
-    """The torch backend's `forward` contract on the fused kernels (see `unsupported`)."""
-    rows = [runtime.gate(1.0, 'lr', q)]
-    return fused.forward(
-        q, k, v, rows, scale, initial_state, output_final_state, ln_weight, ln_bias,
-        anchor_state, chunk_offset,
-    )
+def forward(q, k, v, gates, **options):
+    """The torch backend's `forward` contract on the fused kernels (see `unsupported`);
+    `options` are the op's keyword arguments (scale, initial_state, output_final_state,
+    ln_weight, ln_bias, anchor_state, chunk_offset)."""
+    return fused.forward(q, k, v, [runtime.gate(1.0, 'lr', q)], **options)

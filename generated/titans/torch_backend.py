@@ -52,7 +52,7 @@ def surprise(ws, k, v, rho, params, ln):
     return inputs, deltas
 
 
-def recurrent(q, k, v, lr, rate, mom, params, state, scale, ln, anchor_state, offset):
+def recurrent(q, k, v, *, lr, rate, mom, params, state, scale, ln, anchor_state, offset):
     """Token by token: each chunk's gradients at its anchor state, then per-token updates and
     reads (read after write). Works for every spec."""
     T = q.shape[2]
@@ -77,7 +77,7 @@ def recurrent(q, k, v, lr, rate, mom, params, state, scale, ln, anchor_state, of
     return torch.cat(outs, dim=2), ws + ss
 
 
-def chunked(q, k, v, lr, rate, mom, params, state, scale, ln, anchor_state, offset):
+def chunked(q, k, v, *, lr, rate, mom, params, state, scale, ln, anchor_state, offset):
     """The dual form: per chunk, all tokens' states are affine in the anchor state and the
     rank-one gradients, W_t = a_t W + b_t S - sum_s D[t, s] g_s, so reads are masked matmuls
     layer by layer and no per-token state is materialised."""
@@ -134,6 +134,7 @@ def forward(
     k,
     v,
     gates,
+    *,
     scale,
     initial_state,
     output_final_state,
@@ -170,15 +171,15 @@ def forward(
         q.transpose(1, 2).to(dt),
         k.transpose(1, 2).to(dt),
         v.transpose(1, 2).to(dt),
-        lr,
-        rate,
-        mom,
-        params,
-        state,
-        scale,
-        ln,
-        anchor,
-        chunk_offset,
+        lr=lr,
+        rate=rate,
+        mom=mom,
+        params=params,
+        state=state,
+        scale=scale,
+        ln=ln,
+        anchor_state=anchor,
+        offset=chunk_offset,
     )
     o = o.transpose(1, 2).to(q.dtype)
     return o, (tuple(final) if output_final_state else None)

@@ -175,8 +175,21 @@ class FusedRecurrent:
         fused_forward.register_autograd(backward, setup_context=setup_context)
         return fused_forward
 
-    def forward(self, q, k, v, rows, scale, initial_state, output_final_state, ln_weight, ln_bias,
-                anchor_state=None, chunk_offset=0):  # fmt: skip
+    def forward(
+        self,
+        q,
+        k,
+        v,
+        rows,
+        *,
+        scale,
+        initial_state,
+        output_final_state,
+        ln_weight,
+        ln_bias,
+        anchor_state=None,
+        chunk_offset=0,
+    ):
         """The op contract on the fused kernels; `rows` are the gates [B, H, T] in the
         kernels' order (learning rate, retention gate, momentum, loss parameters)."""
         reason = self.unsupported(q, v)

@@ -129,18 +129,14 @@ def run(module, case: Case, backend: str, strategy: str | None = None):
     gates = {n[5:]: t for n, t in leaves.items() if n.startswith("gate:")}
     initial = tuple(t for n, t in leaves.items() if n.startswith("initial_state"))
     kwargs = dict(scale=case.scale, initial_state=initial or None, output_final_state=True)
-    ln = (leaves["ln_weight"], leaves["ln_bias"]) if "ln_weight" in leaves else (None, None)
+    if "ln_weight" in leaves:
+        kwargs.update(ln_weight=leaves["ln_weight"], ln_bias=leaves["ln_bias"])
+    q, k, v = leaves["q"], leaves["k"], leaves["v"]
     if strategy is not None:
-        o, state = module.torch_backend.forward(
-            leaves["q"], leaves["k"], leaves["v"], gates, case.scale, initial or None, True, *ln,
-            strategy=strategy,
-        )  # fmt: skip
+        ln = dict(ln_weight=None, ln_bias=None) | kwargs
+        o, state = module.torch_backend.forward(q, k, v, gates, **ln, strategy=strategy)
     else:
-        if ln[0] is not None:
-            kwargs.update(ln_weight=ln[0], ln_bias=ln[1])
-        o, state = module.op(
-            leaves["q"], leaves["k"], leaves["v"], **gates, **kwargs, backend=backend
-        )
+        o, state = module.op(q, k, v, **gates, **kwargs, backend=backend)
     # a fixed, non-symmetric probe so that every output element matters
     g = torch.Generator().manual_seed(1234)
     probe = torch.randn(o.shape, generator=g, dtype=torch.float64).to(o.dtype)
