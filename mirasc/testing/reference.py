@@ -118,6 +118,71 @@ def _lq_normaliser(a: torch.Tensor, q: float) -> torch.Tensor:
     return torch.where(n > 0, n, torch.ones_like(n))
 
 
+def _starting_state(spec: Spec, initial_state, B: int, H: int, Dk: int, Dv: int):
+    """(weights, momentum buffers) in float64; zeros where the memory allows a default."""
+    f64, depth = torch.float64, spec.architecture.depth
+    if initial_state is None:
+        if spec.needs_initial_state:
+            raise BackendError(f"{spec.name} needs an initial_state (MLP or kl memory)")
+        weights = [torch.zeros(B, H, Dk, Dv, dtype=f64)]
+        return weights, [torch.zeros_like(weights[0])] if spec.has_momentum else []
+    weights = [s.to(f64) for s in initial_state[:depth]]
+    moms = [s.to(f64) for s in initial_state[depth:]]
+    if spec.has_momentum and not moms:
+        moms = [torch.zeros_like(w) for w in weights]
+    return weights, moms
+
+
+def _anchor_of_continued_chunk(spec: Spec, anchor_state, chunk_offset: int, like_shape):
+    """The weights a call continuing a chunk takes its first gradients at (None: no chunk in
+    progress; a missing anchor is the default zeros where the memory allows them)."""
+    C = spec.chunk
+    if not 0 <= chunk_offset < C:
+        raise BackendError(f"chunk_offset must be in [0, {C}), got {chunk_offset}")
+    if not chunk_offset:
+        return None
+    if anchor_state is None:
+        if spec.needs_initial_state:
+            raise BackendError("chunk_offset > 0 needs the chunk's anchor_state")
+        return [torch.zeros(like_shape, dtype=torch.float64)]
+    return [s.to(torch.float64) for s in anchor_state[: spec.architecture.depth]]
+
+
+def _surprise(spec: Spec, anchor: list, k_t, v_t, gates_t: dict, rate, ln) -> list:
+    """grad_W loss(f(W; k_t), v_t) at the anchor (retained by 1 - rate under `first`), by
+    autograd through the loss as the spec writes it; soft-clamped when the spec clips."""
+    at = [w * (1.0 - rate) for w in anchor] if spec.retention.first else anchor
+    at = [w if w.requires_grad else w.detach().requires_grad_(True) for w in at]
+    y = _memory(spec, at, k_t, ln)
+    loss = evaluate(spec.bias.body, {"y": y, "v": v_t, **gates_t}, y)
+    grads = torch.autograd.grad(loss.sum(), at, create_graph=True)
+    if spec.clip is None:
+        return list(grads)
+    c = spec.clip
+    norm = torch.sqrt(sum((g * g).sum((-2, -1), keepdim=True) for g in grads))
+    safe = torch.where(norm > 0, norm, torch.ones_like(norm))
+    factor = torch.where(norm > 0, c * torch.tanh(safe / c) / safe, torch.ones_like(norm))
+    return [g * factor for g in grads]
+
+
+def _step(spec: Spec, weights: list, moms: list, grads: list, lr, rate, beta, mirror: bool):
+    """One token's update: the table of docs/semantics.md §2.5. `mirror`: kl's exact step."""
+    kind = spec.retention.kind
+    pairs = lambda a: zip(a, grads, strict=True)  # noqa: E731
+    if spec.algorithm.kind == "momentum":
+        moms = [beta * s - lr * g for s, g in pairs(moms)]
+        return [(1.0 - rate) * w + s for w, s in zip(weights, moms, strict=True)], moms
+    if kind in ("none", "decay"):
+        return [(1.0 - rate) * w - lr * g for w, g in pairs(weights)], moms
+    if kind == "l2":
+        return [(w - lr * g) / (1.0 + lr * rate) for w, g in pairs(weights)], moms
+    if kind == "kl" and mirror:
+        return [
+            torch.softmax(rate * torch.log(w) - lr * g, dim=-1) for w, g in pairs(weights)
+        ], moms
+    return [rate * w - lr * g for w, g in pairs(weights)], moms  # lq, and kl's linear steps
+
+
 def run(
     spec: Spec,
     q: torch.Tensor,
@@ -137,101 +202,44 @@ def run(
     With `chunk_offset` > 0 the call continues a chunk already that many tokens in: its first
     `chunk - chunk_offset` tokens take their gradients at `anchor_state`."""
     B, T, H, Dk = q.shape
-    Dv = v.shape[-1]
-    dtype = q.dtype
-    f64 = torch.float64
+    Dv, dtype, f64 = v.shape[-1], q.dtype, torch.float64
     q, k, v = q.to(f64), k.to(f64), v.to(f64)
     gates = {name: g.to(f64) for name, g in gates.items()}
-    arch = spec.architecture
     ln = _layer_norm_params(spec, H, Dv, ln_weight, ln_bias)
-    n_w = arch.depth
-    if initial_state is None:
-        if spec.needs_initial_state:
-            raise BackendError(f"{spec.name} needs an initial_state (MLP or kl memory)")
-        weights = [torch.zeros(B, H, Dk, Dv, dtype=f64)]
-        moms = [torch.zeros(B, H, Dk, Dv, dtype=f64)] if spec.has_momentum else []
-    else:
-        weights = [s.to(f64) for s in initial_state[:n_w]]
-        moms = [s.to(f64) for s in initial_state[n_w:]]
-        if spec.has_momentum and not moms:
-            moms = [torch.zeros_like(w) for w in weights]
-
+    weights, moms = _starting_state(spec, initial_state, B, H, Dk, Dv)
+    continued = _anchor_of_continued_chunk(spec, anchor_state, chunk_offset, (B, H, Dk, Dv))
     ret, alg = spec.retention, spec.algorithm
     lq = ret.kind == "lq"
-
-    def read_weights(state, norms):
-        return [s / n for s, n in zip(state, norms, strict=True)] if lq else state
-
-    C = spec.chunk
-    if not 0 <= chunk_offset < C:
-        raise BackendError(f"chunk_offset must be in [0, {C}), got {chunk_offset}")
-    if chunk_offset:  # the chunk in progress began at anchor_state (None: the default zeros)
-        if anchor_state is None and spec.needs_initial_state:
-            raise BackendError("chunk_offset > 0 needs the chunk's anchor_state")
-        anchor_weights = (
-            [torch.zeros(B, H, Dk, Dv, dtype=f64)]
-            if anchor_state is None
-            else [s.to(f64) for s in anchor_state[:n_w]]
-        )
+    normalised = lambda ws, norms: [w / n for w, n in zip(ws, norms, strict=True)]  # noqa: E731
     outputs = []
-    start, size = 0, C - chunk_offset
+    for start, stop, continuing, complete in _chunks(T, spec.chunk, chunk_offset):
+        base = continued if continuing else weights
+        anchor_norms = [_lq_normaliser(a, ret.q) for a in base] if lq else None
+        anchor = normalised(base, anchor_norms) if lq else base
+        for t in range(start, stop):
+            lr, rate = _operand(alg.lr, gates, t), _operand(ret.gate, gates, t)
+            gates_t = {n: g[:, t].unsqueeze(-1) for n, g in gates.items()}
+            grads = _surprise(spec, anchor, k[:, t], v[:, t], gates_t, rate, ln)
+            mirror = t == start and not continuing  # kl: the mirror step opens a chunk
+            beta = _operand(alg.momentum, gates, t)
+            weights, moms = _step(spec, weights, moms, grads, lr, rate, beta, mirror)
+            now = weights
+            if lq:  # a complete chunk's last token reads the exactly normalised state
+                last = complete and t == stop - 1
+                norms = [_lq_normaliser(a, ret.q) for a in weights] if last else anchor_norms
+                now = normalised(weights, norms)
+            outputs.append(_memory(spec, now, scale * q[:, t], ln))
+    o = torch.stack(outputs, dim=1).to(dtype) if outputs else q.new_zeros(B, 0, H, Dv)
+    return o, tuple(weights + moms) if output_final_state else None
+
+
+def _chunks(T: int, chunk: int, offset: int):
+    """(start, stop, continuing, complete) per chunk; the first finishes a chunk `offset` in."""
+    start, size = 0, chunk - offset
     while start < T:
         stop = min(start + size, T)
-        continuing = start == 0 and chunk_offset > 0
-        complete = stop - start == size
-        base = anchor_weights if continuing else weights
-        anchor_norms = [_lq_normaliser(a, ret.q) for a in base] if lq else None
-        anchor = read_weights(base, anchor_norms)
-        for t in range(start, stop):
-            lr = _operand(alg.lr, gates, t)
-            rate = _operand(ret.gate, gates, t)
-            at = [w * (1.0 - rate) for w in anchor] if ret.first else anchor
-            at = [w if w.requires_grad else w.detach().requires_grad_(True) for w in at]
-            y = _memory(spec, at, k[:, t], ln)
-            env = {"y": y, "v": v[:, t]}
-            env.update({n: g[:, t].unsqueeze(-1) for n, g in gates.items()})
-            loss = evaluate(spec.bias.body, env, y)
-            grads = torch.autograd.grad(loss.sum(), at, create_graph=True)
-            if spec.clip is not None:
-                c = spec.clip
-                norm = torch.sqrt(sum((g * g).sum((-2, -1), keepdim=True) for g in grads))
-                safe = torch.where(norm > 0, norm, torch.ones_like(norm))
-                factor = torch.where(
-                    norm > 0, c * torch.tanh(safe / c) / safe, torch.ones_like(norm)
-                )
-                grads = [g * factor for g in grads]
-            if alg.kind == "momentum":
-                beta = _operand(alg.momentum, gates, t)
-                moms = [beta * s - lr * g for s, g in zip(moms, grads, strict=True)]
-                weights = [(1.0 - rate) * w + s for w, s in zip(weights, moms, strict=True)]
-            elif ret.kind in ("none", "decay"):
-                weights = [(1.0 - rate) * w - lr * g for w, g in zip(weights, grads, strict=True)]
-            elif ret.kind == "l2":
-                weights = [
-                    (w - lr * g) / (1.0 + lr * rate) for w, g in zip(weights, grads, strict=True)
-                ]
-            elif lq:
-                weights = [rate * a - lr * g for a, g in zip(weights, grads, strict=True)]
-            elif (
-                t == start and not continuing
-            ):  # kl: the exact mirror step on a chunk's first token
-                weights = [
-                    torch.softmax(rate * torch.log(w) - lr * g, dim=-1)
-                    for w, g in zip(weights, grads, strict=True)
-                ]
-            else:  # kl: linear steps for the rest of the chunk
-                weights = [rate * w - lr * g for w, g in zip(weights, grads, strict=True)]
-            if lq:
-                last = complete and t == stop - 1  # a complete chunk's last token normalises
-                norms = [_lq_normaliser(a, ret.q) for a in weights] if last else anchor_norms
-                now = read_weights(weights, norms)
-            else:
-                now = weights
-            outputs.append(_memory(spec, now, scale * q[:, t], ln))
-        start, size = stop, C
-    o = torch.stack(outputs, dim=1).to(dtype) if outputs else q.new_zeros(B, 0, H, Dv)
-    final = tuple(weights + moms) if output_final_state else None
-    return o, final
+        yield start, stop, start == 0 and offset > 0, stop - start == size
+        start, size = stop, chunk
 
 
 def read(spec: Spec, q: torch.Tensor, state, scale: float = 1.0, ln_weight=None, ln_bias=None):
