@@ -53,29 +53,29 @@ def _bias_vjp(y, v, mask, dyb):
 
 
 @triton.jit
-def _read(x, R1, mk, mv):
+def _read(x, b_r1, mk, mv):
     """f(R; x) and what its backward needs: (o, h0, r1)."""
     h0 = x
-    r1 = vecmat(h0, R1)
+    r1 = vecmat(h0, b_r1)
     o = r1
     return o, h0, r1
 
 
 @triton.jit
-def _read_bwd(ob, o, h0, r1, R1, mk, mv):
-    """Adjoints (x, R1) of a read given o's adjoint ob."""
+def _read_bwd(ob, o, h0, r1, b_r1, mk, mv):
+    """Adjoints (x, b_r1) of a read given o's adjoint ob."""
     rb1 = ob
-    Rb1 = outer(h0, rb1)
-    hb = matvec(R1, rb1)
-    return hb, Rb1
+    b_dr1 = outer(h0, rb1)
+    hb = matvec(b_r1, rb1)
+    return hb, b_dr1
 
 
 @triton.jit
-def _surprise(k, v, P1, rho, mk, mv):
-    """The token's gradient at the anchor P1 retained by rho, as rank-one factors
+def _surprise(k, v, b_p1, rho, mk, mv):
+    """The token's gradient at the anchor b_p1 retained by rho, as rank-one factors
     g_l = a_(l-1) (outer) dd_l, and what the backward pass needs: (a0, zr1, d1, dd1, y, dy)."""
     a0 = k
-    zr1 = vecmat(a0, P1)
+    zr1 = vecmat(a0, b_p1)
     z1 = zr1 * rho
     y = z1
     dy = _bias_grad(y, v, mv)
@@ -86,11 +86,11 @@ def _surprise(k, v, P1, rho, mk, mv):
 
 
 @triton.jit
-def _surprise_bwd(Gb1, a0, zr1, d1, dd1, y, dy, v, P1, rho, mk, mv):
-    """Adjoints (k, v, P1, rho) of the inner gradient
-    step given the adjoints Gb1 of the token's gradients g_l = a_(l-1) (outer) dd_l."""
-    ab0 = matvec(Gb1, dd1)
-    db1 = vecmat(a0, Gb1)
+def _surprise_bwd(b_dg1, a0, zr1, d1, dd1, y, dy, v, b_p1, rho, mk, mv):
+    """Adjoints (k, v, b_p1, rho) of the inner gradient
+    step given the adjoints b_dg1 of the token's gradients g_l = a_(l-1) (outer) dd_l."""
+    ab0 = matvec(b_dg1, dd1)
+    db1 = vecmat(a0, b_dg1)
     rho_b = tl.sum(dy * 0.0, axis=0)
     dyb = db1
     yb, vb = _bias_vjp(y, v, mv, dyb)
@@ -98,9 +98,9 @@ def _surprise_bwd(Gb1, a0, zr1, d1, dd1, y, dy, v, P1, rho, mk, mv):
     # z_l = rho * a_(l-1) P_l
     rho_b += tl.sum(zb1 * zr1, axis=0)
     zs = zb1 * rho
-    Pb1 = outer(a0, zs)
-    ab0 = ab0 + matvec(P1, zs)
-    return ab0, vb, Pb1, rho_b
+    b_dp1 = outer(a0, zs)
+    ab0 = ab0 + matvec(b_p1, zs)
+    return ab0, vb, b_dp1, rho_b
 
 
 @triton.jit
@@ -109,24 +109,24 @@ def _dot2(a, b):
 
 
 @triton.jit
-def _update(W1, G1, e, rate):
-    """The state after one token from its gradients G1 (the update table, docs/semantics.md §2.5)."""
-    W1 = (1.0 - rate) * W1 - e * G1
-    return W1
+def _update(b_w1, b_g1, e, rate):
+    """The state after one token from its gradients b_g1 (the update table, docs/semantics.md §2.5)."""
+    b_w1 = (1.0 - rate) * b_w1 - e * b_g1
+    return b_w1
 
 
 @triton.jit
-def _update_bwd(Wb1, Wp1, G1, e, rate):
+def _update_bwd(b_dw1, b_wp1, b_g1, e, rate):
     """Adjoints of the state before the token, of its gradients and of its gates, given the
-    adjoints Wb1 of the state after it."""
-    zero = _dot2(Wb1, Wb1 * 0.0)
+    adjoints b_dw1 of the state after it."""
+    zero = _dot2(b_dw1, b_dw1 * 0.0)
     e_b = zero
     rate_b = zero
-    e_b -= _dot2(Wb1, G1)
-    rate_b -= _dot2(Wb1, Wp1)
-    Gb1 = -e * Wb1
-    Wb1 = (1.0 - rate) * Wb1
-    return Wb1, Gb1, e_b, rate_b
+    e_b -= _dot2(b_dw1, b_g1)
+    rate_b -= _dot2(b_dw1, b_wp1)
+    b_dg1 = -e * b_dw1
+    b_dw1 = (1.0 - rate) * b_dw1
+    return b_dw1, b_dg1, e_b, rate_b
 
 
 @triton.jit
@@ -139,48 +139,48 @@ def _forward_kernel(
 ):
     """One (batch, head): the whole sequence with the state on chip; saves the state at the
     start of every segment of SEG tokens (positions counted from the chunk's start, offset)."""
-    bh = tl.program_id(0).to(tl.int64)
-    b = bh // H
-    h = bh % H
+    i_bh = tl.program_id(0).to(tl.int64)
+    i_b = i_bh // H
+    i_h = i_bh % H
     GS = tl.num_programs(0).to(tl.int64) * T  # stride between gate rows
     rk = tl.arange(0, BK)
     mk = rk < DK
     rv = tl.arange(0, BV)
     mv = rv < DV
-    OFF1 = 0
-    ix1 = rk[:, None] * DV + rv[None, :]
-    m1 = mk[:, None] & mv[None, :]
+    o_w1 = 0
+    i_w1 = rk[:, None] * DV + rv[None, :]
+    m_w1 = mk[:, None] & mv[None, :]
     WSIZE = (DK * DV)
     STATE = (DK * DV)
-    W1 = tl.load(state_ptr + bh * STATE + OFF1 + ix1, mask=m1, other=0.0)
+    b_w1 = tl.load(state_ptr + i_bh * STATE + o_w1 + i_w1, mask=m_w1, other=0.0)
     for s in range(0, NSEG):
-        ck = ckpt_ptr + (bh * NSEG + s) * STATE
-        tl.store(ck + OFF1 + ix1, W1, mask=m1)
+        ck = ckpt_ptr + (i_bh * NSEG + s) * STATE
+        tl.store(ck + o_w1 + i_w1, b_w1, mask=m_w1)
         p_lo = s * SEG
         p_hi = tl.minimum(p_lo + SEG, T + offset)
         for p0 in range(p_lo, p_hi, CH):
             t0 = tl.maximum(p0 - offset, 0)
             t1 = tl.minimum(p0 + CH - offset, T)
-            P1 = W1
+            b_p1 = b_w1
             if CONTINUING:
                 if p0 == 0:
-                    P1 = tl.load(anchor_ptr + bh * WSIZE + OFF1 + ix1, mask=m1, other=0.0)
+                    b_p1 = tl.load(anchor_ptr + i_bh * WSIZE + o_w1 + i_w1, mask=m_w1, other=0.0)
             for t in range(t0, t1):
-                tok = (b * T + t) * H + h
+                tok = (i_b * T + t) * H + i_h
                 kt = tl.load(k_ptr + tok * DK + rk, mask=mk, other=0.0).to(tl.float32)
                 vt = tl.load(v_ptr + tok * DV + rv, mask=mv, other=0.0).to(tl.float32)
-                gt = g_ptr + bh * T + t
+                gt = g_ptr + i_bh * T + t
                 e = tl.load(gt)
                 rate = tl.load(gt + 1 * GS)
                 rho = 1.0 - rate
-                a0, zr1, d1, dd1, y, dy = _surprise(kt, vt, P1, rho, mk, mv)
-                G1 = outer(a0, dd1)
-                W1 = _update(W1, G1, e, rate)
-                R1 = W1
+                a0, zr1, d1, dd1, y, dy = _surprise(kt, vt, b_p1, rho, mk, mv)
+                b_g1 = outer(a0, dd1)
+                b_w1 = _update(b_w1, b_g1, e, rate)
+                b_r1 = b_w1
                 x = scale * tl.load(q_ptr + tok * DK + rk, mask=mk, other=0.0).to(tl.float32)
-                o, h0, r1 = _read(x, R1, mk, mv)
+                o, h0, r1 = _read(x, b_r1, mk, mv)
                 tl.store(o_ptr + tok * DV + rv, o.to(o_ptr.dtype.element_ty), mask=mv)
-    tl.store(final_ptr + bh * STATE + OFF1 + ix1, W1, mask=m1)
+    tl.store(final_ptr + i_bh * STATE + o_w1 + i_w1, b_w1, mask=m_w1)
 
 
 @triton.jit
@@ -194,27 +194,27 @@ def _backward_kernel(
 ):
     """One (batch, head), segments in reverse: recompute the segment's per-token states from
     its saved start into scratch, then walk its tokens backwards."""
-    bh = tl.program_id(0).to(tl.int64)
-    b = bh // H
-    h = bh % H
+    i_bh = tl.program_id(0).to(tl.int64)
+    i_b = i_bh // H
+    i_h = i_bh % H
     GS = tl.num_programs(0).to(tl.int64) * T  # stride between gate rows
     rk = tl.arange(0, BK)
     mk = rk < DK
     rv = tl.arange(0, BV)
     mv = rv < DV
-    OFF1 = 0
-    ix1 = rk[:, None] * DV + rv[None, :]
-    m1 = mk[:, None] & mv[None, :]
+    o_w1 = 0
+    i_w1 = rk[:, None] * DV + rv[None, :]
+    m_w1 = mk[:, None] & mv[None, :]
     WSIZE = (DK * DV)
     STATE = (DK * DV)
-    scr = scratch_ptr + bh * (SEG + 1) * STATE
-    Wb1 = tl.load(dfinal_ptr + bh * STATE + OFF1 + ix1, mask=m1, other=0.0)
-    PB1 = Wb1 * 0.0  # the chunk's anchor adjoint
+    scr = scratch_ptr + i_bh * (SEG + 1) * STATE
+    b_dw1 = tl.load(dfinal_ptr + i_bh * STATE + o_w1 + i_w1, mask=m_w1, other=0.0)
+    PB1 = b_dw1 * 0.0  # the chunk's anchor adjoint
     for i in range(0, NSEG):
         s = NSEG - 1 - i
-        ck = ckpt_ptr + (bh * NSEG + s) * STATE
-        W1 = tl.load(ck + OFF1 + ix1, mask=m1, other=0.0)
-        tl.store(scr + OFF1 + ix1, W1, mask=m1)
+        ck = ckpt_ptr + (i_bh * NSEG + s) * STATE
+        b_w1 = tl.load(ck + o_w1 + i_w1, mask=m_w1, other=0.0)
+        tl.store(scr + o_w1 + i_w1, b_w1, mask=m_w1)
         p_lo = s * SEG
         p_hi = tl.minimum(p_lo + SEG, T + offset)
         seg_t0 = tl.maximum(p_lo - offset, 0)
@@ -222,23 +222,23 @@ def _backward_kernel(
         for p0 in range(p_lo, p_hi, CH):
             t0 = tl.maximum(p0 - offset, 0)
             t1 = tl.minimum(p0 + CH - offset, T)
-            P1 = W1
+            b_p1 = b_w1
             if CONTINUING:
                 if p0 == 0:
-                    P1 = tl.load(anchor_ptr + bh * WSIZE + OFF1 + ix1, mask=m1, other=0.0)
+                    b_p1 = tl.load(anchor_ptr + i_bh * WSIZE + o_w1 + i_w1, mask=m_w1, other=0.0)
             for t in range(t0, t1):
-                tok = (b * T + t) * H + h
+                tok = (i_b * T + t) * H + i_h
                 kt = tl.load(k_ptr + tok * DK + rk, mask=mk, other=0.0).to(tl.float32)
                 vt = tl.load(v_ptr + tok * DV + rv, mask=mv, other=0.0).to(tl.float32)
-                gt = g_ptr + bh * T + t
+                gt = g_ptr + i_bh * T + t
                 e = tl.load(gt)
                 rate = tl.load(gt + 1 * GS)
                 rho = 1.0 - rate
-                a0, zr1, d1, dd1, y, dy = _surprise(kt, vt, P1, rho, mk, mv)
-                G1 = outer(a0, dd1)
-                W1 = _update(W1, G1, e, rate)
+                a0, zr1, d1, dd1, y, dy = _surprise(kt, vt, b_p1, rho, mk, mv)
+                b_g1 = outer(a0, dd1)
+                b_w1 = _update(b_w1, b_g1, e, rate)
                 slot = scr + (t - seg_t0 + 1) * STATE
-                tl.store(slot + OFF1 + ix1, W1, mask=m1)
+                tl.store(slot + o_w1 + i_w1, b_w1, mask=m_w1)
         tl.debug_barrier()
         for j in range(0, seg_t1 - seg_t0):
             t = seg_t1 - 1 - j
@@ -248,49 +248,49 @@ def _backward_kernel(
             now = scr + (t - seg_t0 + 1) * STATE
             prev = scr + (t - seg_t0) * STATE
             anc = scr + (t0 - seg_t0) * STATE
-            Wn1 = tl.load(now + OFF1 + ix1, mask=m1, other=0.0)
-            Wp1 = tl.load(prev + OFF1 + ix1, mask=m1, other=0.0)
-            A1 = tl.load(anc + OFF1 + ix1, mask=m1, other=0.0)
+            b_wn1 = tl.load(now + o_w1 + i_w1, mask=m_w1, other=0.0)
+            b_wp1 = tl.load(prev + o_w1 + i_w1, mask=m_w1, other=0.0)
+            A1 = tl.load(anc + o_w1 + i_w1, mask=m_w1, other=0.0)
             if CONTINUING:
                 if p0 == 0:
-                    A1 = tl.load(anchor_ptr + bh * WSIZE + OFF1 + ix1, mask=m1, other=0.0)
-            P1 = A1
-            tok = (b * T + t) * H + h
+                    A1 = tl.load(anchor_ptr + i_bh * WSIZE + o_w1 + i_w1, mask=m_w1, other=0.0)
+            b_p1 = A1
+            tok = (i_b * T + t) * H + i_h
             kt = tl.load(k_ptr + tok * DK + rk, mask=mk, other=0.0).to(tl.float32)
             vt = tl.load(v_ptr + tok * DV + rv, mask=mv, other=0.0).to(tl.float32)
-            gt = g_ptr + bh * T + t
+            gt = g_ptr + i_bh * T + t
             e = tl.load(gt)
             rate = tl.load(gt + 1 * GS)
             rho = 1.0 - rate
-            a0, zr1, d1, dd1, y, dy = _surprise(kt, vt, P1, rho, mk, mv)
-            G1 = outer(a0, dd1)
-            R1 = Wn1
+            a0, zr1, d1, dd1, y, dy = _surprise(kt, vt, b_p1, rho, mk, mv)
+            b_g1 = outer(a0, dd1)
+            b_r1 = b_wn1
             x = scale * tl.load(q_ptr + tok * DK + rk, mask=mk, other=0.0).to(tl.float32)
-            r_o, r_h0, r_r1 = _read(x, R1, mk, mv)
+            r_o, r_h0, r_r1 = _read(x, b_r1, mk, mv)
             ob = tl.load(do_ptr + tok * DV + rv, mask=mv, other=0.0).to(tl.float32)
-            xb, Rb1 = _read_bwd(ob, r_o, r_h0, r_r1, R1, mk, mv)
+            xb, b_dr1 = _read_bwd(ob, r_o, r_h0, r_r1, b_r1, mk, mv)
             tl.store(dq_ptr + tok * DK + rk, scale * xb, mask=mk)
-            Wb1 += Rb1
-            Wb1, Gb1, e_b, rate_b = _update_bwd(Wb1, Wp1, G1, e, rate)
-            kb, vb, Pb1, rho_b = _surprise_bwd(Gb1, a0, zr1, d1, dd1, y, dy, vt, P1, rho, mk, mv)
-            PB1 += Pb1
+            b_dw1 += b_dr1
+            b_dw1, b_dg1, e_b, rate_b = _update_bwd(b_dw1, b_wp1, b_g1, e, rate)
+            kb, vb, b_dp1, rho_b = _surprise_bwd(b_dg1, a0, zr1, d1, dd1, y, dy, vt, b_p1, rho, mk, mv)
+            PB1 += b_dp1
             tl.store(dk_ptr + tok * DK + rk, kb, mask=mk)
             tl.store(dv_ptr + tok * DV + rv, vb, mask=mv)
-            dgt = dg_ptr + bh * T + t
+            dgt = dg_ptr + i_bh * T + t
             tl.store(dgt, e_b)
             rate_b -= rho_b
             tl.store(dgt + 1 * GS, rate_b)
             if t == t0:  # the chunk's first token: its anchor's adjoint is complete
                 if CONTINUING:
                     if p0 == 0:
-                        tl.store(danchor_ptr + bh * WSIZE + OFF1 + ix1, PB1, mask=m1)
+                        tl.store(danchor_ptr + i_bh * WSIZE + o_w1 + i_w1, PB1, mask=m_w1)
                     else:
-                        Wb1 += PB1
+                        b_dw1 += PB1
                 else:
-                    Wb1 += PB1
+                    b_dw1 += PB1
                 PB1 = PB1 * 0.0
         tl.debug_barrier()
-    tl.store(dstate_ptr + bh * STATE + OFF1 + ix1, Wb1, mask=m1)
+    tl.store(dstate_ptr + i_bh * STATE + o_w1 + i_w1, b_dw1, mask=m_w1)
 
 
 # ---- the host side: the spec's sizes; the rest is runtime.FusedRecurrent --------------------------

@@ -75,12 +75,12 @@ def _act_d2(x):
 
 
 @triton.jit
-def _read(x, R1, R2, gamma, beta, mk, mh, mv, DV: tl.constexpr):
+def _read(x, b_r1, b_r2, gamma, beta, mk, mh, mv, DV: tl.constexpr):
     """f(R; x) and what its backward needs: (o, h0, h1, r1, r2, xh, rstd)."""
     h0 = x
-    r1 = vecmat(h0, R1)
+    r1 = vecmat(h0, b_r1)
     h1 = tl.where(mh, _act(r1), 0.0)
-    r2 = vecmat(h1, R2)
+    r2 = vecmat(h1, b_r2)
     xh, rstd = ln_fwd(r2, mv, DV)
     o = xh * gamma + beta
     o = x + o
@@ -88,36 +88,36 @@ def _read(x, R1, R2, gamma, beta, mk, mh, mv, DV: tl.constexpr):
 
 
 @triton.jit
-def _read_bwd(ob, o, h0, h1, r1, r2, xh, rstd, R1, R2, gamma, mk, mh, mv, DV: tl.constexpr):
-    """Adjoints (x, R1, R2, gamma, beta) of a read given o's adjoint ob."""
+def _read_bwd(ob, o, h0, h1, r1, r2, xh, rstd, b_r1, b_r2, gamma, mk, mh, mv, DV: tl.constexpr):
+    """Adjoints (x, b_r1, b_r2, gamma, beta) of a read given o's adjoint ob."""
     gamma_b = ob * xh
     beta_b = ob
     rb2 = ln_fwd_bwd(ob * gamma, 0.0, xh, rstd, mv, DV)
-    Rb2 = outer(h1, rb2)
-    hb = matvec(R2, rb2)
+    b_dr2 = outer(h1, rb2)
+    hb = matvec(b_r2, rb2)
     rb1 = tl.where(mh, hb * _act_d1(r1), 0.0)
-    Rb1 = outer(h0, rb1)
-    hb = matvec(R1, rb1)
+    b_dr1 = outer(h0, rb1)
+    hb = matvec(b_r1, rb1)
     hb = hb + ob
-    return hb, Rb1, Rb2, gamma_b, beta_b
+    return hb, b_dr1, b_dr2, gamma_b, beta_b
 
 
 @triton.jit
-def _surprise(k, v, P1, P2, rho, gamma, beta, mk, mh, mv, DV: tl.constexpr):
-    """The token's gradient at the anchor P1, P2, as rank-one factors
+def _surprise(k, v, b_p1, b_p2, rho, gamma, beta, mk, mh, mv, DV: tl.constexpr):
+    """The token's gradient at the anchor b_p1, b_p2, as rank-one factors
     g_l = a_(l-1) (outer) dd_l, and what the backward pass needs: (a0, a1, zr1, zr2, u1, d1, d2, dd1, dd2, y, dy, xh, rstd)."""
     a0 = k
-    zr1 = vecmat(a0, P1)
+    zr1 = vecmat(a0, b_p1)
     z1 = zr1 * rho
     a1 = tl.where(mh, _act(z1), 0.0)
-    zr2 = vecmat(a1, P2)
+    zr2 = vecmat(a1, b_p2)
     z2 = zr2 * rho
     xh, rstd = ln_fwd(z2, mv, DV)
     y = xh * gamma + beta
     y = k + y
     dy = _bias_grad(y, v, mv)
     d2 = ln_bwd(dy * gamma, xh, rstd, mv, DV)
-    u1 = matvec(P2, d2)
+    u1 = matvec(b_p2, d2)
     d1 = tl.where(mh, u1 * rho * _act_d1(z1), 0.0)
     fac = 1.0
     dd1 = d1 * fac
@@ -126,22 +126,22 @@ def _surprise(k, v, P1, P2, rho, gamma, beta, mk, mh, mv, DV: tl.constexpr):
 
 
 @triton.jit
-def _surprise_bwd(Gb1, Gb2, a0, a1, zr1, zr2, u1, d1, d2, dd1, dd2, y, dy, xh, rstd, v, P1, P2, rho, gamma, mk, mh, mv, DV: tl.constexpr):
-    """Adjoints (k, v, P1, P2, rho, gamma, beta) of the inner gradient
-    step given the adjoints Gb1, Gb2 of the token's gradients g_l = a_(l-1) (outer) dd_l."""
+def _surprise_bwd(b_dg1, b_dg2, a0, a1, zr1, zr2, u1, d1, d2, dd1, dd2, y, dy, xh, rstd, v, b_p1, b_p2, rho, gamma, mk, mh, mv, DV: tl.constexpr):
+    """Adjoints (k, v, b_p1, b_p2, rho, gamma, beta) of the inner gradient
+    step given the adjoints b_dg1, b_dg2 of the token's gradients g_l = a_(l-1) (outer) dd_l."""
     z1 = zr1 * rho
-    ab0 = matvec(Gb1, dd1)
-    db1 = vecmat(a0, Gb1)
-    ab1 = matvec(Gb2, dd2)
-    db2 = vecmat(a1, Gb2)
+    ab0 = matvec(b_dg1, dd1)
+    db1 = vecmat(a0, b_dg1)
+    ab1 = matvec(b_dg2, dd2)
+    db2 = vecmat(a1, b_dg2)
     rho_b = tl.sum(dy * 0.0, axis=0)
     # d_l = rho * (P_(l+1) d_(l+1)) * act'(z_l)
     s1 = _act_d1(z1)
     zb1 = tl.where(mh, db1 * u1 * rho * _act_d2(z1), 0.0)
     rho_b += tl.sum(db1 * u1 * s1, axis=0)
     ub = tl.where(mh, db1 * rho * s1, 0.0)
-    db2 = db2 + vecmat(ub, P2)
-    Pb2 = outer(ub, d2)
+    db2 = db2 + vecmat(ub, b_p2)
+    b_dp2 = outer(ub, d2)
     dxhb, xhb, rstdb = ln_bwd_bwd(db2, dy * gamma, xh, rstd, mv, DV)
     dyb = dxhb * gamma
     gamma_b = dxhb * dy
@@ -152,16 +152,16 @@ def _surprise_bwd(Gb1, Gb2, a0, a1, zr1, zr2, u1, d1, d2, dd1, dd2, y, dy, xh, r
     # z_l = rho * a_(l-1) P_l
     rho_b += tl.sum(zb2 * zr2, axis=0)
     zs = zb2 * rho
-    Pb2 = Pb2 + outer(a1, zs)
-    ab1 = ab1 + matvec(P2, zs)
+    b_dp2 = b_dp2 + outer(a1, zs)
+    ab1 = ab1 + matvec(b_p2, zs)
     zb1 = zb1 + tl.where(mh, ab1 * _act_d1(z1), 0.0)
     # z_l = rho * a_(l-1) P_l
     rho_b += tl.sum(zb1 * zr1, axis=0)
     zs = zb1 * rho
-    Pb1 = outer(a0, zs)
-    ab0 = ab0 + matvec(P1, zs)
+    b_dp1 = outer(a0, zs)
+    ab0 = ab0 + matvec(b_p1, zs)
     ab0 = ab0 + yb
-    return ab0, vb, Pb1, Pb2, rho_b, gamma_b, beta_b
+    return ab0, vb, b_dp1, b_dp2, rho_b, gamma_b, beta_b
 
 
 @triton.jit
@@ -170,37 +170,37 @@ def _dot2(a, b):
 
 
 @triton.jit
-def _update(W1, W2, G1, G2, e, rate, mirror, m1, mi1, m2, mi2):
-    """The state after one token from its gradients G1, G2 (the update table, docs/semantics.md §2.5)."""
-    mirrored = softmax_rows(rate * tl.log(tl.where(m1, W1, 1.0)) - e * G1, m1, mi1)
-    W1 = tl.where(mirror, mirrored, rate * W1 - e * G1)
-    mirrored = softmax_rows(rate * tl.log(tl.where(m2, W2, 1.0)) - e * G2, m2, mi2)
-    W2 = tl.where(mirror, mirrored, rate * W2 - e * G2)
-    return W1, W2
+def _update(b_w1, b_w2, b_g1, b_g2, e, rate, mirror, m_w1, mi1, m_w2, mi2):
+    """The state after one token from its gradients b_g1, b_g2 (the update table, docs/semantics.md §2.5)."""
+    mirrored = softmax_rows(rate * tl.log(tl.where(m_w1, b_w1, 1.0)) - e * b_g1, m_w1, mi1)
+    b_w1 = tl.where(mirror, mirrored, rate * b_w1 - e * b_g1)
+    mirrored = softmax_rows(rate * tl.log(tl.where(m_w2, b_w2, 1.0)) - e * b_g2, m_w2, mi2)
+    b_w2 = tl.where(mirror, mirrored, rate * b_w2 - e * b_g2)
+    return b_w1, b_w2
 
 
 @triton.jit
-def _update_bwd(Wb1, Wb2, Wp1, Wp2, Wn1, Wn2, G1, G2, e, rate, mirror, m1, mi1, m2, mi2):
+def _update_bwd(b_dw1, b_dw2, b_wp1, b_wp2, b_wn1, b_wn2, b_g1, b_g2, e, rate, mirror, m_w1, mi1, m_w2, mi2):
     """Adjoints of the state before the token, of its gradients and of its gates, given the
-    adjoints Wb1, Wb2 of the state after it."""
-    zero = _dot2(Wb1, Wb1 * 0.0)
+    adjoints b_dw1, b_dw2 of the state after it."""
+    zero = _dot2(b_dw1, b_dw1 * 0.0)
     e_b = zero
     rate_b = zero
     # mirror step W = softmax(rate * log Wp - e * G) per row; else the linear step
-    Zb = Wn1 * (Wb1 - tl.sum(Wb1 * Wn1, axis=1)[:, None])
-    logw = tl.where(m1, tl.log(tl.where(m1, Wp1, 1.0)), 0.0)
-    rate_b += tl.where(mirror, _dot2(Zb, logw), _dot2(Wb1, Wp1))
-    e_b -= tl.where(mirror, _dot2(Zb, G1), _dot2(Wb1, G1))
-    Gb1 = -e * tl.where(mirror, Zb, Wb1)
-    Wb1 = tl.where(mirror, tl.where(m1, rate * Zb / tl.where(m1, Wp1, 1.0), 0.0), rate * Wb1)
+    Zb = b_wn1 * (b_dw1 - tl.sum(b_dw1 * b_wn1, axis=1)[:, None])
+    logw = tl.where(m_w1, tl.log(tl.where(m_w1, b_wp1, 1.0)), 0.0)
+    rate_b += tl.where(mirror, _dot2(Zb, logw), _dot2(b_dw1, b_wp1))
+    e_b -= tl.where(mirror, _dot2(Zb, b_g1), _dot2(b_dw1, b_g1))
+    b_dg1 = -e * tl.where(mirror, Zb, b_dw1)
+    b_dw1 = tl.where(mirror, tl.where(m_w1, rate * Zb / tl.where(m_w1, b_wp1, 1.0), 0.0), rate * b_dw1)
     # mirror step W = softmax(rate * log Wp - e * G) per row; else the linear step
-    Zb = Wn2 * (Wb2 - tl.sum(Wb2 * Wn2, axis=1)[:, None])
-    logw = tl.where(m2, tl.log(tl.where(m2, Wp2, 1.0)), 0.0)
-    rate_b += tl.where(mirror, _dot2(Zb, logw), _dot2(Wb2, Wp2))
-    e_b -= tl.where(mirror, _dot2(Zb, G2), _dot2(Wb2, G2))
-    Gb2 = -e * tl.where(mirror, Zb, Wb2)
-    Wb2 = tl.where(mirror, tl.where(m2, rate * Zb / tl.where(m2, Wp2, 1.0), 0.0), rate * Wb2)
-    return Wb1, Wb2, Gb1, Gb2, e_b, rate_b
+    Zb = b_wn2 * (b_dw2 - tl.sum(b_dw2 * b_wn2, axis=1)[:, None])
+    logw = tl.where(m_w2, tl.log(tl.where(m_w2, b_wp2, 1.0)), 0.0)
+    rate_b += tl.where(mirror, _dot2(Zb, logw), _dot2(b_dw2, b_wp2))
+    e_b -= tl.where(mirror, _dot2(Zb, b_g2), _dot2(b_dw2, b_g2))
+    b_dg2 = -e * tl.where(mirror, Zb, b_dw2)
+    b_dw2 = tl.where(mirror, tl.where(m_w2, rate * Zb / tl.where(m_w2, b_wp2, 1.0), 0.0), rate * b_dw2)
+    return b_dw1, b_dw2, b_dg1, b_dg2, e_b, rate_b
 
 
 @triton.jit
@@ -213,9 +213,9 @@ def _forward_kernel(
 ):
     """One (batch, head): the whole sequence with the state on chip; saves the state at the
     start of every segment of SEG tokens (positions counted from the chunk's start, offset)."""
-    bh = tl.program_id(0).to(tl.int64)
-    b = bh // H
-    h = bh % H
+    i_bh = tl.program_id(0).to(tl.int64)
+    i_b = i_bh // H
+    i_h = i_bh % H
     GS = tl.num_programs(0).to(tl.int64) * T  # stride between gate rows
     rk = tl.arange(0, BK)
     mk = rk < DK
@@ -223,55 +223,55 @@ def _forward_kernel(
     mv = rv < DV
     rh = tl.arange(0, BH)
     mh = rh < HID
-    OFF1 = 0
-    ix1 = rk[:, None] * HID + rh[None, :]
-    m1 = mk[:, None] & mh[None, :]
-    OFF2 = DK * HID
-    ix2 = rh[:, None] * DV + rv[None, :]
-    m2 = mh[:, None] & mv[None, :]
+    o_w1 = 0
+    i_w1 = rk[:, None] * HID + rh[None, :]
+    m_w1 = mk[:, None] & mh[None, :]
+    o_w2 = DK * HID
+    i_w2 = rh[:, None] * DV + rv[None, :]
+    m_w2 = mh[:, None] & mv[None, :]
     WSIZE = (DK * HID + HID * DV)
     STATE = (DK * HID + HID * DV)
-    gamma = tl.load(ln_ptr + h * DV + rv, mask=mv, other=0.0)
-    beta = tl.load(ln_ptr + (H + h) * DV + rv, mask=mv, other=0.0)
-    W1 = tl.load(state_ptr + bh * STATE + OFF1 + ix1, mask=m1, other=0.0)
-    W2 = tl.load(state_ptr + bh * STATE + OFF2 + ix2, mask=m2, other=0.0)
+    gamma = tl.load(ln_ptr + i_h * DV + rv, mask=mv, other=0.0)
+    beta = tl.load(ln_ptr + (H + i_h) * DV + rv, mask=mv, other=0.0)
+    b_w1 = tl.load(state_ptr + i_bh * STATE + o_w1 + i_w1, mask=m_w1, other=0.0)
+    b_w2 = tl.load(state_ptr + i_bh * STATE + o_w2 + i_w2, mask=m_w2, other=0.0)
     for s in range(0, NSEG):
-        ck = ckpt_ptr + (bh * NSEG + s) * STATE
-        tl.store(ck + OFF1 + ix1, W1, mask=m1)
-        tl.store(ck + OFF2 + ix2, W2, mask=m2)
+        ck = ckpt_ptr + (i_bh * NSEG + s) * STATE
+        tl.store(ck + o_w1 + i_w1, b_w1, mask=m_w1)
+        tl.store(ck + o_w2 + i_w2, b_w2, mask=m_w2)
         p_lo = s * SEG
         p_hi = tl.minimum(p_lo + SEG, T + offset)
         for p0 in range(p_lo, p_hi, CH):
             t0 = tl.maximum(p0 - offset, 0)
             t1 = tl.minimum(p0 + CH - offset, T)
-            P1 = W1
-            P2 = W2
+            b_p1 = b_w1
+            b_p2 = b_w2
             if CONTINUING:
                 if p0 == 0:
-                    P1 = tl.load(anchor_ptr + bh * WSIZE + OFF1 + ix1, mask=m1, other=0.0)
-                    P2 = tl.load(anchor_ptr + bh * WSIZE + OFF2 + ix2, mask=m2, other=0.0)
+                    b_p1 = tl.load(anchor_ptr + i_bh * WSIZE + o_w1 + i_w1, mask=m_w1, other=0.0)
+                    b_p2 = tl.load(anchor_ptr + i_bh * WSIZE + o_w2 + i_w2, mask=m_w2, other=0.0)
             for t in range(t0, t1):
-                tok = (b * T + t) * H + h
+                tok = (i_b * T + t) * H + i_h
                 kt = tl.load(k_ptr + tok * DK + rk, mask=mk, other=0.0).to(tl.float32)
                 vt = tl.load(v_ptr + tok * DV + rv, mask=mv, other=0.0).to(tl.float32)
-                gt = g_ptr + bh * T + t
+                gt = g_ptr + i_bh * T + t
                 e = tl.load(gt)
                 rate = tl.load(gt + 1 * GS)
                 rho = 1.0
                 mirror = t == t0  # the exact KL step on a chunk's first token
                 if CONTINUING:
                     mirror = mirror & (p0 > 0)
-                a0, a1, zr1, zr2, u1, d1, d2, dd1, dd2, y, dy, xh, rstd = _surprise(kt, vt, P1, P2, rho, gamma, beta, mk, mh, mv, DV)
-                G1 = outer(a0, dd1)
-                G2 = outer(a1, dd2)
-                W1, W2 = _update(W1, W2, G1, G2, e, rate, mirror, m1, mk, m2, mh)
-                R1 = W1
-                R2 = W2
+                a0, a1, zr1, zr2, u1, d1, d2, dd1, dd2, y, dy, xh, rstd = _surprise(kt, vt, b_p1, b_p2, rho, gamma, beta, mk, mh, mv, DV)
+                b_g1 = outer(a0, dd1)
+                b_g2 = outer(a1, dd2)
+                b_w1, b_w2 = _update(b_w1, b_w2, b_g1, b_g2, e, rate, mirror, m_w1, mk, m_w2, mh)
+                b_r1 = b_w1
+                b_r2 = b_w2
                 x = scale * tl.load(q_ptr + tok * DK + rk, mask=mk, other=0.0).to(tl.float32)
-                o, h0, h1, r1, r2, xh, rstd = _read(x, R1, R2, gamma, beta, mk, mh, mv, DV)
+                o, h0, h1, r1, r2, xh, rstd = _read(x, b_r1, b_r2, gamma, beta, mk, mh, mv, DV)
                 tl.store(o_ptr + tok * DV + rv, o.to(o_ptr.dtype.element_ty), mask=mv)
-    tl.store(final_ptr + bh * STATE + OFF1 + ix1, W1, mask=m1)
-    tl.store(final_ptr + bh * STATE + OFF2 + ix2, W2, mask=m2)
+    tl.store(final_ptr + i_bh * STATE + o_w1 + i_w1, b_w1, mask=m_w1)
+    tl.store(final_ptr + i_bh * STATE + o_w2 + i_w2, b_w2, mask=m_w2)
 
 
 @triton.jit
@@ -285,9 +285,9 @@ def _backward_kernel(
 ):
     """One (batch, head), segments in reverse: recompute the segment's per-token states from
     its saved start into scratch, then walk its tokens backwards."""
-    bh = tl.program_id(0).to(tl.int64)
-    b = bh // H
-    h = bh % H
+    i_bh = tl.program_id(0).to(tl.int64)
+    i_b = i_bh // H
+    i_h = i_bh % H
     GS = tl.num_programs(0).to(tl.int64) * T  # stride between gate rows
     rk = tl.arange(0, BK)
     mk = rk < DK
@@ -295,30 +295,30 @@ def _backward_kernel(
     mv = rv < DV
     rh = tl.arange(0, BH)
     mh = rh < HID
-    OFF1 = 0
-    ix1 = rk[:, None] * HID + rh[None, :]
-    m1 = mk[:, None] & mh[None, :]
-    OFF2 = DK * HID
-    ix2 = rh[:, None] * DV + rv[None, :]
-    m2 = mh[:, None] & mv[None, :]
+    o_w1 = 0
+    i_w1 = rk[:, None] * HID + rh[None, :]
+    m_w1 = mk[:, None] & mh[None, :]
+    o_w2 = DK * HID
+    i_w2 = rh[:, None] * DV + rv[None, :]
+    m_w2 = mh[:, None] & mv[None, :]
     WSIZE = (DK * HID + HID * DV)
     STATE = (DK * HID + HID * DV)
-    gamma = tl.load(ln_ptr + h * DV + rv, mask=mv, other=0.0)
-    beta = tl.load(ln_ptr + (H + h) * DV + rv, mask=mv, other=0.0)
-    scr = scratch_ptr + bh * (SEG + 1) * STATE
-    Wb1 = tl.load(dfinal_ptr + bh * STATE + OFF1 + ix1, mask=m1, other=0.0)
-    PB1 = Wb1 * 0.0  # the chunk's anchor adjoint
-    Wb2 = tl.load(dfinal_ptr + bh * STATE + OFF2 + ix2, mask=m2, other=0.0)
-    PB2 = Wb2 * 0.0  # the chunk's anchor adjoint
+    gamma = tl.load(ln_ptr + i_h * DV + rv, mask=mv, other=0.0)
+    beta = tl.load(ln_ptr + (H + i_h) * DV + rv, mask=mv, other=0.0)
+    scr = scratch_ptr + i_bh * (SEG + 1) * STATE
+    b_dw1 = tl.load(dfinal_ptr + i_bh * STATE + o_w1 + i_w1, mask=m_w1, other=0.0)
+    PB1 = b_dw1 * 0.0  # the chunk's anchor adjoint
+    b_dw2 = tl.load(dfinal_ptr + i_bh * STATE + o_w2 + i_w2, mask=m_w2, other=0.0)
+    PB2 = b_dw2 * 0.0  # the chunk's anchor adjoint
     gamma_acc = gamma * 0.0
     beta_acc = gamma * 0.0
     for i in range(0, NSEG):
         s = NSEG - 1 - i
-        ck = ckpt_ptr + (bh * NSEG + s) * STATE
-        W1 = tl.load(ck + OFF1 + ix1, mask=m1, other=0.0)
-        tl.store(scr + OFF1 + ix1, W1, mask=m1)
-        W2 = tl.load(ck + OFF2 + ix2, mask=m2, other=0.0)
-        tl.store(scr + OFF2 + ix2, W2, mask=m2)
+        ck = ckpt_ptr + (i_bh * NSEG + s) * STATE
+        b_w1 = tl.load(ck + o_w1 + i_w1, mask=m_w1, other=0.0)
+        tl.store(scr + o_w1 + i_w1, b_w1, mask=m_w1)
+        b_w2 = tl.load(ck + o_w2 + i_w2, mask=m_w2, other=0.0)
+        tl.store(scr + o_w2 + i_w2, b_w2, mask=m_w2)
         p_lo = s * SEG
         p_hi = tl.minimum(p_lo + SEG, T + offset)
         seg_t0 = tl.maximum(p_lo - offset, 0)
@@ -326,30 +326,30 @@ def _backward_kernel(
         for p0 in range(p_lo, p_hi, CH):
             t0 = tl.maximum(p0 - offset, 0)
             t1 = tl.minimum(p0 + CH - offset, T)
-            P1 = W1
-            P2 = W2
+            b_p1 = b_w1
+            b_p2 = b_w2
             if CONTINUING:
                 if p0 == 0:
-                    P1 = tl.load(anchor_ptr + bh * WSIZE + OFF1 + ix1, mask=m1, other=0.0)
-                    P2 = tl.load(anchor_ptr + bh * WSIZE + OFF2 + ix2, mask=m2, other=0.0)
+                    b_p1 = tl.load(anchor_ptr + i_bh * WSIZE + o_w1 + i_w1, mask=m_w1, other=0.0)
+                    b_p2 = tl.load(anchor_ptr + i_bh * WSIZE + o_w2 + i_w2, mask=m_w2, other=0.0)
             for t in range(t0, t1):
-                tok = (b * T + t) * H + h
+                tok = (i_b * T + t) * H + i_h
                 kt = tl.load(k_ptr + tok * DK + rk, mask=mk, other=0.0).to(tl.float32)
                 vt = tl.load(v_ptr + tok * DV + rv, mask=mv, other=0.0).to(tl.float32)
-                gt = g_ptr + bh * T + t
+                gt = g_ptr + i_bh * T + t
                 e = tl.load(gt)
                 rate = tl.load(gt + 1 * GS)
                 rho = 1.0
                 mirror = t == t0  # the exact KL step on a chunk's first token
                 if CONTINUING:
                     mirror = mirror & (p0 > 0)
-                a0, a1, zr1, zr2, u1, d1, d2, dd1, dd2, y, dy, xh, rstd = _surprise(kt, vt, P1, P2, rho, gamma, beta, mk, mh, mv, DV)
-                G1 = outer(a0, dd1)
-                G2 = outer(a1, dd2)
-                W1, W2 = _update(W1, W2, G1, G2, e, rate, mirror, m1, mk, m2, mh)
+                a0, a1, zr1, zr2, u1, d1, d2, dd1, dd2, y, dy, xh, rstd = _surprise(kt, vt, b_p1, b_p2, rho, gamma, beta, mk, mh, mv, DV)
+                b_g1 = outer(a0, dd1)
+                b_g2 = outer(a1, dd2)
+                b_w1, b_w2 = _update(b_w1, b_w2, b_g1, b_g2, e, rate, mirror, m_w1, mk, m_w2, mh)
                 slot = scr + (t - seg_t0 + 1) * STATE
-                tl.store(slot + OFF1 + ix1, W1, mask=m1)
-                tl.store(slot + OFF2 + ix2, W2, mask=m2)
+                tl.store(slot + o_w1 + i_w1, b_w1, mask=m_w1)
+                tl.store(slot + o_w2 + i_w2, b_w2, mask=m_w2)
         tl.debug_barrier()
         for j in range(0, seg_t1 - seg_t0):
             t = seg_t1 - 1 - j
@@ -359,75 +359,75 @@ def _backward_kernel(
             now = scr + (t - seg_t0 + 1) * STATE
             prev = scr + (t - seg_t0) * STATE
             anc = scr + (t0 - seg_t0) * STATE
-            Wn1 = tl.load(now + OFF1 + ix1, mask=m1, other=0.0)
-            Wp1 = tl.load(prev + OFF1 + ix1, mask=m1, other=0.0)
-            A1 = tl.load(anc + OFF1 + ix1, mask=m1, other=0.0)
-            Wn2 = tl.load(now + OFF2 + ix2, mask=m2, other=0.0)
-            Wp2 = tl.load(prev + OFF2 + ix2, mask=m2, other=0.0)
-            A2 = tl.load(anc + OFF2 + ix2, mask=m2, other=0.0)
+            b_wn1 = tl.load(now + o_w1 + i_w1, mask=m_w1, other=0.0)
+            b_wp1 = tl.load(prev + o_w1 + i_w1, mask=m_w1, other=0.0)
+            A1 = tl.load(anc + o_w1 + i_w1, mask=m_w1, other=0.0)
+            b_wn2 = tl.load(now + o_w2 + i_w2, mask=m_w2, other=0.0)
+            b_wp2 = tl.load(prev + o_w2 + i_w2, mask=m_w2, other=0.0)
+            A2 = tl.load(anc + o_w2 + i_w2, mask=m_w2, other=0.0)
             if CONTINUING:
                 if p0 == 0:
-                    A1 = tl.load(anchor_ptr + bh * WSIZE + OFF1 + ix1, mask=m1, other=0.0)
-                    A2 = tl.load(anchor_ptr + bh * WSIZE + OFF2 + ix2, mask=m2, other=0.0)
-            P1 = A1
-            P2 = A2
-            tok = (b * T + t) * H + h
+                    A1 = tl.load(anchor_ptr + i_bh * WSIZE + o_w1 + i_w1, mask=m_w1, other=0.0)
+                    A2 = tl.load(anchor_ptr + i_bh * WSIZE + o_w2 + i_w2, mask=m_w2, other=0.0)
+            b_p1 = A1
+            b_p2 = A2
+            tok = (i_b * T + t) * H + i_h
             kt = tl.load(k_ptr + tok * DK + rk, mask=mk, other=0.0).to(tl.float32)
             vt = tl.load(v_ptr + tok * DV + rv, mask=mv, other=0.0).to(tl.float32)
-            gt = g_ptr + bh * T + t
+            gt = g_ptr + i_bh * T + t
             e = tl.load(gt)
             rate = tl.load(gt + 1 * GS)
             rho = 1.0
             mirror = t == t0  # the exact KL step on a chunk's first token
             if CONTINUING:
                 mirror = mirror & (p0 > 0)
-            a0, a1, zr1, zr2, u1, d1, d2, dd1, dd2, y, dy, xh, rstd = _surprise(kt, vt, P1, P2, rho, gamma, beta, mk, mh, mv, DV)
-            G1 = outer(a0, dd1)
-            G2 = outer(a1, dd2)
-            R1 = Wn1
-            R2 = Wn2
+            a0, a1, zr1, zr2, u1, d1, d2, dd1, dd2, y, dy, xh, rstd = _surprise(kt, vt, b_p1, b_p2, rho, gamma, beta, mk, mh, mv, DV)
+            b_g1 = outer(a0, dd1)
+            b_g2 = outer(a1, dd2)
+            b_r1 = b_wn1
+            b_r2 = b_wn2
             x = scale * tl.load(q_ptr + tok * DK + rk, mask=mk, other=0.0).to(tl.float32)
-            r_o, r_h0, r_h1, r_r1, r_r2, r_xh, r_rstd = _read(x, R1, R2, gamma, beta, mk, mh, mv, DV)
+            r_o, r_h0, r_h1, r_r1, r_r2, r_xh, r_rstd = _read(x, b_r1, b_r2, gamma, beta, mk, mh, mv, DV)
             ob = tl.load(do_ptr + tok * DV + rv, mask=mv, other=0.0).to(tl.float32)
-            xb, Rb1, Rb2, gb, bb = _read_bwd(ob, r_o, r_h0, r_h1, r_r1, r_r2, r_xh, r_rstd, R1, R2, gamma, mk, mh, mv, DV)
+            xb, b_dr1, b_dr2, gb, bb = _read_bwd(ob, r_o, r_h0, r_h1, r_r1, r_r2, r_xh, r_rstd, b_r1, b_r2, gamma, mk, mh, mv, DV)
             tl.store(dq_ptr + tok * DK + rk, scale * xb, mask=mk)
             gamma_acc += gb
             beta_acc += bb
-            Wb1 += Rb1
-            Wb2 += Rb2
-            Wb1, Wb2, Gb1, Gb2, e_b, rate_b = _update_bwd(Wb1, Wb2, Wp1, Wp2, Wn1, Wn2, G1, G2, e, rate, mirror, m1, mk, m2, mh)
-            kb, vb, Pb1, Pb2, rho_b, gb, bb = _surprise_bwd(Gb1, Gb2, a0, a1, zr1, zr2, u1, d1, d2, dd1, dd2, y, dy, xh, rstd, vt, P1, P2, rho, gamma, mk, mh, mv, DV)
+            b_dw1 += b_dr1
+            b_dw2 += b_dr2
+            b_dw1, b_dw2, b_dg1, b_dg2, e_b, rate_b = _update_bwd(b_dw1, b_dw2, b_wp1, b_wp2, b_wn1, b_wn2, b_g1, b_g2, e, rate, mirror, m_w1, mk, m_w2, mh)
+            kb, vb, b_dp1, b_dp2, rho_b, gb, bb = _surprise_bwd(b_dg1, b_dg2, a0, a1, zr1, zr2, u1, d1, d2, dd1, dd2, y, dy, xh, rstd, vt, b_p1, b_p2, rho, gamma, mk, mh, mv, DV)
             gamma_acc += gb
             beta_acc += bb
-            PB1 += Pb1
-            PB2 += Pb2
+            PB1 += b_dp1
+            PB2 += b_dp2
             tl.store(dk_ptr + tok * DK + rk, kb, mask=mk)
             tl.store(dv_ptr + tok * DV + rv, vb, mask=mv)
-            dgt = dg_ptr + bh * T + t
+            dgt = dg_ptr + i_bh * T + t
             tl.store(dgt, e_b)
             tl.store(dgt + 1 * GS, rate_b)
             if t == t0:  # the chunk's first token: its anchor's adjoint is complete
                 if CONTINUING:
                     if p0 == 0:
-                        tl.store(danchor_ptr + bh * WSIZE + OFF1 + ix1, PB1, mask=m1)
+                        tl.store(danchor_ptr + i_bh * WSIZE + o_w1 + i_w1, PB1, mask=m_w1)
                     else:
-                        Wb1 += PB1
+                        b_dw1 += PB1
                 else:
-                    Wb1 += PB1
+                    b_dw1 += PB1
                 PB1 = PB1 * 0.0
                 if CONTINUING:
                     if p0 == 0:
-                        tl.store(danchor_ptr + bh * WSIZE + OFF2 + ix2, PB2, mask=m2)
+                        tl.store(danchor_ptr + i_bh * WSIZE + o_w2 + i_w2, PB2, mask=m_w2)
                     else:
-                        Wb2 += PB2
+                        b_dw2 += PB2
                 else:
-                    Wb2 += PB2
+                    b_dw2 += PB2
                 PB2 = PB2 * 0.0
         tl.debug_barrier()
-    tl.store(dstate_ptr + bh * STATE + OFF1 + ix1, Wb1, mask=m1)
-    tl.store(dstate_ptr + bh * STATE + OFF2 + ix2, Wb2, mask=m2)
-    tl.store(dln_ptr + bh * 2 * DV + rv, gamma_acc, mask=mv)
-    tl.store(dln_ptr + (bh * 2 + 1) * DV + rv, beta_acc, mask=mv)
+    tl.store(dstate_ptr + i_bh * STATE + o_w1 + i_w1, b_dw1, mask=m_w1)
+    tl.store(dstate_ptr + i_bh * STATE + o_w2 + i_w2, b_dw2, mask=m_w2)
+    tl.store(dln_ptr + i_bh * 2 * DV + rv, gamma_acc, mask=mv)
+    tl.store(dln_ptr + (i_bh * 2 + 1) * DV + rv, beta_acc, mask=mv)
 
 
 # ---- the host side: the spec's sizes; the rest is runtime.FusedRecurrent --------------------------

@@ -36,20 +36,22 @@ class LayerTiles:
 
 @dataclass(frozen=True)
 class KernelNames:
-    """Comma-separated kernel variable names, one per layer: state tiles and their adjoints."""
+    """Comma-separated kernel variable names, one per layer: state tiles and their adjoints.
+    Kernels name on-chip blocks `b_`, their adjoints `b_d`, program indices `i_`, weight-tile
+    offsets `o_w`, index grids `i_w`, masks `m_`, and raw pointer arguments `*_ptr`."""
 
-    state: Code  # W1.., then S1.. (momentum): what an update returns
-    anchor: Code  # P1..: the chunk's anchor weights the surprise is taken at
-    read: Code  # R1..: the weights a token reads
-    grads: Code  # G1..: the token's gradients
-    grad_adjoints: Code  # Gb1..
-    anchor_adjoints: Code  # Pb1..
-    read_adjoints: Code  # Rb1..
-    weight_adjoints: Code  # Wb1..
-    momentum_adjoints: Code  # Sb1..
-    previous_weights: Code  # Wp1..: the state before a token
-    previous_momentum: Code  # Sp1..
-    next_weights: Code  # Wn1..: (kl) the mirror step's result
+    state: Code  # b_w1.., then b_s1.. (momentum): what an update returns
+    anchor: Code  # b_p1..: the chunk's anchor weights the surprise is taken at
+    read: Code  # b_r1..: the weights a token reads
+    grads: Code  # b_g1..: the token's gradients
+    grad_adjoints: Code  # b_dg1..
+    anchor_adjoints: Code  # b_dp1..
+    read_adjoints: Code  # b_dr1..
+    weight_adjoints: Code  # b_dw1..
+    momentum_adjoints: Code  # b_ds1..
+    previous_weights: Code  # b_wp1..: the state before a token
+    previous_momentum: Code  # b_sp1..
+    next_weights: Code  # b_wn1..: (kl) the mirror step's result
     surprise_outputs: Code  # what _surprise returns for the backward pass
     read_outputs: Code  # what _read returns for the backward pass
     read_outputs_saved: Code  # the same names, prefixed r_, where the backward recomputes them
@@ -127,20 +129,20 @@ def _kernel_names(spec: Spec) -> KernelNames:
         read += ["xh", "rstd"]
     if spec.clip is not None:
         sur += ["fac", "dfac"]
-    state = [f"W{i}" for i in ls] + ([f"S{i}" for i in ls] if spec.has_momentum else [])
+    state = [f"b_w{i}" for i in ls] + ([f"b_s{i}" for i in ls] if spec.has_momentum else [])
     return KernelNames(
         state=Code(", ".join(state)),
-        anchor=_names("P", ls),
-        read=_names("R", ls),
-        grads=_names("G", ls),
-        grad_adjoints=_names("Gb", ls),
-        anchor_adjoints=_names("Pb", ls),
-        read_adjoints=_names("Rb", ls),
-        weight_adjoints=_names("Wb", ls),
-        momentum_adjoints=_names("Sb", ls),
-        previous_weights=_names("Wp", ls),
-        previous_momentum=_names("Sp", ls),
-        next_weights=_names("Wn", ls),
+        anchor=_names("b_p", ls),
+        read=_names("b_r", ls),
+        grads=_names("b_g", ls),
+        grad_adjoints=_names("b_dg", ls),
+        anchor_adjoints=_names("b_dp", ls),
+        read_adjoints=_names("b_dr", ls),
+        weight_adjoints=_names("b_dw", ls),
+        momentum_adjoints=_names("b_ds", ls),
+        previous_weights=_names("b_wp", ls),
+        previous_momentum=_names("b_sp", ls),
+        next_weights=_names("b_wn", ls),
         surprise_outputs=Code(", ".join(sur)),
         read_outputs=Code(", ".join(read)),
         read_outputs_saved=Code(", ".join("r_" + n for n in read)),
@@ -195,8 +197,8 @@ def triton_context(spec: Spec, derived: Derived, plan: Plan, source_text: str) -
         param_rows=rows["params"],
         gate_rows=Code(", ".join(row_code)),
         masks=Code("mk, mh, mv" if spec.depth > 1 else "mk, mv"),
-        kl_masks=Code(", ".join(f"m{ly.index}, {ly.in_mask}" for ly in layers)),
-        kl_mask_params=Code(", ".join(f"m{ly.index}, mi{ly.index}" for ly in layers)),
+        kl_masks=Code(", ".join(f"m_w{ly.index}, {ly.in_mask}" for ly in layers)),
+        kl_mask_params=Code(", ".join(f"m_w{ly.index}, mi{ly.index}" for ly in layers)),
         update_args=Code(", ".join(_update_args(spec))),
         names=_kernel_names(spec),
         loss_grad_lines=[Code(line) for line in loss.grad_lines],
