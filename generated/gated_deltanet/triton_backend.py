@@ -209,7 +209,7 @@ def _backward_kernel(
     STATE = (DK * DV)
     scr = scratch_ptr + i_bh * (SEG + 1) * STATE
     b_dw1 = tl.load(dfinal_ptr + i_bh * STATE + o_w1 + i_w1, mask=m_w1, other=0.0)
-    PB1 = b_dw1 * 0.0  # the chunk's anchor adjoint
+    b_dpa1 = b_dw1 * 0.0  # the chunk's anchor adjoint
     for i in range(0, NSEG):
         s = NSEG - 1 - i
         ck = ckpt_ptr + (i_bh * NSEG + s) * STATE
@@ -250,11 +250,11 @@ def _backward_kernel(
             anc = scr + (t0 - seg_t0) * STATE
             b_wn1 = tl.load(now + o_w1 + i_w1, mask=m_w1, other=0.0)
             b_wp1 = tl.load(prev + o_w1 + i_w1, mask=m_w1, other=0.0)
-            A1 = tl.load(anc + o_w1 + i_w1, mask=m_w1, other=0.0)
+            b_a1 = tl.load(anc + o_w1 + i_w1, mask=m_w1, other=0.0)
             if CONTINUING:
                 if p0 == 0:
-                    A1 = tl.load(anchor_ptr + i_bh * WSIZE + o_w1 + i_w1, mask=m_w1, other=0.0)
-            b_p1 = A1
+                    b_a1 = tl.load(anchor_ptr + i_bh * WSIZE + o_w1 + i_w1, mask=m_w1, other=0.0)
+            b_p1 = b_a1
             tok = (i_b * T + t) * H + i_h
             kt = tl.load(k_ptr + tok * DK + rk, mask=mk, other=0.0).to(tl.float32)
             vt = tl.load(v_ptr + tok * DV + rv, mask=mv, other=0.0).to(tl.float32)
@@ -273,7 +273,7 @@ def _backward_kernel(
             b_dw1 += b_dr1
             b_dw1, b_dg1, e_b, rate_b = _update_bwd(b_dw1, b_wp1, b_g1, e, rate)
             kb, vb, b_dp1, rho_b = _surprise_bwd(b_dg1, a0, zr1, d1, dd1, y, dy, vt, b_p1, rho, mk, mv)
-            PB1 += b_dp1
+            b_dpa1 += b_dp1
             tl.store(dk_ptr + tok * DK + rk, kb, mask=mk)
             tl.store(dv_ptr + tok * DV + rv, vb, mask=mv)
             dgt = dg_ptr + i_bh * T + t
@@ -283,12 +283,12 @@ def _backward_kernel(
             if t == t0:  # the chunk's first token: its anchor's adjoint is complete
                 if CONTINUING:
                     if p0 == 0:
-                        tl.store(danchor_ptr + i_bh * WSIZE + o_w1 + i_w1, PB1, mask=m_w1)
+                        tl.store(danchor_ptr + i_bh * WSIZE + o_w1 + i_w1, b_dpa1, mask=m_w1)
                     else:
-                        b_dw1 += PB1
+                        b_dw1 += b_dpa1
                 else:
-                    b_dw1 += PB1
-                PB1 = PB1 * 0.0
+                    b_dw1 += b_dpa1
+                b_dpa1 = b_dpa1 * 0.0
         tl.debug_barrier()
     tl.store(dstate_ptr + i_bh * STATE + o_w1 + i_w1, b_dw1, mask=m_w1)
 

@@ -327,11 +327,11 @@ def _backward_kernel(
     beta = tl.load(ln_ptr + (H + i_h) * DV + rv, mask=mv, other=0.0)
     scr = scratch_ptr + i_bh * (SEG + 1) * STATE
     b_dw1 = tl.load(dfinal_ptr + i_bh * STATE + o_w1 + i_w1, mask=m_w1, other=0.0)
-    PB1 = b_dw1 * 0.0  # the chunk's anchor adjoint
-    NB1 = _dot2(PB1, PB1)  # adjoint of the anchor's normaliser
+    b_dpa1 = b_dw1 * 0.0  # the chunk's anchor adjoint
+    b_dn1 = _dot2(b_dpa1, b_dpa1)  # adjoint of the anchor's normaliser
     b_dw2 = tl.load(dfinal_ptr + i_bh * STATE + o_w2 + i_w2, mask=m_w2, other=0.0)
-    PB2 = b_dw2 * 0.0  # the chunk's anchor adjoint
-    NB2 = _dot2(PB2, PB2)  # adjoint of the anchor's normaliser
+    b_dpa2 = b_dw2 * 0.0  # the chunk's anchor adjoint
+    b_dn2 = _dot2(b_dpa2, b_dpa2)  # adjoint of the anchor's normaliser
     gamma_acc = gamma * 0.0
     beta_acc = gamma * 0.0
     for i in range(0, NSEG):
@@ -384,18 +384,18 @@ def _backward_kernel(
             anc = scr + (t0 - seg_t0) * STATE
             b_wn1 = tl.load(now + o_w1 + i_w1, mask=m_w1, other=0.0)
             b_wp1 = tl.load(prev + o_w1 + i_w1, mask=m_w1, other=0.0)
-            A1 = tl.load(anc + o_w1 + i_w1, mask=m_w1, other=0.0)
+            b_a1 = tl.load(anc + o_w1 + i_w1, mask=m_w1, other=0.0)
             b_wn2 = tl.load(now + o_w2 + i_w2, mask=m_w2, other=0.0)
             b_wp2 = tl.load(prev + o_w2 + i_w2, mask=m_w2, other=0.0)
-            A2 = tl.load(anc + o_w2 + i_w2, mask=m_w2, other=0.0)
+            b_a2 = tl.load(anc + o_w2 + i_w2, mask=m_w2, other=0.0)
             if CONTINUING:
                 if p0 == 0:
-                    A1 = tl.load(anchor_ptr + i_bh * WSIZE + o_w1 + i_w1, mask=m_w1, other=0.0)
-                    A2 = tl.load(anchor_ptr + i_bh * WSIZE + o_w2 + i_w2, mask=m_w2, other=0.0)
-            b_n1 = _lq_norm(A1)
-            b_p1 = A1 / b_n1
-            b_n2 = _lq_norm(A2)
-            b_p2 = A2 / b_n2
+                    b_a1 = tl.load(anchor_ptr + i_bh * WSIZE + o_w1 + i_w1, mask=m_w1, other=0.0)
+                    b_a2 = tl.load(anchor_ptr + i_bh * WSIZE + o_w2 + i_w2, mask=m_w2, other=0.0)
+            b_n1 = _lq_norm(b_a1)
+            b_p1 = b_a1 / b_n1
+            b_n2 = _lq_norm(b_a2)
+            b_p2 = b_a2 / b_n2
             tok = (i_b * T + t) * H + i_h
             kt = tl.load(k_ptr + tok * DK + rk, mask=mk, other=0.0).to(tl.float32)
             vt = tl.load(v_ptr + tok * DV + rv, mask=mv, other=0.0).to(tl.float32)
@@ -421,45 +421,45 @@ def _backward_kernel(
             b_dw1 += b_dr1 / b_nr1
             nrb = -_dot2(b_dr1, b_wn1) / (b_nr1 * b_nr1)
             b_dw1 += tl.where(exact, nrb, 0.0) * _lq_norm_grad(b_wn1, b_nr1)
-            NB1 += tl.where(exact, 0.0, nrb)
+            b_dn1 += tl.where(exact, 0.0, nrb)
             b_dw2 += b_dr2 / b_nr2
             nrb = -_dot2(b_dr2, b_wn2) / (b_nr2 * b_nr2)
             b_dw2 += tl.where(exact, nrb, 0.0) * _lq_norm_grad(b_wn2, b_nr2)
-            NB2 += tl.where(exact, 0.0, nrb)
+            b_dn2 += tl.where(exact, 0.0, nrb)
             b_dw1, b_dw2, b_dg1, b_dg2, e_b, rate_b = _update_bwd(b_dw1, b_dw2, b_wp1, b_wp2, b_g1, b_g2, e, rate)
             kb, vb, b_dp1, b_dp2, rho_b, gb, bb = _surprise_bwd(b_dg1, b_dg2, a0, a1, zr1, zr2, u1, d1, d2, dd1, dd2, y, dy, xh, rstd, vt, b_p1, b_p2, rho, gamma, mk, mh, mv, DV)
             gamma_acc += gb
             beta_acc += bb
-            PB1 += b_dp1
-            PB2 += b_dp2
+            b_dpa1 += b_dp1
+            b_dpa2 += b_dp2
             tl.store(dk_ptr + tok * DK + rk, kb, mask=mk)
             tl.store(dv_ptr + tok * DV + rv, vb, mask=mv)
             dgt = dg_ptr + i_bh * T + t
             tl.store(dgt, e_b)
             tl.store(dgt + 1 * GS, rate_b)
             if t == t0:  # the chunk's first token: its anchor's adjoint is complete
-                NB1 -= _dot2(PB1, A1) / (b_n1 * b_n1)
-                PB1 = PB1 / b_n1 + NB1 * _lq_norm_grad(A1, b_n1)
-                NB1 = NB1 * 0.0
+                b_dn1 -= _dot2(b_dpa1, b_a1) / (b_n1 * b_n1)
+                b_dpa1 = b_dpa1 / b_n1 + b_dn1 * _lq_norm_grad(b_a1, b_n1)
+                b_dn1 = b_dn1 * 0.0
                 if CONTINUING:
                     if p0 == 0:
-                        tl.store(danchor_ptr + i_bh * WSIZE + o_w1 + i_w1, PB1, mask=m_w1)
+                        tl.store(danchor_ptr + i_bh * WSIZE + o_w1 + i_w1, b_dpa1, mask=m_w1)
                     else:
-                        b_dw1 += PB1
+                        b_dw1 += b_dpa1
                 else:
-                    b_dw1 += PB1
-                PB1 = PB1 * 0.0
-                NB2 -= _dot2(PB2, A2) / (b_n2 * b_n2)
-                PB2 = PB2 / b_n2 + NB2 * _lq_norm_grad(A2, b_n2)
-                NB2 = NB2 * 0.0
+                    b_dw1 += b_dpa1
+                b_dpa1 = b_dpa1 * 0.0
+                b_dn2 -= _dot2(b_dpa2, b_a2) / (b_n2 * b_n2)
+                b_dpa2 = b_dpa2 / b_n2 + b_dn2 * _lq_norm_grad(b_a2, b_n2)
+                b_dn2 = b_dn2 * 0.0
                 if CONTINUING:
                     if p0 == 0:
-                        tl.store(danchor_ptr + i_bh * WSIZE + o_w2 + i_w2, PB2, mask=m_w2)
+                        tl.store(danchor_ptr + i_bh * WSIZE + o_w2 + i_w2, b_dpa2, mask=m_w2)
                     else:
-                        b_dw2 += PB2
+                        b_dw2 += b_dpa2
                 else:
-                    b_dw2 += PB2
-                PB2 = PB2 * 0.0
+                    b_dw2 += b_dpa2
+                b_dpa2 = b_dpa2 * 0.0
         tl.debug_barrier()
     tl.store(dstate_ptr + i_bh * STATE + o_w1 + i_w1, b_dw1, mask=m_w1)
     tl.store(dstate_ptr + i_bh * STATE + o_w2 + i_w2, b_dw2, mask=m_w2)

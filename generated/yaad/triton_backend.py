@@ -319,9 +319,9 @@ def _backward_kernel(
     beta = tl.load(ln_ptr + (H + i_h) * DV + rv, mask=mv, other=0.0)
     scr = scratch_ptr + i_bh * (SEG + 1) * STATE
     b_dw1 = tl.load(dfinal_ptr + i_bh * STATE + o_w1 + i_w1, mask=m_w1, other=0.0)
-    PB1 = b_dw1 * 0.0  # the chunk's anchor adjoint
+    b_dpa1 = b_dw1 * 0.0  # the chunk's anchor adjoint
     b_dw2 = tl.load(dfinal_ptr + i_bh * STATE + o_w2 + i_w2, mask=m_w2, other=0.0)
-    PB2 = b_dw2 * 0.0  # the chunk's anchor adjoint
+    b_dpa2 = b_dw2 * 0.0  # the chunk's anchor adjoint
     gamma_acc = gamma * 0.0
     beta_acc = gamma * 0.0
     for i in range(0, NSEG):
@@ -371,16 +371,16 @@ def _backward_kernel(
             anc = scr + (t0 - seg_t0) * STATE
             b_wn1 = tl.load(now + o_w1 + i_w1, mask=m_w1, other=0.0)
             b_wp1 = tl.load(prev + o_w1 + i_w1, mask=m_w1, other=0.0)
-            A1 = tl.load(anc + o_w1 + i_w1, mask=m_w1, other=0.0)
+            b_a1 = tl.load(anc + o_w1 + i_w1, mask=m_w1, other=0.0)
             b_wn2 = tl.load(now + o_w2 + i_w2, mask=m_w2, other=0.0)
             b_wp2 = tl.load(prev + o_w2 + i_w2, mask=m_w2, other=0.0)
-            A2 = tl.load(anc + o_w2 + i_w2, mask=m_w2, other=0.0)
+            b_a2 = tl.load(anc + o_w2 + i_w2, mask=m_w2, other=0.0)
             if CONTINUING:
                 if p0 == 0:
-                    A1 = tl.load(anchor_ptr + i_bh * WSIZE + o_w1 + i_w1, mask=m_w1, other=0.0)
-                    A2 = tl.load(anchor_ptr + i_bh * WSIZE + o_w2 + i_w2, mask=m_w2, other=0.0)
-            b_p1 = A1
-            b_p2 = A2
+                    b_a1 = tl.load(anchor_ptr + i_bh * WSIZE + o_w1 + i_w1, mask=m_w1, other=0.0)
+                    b_a2 = tl.load(anchor_ptr + i_bh * WSIZE + o_w2 + i_w2, mask=m_w2, other=0.0)
+            b_p1 = b_a1
+            b_p2 = b_a2
             tok = (i_b * T + t) * H + i_h
             kt = tl.load(k_ptr + tok * DK + rk, mask=mk, other=0.0).to(tl.float32)
             vt = tl.load(v_ptr + tok * DV + rv, mask=mv, other=0.0).to(tl.float32)
@@ -407,8 +407,8 @@ def _backward_kernel(
             kb, vb, b_dp1, b_dp2, rho_b, _p0b, gb, bb = _surprise_bwd(b_dg1, b_dg2, a0, a1, zr1, zr2, u1, d1, d2, dd1, dd2, y, dy, xh, rstd, vt, b_p1, b_p2, rho, gamma, _p0, mk, mh, mv, DV)
             gamma_acc += gb
             beta_acc += bb
-            PB1 += b_dp1
-            PB2 += b_dp2
+            b_dpa1 += b_dp1
+            b_dpa2 += b_dp2
             tl.store(dk_ptr + tok * DK + rk, kb, mask=mk)
             tl.store(dv_ptr + tok * DV + rv, vb, mask=mv)
             dgt = dg_ptr + i_bh * T + t
@@ -418,20 +418,20 @@ def _backward_kernel(
             if t == t0:  # the chunk's first token: its anchor's adjoint is complete
                 if CONTINUING:
                     if p0 == 0:
-                        tl.store(danchor_ptr + i_bh * WSIZE + o_w1 + i_w1, PB1, mask=m_w1)
+                        tl.store(danchor_ptr + i_bh * WSIZE + o_w1 + i_w1, b_dpa1, mask=m_w1)
                     else:
-                        b_dw1 += PB1
+                        b_dw1 += b_dpa1
                 else:
-                    b_dw1 += PB1
-                PB1 = PB1 * 0.0
+                    b_dw1 += b_dpa1
+                b_dpa1 = b_dpa1 * 0.0
                 if CONTINUING:
                     if p0 == 0:
-                        tl.store(danchor_ptr + i_bh * WSIZE + o_w2 + i_w2, PB2, mask=m_w2)
+                        tl.store(danchor_ptr + i_bh * WSIZE + o_w2 + i_w2, b_dpa2, mask=m_w2)
                     else:
-                        b_dw2 += PB2
+                        b_dw2 += b_dpa2
                 else:
-                    b_dw2 += PB2
-                PB2 = PB2 * 0.0
+                    b_dw2 += b_dpa2
+                b_dpa2 = b_dpa2 * 0.0
         tl.debug_barrier()
     tl.store(dstate_ptr + i_bh * STATE + o_w1 + i_w1, b_dw1, mask=m_w1)
     tl.store(dstate_ptr + i_bh * STATE + o_w2 + i_w2, b_dw2, mask=m_w2)

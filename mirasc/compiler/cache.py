@@ -45,7 +45,7 @@ def compiler_fingerprint() -> bytes:
     templates = template_dir()
     package = Path(__file__).resolve().parents[1]
     files = [p for pattern in ("*.py", "*.lark", "*.miras") for p in package.rglob(pattern)]
-    for root, paths in ((package, files), (templates, list(templates.glob("*.j2")))):
+    for root, paths in ((package, files), (templates, list(templates.rglob("*.j2")))):
         for p in sorted(paths):
             h.update(str(p.relative_to(root)).encode() + b"\0" + p.read_bytes())
     return h.digest()
