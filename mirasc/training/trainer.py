@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from . import data
-from .device import autocast, local_rank, resolve_device, to_device
+from .device import autocast, resolve_device, to_device
 from .models import AttentionLayer, MemoryLM, ModelConfig
 
 
@@ -111,11 +111,11 @@ class Trainer:
 
     def init_distributed(self) -> None:
         """One process group per torchrun job: NCCL between GPUs (each process bound to the GPU
-        of its local rank first, so that NCCL's buffers land there), gloo between CPU ranks."""
+        of its LOCAL_RANK first, so that NCCL's buffers land there), gloo between CPU ranks."""
         if torch.distributed.is_initialized():
             return
         if self.device.type == "cuda":
-            torch.cuda.set_device(local_rank())
+            torch.cuda.set_device(self.device)
             torch.distributed.init_process_group("nccl", device_id=self.device)
         else:
             torch.distributed.init_process_group("gloo")
