@@ -3,6 +3,8 @@
 Each sequence lists key-value pairs, then asks for some keys again; the model must answer each
 query with the value stored with its key (a small MQAR, Zoology's recipe). The only token mixer
 is the generated memory layer, so accuracy above chance means the memory stores and recalls.
+`--device` and `--precision` pick where (auto: CUDA when a GPU is visible) and how (fp32, or bf16
+autocast with fp32 parameters and memory state) it trains.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import argparse
 import importlib
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -18,6 +21,15 @@ from torch import nn
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from mirasc.training.device import (  # noqa: E402
+    DEVICES,
+    PRECISIONS,
+    DeviceUnavailable,
+    autocast,
+    resolve_device,
+    to_device,
+)
 
 
 def recall_batch(batch: int, pairs: int, queries: int, keys: int, values: int, g: torch.Generator):
@@ -63,7 +75,7 @@ class RecallModel(nn.Module):
         return self.head(self.norm(h))
 
 
-def main(argv=None) -> int:
+def parse_args(argv) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--spec", default="deltanet", help="a compiled package in generated/")
     p.add_argument("--steps", type=int, default=400)
@@ -75,15 +87,36 @@ def main(argv=None) -> int:
     p.add_argument("--depth", type=int, default=1)
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--seed", type=int, default=0)
-    args = p.parse_args(argv)
+    p.add_argument("--device", choices=DEVICES, default="auto", help="auto: CUDA when visible")
+    p.add_argument("--precision", choices=PRECISIONS, default="fp32", help="bf16: autocast")
+    return p.parse_args(argv)
+
+
+def accuracy(model, test, precision) -> float:
+    """Held-out recall: the share of asked positions answered with the stored value."""
+    with torch.no_grad(), precision():
+        logits = model(test[0])
+    mask = test[1] != -100
+    return (logits.argmax(-1)[mask] == test[1][mask]).float().mean().item()
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
 
     from tqdm import tqdm
 
+    try:
+        device = resolve_device(args.device)
+    except DeviceUnavailable as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    precision = partial(autocast, device, args.precision)
     torch.manual_seed(args.seed)
     torch.set_num_threads(max(1, torch.get_num_threads()))
     package = importlib.import_module(f"generated.{args.spec}")
     keys = values = 32
     model = RecallModel(package.Layer, keys + values, args.hidden, args.heads, args.depth)
+    model = model.to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01)
     warmup = max(0.1, 2 / args.steps)  # OneCycleLR needs a warm-up of at least two steps
     sched = torch.optim.lr_scheduler.OneCycleLR(
@@ -93,6 +126,7 @@ def main(argv=None) -> int:
     test = recall_batch(
         512, args.pairs, args.queries, keys, values, torch.Generator().manual_seed(10**6)
     )
+    test = tuple(t.to(device) for t in test)
     print(
         f"{package.SPEC.splitlines()[1]}  layer={package.Layer.__name__}, "
         f"{sum(p.numel() for p in model.parameters()):,} parameters; chance = {1 / values:.1%}"
@@ -101,8 +135,10 @@ def main(argv=None) -> int:
     bar = tqdm(range(1, args.steps + 1), unit="step")
     history = []
     for step in bar:
-        tokens, targets = recall_batch(args.batch, args.pairs, args.queries, keys, values, g)
-        logits = model(tokens)
+        batch = recall_batch(args.batch, args.pairs, args.queries, keys, values, g)
+        tokens, targets = (to_device(t, device) for t in batch)
+        with precision():
+            logits = model(tokens).float()
         loss = nn.functional.cross_entropy(logits.flatten(0, 1), targets.flatten())
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -110,10 +146,7 @@ def main(argv=None) -> int:
         opt.step()
         sched.step()
         if step % 50 == 0 or step == args.steps:
-            with torch.no_grad():
-                tl = model(test[0])
-                mask = test[1] != -100
-                acc = (tl.argmax(-1)[mask] == test[1][mask]).float().mean().item()
+            acc = accuracy(model, test, precision)
             history.append((step, loss.item(), acc))
             bar.set_postfix(loss=f"{loss.item():.3f}", recall=f"{acc:.1%}")
             tqdm.write(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -145,3 +146,56 @@ def test_cli_refuses_impossible_task_sizes(tmp_path, capsys):
             "--out", str(tmp_path / "m")]  # fmt: skip
     assert main(args) == 2
     assert "mqar needs" in capsys.readouterr().err
+
+
+# ---- devices and precision ---------------------------------------------------------------------
+def test_device_names_resolve(monkeypatch):
+    from mirasc.training.device import DeviceUnavailable, resolve_device
+
+    assert resolve_device("cpu") == torch.device("cpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device("auto") == torch.device("cpu")
+    with pytest.raises(DeviceUnavailable, match="no CUDA GPU"):
+        resolve_device("cuda")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setenv("LOCAL_RANK", "1")  # torchrun's second process on this node
+    assert resolve_device("auto") == resolve_device("cuda") == torch.device("cuda", 1)
+    with pytest.raises(DeviceUnavailable, match="local rank 3"):
+        resolve_device("cuda", rank=3)
+    with pytest.raises(ValueError, match="device must be one of"):
+        resolve_device("tpu")
+
+
+def test_cli_refuses_cuda_without_a_gpu(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    args = ["train", "specs/deltanet.miras", "--device", "cuda", "--out", str(tmp_path / "c")]
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: --device cuda") and err.count("\n") == 1  # one line
+    assert not (tmp_path / "c").exists()
+
+
+def test_bf16_autocast_trains_on_cpu_with_fp32_parameters(tmp_path):
+    trainer = Trainer(config(tmp_path, steps=3, eval_every=3, device="cpu", precision="bf16"))
+    seen = []
+    trainer.model.head.register_forward_hook(lambda m, a, out: seen.append(out.dtype))
+    history = trainer.run()
+    assert torch.bfloat16 in seen  # autocast ran the matrix products in bf16
+    assert all(math.isfinite(r["loss"]) for r in history)
+    assert all(p.dtype == torch.float32 for p in trainer.model.parameters())
+    cfg = json.loads((tmp_path / "run" / "config.json").read_text())["train"]
+    assert cfg["device"] == "cpu" and cfg["precision"] == "bf16"
+
+
+def test_a_checkpoint_resumes_on_another_device(tmp_path, monkeypatch):
+    """Resuming loads the checkpoint with map_location="cpu" (what a GPU run's checkpoint needs
+    on a CPU machine, and the RNG states need anywhere), then moves it to the model's device."""
+    Trainer(config(tmp_path, steps=4, eval_every=2, precision="bf16")).run(until=2)
+    loads = []
+    real_load = torch.load
+    monkeypatch.setattr(torch, "load", lambda *a, **kw: loads.append(kw) or real_load(*a, **kw))
+    resumed = Trainer(config(tmp_path, steps=4, eval_every=2, device="cpu"), resume=True)
+    assert loads[-1]["map_location"] == "cpu" and resumed.step == 2
+    history = resumed.run()
+    assert [r["step"] for r in history] == [0, 2, 4] and math.isfinite(history[-1]["loss"])

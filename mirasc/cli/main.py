@@ -110,6 +110,7 @@ def _check(args) -> int:
 
 
 def _train(args) -> int:
+    from ..training.device import DeviceUnavailable
     from ..training.trainer import TrainConfig, Trainer
 
     fields = TrainConfig.__dataclass_fields__
@@ -119,6 +120,9 @@ def _train(args) -> int:
     except ValueError as e:  # sizes a task cannot be made at
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except DeviceUnavailable as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     history = trainer.run()
     if history and int(os.environ.get("RANK", 0)) == 0:
         first, last = history[0], history[-1]
@@ -231,6 +235,14 @@ def parser() -> argparse.ArgumentParser:
         "--window", type=int, default=32, help="attention window (MAL, MAG) or segment (MAC)"
     )
     t.add_argument("--seed", type=int, default=0)
+    t.add_argument(
+        "--device", choices=("auto", "cpu", "cuda"), default="auto",
+        help="where to train (auto: CUDA when a GPU is visible; under torchrun, GPU LOCAL_RANK)",
+    )  # fmt: skip
+    t.add_argument(
+        "--precision", choices=("fp32", "bf16"), default="fp32",
+        help="bf16: torch.autocast on the device; parameters and memory state stay fp32",
+    )  # fmt: skip
     t.add_argument("--out", default="runs/train", metavar="DIR")
     t.add_argument("--resume", action="store_true", help="continue from DIR/checkpoint.pt")
     t.set_defaults(run=_train)

@@ -1,7 +1,8 @@
 """`mirasc train`: train a model around a compiled spec on a synthetic task, with the tools
 researchers expect: AdamW with warm-up and cosine decay, gradient clipping, a progress bar,
 periodic evaluation, `metrics.jsonl`, `config.json`, checkpoints that resume exactly, and
-`curves.png`. Runs unchanged under `torchrun` (DDP, gloo on CPU, NCCL on GPUs)."""
+`curves.png`. Runs on the CPU or a GPU (`device`), in fp32 or bf16 autocast (`precision`), and
+unchanged under `torchrun` (DDP: gloo on CPU, NCCL on GPUs, one GPU per local rank)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from . import data
+from .device import autocast, resolve_device, to_device
 from .models import AttentionLayer, MemoryLM, ModelConfig
 
 
@@ -41,6 +43,8 @@ class TrainConfig:
     window: int = 32
     seed: int = 0
     out: str = "runs/train"
+    device: str = "auto"  # auto (CUDA when a GPU is visible), cpu or cuda
+    precision: str = "fp32"  # fp32, or bf16 autocast (parameters and memory state stay fp32)
 
 
 def schedule(step: int, cfg: TrainConfig) -> float:
@@ -53,6 +57,7 @@ def schedule(step: int, cfg: TrainConfig) -> float:
 
 def masked_metrics(logits, targets) -> tuple[torch.Tensor, torch.Tensor]:
     """Cross-entropy and accuracy over the positions that ask something."""
+    logits = logits.float()  # the loss in fp32 under bf16 autocast too
     loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=data.IGNORE)
     mask = targets != data.IGNORE
     acc = (logits.argmax(-1)[mask] == targets[mask]).float().mean()
@@ -68,8 +73,10 @@ class Trainer:
         self.cfg = cfg
         self.rank = int(os.environ.get("RANK", 0))
         self.world = int(os.environ.get("WORLD_SIZE", 1))
-        if self.world > 1 and not torch.distributed.is_initialized():
-            torch.distributed.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        self.device = resolve_device(cfg.device)
+        self.in_precision()  # an unknown precision fails here, not after the first batch
+        if self.world > 1:
+            self.init_distributed()
         self.out = Path(cfg.out)
         torch.manual_seed(cfg.seed)
         self.task = data.task(cfg.task, cfg.seq_len, pairs=cfg.pairs, vocab=cfg.vocab)
@@ -82,10 +89,11 @@ class Trainer:
             hybrid=cfg.model,
             window=cfg.window,
         )
-        self.model = MemoryLM(layer_cls, self.model_cfg)
+        self.model = MemoryLM(layer_cls, self.model_cfg).to(self.device)
         self.step_model = self.model
         if self.world > 1:
-            self.step_model = torch.nn.parallel.DistributedDataParallel(self.model)
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.step_model = torch.nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
         self.opt = torch.optim.AdamW(
             self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay
         )
@@ -96,6 +104,21 @@ class Trainer:
         self.history: list[dict] = []
         if resume:
             self.load()
+
+    def in_precision(self):
+        """The context every forward pass runs in: bf16 autocast on the device, or nothing."""
+        return autocast(self.device, self.cfg.precision)
+
+    def init_distributed(self) -> None:
+        """One process group per torchrun job: NCCL between GPUs (each process bound to the GPU
+        of its LOCAL_RANK first, so that NCCL's buffers land there), gloo between CPU ranks."""
+        if torch.distributed.is_initialized():
+            return
+        if self.device.type == "cuda":
+            torch.cuda.set_device(self.device)
+            torch.distributed.init_process_group("nccl", device_id=self.device)
+        else:
+            torch.distributed.init_process_group("gloo")
 
     # ---- checkpoints ---------------------------------------------------------------------
     def save(self) -> None:
@@ -110,12 +133,17 @@ class Trainer:
             "torch_rng": torch.get_rng_state(),
             "history": self.history,
         }
+        if self.device.type == "cuda":
+            state["cuda_rng"] = torch.cuda.get_rng_state(self.device)
         tmp = self.out / "checkpoint.pt.tmp"
         torch.save(state, tmp)
         os.replace(tmp, self.out / "checkpoint.pt")
 
     def load(self) -> None:
-        state = torch.load(self.out / "checkpoint.pt", weights_only=False)
+        """Resume from `out/checkpoint.pt`, whichever device saved it: tensors load onto the CPU
+        (the RNG states must be CPU tensors) and load_state_dict moves them to the model's and
+        the optimizer's device."""
+        state = torch.load(self.out / "checkpoint.pt", map_location="cpu", weights_only=False)
         self.model.load_state_dict(state["model"])
         self.opt.load_state_dict(state["opt"])
         self.sched.load_state_dict(state["sched"])
@@ -123,25 +151,29 @@ class Trainer:
         self.data_rng.set_state(state["data_rng"])
         torch.set_rng_state(state["torch_rng"])
         self.history = state["history"]
+        if "cuda_rng" in state and self.device.type == "cuda":
+            torch.cuda.set_rng_state(state["cuda_rng"], self.device)
 
     # ---- training ------------------------------------------------------------------------
-    @torch.no_grad()
     @torch.no_grad()
     def complete(self, prompt: str, n: int) -> str:
         """Greedy continuation of `prompt` by the model (text task), decoded from its caches."""
         self.model.eval()
-        ids = torch.tensor([data.text_encode(prompt)])
-        out = self.model.generate(ids, n)[0, ids.shape[1] :]
+        ids = torch.tensor([data.text_encode(prompt)], device=self.device)
+        with self.in_precision():
+            out = self.model.generate(ids, n)[0, ids.shape[1] :]
         self.model.train()
         return data.text_decode(out.tolist())
 
+    @torch.no_grad()
     def evaluate(self) -> tuple[float, float]:
         g = torch.Generator().manual_seed(10**6 + self.cfg.seed)
         losses, accs = [], []
         self.model.eval()
         for _ in range(self.cfg.eval_batches):
-            x, y = self.task.eval_batch(self.cfg.batch, g)
-            loss, acc = masked_metrics(self.model(x), y)
+            x, y = (to_device(t, self.device) for t in self.task.eval_batch(self.cfg.batch, g))
+            with self.in_precision():
+                loss, acc = masked_metrics(self.model(x), y)
             losses.append(loss.item())
             accs.append(acc.item())
         self.model.train()
@@ -191,8 +223,9 @@ class Trainer:
             self.log({"step": 0, "loss": eval_loss, "accuracy": eval_acc})
         tokens, start = 0, time.perf_counter()
         while self.step < last:
-            x, y = self.task.batch(cfg.batch, self.data_rng)
-            loss, acc = masked_metrics(self.step_model(x), y)
+            x, y = (to_device(t, self.device) for t in self.task.batch(cfg.batch, self.data_rng))
+            with self.in_precision():
+                loss, acc = masked_metrics(self.step_model(x), y)
             if not self.finite(loss):
                 self.diverged(bar)
                 break

@@ -1,0 +1,43 @@
+"""benchmarks/gpu_static.py, the static GPU-quality gate, on one small linear spec: it compiles
+for sm_90 without a GPU and its table's columns parse."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import triton
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_the_static_table_parses(tmp_path):
+    """deltanet at D=16: both kernels, every column a number, and the JSON says the same. In a
+    fresh process without TRITON_INTERPRET: the interpreter's functions cannot be compiled."""
+    if "nvidia" not in triton.backends.backends:
+        pytest.skip("this triton has no NVIDIA backend")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    out = tmp_path / "static.json"
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "gpu_static.py"), "--specs", "deltanet",
+         "--D", "16", "--markdown", "--json", str(out)],
+        env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    lines = [line for line in done.stdout.splitlines() if line.startswith("|")]
+    header = [c.strip() for c in lines[0].strip("|").split("|")]
+    assert header[:4] == ["spec", "kernel", "D", "warps"] and "registers" in header
+    rows = [dict(zip(header, (c.strip() for c in line.strip("|").split("|")), strict=True))
+            for line in lines[2:]]  # fmt: skip
+    assert [r["kernel"] for r in rows] == ["_forward_kernel", "_backward_kernel"]
+    for row in rows:
+        numbers = {k: float(v) for k, v in row.items() if k not in ("spec", "kernel")}
+        assert 0 < numbers["registers"] <= 255 and numbers["D"] == 16
+        assert min(numbers.values()) >= 0
+    assert [r["registers"] for r in json.loads(out.read_text())] == [
+        int(r["registers"]) for r in rows
+    ]
