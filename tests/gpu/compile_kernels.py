@@ -14,21 +14,16 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
-HALVES = ("q_ptr", "k_ptr", "v_ptr", "o_ptr", "do_ptr")
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from gpu_static import signature  # noqa: E402  (the one definition of a kernel's signature)
 
 
 def compile_backend(backend, Dk: int, Dv: int, dtype: str, continuing: bool) -> None:
     meta = backend.fused.meta(Dk, Dv, 1 if continuing else 0)
     for kernel in (backend._forward_kernel, backend._backward_kernel):
-        signature = {}
-        for arg in kernel.arg_names:
-            if arg in meta:
-                signature[arg] = "constexpr"
-            elif arg.endswith("_ptr"):
-                signature[arg] = f"*{dtype}" if arg in HALVES else "*fp32"
-            else:
-                signature[arg] = "fp32" if arg == "scale" else "i32"
-        source = ASTSource(fn=kernel, signature=signature, constexprs=meta)
+        source = ASTSource(fn=kernel, signature=signature(kernel, meta, dtype), constexprs=meta)
         compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32))
         assert compiled.asm["cubin"], kernel
 
