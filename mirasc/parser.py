@@ -46,6 +46,7 @@ TOKEN_NAMES = {
     "LOSS": "'loss'",
     "ACTIVATION": "'activation'",
     "GATE": "'gate'",
+    "INIT": "'init'",
     "CONST": "'const'",
     "PIECEWISE": "'piecewise'",
     "OTHERWISE": "'otherwise'",
@@ -206,8 +207,9 @@ class _Builder:
             pos, extra = self.param_list(params)
             return ast.FunctionDef("loss", "bias", pos, extra, self.expr(body), self.span(name))
         if kind == "gate_decl":
-            name, body = node.children
-            return ast.GateDecl(str(name), self.expr(body), self.span(name))
+            name, body, init = node.children
+            start = None if init is None else self.signed(init)
+            return ast.GateDecl(str(name), self.expr(body), self.span(name), start)
         name, value = node.children  # const_decl
         return ast.ConstDecl(str(name), self.signed(value), self.span(name))
 

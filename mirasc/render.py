@@ -156,15 +156,18 @@ RETENTION_TARGETS = {"decay": 0.001, "l2": 0.01, "lq": 0.999, "kl": 0.999}
 
 
 def gate_targets(spec: Spec) -> Code:
-    """Initial values for retention gates that a layer starts from (its gate bias is set so the
-    gate's formula gives the value): forget about 0.1% per token, a time constant longer than a
-    training sequence, so that training learns how much to forget instead of starting from a
-    memory that erases itself (at 5% per token, Titans' MLP memory decayed towards zero weights
-    and stayed at chance on MQAR). Other gates start where their formula puts z = 0."""
+    """Initial values that a layer starts its gates from (its gate bias is set so the gate's
+    formula gives the value): each gate's `init` where the spec states one; else, for the
+    retention gate, forget about 0.1% per token, a time constant longer than a training
+    sequence, so that training learns how much to forget instead of starting from a memory that
+    erases itself (at 5% per token, Titans' MLP memory decayed towards zero weights and stayed at
+    chance on MQAR). Other gates start where their formula puts z = 0."""
+    targets = {}
     gate = spec.retention.gate
-    if not isinstance(gate, GateRef):
-        return Code("{}")
-    return Code(repr({gate.name: RETENTION_TARGETS[spec.retention.kind]}))
+    if isinstance(gate, GateRef):
+        targets[gate.name] = RETENTION_TARGETS[spec.retention.kind]
+    targets.update({g.name: g.init for g in spec.gates if g.init is not None})
+    return Code(repr(targets))
 
 
 def context(spec: Spec, derived: Derived, plan: Plan, source_text: str) -> dict:

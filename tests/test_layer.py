@@ -85,8 +85,26 @@ def test_bf16_inputs_keep_fp32_state(shipped):
     [("titans", "alpha", 1e-3), ("gated_deltanet", "alpha", 1e-3), ("moneta", "a", 0.999)],
 )
 def test_retention_gates_start_near_their_target(shipped, name, gate, target):
+    """Without an `init`, retention gates start at render.RETENTION_TARGETS."""
     layer = shipped[name].Layer(16, 2)
     formula = type(layer).gate_formulas[gate]
     assert torch.allclose(
         formula(layer.gate_proj[gate].bias), torch.tensor(target), rtol=0, atol=1e-4
     )
+
+
+def test_gates_start_at_their_stated_init(compile_text):
+    text = """memory m {
+    architecture = linear
+    bias = huber(delta: delta)
+    retention = decay(alpha)
+    algorithm = gd(lr: eta)
+    gate eta = sigmoid(z)
+    gate alpha = sigmoid(z), init 0.02
+    gate delta = 2 * softplus(z), init 3.5
+}"""
+    layer = compile_text(text).Layer(16, 2)
+    for gate, target in (("delta", 3.5), ("alpha", 0.02)):
+        value = type(layer).gate_formulas[gate](layer.gate_proj[gate].bias)
+        assert torch.allclose(value, torch.tensor(target), rtol=1e-2, atol=0)
+
