@@ -108,3 +108,12 @@ def test_gates_start_at_their_stated_init(compile_text):
         value = type(layer).gate_formulas[gate](layer.gate_proj[gate].bias)
         assert torch.allclose(value, torch.tensor(target), rtol=1e-2, atol=0)
 
+
+def test_yaad_value_projection_gets_a_gradient_from_the_start(shipped):
+    """YAAD's delta starts above the residual ||M(k) - v|| of a fresh layer (about 6), so tokens
+    begin in the l2 branch of its switch. At delta = softplus(0) = 0.69 every token was in the
+    l1 branch, whose gradient delta * sign(r) does not depend on v: v's gradient was exactly 0."""
+    torch.manual_seed(0)
+    layer = shipped["yaad"].Layer(64, 2)
+    layer(torch.randn(2, 32, 64)).square().mean().backward()
+    assert layer.v_proj.weight.grad.norm() > 0.1 * layer.q_proj.weight.grad.norm()
