@@ -29,6 +29,16 @@ def test_memorize_reports_the_recall_error_after_one_pass(monkeypatch, capsys):
     assert "beta" in gates
 
 
+def test_learning_diagnosis_reports_yaads_switch_and_gradients(monkeypatch, capsys):
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    diagnosis = importlib.import_module("learning_diagnosis")
+    diagnosis.main([str(ROOT / "specs/yaad.miras"), "--seq-len", "32"])
+    row = next(r for r in capsys.readouterr().out.splitlines() if r.startswith("| yaad"))
+    grads, _, branch = row.split("|")[2:5]
+    assert "(100% l2)" in branch  # delta starts above the residual: the l2 branch
+    assert float(grads.split("v ")[1].split(",")[0]) > 0  # so v gets a gradient
+
+
 def sweep(recall_table, out: Path, steps: int, *extra: str) -> None:
     recall_table.main(
         ["--specs", str(ROOT / "specs/deltanet.miras"), "--baseline-layers", "1",

@@ -48,12 +48,37 @@ def test_normalised_text_round_trips():
     algorithm = gd(lr: 0.5)
     chunk = 4
     clip = 2
-    gate a = sigmoid(z)
-    gate d = softplus(z) + 0.1"""
+    gate a = sigmoid(z), init 0.999
+    gate d = softplus(z) + 0.1, init 4.5"""
         ),
     ):
         spec = load(text, "m.miras")
         assert load(spec.text(), "n.miras") == spec
+
+
+def test_gate_init_is_kept():
+    spec = load(memory(BASE.replace("gate eta = sigmoid(z)", "gate eta = sigmoid(z), init 0.9")))
+    assert [g.init for g in spec.gates] == [0.9, None]
+
+
+@pytest.mark.parametrize("init", ["2", "-0.5", "0"])
+def test_gate_init_out_of_the_formulas_range(init):
+    msg = error(
+        memory(BASE.replace("gate eta = sigmoid(z)", f"gate eta = sigmoid(z), init {init}"))
+    )
+    assert f"gate 'eta' cannot start at {init}" in msg and "[6.144e-06, 1]" in msg
+    assert "m.miras:6:10" in msg
+
+
+def test_gate_init_of_a_piecewise_formula():
+    gate = "gate eta = piecewise(z < 0: 0.1, otherwise: 0.9)"
+    assert (
+        load(memory(BASE.replace("gate eta = sigmoid(z)", gate + ", init 0.9"))).gates[0].init
+        == 0.9
+    )
+    assert "cannot start at 0.5" in error(
+        memory(BASE.replace("gate eta = sigmoid(z)", gate + ", init 0.5"))
+    )
 
 
 def test_unknown_loss_suggests():

@@ -85,8 +85,35 @@ def test_bf16_inputs_keep_fp32_state(shipped):
     [("titans", "alpha", 1e-3), ("gated_deltanet", "alpha", 1e-3), ("moneta", "a", 0.999)],
 )
 def test_retention_gates_start_near_their_target(shipped, name, gate, target):
+    """Without an `init`, retention gates start at codegen.package_context.RETENTION_TARGETS."""
     layer = shipped[name].Layer(16, 2)
     formula = type(layer).gate_formulas[gate]
     assert torch.allclose(
         formula(layer.gate_proj[gate].bias), torch.tensor(target), rtol=0, atol=1e-4
     )
+
+
+def test_gates_start_at_their_stated_init(compile_text):
+    text = """memory m {
+    architecture = linear
+    bias = huber(delta: delta)
+    retention = decay(alpha)
+    algorithm = gd(lr: eta)
+    gate eta = sigmoid(z)
+    gate alpha = sigmoid(z), init 0.02
+    gate delta = 2 * softplus(z), init 3.5
+}"""
+    layer = compile_text(text).Layer(16, 2)
+    for gate, target in (("delta", 3.5), ("alpha", 0.02)):
+        value = type(layer).gate_formulas[gate](layer.gate_proj[gate].bias)
+        assert torch.allclose(value, torch.tensor(target), rtol=1e-2, atol=0)
+
+
+def test_yaad_value_projection_gets_a_gradient_from_the_start(shipped):
+    """YAAD's delta starts above the residual ||M(k) - v|| of a fresh layer (about 6), so tokens
+    begin in the l2 branch of its switch. At delta = softplus(0) = 0.69 every token was in the
+    l1 branch, whose gradient delta * sign(r) does not depend on v: v's gradient was exactly 0."""
+    torch.manual_seed(0)
+    layer = shipped["yaad"].Layer(64, 2)
+    layer(torch.randn(2, 32, 64)).square().mean().backward()
+    assert layer.v_proj.weight.grad.norm() > 0.1 * layer.q_proj.weight.grad.norm()

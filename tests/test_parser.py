@@ -36,6 +36,26 @@ def test_parses_design_example():
     assert names[:5] == ["architecture", "bias", "retention", "algorithm", "chunk"]
 
 
+def test_gate_init():
+    text = GOOD.replace("gate eta   = sigmoid(z)", "gate eta = sigmoid(z), init -0.5")
+    gates = [m for m in parse(text, "t.miras").memories[0].members if hasattr(m, "init")]
+    assert [g.init for g in gates] == [None, -0.5, None]
+
+
+def test_init_is_still_a_name():
+    text = GOOD.replace("theta", "init").replace(
+        "gate eta   = sigmoid(z)", "gate eta = sigmoid(z), init 0.5"
+    )
+    assert [g.name for g in load(text, "t.miras").gates] == ["init", "eta", "alpha"]
+
+
+def test_gate_init_needs_a_number():
+    e = _error(
+        GOOD.replace("gate eta   = sigmoid(z)", "gate eta = sigmoid(z), init"), SpecSyntaxError
+    )
+    assert "bad.miras:11:5" in str(e) and "a number" in str(e)
+
+
 def test_precedence_and_associativity():
     body = parse("loss f(y, v) = -a^b^c * 2 + 3", "x").functions[0].body
     # (-(a^(b^c)) * 2) + 3
@@ -114,6 +134,7 @@ SPEC_ALPHABET = st.sampled_from(
         *list("memory{}()=,;:+-*/^<>#\n \t0123456789.eE_abcyvz"),
         "memory",
         "gate",
+        "init",
         "const",
         "loss",
         "bias",

@@ -129,12 +129,15 @@ def _required_state(spec: Spec) -> str:
 
 
 def _gate_targets(spec: Spec) -> Code:
-    """Starting values a layer sets its gates' biases for (the formula gives the value): the
-    retention gate's default above; other gates start where their formula puts z near 0."""
+    """Starting values a layer sets its gates' biases for (the formula gives the value): each
+    gate's `init` where the spec states one; else the retention gate's default above. Other gates
+    start where their formula puts z near 0."""
+    targets = {}
     gate = spec.retention.gate
-    if not isinstance(gate, GateRef):
-        return Code("{}")
-    return Code(repr({gate.name: RETENTION_TARGETS[spec.retention.kind]}))
+    if isinstance(gate, GateRef):
+        targets[gate.name] = RETENTION_TARGETS[spec.retention.kind]
+    targets.update({g.name: g.init for g in spec.gates if g.init is not None})
+    return Code(repr(targets))
 
 
 def _weight_shapes(spec: Spec) -> Code:

@@ -18,6 +18,7 @@ from ..ir.spec import (
     Spec,
 )
 from . import syntax
+from .gate_init import check_reachable
 from .names import Inliner, Scope, check_identifier, check_levels
 from .parser import parse
 
@@ -339,7 +340,9 @@ class _MemoryChecker:
                     hint=f"a fixed value is a const: `const {name} = ...`",
                 )
             self.used.update(n.id for n in E.walk(g.body) if isinstance(n, E.Name))
-            gates.append(Gate(name, body))
+            if g.init is not None:
+                check_reachable(name, body, g.init, g.span)
+            gates.append(Gate(name, body, g.init))
         for name, c in self.consts.items():
             if name not in self.used:
                 raise SpecNameError(f"const {name!r} is declared but never used", c.span)

@@ -46,6 +46,7 @@ TOKEN_NAMES = {
     "LOSS": "'loss'",
     "ACTIVATION": "'activation'",
     "GATE": "'gate'",
+    "INIT": "'init'",
     "CONST": "'const'",
     "PIECEWISE": "'piecewise'",
     "OTHERWISE": "'otherwise'",
@@ -210,8 +211,9 @@ class _Builder:
             pos, extra = self.param_list(params)
             return syntax.FunctionDef("loss", "bias", pos, extra, self.expr(body), self.span(name))
         if kind == "gate_decl":
-            name, body = node.children
-            return syntax.GateDecl(str(name), self.expr(body), self.span(name))
+            name, body, init = node.children
+            start = None if init is None else self.signed(init)
+            return syntax.GateDecl(str(name), self.expr(body), self.span(name), start)
         name, value = node.children  # const_decl
         return syntax.ConstDecl(str(name), self.signed(value), self.span(name))
 

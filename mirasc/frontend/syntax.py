@@ -69,9 +69,12 @@ class FunctionDef:
 
 @dataclass(frozen=True)
 class GateDecl:
+    """`gate name = formula of z`, optionally `, init value`: the value the gate starts at."""
+
     name: str
     body: object
     span: Span = field(default=NO_SPAN, compare=False, repr=False)
+    init: float | None = None
 
 
 @dataclass(frozen=True)

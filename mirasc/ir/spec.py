@@ -12,6 +12,8 @@ from dataclasses import dataclass, field, fields
 
 from . import expr as E
 
+INIT_GRID = (-12.0, 12.0, 4801)  # z a layer searches (lo, hi, points) to start a gate at its init
+
 
 @dataclass(frozen=True)
 class GateRef:
@@ -71,6 +73,7 @@ class Algorithm:
 class Gate:
     name: str
     body: object  # expression in Name("z")
+    init: float | None = None  # the value a layer starts the gate at; None: its default
 
 
 @dataclass(frozen=True)
@@ -190,11 +193,16 @@ def spec_text(spec: Spec) -> str:
     ]
     if spec.clip is not None:
         lines.append(f"    clip = {E.format_number(spec.clip)}")
-    lines += [f"    gate {g.name} = {E.unparse(g.body)}" for g in spec.gates]
+    lines += [f"    gate {g.name} = {E.unparse(g.body)}{init_text(g)}" for g in spec.gates]
     lines.append("}")
     if a.activation is not None:
         lines.append(f"activation {a.activation.name}(x) = {E.unparse(a.activation.body)}")
     return "\n".join(lines) + "\n"
+
+
+def init_text(gate: Gate) -> str:
+    """A gate declaration's `, init value` suffix; empty when it starts at its default."""
+    return "" if gate.init is None else f", init {E.format_number(gate.init)}"
 
 
 def bias_gate_names(bias: Bias) -> tuple:

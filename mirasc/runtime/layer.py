@@ -10,6 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..ir.spec import INIT_GRID
+
 
 class MemoryCache(NamedTuple):
     """A layer's decoding state: memory state, the anchor state and offset of the chunk in
@@ -94,7 +96,7 @@ class MemoryLayer(nn.Module):
             {name: nn.Linear(hidden_size, num_heads) for name in self.gate_formulas}
         )
         with torch.no_grad():  # start retention gates near their targets (any formula of z)
-            grid = torch.linspace(-12.0, 12.0, 4801)
+            grid = torch.linspace(*INIT_GRID)
             for name, target in self.gate_targets.items():
                 values = self.gate_formulas[name](grid)
                 self.gate_proj[name].bias.fill_(grid[(values - target).abs().argmin()].item())
