@@ -3,6 +3,7 @@ and the top-level templates/ (mapped into mirasc/templates), and compiles a spec
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -13,7 +14,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def run(*args, cwd: Path) -> str:
-    out = subprocess.run(args, cwd=cwd, capture_output=True, text=True)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # the installed copy only
+    out = subprocess.run(args, cwd=cwd, capture_output=True, text=True, env=env)
     assert out.returncode == 0, out.stdout + out.stderr
     return out.stdout
 
