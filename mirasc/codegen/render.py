@@ -25,6 +25,7 @@ from ..ir import expr as E
 from ..ir.spec import ConstVal, GateRef, Spec, bias_gate_names, to_data
 from .printing import TorchPrinter, TritonPrinter
 from .template_dir import template_dir
+from .torch_pieces import torch_pieces
 from .triton_pieces import activation_bodies, bias_bodies
 
 IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
@@ -368,5 +369,7 @@ def render(spec: Spec, derived: Derived, plan: Plan, source_text: str) -> dict[s
     """The generated package as {file name: text}."""
     ctx = context(spec, derived, plan, source_text)
     ctx.update(triton_context(spec, derived, plan, source_text))
+    with located(spec.bias.body.span):
+        ctx.update({k: [Code(line) for line in v] for k, v in torch_pieces(derived, plan).items()})
     env = environment()
     return {out: env.get_template(tpl).render(**ctx) for out, tpl in FILES.items()}
