@@ -1,17 +1,22 @@
-"""CPU throughput of the generated torch backend against the autograd reference, in one run.
+"""CPU throughput and activation memory of the generated torch backend, in one run.
 
 For every shipped spec: tokens/s of forward+backward (all inputs require grad) for each of the
-torch backend's strategies (the recurrent per-chunk loop; the chunked dual form and the WY form
-where the spec allows them) and for the float64 reference oracle, with the default strategy's
-ratios against the reference and against the recurrent loop. Default shape: B=2, T=1024, H=4,
-D=64.
+torch backend's strategies (the recurrent per-chunk loop; the chunked dual form with its
+explicit backward pass, "chunked", and differentiated by autograd, "chunked_autograd"; the WY
+form where the spec allows it) and for the float64 reference oracle; the bytes each strategy's
+forward pass keeps for its backward pass (distinct storages seen by
+`torch.autograd.graph.saved_tensors_hooks`); and the ratios of the default strategy against
+the reference and the recurrent loop, and of the explicit backward against autograd's.
+Default shape: B=2, T=1024, H=4, D=64.
 
-    python benchmarks/cpu.py [--specs titans yaad] [--T 1024] [--repeats 3]
+    python benchmarks/cpu.py [--specs titans yaad] [--T 1024] [--repeats 2] [--threads 2]
+        [--reference-repeats 0]
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 import time
 from pathlib import Path
@@ -22,6 +27,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from mirasc import testing  # noqa: E402
+
+STRATEGIES = ("recurrent", "chunked_autograd", "chunked", "wy")
 
 
 def timed(fn, repeats: int) -> float:
@@ -42,9 +49,50 @@ def step(module, case, backend, strategy=None):
     return run
 
 
-def main(argv=None) -> int:
-    import importlib
+def saved_bytes(module, case, strategy: str) -> int:
+    """Bytes of the distinct storages that one forward pass saves for its backward pass."""
+    storages: dict[int, int] = {}
 
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        storage = t.untyped_storage()
+        storages[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        testing.run(module, case, "torch", strategy)
+    return sum(storages.values())
+
+
+def measure(module, case, tokens: int, args) -> tuple[dict, dict]:
+    """(tokens/s per strategy and for the reference, saved MiB per strategy)."""
+    rate, saved = {}, {}
+    for strategy in module.torch_backend.STRATEGIES:
+        rate[strategy] = tokens / timed(step(module, case, "torch", strategy), args.repeats)
+        if strategy in ("chunked_autograd", "chunked"):
+            saved[strategy] = saved_bytes(module, case, strategy) / 2**20
+    if args.reference_repeats > 0:
+        rate["reference"] = tokens / timed(step(module, case, "reference"), args.reference_repeats)
+    return rate, saved
+
+
+def row(name: str, chunk: int, default: str, rate: dict, saved: dict) -> str:
+    cells = " ".join(
+        f"{rate[c]:9.0f}" if c in rate else f"{'-':>9s}" for c in ("reference", *STRATEGIES)
+    )
+    ratio = (
+        f"{rate['chunked'] / rate['chunked_autograd']:8.1f}x" if "chunked" in rate else f"{'-':>9s}"
+    )
+    memory = " ".join(
+        f"{saved[c]:9.1f}" if c in saved else f"{'-':>9s}" for c in ("chunked_autograd", "chunked")
+    )
+    vs_ref = f"{rate[default] / rate['reference']:7.1f}x" if "reference" in rate else f"{'-':>8s}"
+    return (
+        f"{name:17s} {chunk:5d} {cells} {default:>9s} "
+        f"{vs_ref} {rate[default] / rate['recurrent']:9.1f}x {ratio} {memory}"
+    )
+
+
+def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument(
         "--specs", nargs="*", default=[s.stem for s in sorted((ROOT / "specs").glob("*.miras"))]
@@ -54,17 +102,23 @@ def main(argv=None) -> int:
     p.add_argument("--H", type=int, default=4)
     p.add_argument("--D", type=int, default=64)
     p.add_argument("--repeats", type=int, default=2)
-    p.add_argument("--reference-repeats", type=int, default=1)
+    p.add_argument("--reference-repeats", type=int, default=1, help="0 skips the reference")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     tokens = args.B * args.T
     print(
         f"B={args.B} T={args.T} H={args.H} D={args.D}, fwd+bwd, torch {torch.__version__}, "
-        f"{torch.get_num_threads()} threads; tokens/s (higher is better)\n"
+        f"{torch.get_num_threads()} threads; tokens/s (higher is better); saved: MiB kept for "
+        "the backward pass\n"
     )
-    columns = ("reference", "recurrent", "chunked", "wy")
-    header = f"{'spec':18s} {'chunk':>5s} " + " ".join(f"{c:>10s}" for c in columns)
-    header += f" {'default':>9s} {'default/ref':>12s} {'default/recurrent':>18s}"
+    header = f"{'spec':17s} {'chunk':>5s} " + " ".join(
+        f"{c:>9s}" for c in ("reference", "recurrent", "autograd", "chunked", "wy")
+    )
+    header += f" {'default':>9s} {'def/ref':>8s} {'def/recur':>10s} {'chk/autog':>9s}"
+    header += f" {'saved:ag':>9s} {'saved:chk':>9s}"
     print(header)
     print("-" * len(header))
     for name in args.specs:
@@ -73,17 +127,12 @@ def main(argv=None) -> int:
         case = testing.make_case(
             spec, B=args.B, T=args.T, H=args.H, Dk=args.D, dtype=torch.float32, seed=0
         )
-        rate = {}
-        for strategy in module.torch_backend.STRATEGIES:
-            rate[strategy] = tokens / timed(step(module, case, "torch", strategy), args.repeats)
-        rate["reference"] = tokens / timed(step(module, case, "reference"), args.reference_repeats)
+        rate, saved = measure(module, case, tokens, args)
         default = module.torch_backend.STRATEGIES[0]
-        cells = " ".join(f"{rate[c]:10.0f}" if c in rate else f"{'-':>10s}" for c in columns)
-        print(
-            f"{name:18s} {spec.chunk:5d} {cells} {default:>9s} "
-            f"{rate[default] / rate['reference']:11.1f}x {rate[default] / rate['recurrent']:17.1f}x",
-            flush=True,
-        )
+        print(row(name, spec.chunk, default, rate, saved), flush=True)
+    print(
+        "\n('autograd' is the strategy chunked_autograd: the dual form differentiated by autograd)"
+    )
     return 0
 
 

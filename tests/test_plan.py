@@ -26,17 +26,17 @@ def plan_of(arch="linear", bias="l2", retention="none", algorithm="gd(lr: eta)",
 @pytest.mark.parametrize(
     "kwargs,strategies,scale",
     [
-        ({}, ("wy", "recurrent", "chunked"), 1.0),  # DeltaNet
-        ({"bias": "lp(p: 2)"}, ("wy", "recurrent", "chunked"), 2.0),  # 2 * l2: lr scaled
+        ({}, ("wy", "recurrent", "chunked", "chunked_autograd"), 1.0),  # DeltaNet
+        ({"bias": "lp(p: 2)"}, ("wy", "recurrent", "chunked", "chunked_autograd"), 2.0),  # 2 * l2: lr scaled
         ({"retention": "decay(alpha, first: true)", "extra": "gate alpha = sigmoid(z)"},
-         ("wy", "recurrent", "chunked"), 1.0),  # Gated DeltaNet
+         ("wy", "recurrent", "chunked", "chunked_autograd"), 1.0),  # Gated DeltaNet
         ({"retention": "decay(alpha)", "extra": "gate alpha = sigmoid(z)"},
-         ("recurrent", "chunked"), None),  # decay after the gradient: no WY form
-        ({"bias": "huber(delta: 1)"}, ("recurrent", "chunked"), None),
-        ({"chunk": 16}, ("chunked", "recurrent"), None),
+         ("recurrent", "chunked", "chunked_autograd"), None),  # decay after the gradient: no WY form
+        ({"bias": "huber(delta: 1)"}, ("recurrent", "chunked", "chunked_autograd"), None),
+        ({"chunk": 16}, ("chunked", "chunked_autograd", "recurrent"), None),
         ({"retention": "kl(keep: a)", "extra": "gate a = sigmoid(z)"}, ("recurrent",), None),
         ({"retention": "lq(q: 4, keep: a)", "extra": "gate a = sigmoid(z)", "chunk": 4},
-         ("chunked", "recurrent"), None),
+         ("chunked", "chunked_autograd", "recurrent"), None),
     ],
 )  # fmt: skip
 def test_strategies(kwargs, strategies, scale):

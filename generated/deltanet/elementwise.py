@@ -13,6 +13,16 @@ def bias_grad(y, v):
     return _g0 * _dphi0
 
 
+def bias_vjp(y, v, dyb):
+    """The adjoints of y, v given the adjoint `dyb` of dl/dy (its vector-Jacobian product)."""
+    _d2phi0 = 2.0
+    _dphiv0 = -2.0
+    _g0 = 0.5
+    yb = dyb * (_g0 * _d2phi0)
+    vb = dyb * (_g0 * _dphiv0)
+    return yb, vb
+
+
 def gate_beta(z):
     """gate beta = sigmoid(z)"""
     _g = torch.sigmoid(z)

@@ -11,3 +11,12 @@ def bias_grad(y, v):
     _dphi0 = v
     _g0 = -1.0
     return _g0 * _dphi0
+
+
+def bias_vjp(y, v, dyb):
+    """The adjoints of y, v given the adjoint `dyb` of dl/dy (its vector-Jacobian product)."""
+    _dphiv0 = 1.0
+    _g0 = -1.0
+    yb = dyb * (0.0)
+    vb = dyb * (_g0 * _dphiv0)
+    return yb, vb

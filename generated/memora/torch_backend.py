@@ -2,7 +2,8 @@
 # Do not edit: change the spec and recompile (`mirasc compile`).
 """PyTorch backend of memora: the recurrent path (every spec) and, where the update is
 linear in the gradients, the chunked dual form. Inputs here are [B, H, T, D]; gates [B, H, T].
-Outer-loop gradients come from autograd through these functions.
+Outer-loop gradients come from autograd through these functions, except the chunked dual form's
+(`chunked`), whose backward pass is explicit (`mirasc.runtime.chunked`).
 """
 
 import torch

@@ -13,6 +13,16 @@ def bias_grad(y, v):
     return _g0 * _dphi0
 
 
+def bias_vjp(y, v, dyb):
+    """The adjoints of y, v given the adjoint `dyb` of dl/dy (its vector-Jacobian product)."""
+    _d2phi0 = 2.0
+    _dphiv0 = -2.0
+    _g0 = 0.5
+    yb = dyb * (_g0 * _d2phi0)
+    vb = dyb * (_g0 * _dphiv0)
+    return yb, vb
+
+
 def act(x):
     """silu(x) = x * sigmoid(x)"""
     _f = x*torch.sigmoid(x)
@@ -24,6 +34,14 @@ def act_grad(x):
     _a0 = torch.sigmoid(x)
     _df = _a0*x*(1.0 - _a0) + _a0
     return _df
+
+
+def act_grad2(x):
+    """d^2 silu(x) / dx^2"""
+    _e0 = torch.sigmoid(x)
+    _e1 = 1.0 - _e0
+    _d2f = -(_e0*_e0)*_e1*x + _e0*(_e1*_e1)*x + 2.0*_e0*_e1
+    return _d2f
 
 
 def gate_theta(z):

@@ -2,19 +2,20 @@
 # Do not edit: change the spec and recompile (`mirasc compile`).
 """PyTorch backend of titans: the recurrent path (every spec) and, where the update is
 linear in the gradients, the chunked dual form. Inputs here are [B, H, T, D]; gates [B, H, T].
-Outer-loop gradients come from autograd through these functions.
+Outer-loop gradients come from autograd through these functions, except the chunked dual form's
+(`chunked`), whose backward pass is explicit (`mirasc.runtime.chunked`).
 """
 
 import torch
 
 from mirasc import runtime
 
-from .elementwise import bias_grad, act, act_grad
+from .elementwise import bias_grad, act, act_grad, bias_vjp, act_grad2
 
 CHUNK = 16
 DEPTH = 2
 LN_EPS = 1e-5
-STRATEGIES = ('chunked', 'recurrent')  # the first is the default
+STRATEGIES = ('chunked', 'chunked_autograd', 'recurrent')  # the first is the default
 
 
 def _layer_norm(m, ln):
@@ -93,10 +94,36 @@ def recurrent(q, k, v, *, lr, rate, mom, params, state, scale, ln, anchor_state,
     return torch.cat(outs, dim=2), ws + ss
 
 
-def chunked(q, k, v, *, lr, rate, mom, params, state, scale, ln, anchor_state, offset):
-    """The dual form: per chunk, all tokens' states are affine in the anchor state and the
-    rank-one gradients, W_t = a_t W + b_t S - sum_s D[t, s] g_s, so reads are masked matmuls
-    layer by layer and no per-token state is materialised."""
+DUAL = runtime.DualForm(
+    chunk=CHUNK,
+    depth=DEPTH,
+    residual=True,
+    norm=True,
+    retention="decay",
+    momentum=True,
+    first=False,
+    clip=None,
+    lq=None,
+    bias_grad=bias_grad,
+    bias_vjp=bias_vjp,
+    act=act,
+    act_grad=act_grad,
+    act_grad2=act_grad2,
+)
+
+
+def chunked(q, k, v, **gates_and_state):
+    """The dual form with an explicit backward pass (`mirasc.runtime.chunked`): inputs viewed
+    as [B, H, N, C, D] blocks, only chunk-start states kept, the inner gradient step
+    differentiated with this spec's printed second-order pieces."""
+    return runtime.dual_form(DUAL, q, k, v, **gates_and_state)
+
+
+def chunked_autograd(q, k, v, *, lr, rate, mom, params, state, scale, ln, anchor_state, offset):
+    """The dual form, differentiated by autograd (kept for comparison): per chunk, all tokens'
+    states are affine in the anchor state and the rank-one gradients,
+    W_t = a_t W + b_t S - sum_s D[t, s] g_s, so reads are masked matmuls layer by layer and no
+    per-token state is materialised."""
     T = q.shape[2]
     ws, ss = list(state[:DEPTH]), list(state[DEPTH:])
     outs = []
@@ -181,7 +208,7 @@ def forward(
     ln = _ln_params(H, Dv, dt, ln_weight, ln_bias)
     if T == 0:  # nothing to read or write: the state passes through
         return q.new_zeros(B, 0, H, Dv), (tuple(state) if output_final_state else None)
-    run = { "chunked": chunked, "recurrent": recurrent }[strategy]
+    run = { "chunked": chunked, "chunked_autograd": chunked_autograd, "recurrent": recurrent }[strategy]
 
     o, final = run(
         q.transpose(1, 2).to(dt),

@@ -13,6 +13,16 @@ def bias_grad(y, v):
     return _g0 * _dphi0
 
 
+def bias_vjp(y, v, dyb):
+    """The adjoints of y, v given the adjoint `dyb` of dl/dy (its vector-Jacobian product)."""
+    _d2phi0 = 2.0
+    _dphiv0 = -2.0
+    _g0 = 0.5
+    yb = dyb * (_g0 * _d2phi0)
+    vb = dyb * (_g0 * _dphiv0)
+    return yb, vb
+
+
 def act(x):
     """gelu(x) = 0.5 * x * (1 + erf(x / sqrt(2)))"""
     _f = x*(torch.special.erf(0.7071067811865475*x) + 1.0)/2.0
@@ -24,6 +34,15 @@ def act_grad(x):
     _a0 = 0.7071067811865475*x
     _df = _a0*torch.exp(-0.4999999999999999*(x*x))/1.772453850905516 + torch.special.erf(_a0)/2.0 + 0.5
     return _df
+
+
+def act_grad2(x):
+    """d^2 gelu(x) / dx^2"""
+    _e0 = 0.5641895835477563
+    _e1 = (x*x)
+    _e2 = torch.exp(-0.4999999999999999*_e1)
+    _d2f = -0.7071067811865474*_e0*_e1*_e2 + 1.414213562373095*_e0*_e2
+    return _d2f
 
 
 def gate_eta(z):

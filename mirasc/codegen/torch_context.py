@@ -14,6 +14,7 @@ from ..ir.spec import Spec
 from .package_context import unparsed
 from .printing import TorchPrinter
 from .safety import Code, located
+from .torch_pieces import act_grad2_lines, bias_vjp_lines
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,8 @@ class TorchContext:
     grad: Code  # dl/dy from the two above
     gates: list  # GateCode per gate
     activation: ActivationCode | None
+    bias_vjp_lines: list  # body of bias_vjp(y, v, dyb, params..), for the dual form's backward
+    act_grad2_lines: list  # body of act_grad2(x)
 
 
 def _elementwise(printer: TorchPrinter, outputs: dict, like: sp.Symbol, tensors: set, prefix: str):
@@ -94,6 +97,7 @@ def torch_context(spec: Spec, derived: Derived, plan: Plan) -> TorchContext:
         outer = [
             Code(line) for line in printer.block({f"_g{i}": g for i, g in enumerate(b.dg)}, "_s")
         ]
+        vjp = bias_vjp_lines(derived, plan) if "chunked" in plan.strategies else []
     return TorchContext(
         strategies=plan.strategies,
         strategies_literal=Code(repr(plan.strategies)),
@@ -107,4 +111,6 @@ def torch_context(spec: Spec, derived: Derived, plan: Plan) -> TorchContext:
         grad=Code(" + ".join(f"_g{i} * _dphi{i}" for i in range(len(b.phi)))),
         gates=_gates(spec, derived),
         activation=_activation(spec, derived),
+        bias_vjp_lines=[Code(line) for line in vjp],
+        act_grad2_lines=[Code(line) for line in act_grad2_lines(derived)],
     )

@@ -11,7 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..derivation.plan import Plan
-from ..derivation.symbolic import Derived, V, d, symbol
+from ..derivation.symbolic import Derived, symbol
+from .loss_pieces import vjp_scalars, vjp_vectors
 from .printing import TritonPrinter
 
 
@@ -82,58 +83,13 @@ def _grad_body(grad: _Body, derived: Derived, plan: Plan) -> _Body:
     return grad
 
 
-def _vjp_vectors(derived: Derived, plan: Plan) -> dict:
-    """The element-wise pieces the VJP needs: phi_i (for S), phi_i', phi_i'', d phi_i'/dv,
-    d phi_i'/dp, d phi_i/dv and d phi_i/dp, each only where not identically zero."""
-    b = derived.bias
-    vec = {f"_phi{i}": b.phi[i] for i in plan.sums}
-    for i in range(len(b.phi)):
-        for name, e in (("_dphi", b.dphi[i]), ("_d2phi", b.d2phi[i]), ("_dphiv", b.dphi_dv[i])):
-            if _nonzero(e):
-                vec[f"{name}{i}"] = e
-        for j in range(len(b.params)):
-            if _nonzero(b.dphi_dparam[i][j]):
-                vec[f"_dphip{i}_{j}"] = b.dphi_dparam[i][j]
-    for i in plan.sums:
-        if _nonzero(d(b.phi[i], V)):
-            vec[f"_phiv{i}"] = d(b.phi[i], V)
-        for j, p in enumerate(b.params):
-            if _nonzero(d(b.phi[i], p)):
-                vec[f"_phip{i}_{j}"] = d(b.phi[i], p)
-    return vec
-
-
-def _vjp_scalars(derived: Derived, plan: Plan) -> dict:
-    """Per-token scalars: g_i = dg/dS_i, h_ij = d2g/dS_i dS_j, gp_ij = d g_i / d p_j."""
-    b = derived.bias
-    m, n = len(b.phi), len(b.params)
-    scal = {f"_g{i}": b.dg[i] for i in range(m)}
-    scal.update(
-        {
-            f"_h{i}_{j}": b.d2g[i * m + j]
-            for i in range(m)
-            for j in plan.sums
-            if _nonzero(b.d2g[i * m + j])
-        }
-    )
-    scal.update(
-        {
-            f"_gp{i}_{j}": b.dg_dparam[i][j]
-            for i in range(m)
-            for j in range(n)
-            if _nonzero(b.dg_dparam[i][j])
-        }
-    )
-    return scal
-
-
 def _vjp_body(vjp: _Body, derived: Derived, plan: Plan) -> _Body:
     """The vector-Jacobian product of dl/dy_j = sum_i g_i(S, p) phi_i'(y_j, v_j):
     P_i = sum_j dyb_j phi_i'(j), Q_l = sum_i d2g_il P_i, then
     yb_j = dyb_j sum_i g_i phi_i''(j) + sum_l Q_l phi_l'(j), the same for v with d/dv, and
     pb = sum_i P_i dg_i/dp + sum_j dyb_j sum_i g_i dphi_i'/dp + sum_l Q_l sum_j dphi_l/dp."""
     m = len(derived.bias.phi)
-    vec, scal = _vjp_vectors(derived, plan), _vjp_scalars(derived, plan)
+    vec, scal = vjp_vectors(derived.bias, plan.sums), vjp_scalars(derived.bias, plan.sums)
     vjp.vectors(vec, "_e")
     vjp.lines += [f"_S{i} = tl.sum(_phi{i}, axis=0)" for i in plan.sums]
     vjp.scalars(scal, "_s")

@@ -47,16 +47,17 @@ def wy_scale(spec: Spec, derived: Derived) -> float | None:
 def make_plan(spec: Spec, derived: Derived) -> Plan:
     """The WY form for the chunk-1 delta rule; the chunked dual form where every state is
     linear in the chunk's gradients, the default from chunk 2 on (at chunk 1 it is a slower
-    recurrent loop); the recurrent path always."""
+    recurrent loop), with its explicit backward pass ("chunked") and differentiated by autograd
+    ("chunked_autograd", kept for comparison); the recurrent path always."""
     c = wy_scale(spec, derived)
     if c is not None:
-        strategies = ("wy", "recurrent", "chunked")
+        strategies = ("wy", "recurrent", "chunked", "chunked_autograd")
     elif not spec.linear_update:
         strategies = ("recurrent",)
     elif spec.chunk > 1:
-        strategies = ("chunked", "recurrent")
+        strategies = ("chunked", "chunked_autograd", "recurrent")
     else:
-        strategies = ("recurrent", "chunked")
+        strategies = ("recurrent", "chunked", "chunked_autograd")
     b = derived.bias
     # only the sums some dg/dS_i depends on are computed (l2's dg is constant: no sum at all)
     used = set().union(*(g.free_symbols for g in b.dg)) & set(b.sums)

@@ -5,6 +5,8 @@ It never imports the compiler (sympy, lark, jinja2): a trained model needs only 
 """
 
 from ..errors import BackendError
+from .chunk_math import DualForm
+from .chunked import dual_form
 from .inputs import (
     BACKENDS,
     anchor_weights,
@@ -24,6 +26,7 @@ from .triton_host import FusedRecurrent, custom_op, triton_interpreted
 __all__ = [
     "BACKENDS",
     "BackendError",
+    "DualForm",
     "FusedRecurrent",
     "MemoryCache",
     "MemoryLayer",
@@ -33,6 +36,7 @@ __all__ = [
     "chunks",
     "compute_dtype",
     "custom_op",
+    "dual_form",
     "gate",
     "initial_weights",
     "l2norm",
