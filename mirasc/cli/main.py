@@ -116,9 +116,9 @@ def _train(args) -> int:
     cfg = TrainConfig(**{k: v for k, v in vars(args).items() if k in fields})
     try:
         trainer = Trainer(cfg, resume=args.resume)
-    except ValueError as e:  # sizes a task cannot be made at
+    except ValueError as e:  # sizes a task cannot be made at: a usage error
         print(f"error: {e}", file=sys.stderr)
-        return 2
+        return 1
     history = trainer.run()
     if history and int(os.environ.get("RANK", 0)) == 0:
         first, last = history[0], history[-1]
