@@ -126,9 +126,10 @@ class Scope:
 class Inliner:
     """Resolves an expression: binds parameters, inlines definitions, rejects unknown names."""
 
-    def __init__(self, scope: Scope, context: str, measures: dict | None = None):
+    def __init__(self, scope: Scope, context: str, measures: dict | None = None, outer=None):
         self.scope = scope
         self.context = context
+        self.outer = outer or context  # the construct being resolved, for limit messages
         # id(node) -> (node, size, depth) of every node built so far, shared with the inliners
         # of called definitions, so that limiting each new node costs O(its children)
         self.measures = {} if measures is None else measures
@@ -183,6 +184,11 @@ class Inliner:
             return hit[1], hit[2]
         return E.size(node), E.depth(node)
 
+    def _where(self) -> str:
+        if self.outer == self.context:
+            return self.outer
+        return f"{self.outer} (here, inside {self.context})"
+
     def _limit(self, node):
         """The node, measured: size and depth after inlining are what SymPy, the printers and
         every recursive stage pay for, so both are bounded here, where they grow."""
@@ -193,12 +199,12 @@ class Inliner:
         self.measures[id(node)] = (node, size, depth)
         if size > MAX_EXPR_NODES:
             raise SpecLimitError(
-                f"{self.context} grows past {MAX_EXPR_NODES} nodes once definitions are inlined",
+                f"{self._where()} grows past {MAX_EXPR_NODES} nodes once definitions are inlined",
                 node.span,
             )
         if depth > MAX_EXPR_DEPTH:
             raise SpecLimitError(
-                f"{self.context} nests more than {MAX_EXPR_DEPTH} levels deep once definitions "
+                f"{self._where()} nests more than {MAX_EXPR_DEPTH} levels deep once definitions "
                 "are inlined",
                 node.span,
                 hint="compose fewer definitions, or split a long chain of + or * with parentheses",
@@ -235,9 +241,8 @@ class Inliner:
             )
         values = [self.resolve(a, env, stack) for a in node.args + node.params]
         inner_env = dict(zip(fdef.params + fdef.extra, values, strict=True))
-        return Inliner(self.scope, f"{fdef.kind} {name!r}", self.measures).resolve(
-            fdef.body, inner_env, (*stack, name)
-        )
+        inner = Inliner(self.scope, f"{fdef.kind} {name!r}", self.measures, self.outer)
+        return inner.resolve(fdef.body, inner_env, (*stack, name))
 
 
 def check_params_used(fdef: syntax.FunctionDef, scope: Scope) -> None:

@@ -128,6 +128,52 @@ def _retention(rng: random.Random, gates: list[str], consts: dict, momentum: boo
     return f"kl(keep: {op()})" if kind == "kl" else "none"
 
 
+def stress(rng: random.Random, var: str) -> tuple[list[str], str]:
+    """(definitions, expression in `var`) that are costly rather than wrong: chains of calls
+    that multiply depth, long sums, folded exponents, piecewise nested through definitions."""
+    roll = rng.random()
+    if roll < 0.3:  # definitions composed k times per level
+        k, levels = rng.randint(2, 10), rng.randint(1, 3)
+        defs = [f"activation s0(x) = {'sigmoid(' * k}x{')' * k}"]
+        defs += [f"activation s{i}(x) = {f's{i - 1}(' * k}x{')' * k}" for i in range(1, levels)]
+        return defs, f"s{levels - 1}({var})"
+    if roll < 0.5:
+        funcs = rng.sample(UNARY, 4)
+        e = var
+        for i in range(rng.randint(10, 45)):
+            e = f"{funcs[i % 4]}({e})"
+        return [], e
+    if roll < 0.7:
+        return [], f"sigmoid({var} + {' + '.join(str(i) for i in range(rng.randint(20, 110)))})"
+    if roll < 0.85:
+        a, b = rng.choice(NUMBERS), rng.choice(NUMBERS)
+        return [], f"({var} * 0.1)^({a}^{b})"
+    levels = rng.randint(2, 7)
+    defs = ["activation w0(x) = x"] + [
+        f"activation w{i}(x) = piecewise(w{i - 1}(x) < 1: w{i - 1}(x) * 2, otherwise: w{i - 1}(x))"
+        for i in range(1, levels + 1)
+    ]
+    return defs, f"abs({var})^w{levels}({var})"
+
+
+def generate_stressed(seed: int) -> str:
+    """A valid small spec with one costly expression as its gate, bias or activation."""
+    rng = random.Random(seed)
+    where = rng.choice(("gate", "bias", "activation"))
+    defs, e = stress(rng, {"gate": "z", "bias": "y", "activation": "x"}[where])
+    arch, bias, gate = "linear", "bias = l2", "sigmoid(z)"
+    if where == "gate":
+        gate = e
+    elif where == "bias":
+        bias = f"bias(y, v) = sum(({e}) * (y - v))"
+    else:
+        defs.append(f"activation stressed(x) = {e}")
+        arch = "mlp(activation: stressed)"
+    body = [f"    architecture = {arch}", f"    {bias}", "    retention = none",
+            "    algorithm = gd(lr: eta)", f"    gate eta = {gate}"]  # fmt: skip
+    return "\n".join([*defs, f"memory Stress{seed % 100} {{", *body, "}"]) + "\n"
+
+
 def generate(seed: int) -> str:
     """A spec that follows the grammar: definitions, then one memory with every setting."""
     rng = random.Random(seed)
@@ -255,7 +301,9 @@ def _replacement(rng: random.Random, token: str) -> str:
 
 
 def make_input(seed: int, corpus: list[str]) -> tuple[str, str]:
-    """(kind, text) for one seed: half generated, half mutated."""
+    """(kind, text) for one seed: half mutated, one in forty stressed, the rest generated."""
     if seed % 2:
         return "mutated", mutate(seed, corpus)
+    if seed % 40 == 2:
+        return "stressed", generate_stressed(seed)
     return "generated", generate(seed)
