@@ -84,6 +84,19 @@ def test_a_non_real_gate_is_rejected_even_without_a_comparison():
     fails(spec(members="    gate beta = sqrt(-1 - z^2)"), SpecTypeError, 6, "not a real number")
 
 
+# ---- defects the fuzz harness found, each as its minimal spec -----------------------------------
+FUZZ_FOUND = [  # (bias formula, words of the message); seed and run in the comment
+    # seed 13006032 (tools/fuzz.py --seed 13): SymPy folds log into the piecewise arms while
+    # building max(...), meets log(0) = zoo and raised TypeError from inside the comparison
+    ("sum(max(y, log(piecewise(y < v: y, otherwise: 0))))", "not real"),
+]
+
+
+@pytest.mark.parametrize("bias,words", FUZZ_FOUND)
+def test_fuzz_found_specs_get_located_errors(bias, words):
+    fails(spec(bias=f"bias(y, v) = {bias}", lr="0.1", members=""), MirascError, 3, words)
+
+
 # ---- 2. depth after inlining ---------------------------------------------------------------
 def test_depth_after_inlining_is_limited():
     defs = "\n".join(

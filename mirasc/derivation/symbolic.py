@@ -9,6 +9,7 @@ hostile spec cannot make SymPy compute towers of exponents.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
 
@@ -125,13 +126,28 @@ def _relation(cmp: str, a: sp.Expr, b: sp.Expr, case) -> sp.Basic:
     """`a cmp b`, built only between real values."""
     require_real(a, case.left, "the left side of a comparison")
     require_real(b, case.right, "the right side of a comparison")
+    return _RELATIONS[cmp](a, b)
+
+
+_NON_REAL = "Invalid comparison of non-real"
+
+
+@contextlib.contextmanager
+def real_comparisons(what: str, span: Span):
+    """SymPy's refusal to compare a non-real value, as a located error about `what`. Checking
+    each side first (`require_real`) catches what is visibly complex; SymPy can still meet a
+    non-real value later, when it folds a function into piecewise arms (log of an arm that is
+    0) or differentiates one."""
     try:
-        return _RELATIONS[cmp](a, b)
-    except TypeError:  # SymPy proved a side non-real after all
+        yield
+    except TypeError as e:
+        if not str(e).startswith(_NON_REAL):
+            raise
+        value = str(e)[len(_NON_REAL) :].strip()
         raise SpecTypeError(
-            f"comparison of values that are not real: {_short(E.unparse(case.left))} {cmp} "
-            f"{_short(E.unparse(case.right))}",
-            case.span,
+            f"{what} compares a value that is not real ({_short(value)})",
+            span,
+            hint="e.g. a log, sqrt or power of a piecewise arm that is zero or negative",
         ) from None
 
 
@@ -172,7 +188,8 @@ class Builder:
         self.origin: dict[sp.Basic, object] = {}  # sympy node -> spec node, for messages
 
     def build(self, node) -> sp.Expr:
-        out = self._build(node)
+        with real_comparisons(_short(E.unparse(node)), node.span):
+            out = self._build(node)
         self.origin.setdefault(out, node)
         return out
 
@@ -196,10 +213,7 @@ class Builder:
                 cond = _relation(c.cmp, self.build(c.left), self.build(c.right), c)
                 arms.append((self.build(c.value), cond))
             arms.append((self.build(node.otherwise), True))
-            try:
-                return sp.Piecewise(*arms)
-            except TypeError:
-                raise SpecTypeError("a piecewise condition is not real", node.span) from None
+            return sp.Piecewise(*arms)
         assert isinstance(node, E.Call)
         return self._call(node)
 
@@ -320,13 +334,19 @@ def derive_bias(spec: Spec, budget: Budget | None = None) -> BiasPieces:
             require_real(phi_i, node, "a sum's term")
     phi = tuple(p for p, _ in sums)
     S = tuple(symbol(f"_S{i}") for i in range(len(phi)))
-    with budget.stage("the gradient of the bias", span):
+    with (
+        budget.stage("the gradient of the bias", span),
+        real_comparisons("the gradient of the bias", span),
+    ):
         dphi = tuple(limit_size(d(p, Y), "the gradient of the bias", span) for p in phi)
         dg = tuple(limit_size(d(g, s), "the gradient of the bias", span) for s in S)
         grad = sum((gi * di for gi, di in zip(dg, dphi, strict=True)), sp.Integer(0))
         if grad == 0 or sp.expand(grad) == 0:  # judged whole: sum(y^2) + sum(-y^2) is zero
             raise SpecTypeError("the bias has zero gradient in y", span)
-    with budget.stage("the second derivatives of the bias", span):
+    with (
+        budget.stage("the second derivatives of the bias", span),
+        real_comparisons("the second derivatives of the bias", span),
+    ):
         second = dict(
             d2phi=tuple(d(p, Y) for p in dphi),
             dphi_dv=tuple(d(p, V) for p in dphi),
@@ -354,9 +374,9 @@ def derive_activation(spec: Spec, budget: Budget | None = None) -> ActivationPie
                 span,
                 hint="an MLP memory needs an activation of x, e.g. silu or gelu",
             )
-    with budget.stage(f"the derivative of {what}", span):
+    with budget.stage(f"the derivative of {what}", span), real_comparisons(what, span):
         df = limit_size(d(f, X), f"the derivative of {what}", span)
-    with budget.stage(f"the second derivative of {what}", span):
+    with budget.stage(f"the second derivative of {what}", span), real_comparisons(what, span):
         d2f = limit_size(d(df, X), f"the second derivative of {what}", span)
     return ActivationPieces(act.name, f, df, d2f)
 

@@ -78,8 +78,14 @@ def decode(data: bytes | str, file: str) -> str:
                 Span(file, line, col),
                 hint="a .miras spec is plain text",
             ) from None
-    if len(text) > MAX_BYTES:
-        raise SpecLimitError(f"spec is {len(text)} characters long; the limit is {MAX_BYTES}")
+    if len(text) > MAX_BYTES:  # located where the limit is crossed
+        head = text[:MAX_BYTES]
+        line, start = head.count("\n") + 1, head.rfind("\n") + 1
+        end = text.find("\n", start)
+        raise SpecLimitError(
+            f"spec is {len(text)} characters long; the limit is {MAX_BYTES}",
+            Span(file, line, MAX_BYTES - start + 1, text[start : end if end >= 0 else None]),
+        )
     return text
 
 
