@@ -12,11 +12,18 @@ sys.path.insert(0, str(ROOT))
 
 from tools.fuzz import run  # noqa: E402
 from tools.fuzzing.generate import make_input, shipped_specs  # noqa: E402
+from tools.fuzzing.minimize import minimize  # noqa: E402
 
 
 def test_inputs_are_a_function_of_their_seed():
     corpus = shipped_specs()
     assert [make_input(s, corpus) for s in range(20)] == [make_input(s, corpus) for s in range(20)]
+
+
+def test_the_minimizer_keeps_what_the_outcome_needs():
+    text = (ROOT / "specs" / "titans.miras").read_text()
+    small = minimize(text, lambda t: "momentum(" in t and "silu" in t)
+    assert "momentum(" in small and "silu" in small and len(small) < len(text) // 5
 
 
 def test_a_bounded_fuzz_run_finds_no_defect():

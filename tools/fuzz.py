@@ -27,6 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from tools.fuzzing.generate import make_input, shipped_specs  # noqa: E402
+from tools.fuzzing.minimize import minimize  # noqa: E402
 
 GOOD = ("checked", "built", "non-finite", "mismatch")  # and every `rejected:...`
 
@@ -141,14 +142,37 @@ def _progress(total, enabled: bool):
     return tqdm(total=total, unit="input", disable=not enabled, smoothing=0.05)
 
 
-def save_defects(tally: Tally, out: Path) -> None:
-    """Each defect as <seed>.miras (the input) and <seed>.txt (what happened)."""
+def save_defects(tally: Tally, out: Path, timeout: float, shrink: int) -> None:
+    """Each defect as <seed>.miras (the input), <seed>.txt (what happened) and, for the first
+    `shrink` that are not hangs, <seed>.min.miras: the smallest input with the same outcome,
+    ready for a regression test."""
     out.mkdir(parents=True, exist_ok=True)
-    for d in tally.defects:
-        (out / f"{d['seed']}.miras").write_text(d["text"], encoding="utf-8", errors="surrogatepass")
-        (out / f"{d['seed']}.txt").write_text(
-            f"{d['outcome']} ({d['stage']}, {d['kind']})\n{d['detail']}\n"
-        )
+    worker = Worker()
+    try:
+        for d in tally.defects:
+            _write(out / f"{d['seed']}.miras", d["text"])
+            _write(
+                out / f"{d['seed']}.txt",
+                f"{d['outcome']} ({d['stage']}, {d['kind']})\n{d['detail']}\n",
+            )
+            if shrink > 0 and d["outcome"] != "hang":
+                shrink -= 1
+                _write(out / f"{d['seed']}.min.miras", _shrink(worker, d, timeout))
+    finally:
+        worker.stop()
+
+
+def _shrink(worker: Worker, defect: dict, timeout: float) -> str:
+    full = defect["stage"] == "build"
+
+    def same(text: str) -> bool:
+        return worker.ask(text, full, timeout)["outcome"] == defect["outcome"]
+
+    return minimize(defect["text"], same, max_tries=600)
+
+
+def _write(path: Path, text: str) -> None:
+    path.write_text(text, encoding="utf-8", errors="surrogatepass")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -159,13 +183,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--build-fraction", type=float, default=0.15, help="inputs also built fully")
     p.add_argument("--timeout", type=float, default=20.0, help="seconds per input before a hang")
     p.add_argument("--out", default="fuzz-defects", help="folder for the defects found")
+    p.add_argument("--shrink", type=int, default=10, help="defects to minimise (default 10)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     args = p.parse_args(argv)
     n = args.n if args.n is not None or args.minutes else 1000
     tally = run(n, args.seed, args.minutes, args.build_fraction, args.timeout, not args.quiet)
     print(tally.table())
     if tally.defects:
-        save_defects(tally, Path(args.out))
+        save_defects(tally, Path(args.out), args.timeout, args.shrink)
         print(f"defects saved under {args.out}/")
     return 1 if tally.defects else 0
 
