@@ -232,6 +232,20 @@ def test_constant_activations_are_refused(body):
     )
 
 
+@pytest.mark.parametrize(
+    "body",
+    [
+        # seed 29016848 (tools/fuzz.py --seed 29): x only in a condition between constants;
+        # compiled, then the reference's autograd failed (the output is not a function of W)
+        "tanh(exp(piecewise(1e-30 >= x: 1e30, otherwise: 1e-30)))",
+        "sign(x)",
+    ],
+)
+def test_activations_with_zero_derivative_everywhere_are_refused(body):
+    defs = f"activation c(x) = {body}"
+    fails(spec(arch="mlp(activation: c)", defs=defs), SpecTypeError, 8, "zero derivative")
+
+
 def test_a_gate_constant_as_a_whole_is_refused():
     fails(spec(members="    gate beta = z - z + 0.5"), SpecTypeError, 6, "does not depend")
 

@@ -36,9 +36,10 @@ def build(data: bytes | str, file: str = "<spec>") -> Build:
     text = decode(data, file)
     budget = Budget()
     derived = derive(spec, budget)
-    with budget.stage("planning the kernels"):
+    where = spec.bias.body.span  # the memory's first formula: the spec has no span of its own
+    with budget.stage("planning the kernels for this memory", where):
         plan = make_plan(spec, derived)
-    with budget.stage("printing the generated code"):
+    with budget.stage("printing the code for this memory's formulas", where):
         files = render(spec, derived, plan, text)
     return Build(text, spec, derived, plan, files)
 

@@ -35,7 +35,7 @@ class Budget:
 
     def _fail(self) -> SpecLimitError:
         return SpecLimitError(
-            f"{self.what} takes more than {self.seconds:g} s to derive",
+            f"{self.what} takes more than {self.seconds:g} s",
             self.span,
             hint="simplify the formula: fewer nested functions, piecewise arms or powers",
         )

@@ -22,8 +22,9 @@ from ..ir.spec import Spec, bias_gate_names
 from .budget import Budget
 
 # tree nodes of any one derived expression (a derivative prints as its tree, less what CSE
-# shares): the largest shipped spec needs ~600; the bound keeps printing and kernels small
-MAX_DERIVED_NODES = 20000
+# shares): the largest shipped spec needs ~600; at 10000 the derivation and printing stay
+# around a second, far inside the time budget even on a loaded machine
+MAX_DERIVED_NODES = 10000
 
 
 class Sigmoid(sp.Function):
@@ -376,6 +377,12 @@ def derive_activation(spec: Spec, budget: Budget | None = None) -> ActivationPie
             )
     with budget.stage(f"the derivative of {what}", span), real_comparisons(what, span):
         df = limit_size(d(f, X), f"the derivative of {what}", span)
+    if df == 0:  # piecewise constant, sign(x): no gradient reaches the layers before it
+        raise SpecTypeError(
+            f"{what} has zero derivative everywhere (it is {_short(sp.sstr(f))})",
+            span,
+            hint="an MLP memory learns through its activation's derivative: use e.g. silu",
+        )
     with budget.stage(f"the second derivative of {what}", span), real_comparisons(what, span):
         d2f = limit_size(d(df, X), f"the second derivative of {what}", span)
     return ActivationPieces(act.name, f, df, d2f)
