@@ -30,6 +30,7 @@ from tools.fuzzing.generate import make_input, shipped_specs  # noqa: E402
 from tools.fuzzing.minimize import minimize  # noqa: E402
 
 GOOD = ("checked", "built", "non-finite", "mismatch")  # and every `rejected:...`
+STARTUP_SECONDS = 300.0
 
 
 class Worker:
@@ -51,6 +52,12 @@ class Worker:
             cwd=ROOT,
             env=env,
         )
+        with selectors.DefaultSelector() as sel:  # the worker warms up before its first input
+            sel.register(self.proc.stdout, selectors.EVENT_READ)
+            ready = sel.select(STARTUP_SECONDS) and self.proc.stdout.readline()
+        if not ready or not json.loads(ready).get("ready"):
+            self.stop()
+            raise RuntimeError("the fuzz worker did not start (run tools/fuzzing/worker.py)")
 
     def ask(self, text: str, full: bool, timeout: float) -> dict:
         """The worker's reply, or a `hang` / `worker-died` outcome."""

@@ -5,15 +5,18 @@ can kill it on a hang and survive a crash of the interpreter itself.
 Outcomes: `rejected:<MirascError subclass>` (the promise kept: a located error),
 `checked` (parse and check passed; no build asked), `built` (every stage, the package written,
 imported, one tiny case run by its torch backend and by the reference with the same result,
-its SPEC_IR equal to the spec and its normalised text reloading to the same spec), `non-finite`
+its SPEC_IR equal to the spec, its normalised text reloading to the same spec, and `mirasc
+explain` exiting 0), `non-finite`
 and `mismatch` (built, but the tiny case disagrees: reported, not defects), and defects:
 `crash:<exception type>`, `unlocated` (a MirascError without file:line:col), `import-failure`,
-`run-failure:<exception type>`, `roundtrip-failure`.
+`run-failure:<exception type>`, `roundtrip-failure`, `cli-failure:...`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import io
 import json
 import math
 import shutil
@@ -22,6 +25,7 @@ import tempfile
 import traceback
 from pathlib import Path
 
+from mirasc.cli.main import main as cli_main
 from mirasc.compiler.package import write_package
 from mirasc.compiler.pipeline import build
 from mirasc.errors import MirascError
@@ -33,7 +37,7 @@ FILE = "fuzz.miras"
 
 def _import_package(files: dict[str, str], workdir: Path, index: int):
     """Write the package under a unique name and import it."""
-    name = f"fuzzpkg{index}"
+    name = f"fuzzpkg{index + 1}"
     write_package(files, workdir / name)
     importlib.invalidate_caches()
     module = importlib.import_module(name)
@@ -71,9 +75,9 @@ def _full_build(text: str, workdir: Path, index: int) -> dict:
     except Exception as e:  # any failure to import generated code is a defect
         return dict(outcome="import-failure", detail=f"{type(e).__name__}: {e}"[:2000])
     finally:
-        for key in [k for k in sys.modules if k.startswith(f"fuzzpkg{index}")]:
+        for key in [k for k in sys.modules if k.split(".")[0] == f"fuzzpkg{index + 1}"]:
             del sys.modules[key]
-        shutil.rmtree(workdir / f"fuzzpkg{index}", ignore_errors=True)
+        shutil.rmtree(workdir / f"fuzzpkg{index + 1}", ignore_errors=True)
     ran = _run_once(module, result.spec)
     if ran is not None:
         return ran
@@ -85,7 +89,19 @@ def _full_build(text: str, workdir: Path, index: int) -> dict:
         return dict(outcome="roundtrip-failure", detail=f"text() does not reload: {e}"[:2000])
     if again != result.spec:
         return dict(outcome="roundtrip-failure", detail="text() reloads to another spec")
-    return dict(outcome="built", detail="")
+    return _explain(text, workdir) or dict(outcome="built", detail="")
+
+
+def _explain(text: str, workdir: Path) -> dict | None:
+    """`mirasc explain` on the spec: a `cli-failure` unless it exits 0 (None then)."""
+    path = workdir / FILE
+    path.write_text(text, encoding="utf-8")
+    sink = io.StringIO()
+    with contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
+        code = cli_main(["explain", "--ascii", str(path)])
+    if code != 0:
+        return dict(outcome=f"cli-failure:explain exit {code}", detail=sink.getvalue()[-2000:])
+    return None
 
 
 def handle(request: dict, workdir: Path, index: int) -> dict:
@@ -107,11 +123,23 @@ def handle(request: dict, workdir: Path, index: int) -> dict:
         return dict(outcome=f"crash:{type(e).__name__}", detail=detail[-3000:])
 
 
+def _warm_up(workdir: Path) -> None:
+    """One shipped spec through every stage, so that importing torch, SymPy and the generated
+    code's dependencies (seconds on a loaded machine) is not charged to the first input."""
+    deltanet = Path(__file__).resolve().parents[2] / "specs" / "deltanet.miras"
+    reply = handle(dict(text=deltanet.read_text(encoding="utf-8"), build=True), workdir, -1)
+    if reply["outcome"] != "built":
+        raise SystemExit(f"warm-up failed: {reply}")
+
+
 def main() -> None:
     workdir = Path(tempfile.mkdtemp(prefix="mirasc-fuzz-"))
     sys.path.insert(0, str(workdir))
     replies, sys.stdout = sys.stdout, sys.stderr  # nothing an input prints can garble a reply
     try:
+        _warm_up(workdir)
+        replies.write(json.dumps(dict(ready=True)) + "\n")
+        replies.flush()
         for index, line in enumerate(sys.stdin):
             reply = handle(json.loads(line), workdir, index)
             replies.write(json.dumps(reply) + "\n")
