@@ -142,14 +142,19 @@ def real_comparisons(what: str, span: Span):
     try:
         yield
     except TypeError as e:
-        if not str(e).startswith(_NON_REAL):
-            raise
-        value = str(e)[len(_NON_REAL) :].strip()
-        raise SpecTypeError(
-            f"{what} compares a value that is not real ({_short(value)})",
-            span,
-            hint="e.g. a log, sqrt or power of a piecewise arm that is zero or negative",
-        ) from None
+        raise _non_real_error(e, lambda: what, span) from None
+
+
+def _non_real_error(error: TypeError, what, span: Span) -> Exception:
+    """SymPy's non-real comparison as a SpecTypeError about `what()`; other errors as is."""
+    if not str(error).startswith(_NON_REAL):
+        return error
+    value = str(error)[len(_NON_REAL) :].strip()
+    return SpecTypeError(
+        f"{what()} compares a value that is not real ({_short(value)})",
+        span,
+        hint="e.g. a log, sqrt or power of a piecewise arm that is zero or negative",
+    )
 
 
 def _check_powers(out: sp.Expr, node) -> None:
@@ -189,8 +194,10 @@ class Builder:
         self.origin: dict[sp.Basic, object] = {}  # sympy node -> spec node, for messages
 
     def build(self, node) -> sp.Expr:
-        with real_comparisons(_short(E.unparse(node)), node.span):
+        try:
             out = self._build(node)
+        except TypeError as e:  # the message is made only when needed: unparse is O(tree)
+            raise _non_real_error(e, lambda: _short(E.unparse(node)), node.span) from None
         self.origin.setdefault(out, node)
         return out
 
