@@ -89,16 +89,21 @@ class Worker:
 
 @dataclass
 class Tally:
-    """Outcome counts per stage ('check' or 'build'), the defects, and the slowest input."""
+    """Outcome counts per stage ('check' or 'build'), the defects, the mismatches (built, but
+    the tiny case disagrees with the reference: worth a look, not a broken promise), and the
+    slowest input."""
 
     counts: dict = field(default_factory=lambda: collections.Counter())
     defects: list = field(default_factory=list)
+    mismatches: list = field(default_factory=list)
     slowest: tuple = (0.0, None)
 
     def add(self, seed: int, kind: str, stage: str, text: str, reply: dict) -> None:
         self.counts[(stage, reply["outcome"])] += 1
         if reply["outcome"] not in GOOD and not reply["outcome"].startswith("rejected:"):
             self.defects.append(dict(seed=seed, kind=kind, stage=stage, text=text, **reply))
+        if reply["outcome"] == "mismatch":
+            self.mismatches.append(dict(seed=seed, kind=kind, stage=stage, text=text, **reply))
         if reply.get("seconds", 0.0) > self.slowest[0]:
             self.slowest = (reply["seconds"], seed)
 
@@ -199,6 +204,9 @@ def main(argv: list[str] | None = None) -> int:
     if tally.defects:
         save_defects(tally, Path(args.out), args.timeout, args.shrink)
         print(f"defects saved under {args.out}/")
+    for m in tally.mismatches:
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+        _write(Path(args.out) / f"mismatch-{m['seed']}.miras", f"# {m['detail']}\n{m['text']}")
     return 1 if tally.defects else 0
 
 
