@@ -117,9 +117,9 @@ def _train(args) -> int:
     cfg = TrainConfig(**{k: v for k, v in vars(args).items() if k in fields})
     try:
         trainer = Trainer(cfg, resume=args.resume)
-    except ValueError as e:  # sizes a task cannot be made at
+    except ValueError as e:  # sizes a task cannot be made at: a usage error
         print(f"error: {e}", file=sys.stderr)
-        return 2
+        return 1
     except DeviceUnavailable as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

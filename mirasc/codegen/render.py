@@ -24,6 +24,7 @@ from .triton_context import triton_context
 TORCH_FILES = {"elementwise.py": "elementwise.py.j2", "torch_backend.py": "torch_backend.py.j2"}
 PACKAGE_FILES = {"__init__.py": "init.py.j2", "ops.py": "ops.py.j2", "layer.py": "layer.py.j2"}
 TRITON_FILES = {"triton_backend.py": "triton_backend.py.j2"}
+FILES = {**PACKAGE_FILES, **TORCH_FILES, **TRITON_FILES}  # generated file -> template
 
 
 @lru_cache(maxsize=1)
@@ -47,14 +48,13 @@ def render(spec: Spec, derived: Derived, plan: Plan, source_text: str) -> dict[s
     shared = dict(
         spec=spec, package=package_context(spec, derived, source_text), memory=memory_shape(spec)
     )
-    targets = (
+    by_target = (
         (PACKAGE_FILES, {}),
         (TORCH_FILES, {"torch_code": torch_context(spec, derived, plan)}),
         (TRITON_FILES, {"kernel": triton_context(spec, derived, plan, source_text)}),
     )
-    files = {}
-    for templates, extra in targets:
-        for out, template in templates.items():
-            files[out] = env.get_template(template).render(**shared, **extra)
-    order = ["__init__.py", "ops.py", "layer.py", "elementwise.py", "torch_backend.py"]
-    return {name: files[name] for name in [*order, "triton_backend.py"]}
+    extra = {out: target for files, target in by_target for out in files}
+    return {
+        out: env.get_template(template).render(**shared, **extra[out])
+        for out, template in FILES.items()
+    }

@@ -9,14 +9,23 @@ hostile spec cannot make SymPy compute towers of exponents.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
 
 import sympy as sp
 
-from ..errors import SpecLimitError, SpecTypeError
+from ..errors import Span, SpecLimitError, SpecTypeError
+from ..frontend.names import MAX_EXPONENT
 from ..ir import expr as E
 from ..ir.spec import Spec, bias_gate_names
+from .budget import Budget
+
+# tree nodes of any one derived expression (a derivative prints as its tree, less what CSE
+# shares): the shipped specs need at most 38; a 24-deep composition of four functions ~15000.
+# At 10000 the derivation and printing stay around a second, far inside the time budget even
+# on a loaded machine
+MAX_DERIVED_NODES = 10000
 
 
 class Sigmoid(sp.Function):
@@ -92,6 +101,75 @@ def _fold(node, fn, values, span):
     return _number(result)
 
 
+def _not_real(e: sp.Expr) -> bool:
+    """True when SymPy can tell `e` is not a finite real number (complex, infinite, NaN)."""
+    if e.has(sp.zoo, sp.nan, sp.oo, sp.S.NegativeInfinity, sp.I):
+        return True
+    return e.is_extended_real is False
+
+
+def require_real(e: sp.Expr, node, what: str) -> sp.Expr:
+    """`e` unless it is certainly not real: comparisons, piecewise conditions and every
+    kernel's arithmetic are defined on real numbers only."""
+    if _not_real(e):
+        raise SpecTypeError(
+            f"{what} is not a real number: {_short(E.unparse(node))}",
+            node.span,
+            hint="e.g. sqrt or log of a negative value, or 0 to a negative power",
+        )
+    return e
+
+
+def _short(text: str) -> str:
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _relation(cmp: str, a: sp.Expr, b: sp.Expr, case) -> sp.Basic:
+    """`a cmp b`, built only between real values."""
+    require_real(a, case.left, "the left side of a comparison")
+    require_real(b, case.right, "the right side of a comparison")
+    return _RELATIONS[cmp](a, b)
+
+
+_NON_REAL = "Invalid comparison of non-real"
+
+
+@contextlib.contextmanager
+def real_comparisons(what: str, span: Span):
+    """SymPy's refusal to compare a non-real value, as a located error about `what`. Checking
+    each side first (`require_real`) catches what is visibly complex; SymPy can still meet a
+    non-real value later, when it folds a function into piecewise arms (log of an arm that is
+    0) or differentiates one."""
+    try:
+        yield
+    except TypeError as e:
+        raise _non_real_error(e, lambda: what, span) from None
+
+
+def _non_real_error(error: TypeError, what, span: Span) -> Exception:
+    """SymPy's non-real comparison as a SpecTypeError about `what()`; other errors as is."""
+    if not str(error).startswith(_NON_REAL):
+        return error
+    value = str(error)[len(_NON_REAL) :].strip()
+    return SpecTypeError(
+        f"{what()} compares a value that is not real ({_short(value)})",
+        span,
+        hint="e.g. a log, sqrt or power of a piecewise arm that is zero or negative",
+    )
+
+
+def _check_powers(out: sp.Expr, node) -> None:
+    """Powers SymPy combined at this node ((y^8)^16, y^40 * y^40) obey the exponent limit:
+    a kernel unrolls an integer power into multiplications."""
+    for p in (out, *out.args) if out.is_Mul else (out,):
+        if p.is_Pow and p.exp.is_Number and abs(float(p.exp)) > MAX_EXPONENT:
+            raise SpecLimitError(
+                f"exponent {p.exp} is too large (|p| <= {MAX_EXPONENT:g} once constants are "
+                "folded and powers combined)",
+                node.span,
+            )
+
+
 def _pow(a, b):
     r = a**b
     if isinstance(r, complex):
@@ -117,7 +195,10 @@ class Builder:
         self.origin: dict[sp.Basic, object] = {}  # sympy node -> spec node, for messages
 
     def build(self, node) -> sp.Expr:
-        out = self._build(node)
+        try:
+            out = self._build(node)
+        except TypeError as e:  # the message is made only when needed: unparse is O(tree)
+            raise _non_real_error(e, lambda: _short(E.unparse(node)), node.span) from None
         self.origin.setdefault(out, node)
         return out
 
@@ -132,25 +213,39 @@ class Builder:
             a, b = self.build(node.left), self.build(node.right)
             if a.is_Number and b.is_Number:
                 return _fold(node, _BINARY[node.op], (float(a), float(b)), node.span)
-            if node.op == "+":
-                return a + b
-            if node.op == "-":
-                return a - b
-            if node.op == "*":
-                return a * b
-            if node.op == "/":
-                if b == 0:
-                    raise SpecTypeError("division by zero", node.right.span)
-                return a / b
-            return sp.Pow(a, b)
+            out = self._binary(node, a, b)
+            _check_powers(out, node)
+            return out
         if isinstance(node, E.Piecewise):
             arms = []
             for c in node.cases:
-                cond = _RELATIONS[c.cmp](self.build(c.left), self.build(c.right))
+                cond = _relation(c.cmp, self.build(c.left), self.build(c.right), c)
                 arms.append((self.build(c.value), cond))
             arms.append((self.build(node.otherwise), True))
             return sp.Piecewise(*arms)
         assert isinstance(node, E.Call)
+        return self._call(node)
+
+    def _binary(self, node: E.Binary, a: sp.Expr, b: sp.Expr) -> sp.Expr:
+        if node.op == "+":
+            return a + b
+        if node.op == "-":
+            return a - b
+        if node.op == "*":
+            return a * b
+        if node.op == "/":
+            if b == 0:
+                raise SpecTypeError("division by zero", node.right.span)
+            return a / b
+        if b.is_Number and abs(float(b)) > MAX_EXPONENT:
+            raise SpecLimitError(
+                f"exponent {E.format_number(float(b))} is too large (|p| <= {MAX_EXPONENT:g} "
+                "once constants are folded)",
+                node.right.span,
+            )
+        return sp.Pow(a, b)
+
+    def _call(self, node: E.Call) -> sp.Expr:
         if node.fn == "sum":
             phi = self.build(node.args[0])
             for i, (existing, _) in enumerate(self.sums):
@@ -162,7 +257,10 @@ class Builder:
         if all(a.is_Number for a in args):
             return _fold(node, _FLOAT_FUNCTIONS[node.fn], [float(a) for a in args], node.span)
         if node.fn in ("min", "max"):
-            a, b = args
+            a, b = (
+                require_real(x, n, f"an argument of {node.fn}")
+                for x, n in zip(args, node.args, strict=True)
+            )
             return sp.Piecewise((a, a <= b if node.fn == "min" else a >= b), (b, True))
         return _FUNCTIONS[node.fn](*args)
 
@@ -219,41 +317,105 @@ class Derived:
     gates: tuple  # (name, sympy expression in z)
 
 
-def derive_bias(spec: Spec) -> BiasPieces:
+def limit_size(e: sp.Expr, what: str, span: Span) -> sp.Expr:
+    """`e` unless its tree grows past MAX_DERIVED_NODES (counted with an early stop): the
+    work measure of a derivative, taken before the next stage multiplies it."""
+    for count, _ in enumerate(sp.preorder_traversal(e), start=1):
+        if count > MAX_DERIVED_NODES:
+            raise SpecLimitError(
+                f"{what} grows past {MAX_DERIVED_NODES} terms",
+                span,
+                hint="simplify the formula: fewer nested functions, piecewise arms or powers",
+            )
+    return e
+
+
+def derive_bias(spec: Spec, budget: Budget | None = None) -> BiasPieces:
+    """The loss as g(S) with its sums phi_i, and every first and second derivative."""
+    budget = budget or Budget()
+    span = spec.bias.body.span
     params = tuple(symbol(n) for n in bias_gate_names(spec.bias))
     env = {"y": Y, "v": V, **{p.name: p for p in params}}
     sums: list = []
-    g = Builder(env, sums).build(spec.bias.body)
+    with budget.stage("the bias", span):
+        g = require_real(Builder(env, sums).build(spec.bias.body), spec.bias.body, "the bias")
+        for phi_i, node in sums:
+            require_real(phi_i, node, "a sum's term")
     phi = tuple(p for p, _ in sums)
     S = tuple(symbol(f"_S{i}") for i in range(len(phi)))
-    dphi = tuple(d(p, Y) for p in phi)
-    dg = tuple(d(g, s) for s in S)
-    if all(x == 0 for x in dphi):
-        raise SpecTypeError("the bias has zero gradient in y", spec.bias.body.span)
-    return BiasPieces(
-        g=g,
-        phi=phi,
-        params=params,
-        dphi=dphi,
-        dg=dg,
-        d2phi=tuple(d(p, Y) for p in dphi),
-        dphi_dv=tuple(d(p, V) for p in dphi),
-        d2g=tuple(d(gi, s) for gi in dg for s in S),
-        dphi_dparam=tuple(tuple(d(p, a) for a in params) for p in dphi),
-        dg_dparam=tuple(tuple(d(gi, a) for a in params) for gi in dg),
-    )
+    with (
+        budget.stage("the gradient of the bias", span),
+        real_comparisons("the gradient of the bias", span),
+    ):
+        dphi = tuple(limit_size(d(p, Y), "the gradient of the bias", span) for p in phi)
+        dg = tuple(limit_size(d(g, s), "the gradient of the bias", span) for s in S)
+        grad = sum((gi * di for gi, di in zip(dg, dphi, strict=True)), sp.Integer(0))
+        if grad == 0 or sp.expand(grad) == 0:  # judged whole: sum(y^2) + sum(-y^2) is zero
+            raise SpecTypeError("the bias has zero gradient in y", span)
+    with (
+        budget.stage("the second derivatives of the bias", span),
+        real_comparisons("the second derivatives of the bias", span),
+    ):
+        second = dict(
+            d2phi=tuple(d(p, Y) for p in dphi),
+            dphi_dv=tuple(d(p, V) for p in dphi),
+            d2g=tuple(d(gi, s) for gi in dg for s in S),
+            dphi_dparam=tuple(tuple(d(p, a) for a in params) for p in dphi),
+            dg_dparam=tuple(tuple(d(gi, a) for a in params) for gi in dg),
+        )
+        for e in sp.flatten(second.values()):
+            limit_size(e, "the second derivatives of the bias", span)
+    return BiasPieces(g=g, phi=phi, params=params, dphi=dphi, dg=dg, **second)
 
 
-def derive_activation(spec: Spec) -> ActivationPieces | None:
+def derive_activation(spec: Spec, budget: Budget | None = None) -> ActivationPieces | None:
+    """The activation and its first two derivatives; an activation must depend on x."""
     act = spec.architecture.activation
     if act is None:
         return None
-    f = Builder({"x": X}).build(act.body)
-    df = d(f, X)
-    return ActivationPieces(act.name, f, df, d(df, X))
+    budget = budget or Budget()
+    what, span = f"activation {act.name!r}", act.body.span
+    with budget.stage(what, span):
+        f = require_real(Builder({"x": X}).build(act.body), act.body, what)
+        if X not in f.free_symbols:
+            raise SpecTypeError(
+                f"{what} does not depend on its input (it is {_short(sp.sstr(f))})",
+                span,
+                hint="an MLP memory needs an activation of x, e.g. silu or gelu",
+            )
+    with budget.stage(f"the derivative of {what}", span), real_comparisons(what, span):
+        df = limit_size(d(f, X), f"the derivative of {what}", span)
+    if df == 0:  # piecewise constant, sign(x): no gradient reaches the layers before it
+        raise SpecTypeError(
+            f"{what} has zero derivative everywhere (it is {_short(sp.sstr(f))})",
+            span,
+            hint="an MLP memory learns through its activation's derivative: use e.g. silu",
+        )
+    with budget.stage(f"the second derivative of {what}", span), real_comparisons(what, span):
+        d2f = limit_size(d(df, X), f"the second derivative of {what}", span)
+    return ActivationPieces(act.name, f, df, d2f)
 
 
-def derive(spec: Spec) -> Derived:
-    """Every symbolic piece of a spec, differentiated and cleaned."""
-    gates = tuple((g.name, Builder({"z": Z}).build(g.body)) for g in spec.gates)
-    return Derived(spec, derive_bias(spec), derive_activation(spec), gates)
+def derive_gates(spec: Spec, budget: Budget | None = None) -> tuple:
+    """(name, SymPy expression in z) per gate; a gate must depend on z as a whole."""
+    budget = budget or Budget()
+    gates = []
+    for g in spec.gates:
+        what = f"gate {g.name!r}"
+        with budget.stage(what, g.body.span):
+            e = require_real(Builder({"z": Z}).build(g.body), g.body, what)
+        if Z not in e.free_symbols:
+            raise SpecTypeError(
+                f"{what} does not depend on its pre-activation z (it is {_short(sp.sstr(e))})",
+                g.body.span,
+                hint=f"a fixed value is a const: `const {g.name} = ...`",
+            )
+        gates.append((g.name, e))
+    return tuple(gates)
+
+
+def derive(spec: Spec, budget: Budget | None = None) -> Derived:
+    """Every symbolic piece of a spec, differentiated and cleaned, within `budget`."""
+    budget = budget or Budget()
+    gates = derive_gates(spec, budget)
+    return Derived(spec, derive_bias(spec, budget), derive_activation(spec, budget), gates)

@@ -16,10 +16,11 @@ from ..ir.spec import (
     GateRef,
     Retention,
     Spec,
+    snake_case,
 )
 from . import syntax
 from .gate_init import check_reachable
-from .names import Inliner, Scope, check_identifier, check_levels
+from .names import Inliner, Scope, check_identifier, check_levels, check_params_used
 from .parser import parse
 
 SETTINGS = ("architecture", "bias", "retention", "algorithm", "chunk", "clip")
@@ -45,7 +46,7 @@ class _MemoryChecker:
 
     def run(self) -> Spec:
         mem = self.mem
-        check_identifier(mem.name, mem.span, "memory")
+        check_identifier(mem.name, mem.span, "memory", snake_case(mem.name))
         for m in mem.members:
             self.collect(m)
         if self.bias_formula is not None and "bias" in self.settings:
@@ -236,6 +237,7 @@ class _MemoryChecker:
                 env[p] = self.expression_operand(p, f.span)
             if len(f.params) != 2:
                 raise SpecTypeError("bias formula takes (y, v; params)", f.span)
+            check_params_used(f, self.scope)
             env[f.params[0]], env[f.params[1]] = y, v
             body = Inliner(self.scope, "bias").resolve(f.body, env, ())
             check_levels(body, "the bias", has_sum_level=True)
@@ -358,6 +360,7 @@ def check(module: syntax.Module) -> Spec:
         env.update({p: E.Name(p) for p in f.extra})
         body = Inliner(scope, f"{f.kind} {f.name!r}").resolve(f.body, env, (f.name,))
         check_levels(body, f"{f.kind} {f.name!r}", has_sum_level=f.kind == "loss")
+        check_params_used(f, scope)
     if len(module.memories) != 1:
         where = module.memories[1].span if len(module.memories) > 1 else Span(module.file, 1, 1)
         raise SpecTypeError(

@@ -4,6 +4,7 @@ Failures are located `MirascError`s."""
 
 from __future__ import annotations
 
+import builtins
 import dataclasses
 import keyword
 from functools import lru_cache
@@ -38,20 +39,57 @@ RESERVED = {
     "sum", "piecewise", "otherwise", "memory", "loss", "activation", "gate", "const",
 }  # fmt: skip
 
-MAX_EXPR_NODES = 4000  # after inlining; bounds derivation time
-MAX_EXPONENT = 64.0  # literal exponents beyond this only overflow
+# Names a generated package binds where a memory's Python name or a gate's name also lives:
+# the package's files, the globals of ops.py, __init__.py and elementwise.py, and the op's
+# parameters and locals (a gate is an op parameter and a `bias_grad` parameter). One list;
+# tests/test_robustness.py reads every generated package and fails on a name missing here.
+GENERATED_NAMES = frozenset({
+    "ops", "layer", "elementwise", "torch_backend", "triton_backend",
+    "runtime", "torch", "SPEC", "SPEC_IR", "STATE_NAMES", "GATE_NAMES", "HAS_TRITON", "op", "read",
+    "Layer", "bias_grad", "bias_vjp", "act", "act_grad", "act_grad2", "options",
+    "q", "k", "v", "y", "scale", "initial_state", "output_final_state", "backend", "anchor_state",
+    "chunk_offset", "ln_weight", "ln_bias", "gates", "requested", "reason", "state",
+})  # fmt: skip
+PYTHON_NAMES = frozenset(n for n in dir(builtins) if not n.startswith("_"))
+
+MAX_EXPR_NODES = 4000  # after inlining: bounds SymPy's work on the expression
+# after inlining: SymPy, the printers and `unparse` recurse once (SymPy several frames) per
+# level, so a bound far below Python's recursion limit keeps every stage recursion-safe
+MAX_EXPR_DEPTH = 100
+MAX_EXPONENT = 64.0  # exponents beyond this (literal or folded) only overflow or unroll
+MAX_NAME_LENGTH = 64  # a memory's name names a folder (file names stop at 255 bytes)
 
 
-def check_identifier(name: str, span: Span, what: str) -> None:
-    """Names become Python identifiers in generated code: keep them safe and unambiguous."""
+def _name_problem(name: str) -> str | None:
+    """Why `name` cannot be a Python identifier in generated code, or None."""
     if keyword.iskeyword(name) or keyword.issoftkeyword(name) or name in ("None", "True", "False"):
-        raise SpecNameError(f"{what} name {name!r} is a Python keyword", span)
+        return "is a Python keyword"
     if name.startswith("_"):
-        raise SpecNameError(
-            f"{what} name {name!r} starts with '_', which is reserved for generated code", span
+        return "starts with '_', which is reserved for generated code"
+    if name in RESERVED or name in GENERATED_NAMES:
+        return "is reserved (generated code uses it)"
+    if name in PYTHON_NAMES:
+        return "is a Python built-in, which generated code may use"
+    return None
+
+
+def check_identifier(name: str, span: Span, what: str, python_name: str | None = None) -> None:
+    """Names become Python identifiers in generated code: keep them safe and unambiguous.
+    `python_name` is how generated code spells the name when it differs (a memory's
+    snake_case function and package name): it obeys the same rules."""
+    if len(name) > MAX_NAME_LENGTH:
+        raise SpecLimitError(
+            f"{what} name is {len(name)} characters long; the limit is {MAX_NAME_LENGTH}", span
         )
-    if name in RESERVED:
-        raise SpecNameError(f"{what} name {name!r} is reserved", span)
+    problem = _name_problem(name)
+    if problem:
+        raise SpecNameError(f"{what} name {name!r} {problem}", span)
+    problem = _name_problem(python_name) if python_name not in (None, name) else None
+    if problem:
+        raise SpecNameError(
+            f"{what} name {name!r} becomes the Python name {python_name!r}, which {problem}",
+            span,
+        )
 
 
 @lru_cache(maxsize=1)
@@ -88,9 +126,13 @@ class Scope:
 class Inliner:
     """Resolves an expression: binds parameters, inlines definitions, rejects unknown names."""
 
-    def __init__(self, scope: Scope, context: str):
+    def __init__(self, scope: Scope, context: str, measures: dict | None = None, outer=None):
         self.scope = scope
         self.context = context
+        self.outer = outer or context  # the construct being resolved, for limit messages
+        # id(node) -> (node, size, depth) of every node built so far, shared with the inliners
+        # of called definitions, so that limiting each new node costs O(its children)
+        self.measures = {} if measures is None else measures
 
     def resolve(self, node, env: dict, stack: tuple = ()):
         if isinstance(node, E.Num):
@@ -108,7 +150,7 @@ class Inliner:
                 or f"names available here: {', '.join(sorted(env))}",
             )
         if isinstance(node, E.Neg):
-            return E.Neg(self.resolve(node.operand, env, stack), node.span)
+            return self._limit(E.Neg(self.resolve(node.operand, env, stack), node.span))
         if isinstance(node, E.Binary):
             left = self.resolve(node.left, env, stack)
             right = self.resolve(node.right, env, stack)
@@ -135,11 +177,37 @@ class Inliner:
         assert isinstance(node, E.Call)
         return self._limit(self.call(node, env, stack))
 
+    def _measure(self, node) -> tuple[int, int]:
+        """Size and depth of a resolved node: from the table, or counted (leaves, env values)."""
+        hit = self.measures.get(id(node))
+        if hit is not None and hit[0] is node:
+            return hit[1], hit[2]
+        return E.size(node), E.depth(node)
+
+    def _where(self) -> str:
+        if self.outer == self.context:
+            return self.outer
+        return f"{self.outer} (here, inside {self.context})"
+
     def _limit(self, node):
-        if E.size(node) > MAX_EXPR_NODES:
+        """The node, measured: size and depth after inlining are what SymPy, the printers and
+        every recursive stage pay for, so both are bounded here, where they grow."""
+        size, depth = 1, 1
+        for child in E.children(node):
+            s, d = self._measure(child)
+            size, depth = size + s, max(depth, d + 1)
+        self.measures[id(node)] = (node, size, depth)
+        if size > MAX_EXPR_NODES:
             raise SpecLimitError(
-                f"{self.context} grows past {MAX_EXPR_NODES} nodes once definitions are inlined",
+                f"{self._where()} grows past {MAX_EXPR_NODES} nodes once definitions are inlined",
                 node.span,
+            )
+        if depth > MAX_EXPR_DEPTH:
+            raise SpecLimitError(
+                f"{self._where()} nests more than {MAX_EXPR_DEPTH} levels deep once definitions "
+                "are inlined",
+                node.span,
+                hint="compose fewer definitions, or split a long chain of + or * with parentheses",
             )
         return node
 
@@ -173,9 +241,22 @@ class Inliner:
             )
         values = [self.resolve(a, env, stack) for a in node.args + node.params]
         inner_env = dict(zip(fdef.params + fdef.extra, values, strict=True))
-        return Inliner(self.scope, f"{fdef.kind} {name!r}").resolve(
-            fdef.body, inner_env, (*stack, name)
-        )
+        inner = Inliner(self.scope, f"{fdef.kind} {name!r}", self.measures, self.outer)
+        return inner.resolve(fdef.body, inner_env, (*stack, name))
+
+
+def check_params_used(fdef: syntax.FunctionDef, scope: Scope) -> None:
+    """Every parameter after ';' reaches the inlined formula: a gate passed to a parameter the
+    formula drops would be declared, passed and never read (and the normalised text, which
+    lists the gates the formula reads, would not reload)."""
+    env = {p: E.Name(p) for p in fdef.params + fdef.extra}
+    body = Inliner(scope, f"{fdef.kind} {fdef.name!r}").resolve(fdef.body, env, (fdef.name,))
+    used = {n.id for n in E.walk(body) if isinstance(n, E.Name)}
+    for p in fdef.extra:
+        if p not in used:
+            raise SpecNameError(
+                f"parameter {p!r} of {fdef.kind} {fdef.name!r} is never used", fdef.span
+            )
 
 
 def check_levels(body, context: str, has_sum_level: bool) -> None:

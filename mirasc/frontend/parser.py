@@ -66,6 +66,7 @@ def decode(data: bytes | str, file: str) -> str:
     """Spec bytes to text, or a located error for non-UTF-8 input and oversized files."""
     if isinstance(data, str):
         text = data
+        _check_encodable(text, file)
     else:
         try:
             text = data.decode("utf-8")
@@ -78,9 +79,32 @@ def decode(data: bytes | str, file: str) -> str:
                 Span(file, line, col),
                 hint="a .miras spec is plain text",
             ) from None
-    if len(text) > MAX_BYTES:
-        raise SpecLimitError(f"spec is {len(text)} characters long; the limit is {MAX_BYTES}")
+    if len(text) > MAX_BYTES:  # located where the limit is crossed
+        head = text[:MAX_BYTES]
+        line, start = head.count("\n") + 1, head.rfind("\n") + 1
+        end = text.find("\n", start)
+        raise SpecLimitError(
+            f"spec is {len(text)} characters long; the limit is {MAX_BYTES}",
+            Span(file, line, MAX_BYTES - start + 1, text[start : end if end >= 0 else None]),
+        )
     return text
+
+
+def _check_encodable(text: str, file: str) -> None:
+    """Text given as `str` is real Unicode (no lone surrogate), so that it has one UTF-8
+    encoding: the one its bytes, its hash and its messages use."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        head = text[: e.start]
+        line = head.count("\n") + 1
+        col = e.start - (head.rfind("\n") + 1) + 1
+        line_text = text.splitlines()[line - 1].encode("utf-8", "backslashreplace").decode()
+        raise SpecSyntaxError(
+            f"the text holds a lone surrogate U+{ord(text[e.start]):04X}, which is not Unicode",
+            Span(file, line, col, line_text),
+            hint="a .miras spec is plain UTF-8 text",
+        ) from None
 
 
 def _span(file: str, lines: list[str], line: int, column: int) -> Span:

@@ -101,7 +101,18 @@ def walk(node):
 
 
 def size(node) -> int:
+    """Number of nodes in the tree."""
     return sum(1 for _ in walk(node))
+
+
+def depth(node) -> int:
+    """Nodes on the longest root-to-leaf path, counted without recursion."""
+    deepest, stack = 0, [(node, 1)]
+    while stack:
+        n, d = stack.pop()
+        deepest = max(deepest, d)
+        stack.extend((c, d + 1) for c in children(n))
+    return deepest
 
 
 def format_number(x: float) -> str:

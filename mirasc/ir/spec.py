@@ -238,31 +238,51 @@ _CLASSES = {
 }
 
 
-def to_data(obj):
-    """Nested tuples of str/float/int/bool/None: printable as a Python literal with `repr`."""
-    if isinstance(obj, tuple):
-        return ("tuple", *(to_data(x) for x in obj))
-    if type(obj).__name__ in _CLASSES and not isinstance(obj, (str, float, int, bool)):
-        items = tuple(
-            (f.name, to_data(getattr(obj, f.name)))
-            for f in fields(obj)
-            if f.name not in ("span", "source")
-        )
-        return (type(obj).__name__, items)
-    if obj is None or isinstance(obj, (str, bool, int, float)):
-        return obj
-    raise TypeError(f"cannot serialise {type(obj).__name__}")
+def to_data(obj) -> tuple:
+    """An IR object as a flat table of records, printable as a Python literal with `repr`.
+
+    Record i is `(class name, ((field, value), ...))` or `("tuple", (value, ...))`; a value is
+    a str/float/int/bool/None or `(j,)`, a reference to an earlier record; the root is last.
+    A table nests five levels whatever the expressions' depth, so the literal in a generated
+    file never meets the Python parser's nesting limits."""
+    table: list[tuple] = []
+
+    def put(x):
+        if x is None or isinstance(x, (str, bool, int, float)):
+            return x
+        if isinstance(x, tuple):
+            record = ("tuple", tuple(put(item) for item in x))
+        elif type(x).__name__ in _CLASSES:
+            record = (
+                type(x).__name__,
+                tuple(
+                    (f.name, put(getattr(x, f.name)))
+                    for f in fields(x)
+                    if f.name not in ("span", "source")
+                ),
+            )
+        else:
+            raise TypeError(f"cannot serialise {type(x).__name__}")
+        table.append(record)
+        return (len(table) - 1,)
+
+    put(obj)
+    return tuple(table)
 
 
-def from_data(data):
+def from_data(data: tuple):
     """Inverse of `to_data` (spans are lost: they are only for messages)."""
-    if isinstance(data, tuple) and data and data[0] == "tuple":
-        return tuple(from_data(x) for x in data[1:])
-    if isinstance(data, tuple):
-        name, items = data
-        cls = _CLASSES[name]
-        return cls(**{k: from_data(v) for k, v in items})
-    return data
+    built: list = []
+
+    def get(value):
+        return built[value[0]] if isinstance(value, tuple) else value
+
+    for kind, items in data:
+        if kind == "tuple":
+            built.append(tuple(get(v) for v in items))
+        else:
+            built.append(_CLASSES[kind](**{k: get(v) for k, v in items}))
+    return built[-1]
 
 
 __all__ = [

@@ -222,7 +222,8 @@ class MACBlock(nn.Module):
             full = n == self.segment
             cache = MACCache(state if full else cache.start, state, x[:, :0] if full else x)
             done += n_new
-        h = h + torch.cat(outs, dim=1)
+        if outs:  # zero tokens pass through, as in every other block
+            h = h + torch.cat(outs, dim=1)
         return h + self.mlp(self.norm_mlp(h)), cache if use_cache else None
 
 
@@ -261,7 +262,12 @@ class MemoryLM(nn.Module):
     @torch.no_grad()
     def generate(self, prompt: torch.Tensor, max_new_tokens: int, temperature: float = 0.0):
         """Greedy (temperature 0) or sampled continuation of `prompt` [B, T], token by token
-        from the caches."""
+        from the caches. The prompt holds at least one token: the models have no start token,
+        so nothing defines the distribution of a first token."""
+        if prompt.dim() != 2 or prompt.shape[1] == 0:
+            raise ValueError(
+                f"generate() needs a prompt [B, T] with T >= 1, got shape {tuple(prompt.shape)}"
+            )
         logits, caches = self(prompt, use_cache=True)
         tokens = prompt
         for _ in range(max_new_tokens):
