@@ -1,0 +1,92 @@
+"""`mirasc explain`: the normalised spec, the derivation, the update rule, the plan and the emitted code."""
+
+from __future__ import annotations
+
+
+def add_parser(sub, epilog: str) -> None:
+    parser = sub.add_parser(
+        "explain",
+        help="show the derived update rule and the code it emits",
+        description="Print the normalised spec, the SymPy derivation and the emitted code.",
+        epilog=epilog,
+    )
+    parser.add_argument("spec", metavar="SPEC")
+    parser.add_argument("--all", action="store_true", help="print every generated file")
+    parser.add_argument("--ascii", dest="unicode", action="store_false", help="ASCII-only formulas")
+    parser.set_defaults(run=run)
+
+
+def run(args) -> int:
+    import sympy as sp
+
+    from ..compiler.pipeline import build
+    from ..frontend.source import read_spec
+
+    result = build(*read_spec(args.spec))
+    spec, d, plan, files = result.spec, result.derived, result.plan, result.files
+    b = d.bias
+    print("# spec (normalised)\n")
+    print(spec.text())
+    print("# attentional bias  l(y, v) = g(_S0, ...), _Si = sum_j phi_i(y_j, v_j)\n")
+    print(sp.pretty(sp.Eq(sp.Symbol("l"), b.g, evaluate=False), use_unicode=args.unicode))
+    for i, p in enumerate(b.phi):
+        print(sp.pretty(sp.Eq(sp.Symbol(f"phi{i}"), p, evaluate=False), use_unicode=args.unicode))
+    print("\n# derived: dl/dy_j (element-wise)\n")
+    print(sp.pretty(b.grad(), use_unicode=args.unicode))
+    if d.activation is not None:
+        a = d.activation
+        print(f"\n# activation {a.name}: sigma(x), sigma'(x), sigma''(x)\n")
+        for e in (a.f, a.df, a.d2f):
+            print(sp.pretty(e, use_unicode=args.unicode))
+    print("\n# update rule (docs/semantics.md §2)\n")
+    print(update_rule(spec))
+    print("\n# plan\n")
+    print(f"torch backend: {', '.join(plan.strategies)} (default {plan.strategies[0]})")
+    print(
+        f"triton backend: fused recurrent forward and backward kernels, one program per "
+        f"(batch, head); state saved every {plan.segment} tokens, the backward pass recomputes "
+        f"each segment: activation memory (ceil(T / {plan.segment}) + {plan.segment + 1}) x |state| "
+        "per (batch, head)"
+    )
+    print("\n# emitted element-wise code (elementwise.py)\n")
+    print(files["elementwise.py"])
+    if args.all:
+        for fname, text in files.items():
+            if fname != "elementwise.py":
+                print(f"# ---- {fname}\n{text}")
+    return 0
+
+
+def update_rule(spec) -> str:
+    """The update rule of `spec` in words and symbols, as docs/semantics.md §2 states it."""
+    from ..ir.spec import operand_text
+
+    ret, alg = spec.retention, spec.algorithm
+    lr = operand_text(alg.lr)
+    rate = operand_text(ret.gate) if ret.gate is not None else ""
+    at = f"(1 - {rate}_t) W°" if ret.first else "W°"
+    g = f"g_t = grad_W l(f(W; k_t), v_t) at W = {at}, W° = state at the end of the previous chunk (chunk = {spec.chunk})"
+    if spec.clip is not None:
+        g += f", soft-clamped to norm {spec.clip}"
+    if alg.kind == "momentum":
+        keep = f"(1 - {rate}_t) " if ret.kind == "decay" else ""
+        rule = (
+            f"S_t = {operand_text(alg.momentum)}_t S_(t-1) - {lr}_t g_t;  W_t = {keep}W_(t-1) + S_t"
+        )
+    elif ret.kind == "none":
+        rule = f"W_t = W_(t-1) - {lr}_t g_t"
+    elif ret.kind == "decay":
+        rule = f"W_t = (1 - {rate}_t) W_(t-1) - {lr}_t g_t"
+    elif ret.kind == "l2":
+        rule = f"W_t = (W_(t-1) - {lr}_t g_t) / (1 + {lr}_t {rate}_t)"
+    elif ret.kind == "lq":
+        rule = (
+            f"A_t = {rate}_t A_(t-1) - {lr}_t g_t;  W_t = A_t / ||A||_{ret.q:g}^{ret.q - 2:g}"
+            " (norm of A_t at chunk ends, of the chunk's anchor inside a chunk)"
+        )
+    else:
+        rule = (
+            f"W_t = softmax({rate}_t log W_(t-1) - {lr}_t g_t) on a chunk's first token, "
+            f"W_t = {rate}_t W_(t-1) - {lr}_t g_t on the rest"
+        )
+    return f"{g}\n{rule}\no_t = f(W_t; scale * q_t)  (read after write)"
