@@ -33,13 +33,7 @@ KERNEL = """
 import triton
 import triton.language as tl
 
-
-@triton.jit
-def ipow(x, n: tl.constexpr):
-    r = x * 0.0 + 1.0
-    for _ in tl.static_range(n):
-        r = r * x
-    return r
+from mirasc.runtime.triton_lib import ipow  # the helper generated kernels import
 
 
 @triton.jit

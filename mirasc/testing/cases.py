@@ -211,17 +211,3 @@ def continuation_error(module, case: Case, split: int, **kw) -> float:
 
 def spec_of(module) -> Spec:
     return from_data(module.SPEC_IR)
-
-
-__all__ = [
-    "Case",
-    "call",
-    "compare",
-    "continuation_error",
-    "gate_ranges",
-    "make_case",
-    "relative_error",
-    "run",
-    "slice_case",
-    "spec_of",
-]
