@@ -93,13 +93,14 @@ def _anchor_of(cfg: DualForm, blk: Blocks, n: int, continuing: bool, ws):
     bases = blk.anchor if continuing and n == 0 else ws
     if not cfg.lq:
         return bases, bases, None
-    norms = [_lq_norm(b, cfg.lq)[0] for b in bases]
+    norms = [_lq_norm(b, cfg.lq) for b in bases]
     return bases, [b / m for b, m in zip(bases, norms, strict=False)], norms
 
 
-def _normalised(cfg: DualForm, ws):
-    """MONETA's W = A / ||A||_q^(q-2)."""
-    return [w / _lq_norm(w, cfg.lq)[0] for w in ws]
+def _normalised(cfg: DualForm, ws) -> tuple[list, list]:
+    """MONETA's W = A / ||A||_q^(q-2), and the normalisers."""
+    norms = [_lq_norm(w, cfg.lq) for w in ws]
+    return [w / m for w, m in zip(ws, norms, strict=True)], norms
 
 
 def _flatten(objs) -> tuple[list, list]:
@@ -149,18 +150,17 @@ class _DualFormFunction(torch.autograd.Function):
         blk = Blocks.unflat(tensors, sizes)
         L, N = cfg.depth, blk.x.shape[0]
         ws, ss = list(blk.state[:L]), list(blk.state[L:])
-        outs, kept, specs = [], [], []
+        outs, kept, specs, ahead = [], [], [], None
         for n in range(N):
             c = blk.chunk(n)
-            _, anchors, norms = _anchor_of(cfg, blk, n, continuing, ws)
+            anchors, norms = ahead if ahead else _anchor_of(cfg, blk, n, continuing, ws)[1:]
             sur = surprise(cfg, anchors, c.k, c.v, c.rho, c.params, blk.gamma, blk.beta)
             r = read(cfg, c, ws, ss, sur.a, sur.deltas, norms, blk.gamma, blk.beta)
             new_ws, new_ss = update(cfg, c, ws, ss, sur)
-            out, r.out = r.out, None
+            out, r.out, ahead = r.out, None, None
             if cfg.lq and (n < N - 1 or last_complete):  # the last token reads the exact end state
-                end = point_read(
-                    cfg, _normalised(cfg, new_ws), c.x[..., -1:, :], blk.gamma, blk.beta
-                )
+                ahead = _normalised(cfg, new_ws)  # the next chunk's anchors and normalisers
+                end = point_read(cfg, ahead[0], c.x[..., -1:, :], blk.gamma, blk.beta)
                 out = torch.cat([out[..., :-1, :], end.out], dim=-2)
             outs.append(out)
             flat, spec = _flatten([ws, ss, norms, sur, r])
@@ -189,15 +189,33 @@ def _stack(xs: list):
     return torch.stack(xs[::-1]) if xs and isinstance(xs[0], torch.Tensor) else None
 
 
-def _end_read_vjp(cfg: DualForm, blk: Blocks, c: Chunk, end_ws, go, gw):
+@dataclass
+class Normalised:
+    """MONETA: a chunk-start state A, its W = A / ||A||_q^(q-2), and the adjoints that chunk
+    gathered for W and for the normaliser (its surprise, its reads). The end read of the chunk
+    before adds its own to them, so A's adjoint goes through the normaliser once."""
+
+    a: list
+    w: list
+    wb: list | None = None
+    nb: list | None = None
+
+    def settle(self, cfg: DualForm, acc: list | None = None) -> list:
+        """A's adjoint, added into `acc` (in place) when given."""
+        return [
+            lq_base_vjp(a, wb, nb, cfg.lq, out)
+            for a, wb, nb, out in zip(self.a, self.wb, self.nb or [None] * len(self.a),
+                                      acc or [None] * len(self.a), strict=True)
+        ]  # fmt: skip
+
+
+def _end_read_vjp(cfg: DualForm, blk: Blocks, c: Chunk, end: Normalised, go, gw):
     """MONETA, complete chunk: reverse of its last token's read of the exactly normalised end
-    state. Returns go without that token, gw with the end state's adjoint added, and the
-    token's adjoints of x, gamma and beta; adds the end state's adjoint into gw (in place)."""
-    anchors = _normalised(cfg, end_ws)
-    r = point_read(cfg, anchors, c.x[..., -1:, :], blk.gamma, blk.beta)
-    wb, xb, gamma_b, beta_b = point_read_vjp(cfg, r, anchors, go[..., -1:, :], blk.gamma)
-    for g, e, w in zip(gw, end_ws, wb, strict=False):
-        g.add_(lq_base_vjp(e, w, None, cfg.lq))
+    state `end`. Adds the end state's adjoint into gw (in place); returns go without that
+    token and the token's adjoints of x, gamma and beta."""
+    r = point_read(cfg, end.w, c.x[..., -1:, :], blk.gamma, blk.beta)
+    end.wb, xb, gamma_b, beta_b = point_read_vjp(cfg, r, end.w, go[..., -1:, :], blk.gamma, end.wb)
+    end.settle(cfg, gw)
     go = torch.cat([go[..., :-1, :], torch.zeros_like(go[..., -1:, :])], dim=-2)
     return go, (xb, gamma_b, beta_b)
 
@@ -205,12 +223,13 @@ def _end_read_vjp(cfg: DualForm, blk: Blocks, c: Chunk, end_ws, go, gw):
 def _chunk_back(
     cfg: DualForm, blk: Blocks, n: int, continuing: bool, record, end, g_o, g_end, scratch
 ):
-    """The reverse of chunk n from its record (start state, normalisers, surprise, reads).
-    g_end, the end state's adjoints, becomes the start state's (in place). Returns the
-    chunk's adjoints, LayerNorm's summed ones and the anchor's (or None)."""
+    """The reverse of chunk n from its record (start state, normalisers, surprise, reads) and,
+    for MONETA, its `Normalised` end state. g_end, the end state's adjoints, becomes the start
+    state's (in place). Returns the chunk's adjoints, LayerNorm's summed ones, the anchor's
+    (or None) and, for MONETA, the start state's `Normalised` for the chunk before (or None)."""
     c, (w0, s0, norms, sur, r), (gw, gs) = blk.chunk(n), record, g_end
     bases = blk.anchor if continuing and n == 0 else w0
-    anchors = [b / m for b, m in zip(bases, norms, strict=False)] if cfg.lq else bases
+    anchors = [b / m for b, m in zip(bases, norms, strict=True)] if cfg.lq else bases
     go = torch.zeros_like(c.v) if g_o is None else g_o[n]
     extra = None
     if end is not None:
@@ -219,25 +238,21 @@ def _chunk_back(
     rg = read_vjp(cfg, c, r, (w0, s0), (sur.a, sur.deltas), norms, go, blk.gamma, (gw, gs, ab, db))
     direct = not cfg.lq and not (continuing and n == 0)
     sg = surprise_vjp(cfg, sur, anchors, c, blk.gamma, ab, db, gw if direct else None)
-    g_anchor = None
-    if not direct:
-        g_base = sg.ws
-        if cfg.lq:
-            g_base = [
-                lq_base_vjp(b, w, m, cfg.lq)
-                for b, w, m in zip(bases, sg.ws, rg.norms, strict=False)
-            ]
+    g_anchor = start = None
+    if cfg.lq:
+        start = Normalised(bases, anchors, sg.ws, rg.norms)
         if continuing and n == 0:
-            g_anchor = g_base
-        else:
-            for g, b in zip(gw, g_base, strict=False):
-                g.add_(b)
+            g_anchor, start = start.settle(cfg), None
+        elif n == 0:
+            start, _ = None, start.settle(cfg, gw)
+    elif not direct:
+        g_anchor = sg.ws
     x = rg.x
     if extra is not None:
         x = torch.cat([x[..., :-1, :], x[..., -1:, :] + extra[0]], dim=-2)
     grads = dict(x=x, k=sg.k, v=sg.v, rho=sg.rho, a=rg.a, b=rg.b, D=rg.D, aC=ug.aC, bC=ug.bC,
                  hC=ug.hC, Dl=ug.Dl, Dm=ug.Dm, params=sg.params)  # fmt: skip
-    return grads, _ln_sums(cfg, rg, sg, extra), g_anchor
+    return grads, _ln_sums(cfg, rg, sg, extra), g_anchor, start
 
 
 def _ln_sums(cfg: DualForm, rg, sg, extra):
@@ -257,12 +272,11 @@ def _walk_back(cfg: DualForm, blk: Blocks, records, final, g_o, g_final, continu
         torch.zeros_like(f) if g is None else g.clone()
         for f, g in zip(final, g_final, strict=False)
     ]
-    per_chunk, g_anchor, ln, scratch = {}, [], [0.0, 0.0], {}
+    per_chunk, g_anchor, ln, end, scratch = {}, [], [0.0, 0.0], None, {}
+    if cfg.lq and last_complete:  # the last token reads the exactly normalised final state
+        end = Normalised(list(final[:L]), _normalised(cfg, final[:L])[0])
     for n in range(N - 1, -1, -1):
-        end = None
-        if cfg.lq and (n < N - 1 or last_complete):
-            end = records[n + 1][0] if n + 1 < N else list(final[:L])
-        grads, sums, anchor = _chunk_back(
+        grads, sums, anchor, end = _chunk_back(
             cfg, blk, n, continuing, records[n], end, g_o, (g_end[:L], g_end[L:]), scratch
         )
         for name, value in grads.items():
