@@ -52,23 +52,36 @@ def surprise(ws, k, v, rho, params, ln):
 def recurrent(q, k, v, *, lr, rate, mom, params, state, scale, ln, anchor_state, offset):
     """Token by token: each chunk's gradients at its anchor state, then per-token updates and
     reads (read after write). Works for every spec."""
-    T = q.shape[2]
     ws, ss = list(state[:DEPTH]), list(state[DEPTH:])
     outs = []
-    for start, stop, continuing, complete in runtime.chunks(T, CHUNK, offset):
+    spans = list(runtime.chunks(q.shape[2], CHUNK, offset))
+    # split and unbind once, not slice per chunk and token: the backward pass of a slice
+    # fills a zero tensor of the whole input, which per token costs O(T^2)
+    sizes = [stop - start for start, stop, _, _ in spans]
+    k_chunks, v_chunks = k.split(sizes, dim=2), v.split(sizes, dim=2)
+    param_chunks = {name: p.unsqueeze(-1).split(sizes, dim=2) for name, p in params.items()}
+    x_tokens = (scale * q).unsqueeze(3).unbind(2)
+    e_tokens = lr[..., None, None].unbind(2)
+    rate_tokens = rate[..., None, None].unbind(2)
+    rho_chunks = (1.0 - rate).unsqueeze(-1).split(sizes, dim=2)
+    for index, (start, stop, continuing, complete) in enumerate(spans):
         base = anchor_state if continuing else ws
         anchor = base
-        rho = (1.0 - rate[:, :, start:stop, None])
-        chunk_params = {name: p[:, :, start:stop, None] for name, p in params.items()}
-        inputs, deltas = surprise(anchor, k[:, :, start:stop], v[:, :, start:stop], rho, chunk_params, ln)
-        for i in range(stop - start):
+        rho = rho_chunks[index]
+        chunk_params = {name: p[index] for name, p in param_chunks.items()}
+        inputs, deltas = surprise(anchor, k_chunks[index], v_chunks[index], rho, chunk_params, ln)
+        per_token = zip(
+            zip(*(a.unsqueeze(-1).unbind(2) for a in inputs)),
+            zip(*(d.unsqueeze(-2).unbind(2) for d in deltas)),
+        )
+        for i, (token_inputs, token_deltas) in enumerate(per_token):
             t = start + i
-            e = lr[:, :, t, None, None]
-            gs = [a[:, :, i, :, None] * d[:, :, i, None, :] for a, d in zip(inputs, deltas)]
-            keep = 1.0 - rate[:, :, t, None, None]
+            e = e_tokens[t]
+            gs = [a * d for a, d in zip(token_inputs, token_deltas)]
+            keep = 1.0 - rate_tokens[t]
             ws = [keep * w - e * g for w, g in zip(ws, gs)]
             now = ws
-            outs.append(read(now, scale * q[:, :, t : t + 1], ln))
+            outs.append(read(now, x_tokens[t], ln))
     return torch.cat(outs, dim=2), ws + ss
 
 
@@ -137,15 +150,20 @@ def wy(q, k, v, *, lr, rate, mom, params, state, scale, ln, anchor_state, offset
     (I + tril(beta * Gamma * K K^T, -1)) U = beta * (V - G * K S), then
     O = G * (Q S) + (Gamma * Q K^T) U and S <- G_n S + K^T (Gamma_n * U). Exact, not approximate.
     Chunk 1 has no partial chunks, so `anchor_state` and `offset` play no part."""
-    T = q.shape[2]
     (S,) = state
     outs = []
-    for start in range(0, T, WY_BLOCK):
-        stop = min(start + WY_BLOCK, T)
-        qb, kb, vb = scale * q[:, :, start:stop], k[:, :, start:stop], v[:, :, start:stop]
-        beta = 1.0 * lr[:, :, start:stop]
-        G, decay = runtime.products(1.0 - rate[:, :, start:stop])  # decay[t, j] = G_t / G_j
-        system = torch.eye(stop - start, dtype=q.dtype, device=q.device) + (
+    # split once rather than slice per block (a slice's backward fills a zero tensor of the
+    # whole input)
+    blocks = zip(
+        (scale * q).split(WY_BLOCK, dim=2),
+        k.split(WY_BLOCK, dim=2),
+        v.split(WY_BLOCK, dim=2),
+        (1.0 * lr).split(WY_BLOCK, dim=2),
+        (1.0 - rate).split(WY_BLOCK, dim=2),
+    )
+    for qb, kb, vb, beta, keep in blocks:
+        G, decay = runtime.products(keep)  # decay[t, j] = G_t / G_j
+        system = torch.eye(qb.shape[2], dtype=q.dtype, device=q.device) + (
             beta.unsqueeze(-1) * decay * (kb @ kb.transpose(-1, -2))
         ).tril(-1)
         rhs = beta.unsqueeze(-1) * (vb - G.unsqueeze(-1) * (kb @ S))
