@@ -70,8 +70,10 @@ def surprise(ws, k, v, rho, params, ln):
 
 
 def _lq_normaliser(a):
-    """||A||_q^(q-2) over each matrix (q = 4.0); a zero matrix maps to W = 0."""
-    n = a.abs().pow(4.0).sum((-2, -1), keepdim=True).pow((4.0 - 2.0) / 4.0)
+    """||A||_q^(q-2) over each matrix (q = 4.0); a zero matrix maps to W = 0. The sum
+    goes through |A|^(q-2), which torch computes by products for small integer powers."""
+    s = (a.abs().pow(4.0 - 2.0) * a * a).sum((-2, -1), keepdim=True)
+    n = s.pow((4.0 - 2.0) / 4.0)
     return torch.where(n > 0, n, torch.ones_like(n))
 
 
