@@ -8,6 +8,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from mirasc.errors import BackendError
 from mirasc.testing import relative_error
 
 TOL = 1e-9  # same maths in another order, fp64 (see test_backend)
@@ -101,3 +102,23 @@ def test_split_calls_continue_a_chunk(shipped, name, split):
     module = shipped[name]
     case = testing.make_case(testing.spec_of(module), B=1, T=37, H=2, Dk=3, seed=2)
     assert testing.continuation_error(module, case, split) < TOL
+
+
+def test_continuing_a_chunk_without_its_anchor_names_the_missing_argument(compile_text):
+    """A memory with no default starting state cannot guess where a continued chunk began."""
+    module = compile_text(
+        """memory simplex_chunks {
+    architecture = linear
+    bias = l2
+    retention = kl(keep: a)
+    algorithm = gd(lr: eta)
+    chunk = 4
+    gate eta = 0.1 * sigmoid(z)
+    gate a = sigmoid(z)
+}
+"""
+    )
+    q = torch.randn(1, 3, 2, 4, dtype=torch.float64)
+    start = (torch.full((1, 2, 4, 4), 0.25, dtype=torch.float64),)
+    with pytest.raises(BackendError, match="pass anchor_state"):
+        module.op(q, q, q, eta=0.0, a=1.0, initial_state=start, chunk_offset=2, backend="torch")

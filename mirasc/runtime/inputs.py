@@ -47,8 +47,12 @@ def gate(value, name: str, q: torch.Tensor) -> torch.Tensor:
     return value.transpose(1, 2).to(dt)
 
 
-def initial_weights(initial_state, shapes: list, n_states: int, q: torch.Tensor, required: str):
-    """The starting state tuple in the compute dtype; momentum buffers may be omitted."""
+def initial_weights(
+    initial_state, shapes: list, n_states: int, q: torch.Tensor, required: str,
+    what: str = "initial_state",
+):  # fmt: skip
+    """The starting state tuple in the compute dtype; momentum buffers may be omitted. `what`
+    names the argument in errors."""
     dt = compute_dtype(q)
     B, _, H, _ = q.shape
     if initial_state is None:
@@ -59,12 +63,10 @@ def initial_weights(initial_state, shapes: list, n_states: int, q: torch.Tensor,
     if len(state) == len(shapes) and n_states > len(shapes):
         state += [torch.zeros_like(s) for s in state]
     if len(state) != n_states:
-        raise BackendError(f"initial_state must hold {n_states} tensors, got {len(state)}")
+        raise BackendError(f"{what} must hold {n_states} tensors, got {len(state)}")
     for s, shape in zip(state, shapes * (n_states // len(shapes)), strict=True):
         if tuple(s.shape) != (B, H, *shape):
-            raise BackendError(
-                f"initial_state tensor {tuple(s.shape)} does not match {(B, H, *shape)}"
-            )
+            raise BackendError(f"{what} tensor {tuple(s.shape)} does not match {(B, H, *shape)}")
     return [s.to(dt) for s in state]
 
 
@@ -76,8 +78,12 @@ def anchor_weights(anchor_state, offset: int, chunk: int, shapes: list, q, requi
         return None
     if anchor_state is not None:
         anchor_state = tuple(anchor_state)[: len(shapes)]  # weights only
-    # None: the chunk began at the default initial state (zeros), where there is one
-    return initial_weights(anchor_state, shapes, len(shapes), q, required)
+    elif required:  # None: the chunk began at the default state, and this memory has none
+        raise BackendError(
+            f"chunk_offset={offset} continues a chunk: pass anchor_state, the weights that chunk "
+            "began at (this memory has no default starting state)"
+        )
+    return initial_weights(anchor_state, shapes, len(shapes), q, required, "anchor_state")
 
 
 def chunks(T: int, chunk: int, offset: int = 0):
