@@ -13,7 +13,8 @@ from ..ir.spec import GateRef, Spec, from_data
 
 # Below these norms a tensor counts as zero and the error is absolute: a gradient that is zero
 # in exact arithmetic comes out as rounding noise (~1e-17 in fp64), which is no relative error.
-ABS_FLOOR = {torch.float64: 1e-4, torch.float32: 1e-3}
+# The coarser the dtype, the larger its noise and its floor; an unlisted dtype gets the coarsest.
+ABS_FLOOR = {torch.float64: 1e-4, torch.float32: 1e-3, torch.bfloat16: 1e-2, torch.float16: 1e-2}
 
 
 @dataclass
@@ -154,7 +155,7 @@ def run(module, case: Case, backend: str, strategy: str | None = None):
 
 def relative_error(got: torch.Tensor, want: torch.Tensor) -> float:
     """||got - want|| / max(||want||, floor), in float64 (fla's metric, with a floor)."""
-    floor = ABS_FLOOR.get(got.dtype, 1e-6)
+    floor = ABS_FLOOR.get(got.dtype, max(ABS_FLOOR.values()))
     got, want = got.to(torch.float64), want.to(torch.float64)
     if not torch.isfinite(got).all():
         return float("inf")
