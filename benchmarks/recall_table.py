@@ -20,6 +20,7 @@ import json
 import os
 import statistics
 import sys
+import threading
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass
@@ -104,6 +105,18 @@ def train(run: Run, args, threads: int) -> dict:
     return result
 
 
+def exit_with_parent(parent: int) -> None:
+    """In a worker: exit as soon as the sweep's process is gone (killed, or stopped by a
+    signal that skips the pool's shutdown), rather than train on as an orphan."""
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True).start()
+
+
 def sweep(runs: list[Run], args) -> dict[Run, dict]:
     """Results for `runs`, training those not stored yet, the longest sequences first."""
     results = {r: res for r in runs if (res := cached(r, args)) is not None}
@@ -112,7 +125,12 @@ def sweep(runs: list[Run], args) -> dict[Run, dict]:
         todo = []
     print(f"{len(results)} of {len(runs)} runs stored; training {len(todo)}", flush=True)
     threads = args.threads or max(1, (os.cpu_count() or 1) // args.jobs)
-    with ProcessPoolExecutor(args.jobs, mp_context=get_context("spawn")) as pool:
+    with ProcessPoolExecutor(
+        args.jobs,
+        mp_context=get_context("spawn"),
+        initializer=exit_with_parent,
+        initargs=(os.getpid(),),
+    ) as pool:
         futures = {pool.submit(train, r, args, threads): r for r in todo}
         for future in as_completed(futures):
             run, res = futures[future], future.result()
