@@ -18,10 +18,12 @@ from ..errors import BackendError
 from .inputs import initial_weights
 from .triton_host import triton_interpreted
 from .wy_kernels import _wy_output_kernel, _wy_prepare_kernel, _wy_state_kernel
-from .wy_kernels_bwd import _wy_chunk_bwd_kernel, _wy_state_bwd_kernel
+from .wy_kernels_bwd import _wy_chunk_bwd_kernel, _wy_read_bwd_kernel, _wy_state_bwd_kernel
 
 MAX_KEY = 128  # the key dimension is one on-chip tile: at most this many columns (padded)
 SUB_BLOCK = 16  # rows of the diagonal blocks inverted by forward substitution
+# value columns per tile, per kernel: the widest with no spills on sm_90 at Dk = Dv <= 128
+VALUE_TILE = dict(prepare=64, state=64, output=64, state_bwd=32, chunk_bwd=16, read_bwd=64)
 
 
 def _pow2(n: int) -> int:
@@ -39,27 +41,48 @@ def unsupported(q: torch.Tensor, v: torch.Tensor) -> str | None:
     return None
 
 
-def meta(q: torch.Tensor, v: torch.Tensor, block: int, has_decay: bool) -> dict:
-    """The kernels' compile-time constants for these inputs and chunk size."""
+KERNELS = {
+    "prepare": _wy_prepare_kernel,
+    "state": _wy_state_kernel,
+    "output": _wy_output_kernel,
+    "state_bwd": _wy_state_bwd_kernel,
+    "chunk_bwd": _wy_chunk_bwd_kernel,
+    "read_bwd": _wy_read_bwd_kernel,
+}
+
+
+def meta(name: str, Dk: int, Dv: int, block: int, has_decay: bool, ieee: bool) -> dict:
+    """Kernel `name`'s compile-time constants (ieee: fp32 inputs, exact fp32 dots)."""
     if block < SUB_BLOCK or block % SUB_BLOCK or block & (block - 1):
         raise BackendError(f"the WY chunk must be a power of two >= {SUB_BLOCK}, got {block}")
-    Dk, Dv = q.shape[-1], v.shape[-1]
-    return dict(
-        BT=block, BKF=_pow2(Dk), BK=min(64, _pow2(Dk)), BV=min(64, _pow2(Dv)),
-        HAS_DECAY=has_decay, IEEE=q.dtype == torch.float32,
+    every = dict(
+        DK=Dk, DV=Dv, BT=block, BC=SUB_BLOCK, BKF=_pow2(Dk), BK=min(64, _pow2(Dk)),
+        BV=min(VALUE_TILE[name], _pow2(Dv)), HAS_DECAY=has_decay, IEEE=ieee,
     )  # fmt: skip
+    return {n: every[n] for n in KERNELS[name].arg_names if n in every}
 
 
-def launch_options(kernel: str, Dk: int) -> dict:
-    """Warps and pipeline stages per kernel (tuned on sm_90 for no spills at Dk up to 128)."""
+def launch_options(name: str, Dk: int) -> dict:
+    """Warps and pipeline stages per kernel: the fewest warps with no spills on sm_90 at
+    Dk = Dv = 64 and 128 (benchmarks/gpu_static.py; tests/test_gpu_static.py holds them to it)."""
     wide = _pow2(Dk) > 64
-    warps = {"prepare": 4, "state": 8 if wide else 4, "output": 4, "state_bwd": 8 if wide else 4,
-             "chunk_bwd": 8 if wide else 4}[kernel]  # fmt: skip
-    return dict(num_warps=warps, num_stages=1)
+    warps = dict(prepare=4, state=8 if wide else 4, output=4, state_bwd=8, chunk_bwd=8,
+                 read_bwd=8 if wide else 4)  # fmt: skip
+    return dict(num_warps=warps[name], num_stages=1)
 
 
-def _only(m: dict, *names: str) -> dict:
-    return {n: m[n] for n in names}
+def _tiles(name: str, Dv: int) -> int:
+    """Value tiles of kernel `name`: its grid's first axis where it is parallel over them."""
+    return triton.cdiv(Dv, min(VALUE_TILE[name], _pow2(Dv)))
+
+
+def _launch(name: str, grid: tuple, args: tuple, q, v, block: int, has_decay: bool) -> None:
+    """Kernel `name` on `grid` with its constants and launch options for these inputs."""
+    Dk, Dv = q.shape[-1], v.shape[-1]
+    KERNELS[name][grid](
+        *args, **meta(name, Dk, Dv, block, has_decay, q.dtype == torch.float32),
+        **launch_options(name, Dk),
+    )  # fmt: skip
 
 
 class _WYChunk(torch.autograd.Function):
@@ -70,30 +93,20 @@ class _WYChunk(torch.autograd.Function):
     def forward(ctx, q, k, v, beta, gc, h0, scale, block, has_decay):
         B, T, H, Dk = q.shape
         Dv = v.shape[-1]
-        m = meta(q, v, block, has_decay)
         NT, TP, BH = triton.cdiv(T, block), beta.shape[-1], B * H
         f32 = dict(dtype=torch.float32, device=q.device)
         ainv = torch.empty((BH, TP, block), **f32)
         w = torch.empty((BH, TP, Dk), **f32)
         u = torch.empty((BH, TP, Dv), **f32)
-        sizes = (T, H, Dk, Dv, TP)
-        common = _only(m, "BT", "HAS_DECAY", "IEEE")
-        _wy_prepare_kernel[(NT, BH)](
-            k, v, beta, gc, ainv, w, u, *sizes, BC=SUB_BLOCK,
-            **_only(m, "BKF", "BK", "BV"), **common, **launch_options("prepare", Dk),
-        )  # fmt: skip
         h = torch.empty((BH, NT, Dk, Dv), **f32)
         vn = torch.empty((BH, TP, Dv), **f32)
         final = torch.empty((BH, Dk, Dv), **f32)
-        _wy_state_kernel[(triton.cdiv(Dv, m["BV"]), BH)](
-            k, w, u, gc, h0, h, vn, final, *sizes, NT,
-            **_only(m, "BKF", "BV"), **common, **launch_options("state", Dk),
-        )  # fmt: skip
         o = torch.empty((B, T, H, Dv), dtype=q.dtype, device=q.device)
-        _wy_output_kernel[(triton.cdiv(Dv, m["BV"]), NT, BH)](
-            q, k, gc, h, vn, o, scale, *sizes, NT,
-            **_only(m, "BK", "BV"), **common, **launch_options("output", Dk),
-        )  # fmt: skip
+        sizes = (T, H, TP)
+        run = dict(q=q, v=v, block=block, has_decay=has_decay)
+        _launch("prepare", (NT, BH), (k, v, beta, gc, ainv, w, u, *sizes), **run)
+        _launch("state", (_tiles("state", Dv), BH), (k, w, u, gc, h0, h, vn, final, *sizes, NT), **run)
+        _launch("output", (_tiles("output", Dv), NT, BH), (q, k, gc, h, vn, o, scale, *sizes, NT), **run)
         ctx.save_for_backward(q, k, v, beta, gc, ainv, w, h, vn)
         ctx.scale, ctx.block, ctx.has_decay = scale, block, has_decay
         return o, final
@@ -103,29 +116,21 @@ class _WYChunk(torch.autograd.Function):
         q, k, v, beta, gc, ainv, w, h, vn = ctx.saved_tensors
         B, T, H, Dk = q.shape
         Dv = v.shape[-1]
-        m = meta(q, v, ctx.block, ctx.has_decay)
         NT, TP, BH = h.shape[1], beta.shape[-1], B * H
         f32 = dict(dtype=torch.float32, device=q.device)
         do = q.new_zeros((B, T, H, Dv)) if do is None else do.contiguous()
         dfinal = torch.zeros((BH, Dk, Dv), **f32) if dfinal is None else dfinal.contiguous()
-        sizes = (T, H, Dk, Dv, TP, NT)
-        common = _only(m, "BT", "BKF", "BV", "HAS_DECAY", "IEEE")
-        dh = torch.empty_like(h)
-        dvn = torch.empty_like(vn)
+        dh, dvn = torch.empty_like(h), torch.empty_like(vn)
         dh0 = torch.empty((BH, Dk, Dv), **f32)
-        _wy_state_bwd_kernel[(triton.cdiv(Dv, m["BV"]), BH)](
-            q, k, w, gc, do, dfinal, dh, dvn, dh0, ctx.scale, *sizes,
-            **common, **launch_options("state_bwd", Dk),
-        )  # fmt: skip
-        dq = torch.empty(q.shape, **f32)
-        dk = torch.empty(k.shape, **f32)
-        dv = torch.empty(v.shape, **f32)
-        dbeta = torch.empty_like(beta)
-        dgc = torch.empty_like(gc)
-        _wy_chunk_bwd_kernel[(NT, BH)](
-            q, k, v, beta, gc, ainv, h, dh, vn, dvn, do, dq, dk, dv, dbeta, dgc, ctx.scale,
-            *sizes, **common, **launch_options("chunk_bwd", Dk),
-        )  # fmt: skip
+        dq, dk, dv = (torch.empty(t.shape, **f32) for t in (q, k, v))
+        dbeta, dgc = torch.empty_like(beta), torch.empty_like(gc)
+        sizes = (T, H, TP, NT)
+        run = dict(q=q, v=v, block=ctx.block, has_decay=ctx.has_decay)
+        _launch("state_bwd", (_tiles("state_bwd", Dv), BH),
+                (q, k, w, gc, do, dfinal, dh, dvn, dh0, ctx.scale, *sizes), **run)  # fmt: skip
+        _launch("chunk_bwd", (NT, BH),
+                (k, v, beta, gc, ainv, h, dh, vn, dvn, dk, dv, dbeta, dgc, *sizes), **run)
+        _launch("read_bwd", (NT, BH), (q, k, gc, h, vn, do, dq, dk, dgc, ctx.scale, *sizes), **run)
         dgc = dgc if ctx.has_decay else None
         return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), dbeta, dgc, dh0, None, None, None
 

@@ -30,22 +30,30 @@ def mm(a, b, IEEE: tl.constexpr):
 
 
 @triton.jit
-def load_rows(ptr, i_b, i_h, t0, d0, T, H, D, BT: tl.constexpr, BD: tl.constexpr):
-    """Rows t0..t0+BT, columns d0..d0+BD of an op input [B, T, H, D] for head (i_b, i_h), as
-    fp32, zero outside the tensor."""
+def rows_ptrs(ptr, i_b, i_h, t0, d0, T, H, D, BT: tl.constexpr, BD: tl.constexpr):
+    """Pointers and mask of rows t0..t0+BT, columns d0..d0+BD of an op input [B, T, H, D] for
+    head (i_b, i_h): a 64-bit base, 32-bit offsets within the head."""
     o_t = t0 + tl.arange(0, BT)
     o_d = d0 + tl.arange(0, BD)
-    p = ptr + ((i_b * T + o_t[:, None]) * H + i_h) * D + o_d[None, :]
-    return tl.load(p, mask=(o_t[:, None] < T) & (o_d[None, :] < D), other=0.0).to(tl.float32)
+    base = ptr + (i_b * T * H + i_h) * D
+    mask = (o_t[:, None] < T) & (o_d[None, :] < D)
+    return base + (o_t[:, None] * (H * D) + o_d[None, :]), mask
+
+
+@triton.jit
+def load_rows(ptr, i_b, i_h, t0, d0, T, H, D, BT: tl.constexpr, BD: tl.constexpr):
+    """Rows t0..t0+BT, columns d0..d0+BD of an op input [B, T, H, D] for head (i_b, i_h), in
+    its dtype (half tiles hold half the registers; arithmetic with fp32 promotes), zero outside
+    the tensor."""
+    p, mask = rows_ptrs(ptr, i_b, i_h, t0, d0, T, H, D, BT, BD)
+    return tl.load(p, mask=mask, other=0.0)
 
 
 @triton.jit
 def store_rows(ptr, x, i_b, i_h, t0, d0, T, H, D, BT: tl.constexpr, BD: tl.constexpr):
     """The inverse of load_rows: store x [BT, BD] into [B, T, H, D] in the buffer's dtype."""
-    o_t = t0 + tl.arange(0, BT)
-    o_d = d0 + tl.arange(0, BD)
-    p = ptr + ((i_b * T + o_t[:, None]) * H + i_h) * D + o_d[None, :]
-    tl.store(p, x.to(ptr.dtype.element_ty), mask=(o_t[:, None] < T) & (o_d[None, :] < D))
+    p, mask = rows_ptrs(ptr, i_b, i_h, t0, d0, T, H, D, BT, BD)
+    tl.store(p, x.to(ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
@@ -53,21 +61,22 @@ def tile_ptrs(ptr, row0, col0, ROWS: tl.constexpr, COLS: tl.constexpr, nrows, nc
     """Pointers and mask of a [ROWS, COLS] tile of a row-major fp32 [nrows, ncols] buffer."""
     o_r = row0 + tl.arange(0, ROWS)
     o_c = col0 + tl.arange(0, COLS)
-    return ptr + o_r[:, None] * ncols + o_c[None, :], (o_r[:, None] < nrows) & (o_c[None, :] < ncols)
+    mask = (o_r[:, None] < nrows) & (o_c[None, :] < ncols)
+    return ptr + (o_r[:, None] * ncols + o_c[None, :]), mask
 
 
 @triton.jit
 def load_tile(ptr, row0, col0, ROWS: tl.constexpr, COLS: tl.constexpr, nrows, ncols):
     """A [ROWS, COLS] tile of a row-major fp32 [nrows, ncols] buffer, zero outside it."""
-    p, m = tile_ptrs(ptr, row0, col0, ROWS, COLS, nrows, ncols)
-    return tl.load(p, mask=m, other=0.0)
+    p, mask = tile_ptrs(ptr, row0, col0, ROWS, COLS, nrows, ncols)
+    return tl.load(p, mask=mask, other=0.0)
 
 
 @triton.jit
 def store_tile(ptr, x, row0, col0, ROWS: tl.constexpr, COLS: tl.constexpr, nrows, ncols):
     """Store x into a [ROWS, COLS] tile of a row-major fp32 [nrows, ncols] buffer."""
-    p, m = tile_ptrs(ptr, row0, col0, ROWS, COLS, nrows, ncols)
-    tl.store(p, x, mask=m)
+    p, mask = tile_ptrs(ptr, row0, col0, ROWS, COLS, nrows, ncols)
+    tl.store(p, x, mask=mask)
 
 
 @triton.jit
@@ -122,7 +131,7 @@ def system_block(k_ptr, beta_ptr, gc_ptr, i_b, i_h, t0, r0, c0, T, H, DK,
 @triton.jit
 def _wy_prepare_kernel(
     k_ptr, v_ptr, beta_ptr, gc_ptr, ainv_ptr, w_ptr, u_ptr,
-    T, H, DK, DV, TP,
+    T, H, TP, DK: tl.constexpr, DV: tl.constexpr,
     BT: tl.constexpr, BC: tl.constexpr, BKF: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
     HAS_DECAY: tl.constexpr, IEEE: tl.constexpr,
 ):  # fmt: skip
@@ -168,7 +177,7 @@ def _wy_prepare_kernel(
 @triton.jit
 def _wy_state_kernel(
     k_ptr, w_ptr, u_ptr, gc_ptr, h0_ptr, h_ptr, vn_ptr, final_ptr,
-    T, H, DK, DV, TP, NT,
+    T, H, TP, NT, DK: tl.constexpr, DV: tl.constexpr,
     BT: tl.constexpr, BKF: tl.constexpr, BV: tl.constexpr,
     HAS_DECAY: tl.constexpr, IEEE: tl.constexpr,
 ):  # fmt: skip
@@ -196,7 +205,7 @@ def _wy_state_kernel(
 @triton.jit
 def _wy_output_kernel(
     q_ptr, k_ptr, gc_ptr, h_ptr, vn_ptr, o_ptr, scale,
-    T, H, DK, DV, TP, NT,
+    T, H, TP, NT, DK: tl.constexpr, DV: tl.constexpr,
     BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
     HAS_DECAY: tl.constexpr, IEEE: tl.constexpr,
 ):  # fmt: skip

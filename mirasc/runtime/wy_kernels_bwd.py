@@ -4,10 +4,10 @@ notation this follows), recomputing from the states saved at each chunk's start.
 _wy_state_bwd_kernel walks chunks in reverse with dS, the adjoint of the state at the chunk's end:
   dV_new = (Gamma * tril(Q K^T))^T dO + (Gamma_last K) dS
   dS    <- G_last dS + (G Q)^T dO - W^T dV_new      (after chunk 0: the initial state's adjoint)
-_wy_chunk_bwd_kernel then takes each chunk on its own: the adjoints of Q, K through the reads and
-the state carry, of W = Ainv Y and U = Ainv X (Y = beta G K, X = beta V) and of
-Ainv = (I + A)^-1 (dA = -Ainv^T dAinv Ainv^T), down to q, k, v, beta and the cumulative
-log-decay gc (the host turns d gc into the gates' adjoints).
+_wy_chunk_bwd_kernel and then _wy_read_bwd_kernel take each chunk on its own (two kernels so
+that neither spills): the adjoints through W = Ainv Y and U = Ainv X (Y = beta G K, X = beta V),
+Ainv = (I + A)^-1 and the state carry, then through the reads, down to q, k, v, beta and the
+cumulative log-decay gc (autograd on the host turns d gc into the gates' adjoints).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from .wy_kernels import decay_matrix, load_decay, load_rows, load_tile, mm, stor
 @triton.jit
 def _wy_state_bwd_kernel(
     q_ptr, k_ptr, w_ptr, gc_ptr, do_ptr, dfinal_ptr, dh_ptr, dvn_ptr, dh0_ptr, scale,
-    T, H, DK, DV, TP, NT,
+    T, H, TP, NT, DK: tl.constexpr, DV: tl.constexpr,
     BT: tl.constexpr, BKF: tl.constexpr, BV: tl.constexpr,
     HAS_DECAY: tl.constexpr, IEEE: tl.constexpr,
 ):  # fmt: skip
@@ -54,13 +54,16 @@ def _wy_state_bwd_kernel(
 
 @triton.jit
 def _wy_chunk_bwd_kernel(
-    q_ptr, k_ptr, v_ptr, beta_ptr, gc_ptr, ainv_ptr, h_ptr, dh_ptr, vn_ptr, dvn_ptr, do_ptr,
-    dq_ptr, dk_ptr, dv_ptr, dbeta_ptr, dgc_ptr, scale,
-    T, H, DK, DV, TP, NT,
+    k_ptr, v_ptr, beta_ptr, gc_ptr, ainv_ptr, h_ptr, dh_ptr, vn_ptr, dvn_ptr,
+    dk_ptr, dv_ptr, dbeta_ptr, dgc_ptr,
+    T, H, TP, NT, DK: tl.constexpr, DV: tl.constexpr,
     BT: tl.constexpr, BKF: tl.constexpr, BV: tl.constexpr,
     HAS_DECAY: tl.constexpr, IEEE: tl.constexpr,
 ):  # fmt: skip
-    """One chunk of one (batch, head): every adjoint the chunk's own tokens get."""
+    """One chunk of one (batch, head), the WY side: through V_new = Ainv (X - Y S) (X = beta V,
+    Y = beta G K: dW = -dV_new S^T, dY = -(Ainv^T dV_new) S^T), Ainv = (I + A)^-1
+    (dA = -Ainv^T dAinv Ainv^T) and the state carry. Writes dv and beta's adjoint, and the parts
+    of dk and d gc that _wy_read_bwd_kernel completes."""
     i_t, i_bh = tl.program_id(0), tl.program_id(1).to(tl.int64)
     i_b, i_h = i_bh // H, i_bh % H
     t0 = i_t * BT
@@ -72,65 +75,83 @@ def _wy_chunk_bwd_kernel(
     b_last = tl.sum(tl.where(o_t == BT - 1, b_g, 0.0))
     b_inv = load_tile(ainv_ptr + (i_bh * TP + t0) * BT, 0, 0, BT, BT, BT, BT)
     b_inv = tl.where(o_t[:, None] >= o_t[None, :], b_inv, 0.0)
-    # the value tiles: reads of the chunk-start state, the state carry, and U = Ainv X
-    b_dq = tl.zeros([BT, BKF], dtype=tl.float32)
+    b_k = load_rows(k_ptr, i_b, i_h, t0, 0, T, H, DK, BT, BKF)
+    b_G = tl.exp(b_g)
+    b_carry = tl.exp(b_last - b_g)  # Gamma_last: the carry's weight of each token
+    b_bg = b_beta * b_G
     b_dk = tl.zeros([BT, BKF], dtype=tl.float32)
-    b_dw = tl.zeros([BT, BKF], dtype=tl.float32)
-    b_dou = tl.zeros([BT, BT], dtype=tl.float32)  # dO V_new^T
     b_dinv = tl.zeros([BT, BT], dtype=tl.float32)  # the adjoint of Ainv
     b_dbeta = tl.zeros([BT], dtype=tl.float32)
+    b_dgc = tl.zeros([BT], dtype=tl.float32)
     b_dlast = tl.sum(tl.zeros([BT], dtype=tl.float32))  # d gc_last through G_last S
     for i_v in range(tl.cdiv(DV, BV)):
         v0 = i_v * BV
         b_h = load_tile(h_ptr, 0, v0, BKF, BV, DK, DV)
         b_dh = load_tile(dh_ptr, 0, v0, BKF, BV, DK, DV)
-        b_do = load_rows(do_ptr, i_b, i_h, t0, v0, T, H, DV, BT, BV)
         b_vn = load_tile(vn_ptr + (i_bh * TP) * DV, t0, v0, BT, BV, TP, DV)
         b_dvn = load_tile(dvn_ptr + (i_bh * TP) * DV, t0, v0, BT, BV, TP, DV)
         b_v = load_rows(v_ptr, i_b, i_h, t0, v0, T, H, DV, BT, BV)
-        b_dou += mm(b_do, tl.trans(b_vn), IEEE)
-        b_dq += mm(b_do, tl.trans(b_h), IEEE)
-        b_dk += mm(b_vn, tl.trans(b_dh), IEEE)
-        b_dw -= mm(b_dvn, tl.trans(b_h), IEEE)
-        b_dlast += tl.sum(tl.sum(b_dh * b_h, 1), 0)
-        b_dinv += mm(b_dvn, tl.trans(b_v * b_beta[:, None]), IEEE)
         b_dx = mm(tl.trans(b_inv), b_dvn, IEEE)
         store_rows(dv_ptr, b_dx * b_beta[:, None], i_b, i_h, t0, v0, T, H, DV, BT, BV)
-        b_dbeta += tl.sum(b_dx * b_v, 1)
-    b_q = load_rows(q_ptr, i_b, i_h, t0, 0, T, H, DK, BT, BKF) * scale
-    b_k = load_rows(k_ptr, i_b, i_h, t0, 0, T, H, DK, BT, BKF)
-    b_G = tl.exp(b_g)
-    b_dq = b_dq * b_G[:, None]
-    b_dgc = tl.sum(b_dq * b_q, 1)
-    b_dk = b_dk * tl.exp(b_last - b_g)[:, None]
-    b_carry = tl.sum(b_dk * b_k, 1)  # d of exp(gc_last - gc_j) terms of the carry
-    b_dgc -= b_carry
-    b_dlast = b_dlast * tl.exp(b_last) + tl.sum(b_carry, 0)
-    # W = Ainv Y, Y = beta G K
-    b_bg = b_beta * b_G
-    b_dinv += mm(b_dw, tl.trans(b_k * b_bg[:, None]), IEEE)
-    b_dy = mm(tl.trans(b_inv), b_dw, IEEE)
-    b_dk += b_dy * b_bg[:, None]
-    b_yk = tl.sum(b_dy * b_k, 1)
-    b_dbeta += b_yk * b_G
-    b_dgc += b_yk * b_bg
-    # Ainv = (I + A)^-1, A = tril(beta Gamma K K^T, -1)
+        b_kh = mm(b_k, b_h, IEEE)
+        b_ykh = tl.sum(b_dx * b_kh, 1)  # -rowsum(dY * K)
+        b_dbeta += tl.sum(b_dx * b_v, 1) - b_ykh * b_G
+        b_dcarry = b_carry * tl.sum(b_vn * mm(b_k, b_dh, IEEE), 1)
+        b_dgc -= b_ykh * b_bg + b_dcarry
+        b_dlast += tl.sum(tl.sum(b_dh * b_h, 1), 0) * tl.exp(b_last) + tl.sum(b_dcarry, 0)
+        b_dinv += mm(b_dvn, tl.trans(b_v * b_beta[:, None] - b_kh * b_bg[:, None]), IEEE)
+        b_dk += mm(b_vn, tl.trans(b_dh), IEEE) * b_carry[:, None]
+        b_dk -= mm(b_dx, tl.trans(b_h), IEEE) * b_bg[:, None]
     b_da = -mm(tl.trans(b_inv), mm(b_dinv, tl.trans(b_inv), IEEE), IEEE)
-    b_kk = mm(b_k, tl.trans(b_k), IEEE)
     b_da = b_da * decay_matrix(b_g, b_g, o_t, o_t, True)
+    b_kk = mm(b_k, tl.trans(b_k), IEEE)
     b_dbeta += tl.sum(b_da * b_kk, 1)
     b_da = b_da * b_beta[:, None]
     b_dk += mm(b_da, b_k, IEEE) + mm(tl.trans(b_da), b_k, IEEE)
     b_e = b_da * b_kk
-    b_dgc += tl.sum(b_e, 1) - tl.sum(b_e, 0)
-    # the reads inside the chunk: (Gamma * tril(Q K^T)) V_new
-    b_m = b_dou * decay_matrix(b_g, b_g, o_t, o_t, False)
-    b_dq += mm(b_m, b_k, IEEE)
-    b_dk += mm(tl.trans(b_m), b_q, IEEE)
-    b_e = b_m * mm(b_q, tl.trans(b_k), IEEE)
-    b_dgc += tl.sum(b_e, 1) - tl.sum(b_e, 0)
-    b_dgc += tl.where(o_t == BT - 1, b_dlast, 0.0)
-    store_rows(dq_ptr, b_dq * scale, i_b, i_h, t0, 0, T, H, DK, BT, BKF)
+    b_dgc += tl.sum(b_e, 1) - tl.sum(b_e, 0) + tl.where(o_t == BT - 1, b_dlast, 0.0)
     store_rows(dk_ptr, b_dk, i_b, i_h, t0, 0, T, H, DK, BT, BKF)
     tl.store(dbeta_ptr + i_bh * TP + t0 + o_t, b_dbeta)
     tl.store(dgc_ptr + i_bh * TP + t0 + o_t, b_dgc)
+
+
+@triton.jit
+def _wy_read_bwd_kernel(
+    q_ptr, k_ptr, gc_ptr, h_ptr, vn_ptr, do_ptr, dq_ptr, dk_ptr, dgc_ptr, scale,
+    T, H, TP, NT, DK: tl.constexpr, DV: tl.constexpr,
+    BT: tl.constexpr, BKF: tl.constexpr, BV: tl.constexpr,
+    HAS_DECAY: tl.constexpr, IEEE: tl.constexpr,
+):  # fmt: skip
+    """One chunk of one (batch, head), the read side: through O = G (Q S) + (Gamma * tril(Q K^T))
+    V_new. Writes dq and adds to the dk and d gc of _wy_chunk_bwd_kernel (launched before)."""
+    i_t, i_bh = tl.program_id(0), tl.program_id(1).to(tl.int64)
+    i_b, i_h = i_bh // H, i_bh % H
+    t0 = i_t * BT
+    o_t = tl.arange(0, BT)
+    h_ptr += ((i_bh * NT + i_t) * DK) * DV
+    b_g = load_decay(gc_ptr + i_bh * TP, t0, BT, HAS_DECAY)
+    b_G = tl.exp(b_g)
+    b_q = load_rows(q_ptr, i_b, i_h, t0, 0, T, H, DK, BT, BKF) * scale
+    b_dq = tl.zeros([BT, BKF], dtype=tl.float32)
+    b_dou = tl.zeros([BT, BT], dtype=tl.float32)  # dO V_new^T
+    b_dgc = tl.zeros([BT], dtype=tl.float32)
+    for i_v in range(tl.cdiv(DV, BV)):
+        v0 = i_v * BV
+        b_h = load_tile(h_ptr, 0, v0, BKF, BV, DK, DV)
+        b_do = load_rows(do_ptr, i_b, i_h, t0, v0, T, H, DV, BT, BV)
+        b_vn = load_tile(vn_ptr + (i_bh * TP) * DV, t0, v0, BT, BV, TP, DV)
+        b_dgc += tl.sum(b_do * mm(b_q, b_h, IEEE), 1)
+        b_dq += mm(b_do, tl.trans(b_h), IEEE)
+        b_dou += mm(b_do, tl.trans(b_vn), IEEE)
+    b_dq = b_dq * b_G[:, None]
+    b_dgc = b_dgc * b_G
+    b_k = load_rows(k_ptr, i_b, i_h, t0, 0, T, H, DK, BT, BKF)
+    b_m = b_dou * decay_matrix(b_g, b_g, o_t, o_t, False)
+    b_dq += mm(b_m, b_k, IEEE)
+    store_rows(dq_ptr, b_dq * scale, i_b, i_h, t0, 0, T, H, DK, BT, BKF)
+    b_e = b_m * mm(b_q, tl.trans(b_k), IEEE)
+    b_dgc += tl.sum(b_e, 1) - tl.sum(b_e, 0)
+    p_dgc = dgc_ptr + i_bh * TP + t0 + o_t
+    tl.store(p_dgc, tl.load(p_dgc) + b_dgc)
+    b_dk = mm(tl.trans(b_m), b_q, IEEE) + load_rows(dk_ptr, i_b, i_h, t0, 0, T, H, DK, BT, BKF)
+    store_rows(dk_ptr, b_dk, i_b, i_h, t0, 0, T, H, DK, BT, BKF)
