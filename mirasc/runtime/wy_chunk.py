@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 import triton
+import triton.language as tl
 
 from ..errors import BackendError
 from .inputs import initial_weights
@@ -51,13 +52,18 @@ KERNELS = {
 }
 
 
-def meta(name: str, Dk: int, Dv: int, block: int, has_decay: bool, ieee: bool) -> dict:
-    """Kernel `name`'s compile-time constants (ieee: fp32 inputs, exact fp32 dots)."""
+def dot_dtype(dtype: torch.dtype) -> tl.dtype:
+    """The dtype of the kernels' matmul operands for inputs of `dtype` (see wy_kernels)."""
+    return tl.float32 if dtype == torch.float32 or triton_interpreted() else tl.bfloat16
+
+
+def meta(name: str, Dk: int, Dv: int, block: int, has_decay: bool, dot: tl.dtype) -> dict:
+    """Kernel `name`'s compile-time constants (`dot`: the matmul operands' dtype)."""
     if block < SUB_BLOCK or block % SUB_BLOCK or block & (block - 1):
         raise BackendError(f"the WY chunk must be a power of two >= {SUB_BLOCK}, got {block}")
     every = dict(
         DK=Dk, DV=Dv, BT=block, BC=SUB_BLOCK, BKF=_pow2(Dk), BK=min(64, _pow2(Dk)),
-        BV=min(VALUE_TILE[name], _pow2(Dv)), HAS_DECAY=has_decay, IEEE=ieee,
+        BV=min(VALUE_TILE[name], _pow2(Dv)), HAS_DECAY=has_decay, DOT=dot,
     )  # fmt: skip
     return {n: every[n] for n in KERNELS[name].arg_names if n in every}
 
@@ -80,7 +86,7 @@ def _launch(name: str, grid: tuple, args: tuple, q, v, block: int, has_decay: bo
     """Kernel `name` on `grid` with its constants and launch options for these inputs."""
     Dk, Dv = q.shape[-1], v.shape[-1]
     KERNELS[name][grid](
-        *args, **meta(name, Dk, Dv, block, has_decay, q.dtype == torch.float32),
+        *args, **meta(name, Dk, Dv, block, has_decay, dot_dtype(q.dtype)),
         **launch_options(name, Dk),
     )  # fmt: skip
 
@@ -105,8 +111,12 @@ class _WYChunk(torch.autograd.Function):
         sizes = (T, H, TP)
         run = dict(q=q, v=v, block=block, has_decay=has_decay)
         _launch("prepare", (NT, BH), (k, v, beta, gc, ainv, w, u, *sizes), **run)
-        _launch("state", (_tiles("state", Dv), BH), (k, w, u, gc, h0, h, vn, final, *sizes, NT), **run)
-        _launch("output", (_tiles("output", Dv), NT, BH), (q, k, gc, h, vn, o, scale, *sizes, NT), **run)
+        _launch(
+            "state", (_tiles("state", Dv), BH), (k, w, u, gc, h0, h, vn, final, *sizes, NT), **run
+        )
+        _launch(
+            "output", (_tiles("output", Dv), NT, BH), (q, k, gc, h, vn, o, scale, *sizes, NT), **run
+        )
         ctx.save_for_backward(q, k, v, beta, gc, ainv, w, h, vn)
         ctx.scale, ctx.block, ctx.has_decay = scale, block, has_decay
         return o, final
@@ -128,8 +138,12 @@ class _WYChunk(torch.autograd.Function):
         run = dict(q=q, v=v, block=ctx.block, has_decay=ctx.has_decay)
         _launch("state_bwd", (_tiles("state_bwd", Dv), BH),
                 (q, k, w, gc, do, dfinal, dh, dvn, dh0, ctx.scale, *sizes), **run)  # fmt: skip
-        _launch("chunk_bwd", (NT, BH),
-                (k, v, beta, gc, ainv, h, dh, vn, dvn, dk, dv, dbeta, dgc, *sizes), **run)
+        _launch(
+            "chunk_bwd",
+            (NT, BH),
+            (k, v, beta, gc, ainv, h, dh, vn, dvn, dk, dv, dbeta, dgc, *sizes),
+            **run,
+        )
         _launch("read_bwd", (NT, BH), (q, k, gc, h, vn, do, dq, dk, dgc, ctx.scale, *sizes), **run)
         dgc = dgc if ctx.has_decay else None
         return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), dbeta, dgc, dh0, None, None, None
@@ -143,15 +157,19 @@ def _padded_rows(x: torch.Tensor, TP: int) -> torch.Tensor:
 
 def forward(
     q, k, v, lr, rate, *, c: float, scale: float, initial_state, output_final_state: bool,
-    block: int = 64, **unused,
+    ln_weight=None, ln_bias=None, anchor_state=None, chunk_offset: int = 0, block: int = 64,
 ):  # fmt: skip
     """The op contract (o [B, T, H, Dv], final state tuple or None) on the chunked kernels, for
     gates lr and rate [B, H, T] (rate None without a decay gate) and dl/dy = c (y - v).
-    `unused` are the contract's options that the chunk-1 delta rule has no use for
-    (ln_weight, ln_bias: no LayerNorm; anchor_state, chunk_offset: chunk 1 is never continued)."""
+    The chunk-1 delta rule has no LayerNorm and no partial chunk to continue: `ln_weight` and
+    `ln_bias` must be None, `chunk_offset` 0 (then `anchor_state` plays no part)."""
     reason = unsupported(q, v)
     if reason is not None:
         raise BackendError(reason)
+    if ln_weight is not None or ln_bias is not None:
+        raise BackendError("the chunked WY kernels have no memory LayerNorm")
+    if chunk_offset != 0:
+        raise BackendError(f"chunk_offset must be an int in [0, 1), got {chunk_offset!r}")
     B, T, H, Dk = q.shape
     Dv = v.shape[-1]
     (state,) = initial_weights(initial_state, [(Dk, Dv)], 1, q, "")
@@ -161,7 +179,7 @@ def forward(
     beta = _padded_rows(c * lr.float(), TP)
     if rate is None:
         gc = beta.new_zeros(B * H, TP)
-    else:
+    else:  # the in-chunk cumulative log-decay (zero-padded log a keeps gc_last past T)
         log_a = _padded_rows(torch.log1p(-rate.float()), TP)
         gc = log_a.reshape(B * H, TP // block, block).cumsum(-1).reshape(B * H, TP)
     h0 = state.reshape(B * H, Dk, Dv).contiguous()
