@@ -54,18 +54,18 @@ def counting_chunked_calls(module):
 
 
 @pytest.mark.parametrize(
-    "name,T,Dk,Dv,initial,dtype",
+    "name,T,Dk,Dv,initial,dtype",  # Dk 20, Dv 24: head sizes padded to tiles of 32
     [
         ("deltanet", 40, 16, 16, False, torch.float32),
         ("gated_deltanet", 45, 16, 24, True, torch.float32),
         ("deltanet", 37, 20, 16, True, torch.bfloat16),
-        ("gated_deltanet", 50, 32, 16, False, torch.bfloat16),
+        ("gated_deltanet", 41, 32, 16, False, torch.bfloat16),
     ],
 )
 def test_chunked_kernels_match_reference(shipped, name, T, Dk, Dv, initial, dtype):
     module = shipped[name]
     spec = testing.spec_of(module)
-    case = testing.make_case(spec, B=1, T=T, H=2, Dk=Dk, Dv=Dv, seed=3, dtype=dtype,
+    case = testing.make_case(spec, B=1, T=T, H=1, Dk=Dk, Dv=Dv, seed=3, dtype=dtype,
                              with_initial_state=initial)  # fmt: skip
     with chunked(module), counting_chunked_calls(module) as calls:
         errors = testing.compare(module, case.to(DEVICE), "triton")
@@ -89,7 +89,7 @@ def test_prefill_on_the_chunked_kernels_then_decoding_on_the_recurrent_ones(ship
     """A prefill long enough for the chunked kernels, then single-token calls (the recurrent
     kernels) from its final state: together they equal one pass of the reference."""
     module = shipped["gated_deltanet"]
-    case = testing.make_case(testing.spec_of(module), B=1, T=37, H=2, Dk=16, seed=2,
+    case = testing.make_case(testing.spec_of(module), B=1, T=37, H=1, Dk=16, seed=2,
                              dtype=torch.float32, with_initial_state=True).to(DEVICE)  # fmt: skip
     prefill = 33
     with chunked(module, block=16, min_tokens=prefill), counting_chunked_calls(module) as calls:
