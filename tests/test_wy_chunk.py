@@ -126,3 +126,22 @@ def test_clear_errors(shipped):
         wy.forward(q, q, q, lr, None, chunk_offset=1, **opts)
     wide = torch.randn(1, 20, 1, 256, device=DEVICE)
     assert "key row" in wy.unsupported(wide, wide)
+
+
+def test_torch_compile_traces_the_chunked_custom_op_without_graph_breaks(shipped):
+    module = shipped["gated_deltanet"]
+    case = testing.make_case(testing.spec_of(module), B=1, T=20, H=1, Dk=16, seed=1,
+                             dtype=torch.float32).to(DEVICE)  # fmt: skip
+
+    def f(q, k, v):
+        o, _ = module.op(q, k, v, **case.gates, scale=case.scale, backend="triton")
+        return o
+
+    q = case.q.clone().requires_grad_(True)
+    with chunked(module), counting_chunked_calls(module) as calls:
+        eager = f(q, case.k, case.v)
+        (g_eager,) = torch.autograd.grad(eager.sum(), q)
+        compiled = torch.compile(f, fullgraph=True, backend="aot_eager")(q, case.k, case.v)
+        (g_compiled,) = torch.autograd.grad(compiled.sum(), q)
+    assert calls[0] >= 2
+    assert torch.allclose(compiled, eager) and torch.allclose(g_compiled, g_eager)

@@ -14,10 +14,11 @@ import torch
 import torch.nn.functional as F
 import triton
 import triton.language as tl
+from torch import Tensor
 
 from ..errors import BackendError
 from .inputs import initial_weights
-from .triton_host import triton_interpreted
+from .triton_host import custom_op, triton_interpreted
 from .wy_kernels import _wy_output_kernel, _wy_prepare_kernel, _wy_state_kernel
 from .wy_kernels_bwd import _wy_chunk_bwd_kernel, _wy_read_bwd_kernel, _wy_state_bwd_kernel
 
@@ -91,62 +92,105 @@ def _launch(name: str, grid: tuple, args: tuple, q, v, block: int, has_decay: bo
     )  # fmt: skip
 
 
-class _WYChunk(torch.autograd.Function):
+def launch_forward(q, k, v, beta, gc, h0, scale: float, block: int, has_decay: bool):
     """o and the final state from q, k, v [B, T, H, D], beta and gc [B*H, NT*BT] (padded) and
-    the initial state h0 [B*H, Dk, Dv] fp32; backward returns the adjoints of all six."""
+    the initial state h0 [B*H, Dk, Dv] fp32, and what the backward pass needs: Ainv, W, the
+    chunk-start states and V_new."""
+    B, T, H, Dk = q.shape
+    Dv = v.shape[-1]
+    NT, TP, BH = triton.cdiv(T, block), beta.shape[-1], B * H
+    f32 = dict(dtype=torch.float32, device=q.device)
+    ainv = torch.empty((BH, TP, block), **f32)
+    w = torch.empty((BH, TP, Dk), **f32)
+    u = torch.empty((BH, TP, Dv), **f32)
+    h = torch.empty((BH, NT, Dk, Dv), **f32)
+    vn = torch.empty((BH, TP, Dv), **f32)
+    final = torch.empty((BH, Dk, Dv), **f32)
+    o = torch.empty((B, T, H, Dv), dtype=q.dtype, device=q.device)
+    sizes = (T, H, TP)
+    run = dict(q=q, v=v, block=block, has_decay=has_decay)
+    _launch("prepare", (NT, BH), (k, v, beta, gc, ainv, w, u, *sizes), **run)
+    _launch("state", (_tiles("state", Dv), BH), (k, w, u, gc, h0, h, vn, final, *sizes, NT), **run)
+    _launch("output", (_tiles("output", Dv), NT, BH),
+            (q, k, gc, h, vn, o, scale, *sizes, NT), **run)  # fmt: skip
+    return o, final, ainv, w, h, vn
 
-    @staticmethod
-    def forward(ctx, q, k, v, beta, gc, h0, scale, block, has_decay):
+
+def launch_backward(q, k, v, beta, gc, ainv, w, h, vn, do, dfinal, scale, block, has_decay):
+    """The adjoints of q, k, v, beta, gc and h0 given those of o and the final state."""
+    B, T, H, Dk = q.shape
+    Dv = v.shape[-1]
+    NT, TP, BH = h.shape[1], beta.shape[-1], B * H
+    f32 = dict(dtype=torch.float32, device=q.device)
+    dh, dvn = torch.empty_like(h), torch.empty_like(vn)
+    dh0 = torch.empty((BH, Dk, Dv), **f32)
+    dq, dk, dv = (torch.empty(t.shape, **f32) for t in (q, k, v))
+    dbeta, dgc = torch.empty_like(beta), torch.empty_like(gc)
+    sizes = (T, H, TP, NT)
+    run = dict(q=q, v=v, block=block, has_decay=has_decay)
+    _launch("state_bwd", (_tiles("state_bwd", Dv), BH),
+            (q, k, w, gc, do, dfinal, dh, dvn, dh0, scale, *sizes), **run)  # fmt: skip
+    _launch("chunk_bwd", (NT, BH),
+            (k, v, beta, gc, ainv, h, dh, vn, dvn, dk, dv, dbeta, dgc, *sizes), **run)  # fmt: skip
+    _launch("read_bwd", (NT, BH), (q, k, gc, h, vn, do, dq, dk, dgc, scale, *sizes), **run)
+    return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), dbeta, dgc, dh0
+
+
+def _register():
+    """The pair as torch.library custom ops (with fake implementations, so that torch.compile
+    traces through them) and a registered autograd formula; spec-independent, so registered
+    once per process."""
+
+    @torch.library.custom_op("mirasc_wy::chunk_forward", mutates_args=())
+    def chunk_forward(
+        q: Tensor, k: Tensor, v: Tensor, beta: Tensor, gc: Tensor, h0: Tensor, scale: float,
+        block: int, has_decay: bool,
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:  # fmt: skip
+        return launch_forward(q, k, v, beta, gc, h0, scale, block, has_decay)
+
+    @chunk_forward.register_fake
+    def _(q, k, v, beta, gc, h0, scale, block, has_decay):
         B, T, H, Dk = q.shape
-        Dv = v.shape[-1]
-        NT, TP, BH = triton.cdiv(T, block), beta.shape[-1], B * H
-        f32 = dict(dtype=torch.float32, device=q.device)
-        ainv = torch.empty((BH, TP, block), **f32)
-        w = torch.empty((BH, TP, Dk), **f32)
-        u = torch.empty((BH, TP, Dv), **f32)
-        h = torch.empty((BH, NT, Dk, Dv), **f32)
-        vn = torch.empty((BH, TP, Dv), **f32)
-        final = torch.empty((BH, Dk, Dv), **f32)
-        o = torch.empty((B, T, H, Dv), dtype=q.dtype, device=q.device)
-        sizes = (T, H, TP)
-        run = dict(q=q, v=v, block=block, has_decay=has_decay)
-        _launch("prepare", (NT, BH), (k, v, beta, gc, ainv, w, u, *sizes), **run)
-        _launch(
-            "state", (_tiles("state", Dv), BH), (k, w, u, gc, h0, h, vn, final, *sizes, NT), **run
+        Dv, (BH, TP) = v.shape[-1], beta.shape
+        new = beta.new_empty
+        return (q.new_empty((B, T, H, Dv)), h0.new_empty(h0.shape), new((BH, TP, block)),
+                new((BH, TP, Dk)), new((BH, TP // block, Dk, Dv)), new((BH, TP, Dv)))  # fmt: skip
+
+    @torch.library.custom_op("mirasc_wy::chunk_backward", mutates_args=())
+    def chunk_backward(
+        q: Tensor, k: Tensor, v: Tensor, beta: Tensor, gc: Tensor, ainv: Tensor, w: Tensor,
+        h: Tensor, vn: Tensor, do: Tensor, dfinal: Tensor, scale: float, block: int,
+        has_decay: bool,
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:  # fmt: skip
+        return launch_backward(
+            q, k, v, beta, gc, ainv, w, h, vn, do, dfinal, scale, block, has_decay
         )
-        _launch(
-            "output", (_tiles("output", Dv), NT, BH), (q, k, gc, h, vn, o, scale, *sizes, NT), **run
-        )
-        ctx.save_for_backward(q, k, v, beta, gc, ainv, w, h, vn)
+
+    @chunk_backward.register_fake
+    def _(q, k, v, beta, gc, ainv, w, h, vn, do, dfinal, scale, block, has_decay):
+        f32 = dict(dtype=torch.float32)
+        return (q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape),
+                beta.new_empty(beta.shape), gc.new_empty(gc.shape),
+                dfinal.new_empty(dfinal.shape, **f32))  # fmt: skip
+
+    def setup_context(ctx, inputs, output):
+        q, k, v, beta, gc, _, scale, block, has_decay = inputs
+        ctx.save_for_backward(q, k, v, beta, gc, *output[2:])
         ctx.scale, ctx.block, ctx.has_decay = scale, block, has_decay
-        return o, final
 
-    @staticmethod
-    def backward(ctx, do, dfinal):
+    def backward(ctx, do, dfinal, *_saved):
         q, k, v, beta, gc, ainv, w, h, vn = ctx.saved_tensors
-        B, T, H, Dk = q.shape
-        Dv = v.shape[-1]
-        NT, TP, BH = h.shape[1], beta.shape[-1], B * H
-        f32 = dict(dtype=torch.float32, device=q.device)
-        do = q.new_zeros((B, T, H, Dv)) if do is None else do.contiguous()
-        dfinal = torch.zeros((BH, Dk, Dv), **f32) if dfinal is None else dfinal.contiguous()
-        dh, dvn = torch.empty_like(h), torch.empty_like(vn)
-        dh0 = torch.empty((BH, Dk, Dv), **f32)
-        dq, dk, dv = (torch.empty(t.shape, **f32) for t in (q, k, v))
-        dbeta, dgc = torch.empty_like(beta), torch.empty_like(gc)
-        sizes = (T, H, TP, NT)
-        run = dict(q=q, v=v, block=ctx.block, has_decay=ctx.has_decay)
-        _launch("state_bwd", (_tiles("state_bwd", Dv), BH),
-                (q, k, w, gc, do, dfinal, dh, dvn, dh0, ctx.scale, *sizes), **run)  # fmt: skip
-        _launch(
-            "chunk_bwd",
-            (NT, BH),
-            (k, v, beta, gc, ainv, h, dh, vn, dvn, dk, dv, dbeta, dgc, *sizes),
-            **run,
+        B, T, H, _ = q.shape
+        do = q.new_zeros((B, T, H, v.shape[-1])) if do is None else do.contiguous()
+        BH, Dk, Dv = B * H, q.shape[-1], v.shape[-1]
+        dfinal = h.new_zeros((BH, Dk, Dv)) if dfinal is None else dfinal.contiguous()
+        dq, dk, dv, dbeta, dgc, dh0 = chunk_backward(
+            q, k, v, beta, gc, ainv, w, h, vn, do, dfinal, ctx.scale, ctx.block, ctx.has_decay
         )
-        _launch("read_bwd", (NT, BH), (q, k, gc, h, vn, do, dq, dk, dgc, ctx.scale, *sizes), **run)
-        dgc = dgc if ctx.has_decay else None
-        return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), dbeta, dgc, dh0, None, None, None
+        return dq, dk, dv, dbeta, dgc if ctx.has_decay else None, dh0, None, None, None
+
+    chunk_forward.register_autograd(backward, setup_context=setup_context)
+    return chunk_forward
 
 
 def _padded_rows(x: torch.Tensor, TP: int) -> torch.Tensor:
@@ -183,7 +227,7 @@ def forward(
         log_a = _padded_rows(torch.log1p(-rate.float()), TP)
         gc = log_a.reshape(B * H, TP // block, block).cumsum(-1).reshape(B * H, TP)
     h0 = state.reshape(B * H, Dk, Dv).contiguous()
-    o, final = _WYChunk.apply(
+    o, final, *_ = custom_op("mirasc_wy", _register)(
         q.contiguous(), k.contiguous(), v.contiguous(), beta.contiguous(), gc.contiguous(), h0,
         float(scale), int(block), rate is not None,
     )  # fmt: skip
