@@ -43,6 +43,7 @@ def counting_chunked_calls(module):
     real, calls = wy.forward, [0]
 
     def counted(*args, **kwargs):
+        """wy_chunk.forward, counted."""
         calls[0] += 1
         return real(*args, **kwargs)
 
@@ -63,6 +64,7 @@ def counting_chunked_calls(module):
     ],
 )
 def test_chunked_kernels_match_reference(shipped, name, T, Dk, Dv, initial, dtype):
+    """Outputs, final state and every gradient, chunks of 16, through the op (one chunked call)."""
     module = shipped[name]
     spec = testing.spec_of(module)
     case = testing.make_case(spec, B=1, T=T, H=1, Dk=Dk, Dv=Dv, seed=3, dtype=dtype,
@@ -107,6 +109,7 @@ def test_prefill_on_the_chunked_kernels_then_decoding_on_the_recurrent_ones(ship
 
 
 def test_short_calls_keep_the_recurrent_kernels(shipped):
+    """Below WY_MIN_TOKENS (decoding) the fused recurrent kernels serve the call."""
     module = shipped["deltanet"]
     case = testing.make_case(testing.spec_of(module), B=1, T=5, H=1, Dk=16, dtype=torch.float32)
     with counting_chunked_calls(module) as calls:
@@ -115,6 +118,7 @@ def test_short_calls_keep_the_recurrent_kernels(shipped):
 
 
 def test_clear_errors(shipped):
+    """A chunk that is no power of two >= 16, a continued chunk and too wide keys are refused."""
     module = shipped["deltanet"]
     q = torch.randn(1, 20, 1, 16, device=DEVICE)
     lr = torch.rand(1, 1, 20, device=DEVICE)
@@ -129,11 +133,13 @@ def test_clear_errors(shipped):
 
 
 def test_torch_compile_traces_the_chunked_custom_op_without_graph_breaks(shipped):
+    """fullgraph=True: the chunked kernels are torch.library ops with fake implementations."""
     module = shipped["gated_deltanet"]
     case = testing.make_case(testing.spec_of(module), B=1, T=20, H=1, Dk=16, seed=1,
                              dtype=torch.float32).to(DEVICE)  # fmt: skip
 
     def f(q, k, v):
+        """The op's output on the chunked kernels."""
         o, _ = module.op(q, k, v, **case.gates, scale=case.scale, backend="triton")
         return o
 

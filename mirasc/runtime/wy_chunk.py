@@ -29,6 +29,7 @@ VALUE_TILE = dict(prepare=64, state=64, output=64, state_bwd=32, chunk_bwd=16, r
 
 
 def _pow2(n: int) -> int:
+    """The tile width for n columns: a power of two, at least 16 (tl.dot's smallest)."""
     return max(16, 1 << max(0, (int(n) - 1).bit_length()))
 
 
@@ -146,6 +147,7 @@ def _register():
         q: Tensor, k: Tensor, v: Tensor, beta: Tensor, gc: Tensor, h0: Tensor, scale: float,
         block: int, has_decay: bool,
     ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:  # fmt: skip
+        """launch_forward as an op: o, the final state, then what the backward pass keeps."""
         return launch_forward(q, k, v, beta, gc, h0, scale, block, has_decay)
 
     @chunk_forward.register_fake
@@ -162,6 +164,7 @@ def _register():
         h: Tensor, vn: Tensor, do: Tensor, dfinal: Tensor, scale: float, block: int,
         has_decay: bool,
     ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:  # fmt: skip
+        """launch_backward as an op."""
         return launch_backward(
             q, k, v, beta, gc, ainv, w, h, vn, do, dfinal, scale, block, has_decay
         )
@@ -174,11 +177,13 @@ def _register():
                 dfinal.new_empty(dfinal.shape, **f32))  # fmt: skip
 
     def setup_context(ctx, inputs, output):
+        """Keep the inputs and the forward pass's chunk quantities (output[2:])."""
         q, k, v, beta, gc, _, scale, block, has_decay = inputs
         ctx.save_for_backward(q, k, v, beta, gc, *output[2:])
         ctx.scale, ctx.block, ctx.has_decay = scale, block, has_decay
 
     def backward(ctx, do, dfinal, *_saved):
+        """The inputs' adjoints; gc gets none without a decay gate (it is a constant then)."""
         q, k, v, beta, gc, ainv, w, h, vn = ctx.saved_tensors
         B, T, H, _ = q.shape
         do = q.new_zeros((B, T, H, v.shape[-1])) if do is None else do.contiguous()
@@ -191,6 +196,14 @@ def _register():
 
     chunk_forward.register_autograd(backward, setup_context=setup_context)
     return chunk_forward
+
+
+def _log_keep(rate: Tensor) -> Tensor:
+    """log(1 - rate), the per-token log-decay, with a full forget (rate exactly 1) taken as
+    e^-80 ~ 1.8e-35 (zero in effect) so that no -inf - -inf reaches the kernels (its gradient is
+    then 0). A rate above 1 (a negative keep factor) has no logarithm: NaN, not a wrong value."""
+    full = rate == 1.0
+    return torch.where(full, -80.0, torch.log1p(-torch.where(full, 0.0, rate)))
 
 
 def _padded_rows(x: torch.Tensor, TP: int) -> torch.Tensor:
@@ -224,7 +237,7 @@ def forward(
     if rate is None:
         gc = beta.new_zeros(B * H, TP)
     else:  # the in-chunk cumulative log-decay (zero-padded log a keeps gc_last past T)
-        log_a = _padded_rows(torch.log1p(-rate.float()), TP)
+        log_a = _padded_rows(_log_keep(rate.float()), TP)
         gc = log_a.reshape(B * H, TP // block, block).cumsum(-1).reshape(B * H, TP)
     h0 = state.reshape(B * H, Dk, Dv).contiguous()
     o, final, *_ = custom_op("mirasc_wy", _register)(
