@@ -55,25 +55,25 @@ def counting_chunked_calls(module):
 
 
 @pytest.mark.parametrize(
-    "name,T,Dk,Dv,initial,dtype",  # Dk 20, Dv 24: head sizes padded to tiles of 32
+    "name,B,H,T,Dk,Dv,initial,dtype",  # Dk 20, Dv 24: head sizes padded to tiles of 32
     [
-        ("deltanet", 40, 16, 16, False, torch.float32),
-        ("gated_deltanet", 45, 16, 24, True, torch.float32),
-        ("deltanet", 37, 20, 16, True, torch.bfloat16),
-        ("gated_deltanet", 41, 32, 16, False, torch.bfloat16),
+        ("deltanet", 2, 2, 21, 16, 16, False, torch.float32),
+        ("gated_deltanet", 1, 1, 45, 16, 24, True, torch.float32),
+        ("deltanet", 1, 1, 37, 20, 16, True, torch.bfloat16),
+        ("gated_deltanet", 1, 1, 41, 32, 16, False, torch.bfloat16),
     ],
 )
-def test_chunked_kernels_match_reference(shipped, name, T, Dk, Dv, initial, dtype):
+def test_chunked_kernels_match_reference(shipped, name, B, H, T, Dk, Dv, initial, dtype):
     """Outputs, final state and every gradient, chunks of 16, through the op (one chunked call)."""
     module = shipped[name]
     spec = testing.spec_of(module)
-    case = testing.make_case(spec, B=1, T=T, H=1, Dk=Dk, Dv=Dv, seed=3, dtype=dtype,
+    case = testing.make_case(spec, B=B, T=T, H=H, Dk=Dk, Dv=Dv, seed=3, dtype=dtype,
                              with_initial_state=initial)  # fmt: skip
     with chunked(module), counting_chunked_calls(module) as calls:
         errors = testing.compare(module, case.to(DEVICE), "triton")
     assert calls[0] == 1
     tol = TOL32 if dtype == torch.float32 else TOL_HALF
-    assert_close(errors, tol, f"{name} T={T} Dk={Dk} Dv={Dv} initial={initial} {dtype}")
+    assert_close(errors, tol, f"{name} B={B} H={H} T={T} Dk={Dk} Dv={Dv} {initial=} {dtype}")
 
 
 def test_the_shipped_chunk_of_64_on_a_training_length_call(shipped):
