@@ -11,6 +11,12 @@ own (`-v`, the log of the compile Triton runs); nothing is cached, so every row 
 
     python benchmarks/gpu_static.py                        # D=64 everywhere, D=128 for the deltas
     python benchmarks/gpu_static.py --specs deltanet --D 16 32 --markdown --json out.json
+    python benchmarks/gpu_static.py --specs gated_deltanet --kernels wy   # the chunked WY kernels
+
+Specs whose plan has the "wy" strategy (deltanet, gated_deltanet) also get the chunked WY kernels
+of mirasc.runtime.wy_chunk (rows `wy:<kernel>`), compiled as their training-length calls launch
+them: the spec's chunk and decay gate, and 16-byte divisibility of the pointers and the padded
+length TP, which Triton specialises on at launch (torch allocations are 16-byte aligned).
 
 Where flash-linear-attention (`fla`) is importable, its chunk_gated_delta_rule state and output
 kernels are compiled the same way beside gated_deltanet's (when that spec is among --specs); it is
@@ -169,14 +175,52 @@ def measure(spec: str, name: str, D: int, dtype: str = "bf16") -> Figures:
     return figures_of(spec, name, D, compiled, log, time.perf_counter() - start)
 
 
-def jobs(specs: list[str], sizes: list[int] | None) -> list[tuple[str, str, int]]:
-    """(spec, kernel, D) to compile: the given head sizes, or each spec's defaults."""
-    return [
-        (spec, kernel, D)
-        for spec in specs
-        for D in (sizes or WIDE.get(spec, (64,)))
-        for kernel in ("_forward_kernel", "_backward_kernel")
-    ]
+def wy_measure(spec: str, name: str, D: int, dtype: str = "bf16") -> Figures:
+    """Compile one chunked WY kernel (`name` in wy_chunk.KERNELS) at head size D as the spec's
+    backend launches it for a training-length call."""
+    from triton.compiler import ASTSource
+
+    backend = importlib.import_module(f"generated.{spec}.triton_backend")
+    wy = backend.wy_chunk
+    kernel = wy.KERNELS[name]
+    has_decay = backend.WY_RATE_ROW is not None
+    dot = wy.tl.float32 if dtype == "fp32" else wy.tl.bfloat16
+    meta = wy.meta(name, D, D, backend.WY_BLOCK, has_decay, dot)
+    aligned = {
+        (i,): [["tt.divisibility", 16]]
+        for i, arg in enumerate(kernel.arg_names)
+        if arg.endswith("_ptr") or arg == "TP"
+    }
+    source = ASTSource(kernel, signature(kernel, meta, dtype), meta, aligned)
+    start = time.perf_counter()
+    compiled, log = compile_logged(source, wy.launch_options(name, D))
+    return figures_of(spec, f"wy:{name}", D, compiled, log, time.perf_counter() - start)
+
+
+def has_wy(spec: str) -> bool:
+    """The spec's Triton backend has the chunked WY kernels (its plan has the "wy" strategy)."""
+    return hasattr(importlib.import_module(f"generated.{spec}.triton_backend"), "wy_chunk")
+
+
+def jobs(specs: list[str], sizes: list[int] | None, kernels: str) -> list[tuple[str, str, int]]:
+    """(spec, kernel, D) to compile: the given head sizes, or each spec's defaults; `kernels`
+    is "fused" (the recurrent pair), "wy" (the chunked WY kernels, where planned) or "all"."""
+    from mirasc.runtime.wy_chunk import KERNELS
+
+    work = []
+    for spec in specs:
+        names = ["_forward_kernel", "_backward_kernel"] if kernels != "wy" else []
+        if kernels != "fused" and has_wy(spec):
+            names += [f"wy:{name}" for name in KERNELS]
+        work += [(spec, name, D) for D in (sizes or WIDE.get(spec, (64,))) for name in names]
+    return work
+
+
+def compile_job(spec: str, kernel: str, D: int) -> Figures:
+    """One row: a fused kernel, or a chunked WY kernel (`wy:<name>`)."""
+    if kernel.startswith("wy:"):
+        return wy_measure(spec, kernel[3:], D)
+    return measure(spec, kernel, D)
 
 
 def table(rows: list[Figures], markdown: bool) -> str:
@@ -286,6 +330,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--D", nargs="+", type=int, metavar="N",
         help="head sizes for every spec (default: 64; 64 and 128 for deltanet, gated_deltanet)",
     )  # fmt: skip
+    parser.add_argument(
+        "--kernels", choices=("all", "fused", "wy"), default="all",
+        help="the fused recurrent pair, the chunked WY kernels (where planned), or both",
+    )  # fmt: skip
     parser.add_argument("--markdown", action="store_true", help="print a Markdown table")
     parser.add_argument("--json", type=Path, metavar="PATH", help="also write the rows as JSON")
     return parser.parse_args(argv)
@@ -298,8 +346,8 @@ def main(argv: list[str] | None = None) -> int:
     sys.path.insert(0, str(ROOT))
     start = time.perf_counter()
     with fresh_compiles():
-        rows = [measure(*job) for job in progress(jobs(args.specs, args.D))]
-        rows += fla_rows(args.specs, args.D)
+        rows = [compile_job(*job) for job in progress(jobs(args.specs, args.D, args.kernels))]
+        rows += fla_rows(args.specs, args.D) if args.kernels != "wy" else []
     print(table(rows, args.markdown))
     print(f"\n{len(rows)} kernels compiled for sm_90 in {time.perf_counter() - start:.0f} s")
     if args.json:

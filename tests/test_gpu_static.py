@@ -1,5 +1,6 @@
-"""benchmarks/gpu_static.py, the static GPU-quality gate, on one small linear spec: it compiles
-for sm_90 without a GPU and its table's columns parse."""
+"""benchmarks/gpu_static.py, the static GPU-quality gate: on one small linear spec it compiles
+for sm_90 without a GPU and its table's columns parse; the chunked WY kernels of the delta rule
+use tensor cores and spill nothing at the head sizes they are tuned for."""
 
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ def test_the_static_table_parses(tmp_path):
     out = tmp_path / "static.json"
     done = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "gpu_static.py"), "--specs", "deltanet",
-         "--D", "16", "--markdown", "--json", str(out)],
+         "--D", "16", "--kernels", "fused", "--markdown", "--json", str(out)],
         env=env, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert done.returncode == 0, done.stdout + done.stderr
@@ -41,3 +42,26 @@ def test_the_static_table_parses(tmp_path):
     assert [r["registers"] for r in json.loads(out.read_text())] == [
         int(r["registers"]) for r in rows
     ]
+
+
+def test_the_chunked_wy_kernels_use_tensor_cores_and_do_not_spill(tmp_path):
+    """gated_deltanet's chunked WY kernels (the decay-gated variant; deltanet's differ only by
+    a constexpr) at D = 64 and 128, bf16 inputs, as its training-length calls launch them: each
+    issues wgmma or mma and spills no byte (wy_chunk.launch_options and VALUE_TILE are tuned for
+    this). Only these kernels are compiled."""
+    if "nvidia" not in triton.backends.backends:
+        pytest.skip("this triton has no NVIDIA backend")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    out = tmp_path / "wy.json"
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "gpu_static.py"), "--specs", "gated_deltanet",
+         "--D", "64", "128", "--kernels", "wy", "--json", str(out)],
+        env=env, capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    rows = json.loads(out.read_text())
+    assert len(rows) == 12 and all(r["kernel"].startswith("wy:") for r in rows)
+    for r in rows:
+        where = f"{r['kernel']} D={r['D']}"
+        assert r["mma"] + r["wgmma"] > 0 and r["sass_mma"] > 0, f"{where}: no tensor-core op"
+        assert r["spill_stores"] == r["spill_loads"] == 0, f"{where} spills: {r}"

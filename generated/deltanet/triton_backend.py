@@ -13,6 +13,12 @@ pieces of the derivation: the loss's vector-Jacobian product).
 Activation memory: (ceil((T + offset) / 16) + 16 + 1) * |state| floats per (batch, head),
 |state| = Dk * Dv; not O(T * |state|).
 Inputs may be fp32, bf16 or fp16; everything is computed in fp32; fp64 is refused.
+
+Calls of at least WY_MIN_TOKENS tokens (training, prefill) run instead on the chunked WY / UT
+kernels of mirasc.runtime.wy_chunk (the plan's "wy" strategy, the torch backend's `wy`): per
+chunk of WY_BLOCK tokens every product is a tensor-core matmul and only the state at each
+chunk's start is saved. Shorter calls (decoding) keep the fused recurrent kernels, cheaper for
+a few tokens. Chunk 1 means chunk_offset is always 0, so both paths take every call's inputs.
 """
 
 import torch
@@ -20,6 +26,7 @@ import triton
 import triton.language as tl
 
 from mirasc import runtime
+from mirasc.runtime import wy_chunk
 from mirasc.runtime.triton_lib import matvec, outer, vecmat
 
 CHUNK = 1
@@ -305,8 +312,18 @@ fused = runtime.FusedRecurrent(
 unsupported = fused.unsupported
 
 
+WY_MIN_TOKENS = 64  # calls at least this long take the chunked WY kernels
+WY_BLOCK = 64  # tokens per chunk of those kernels: a tiling choice, not part of the semantics
+WY_RATE_ROW = None  # the decay gate's row (None: no decay)
+
+
 def forward(q, k, v, gates, **options):
-    """The torch backend's `forward` contract on the fused kernels (see `unsupported`);
-    `options` are the op's keyword arguments (scale, initial_state, output_final_state,
-    ln_weight, ln_bias, anchor_state, chunk_offset)."""
-    return fused.forward(q, k, v, [runtime.gate(gates["beta"], "beta", q)], **options)
+    """The torch backend's `forward` contract: calls of at least WY_MIN_TOKENS tokens on the
+    chunked WY kernels where they take the inputs (`wy_chunk.unsupported`), the others on the
+    fused recurrent kernels (see `unsupported`); `options` are the op's keyword arguments
+    (scale, initial_state, output_final_state, ln_weight, ln_bias, anchor_state, chunk_offset)."""
+    rows = [runtime.gate(gates["beta"], "beta", q)]
+    if q.shape[1] >= WY_MIN_TOKENS and wy_chunk.unsupported(q, v) is None:
+        rate = None if WY_RATE_ROW is None else rows[WY_RATE_ROW]
+        return wy_chunk.forward(q, k, v, rows[0], rate, c=1.0, block=WY_BLOCK, **options)
+    return fused.forward(q, k, v, rows, **options)

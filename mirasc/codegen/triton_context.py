@@ -83,6 +83,8 @@ class TritonContext:
     act_d1_lines: list
     act_d2_lines: list
     lq: dict  # lq retention's printed powers (pow_q, pow_grad, exponent), else empty
+    wy: bool  # the plan's "wy" strategy: training-length calls take the chunked WY kernels
+    wy_scale: Code  # c in dl/dy = c (y - v), for those kernels
 
 
 def _names(prefix: str, indices) -> Code:
@@ -207,6 +209,8 @@ def triton_context(spec: Spec, derived: Derived, plan: Plan, source_text: str) -
         act_d1_lines=[Code(line) for line in act.d1_lines],
         act_d2_lines=[Code(line) for line in act.d2_lines],
         lq=lq,
+        wy="wy" in plan.strategies,
+        wy_scale=Code(repr(plan.wy_scale or 0.0)),
     )
 
 
