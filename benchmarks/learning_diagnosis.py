@@ -13,9 +13,21 @@ Per spec it prints
 - the memory state's norm (sum over its matrices) at a quarter, a half and the end of the
   sequence, at the starting gates and with the learning-rate and momentum gates at their
   formulas' maxima (the worst the outer model can learn): an inner loop that grows without
-  bound shows there.
+  bound shows there;
+- with `--steps`: the read weights' Frobenius norm per matrix, and the effective step size, the
+  relative change ||W_after - W_before|| / ||W_before|| of each read matrix over the first chunk
+  (its 16 tokens' writes), at the starting gates, and the median per-token gradient norm of
+  each matrix at the starting memory (the size of the step before the learning rate).
 
-    python benchmarks/learning_diagnosis.py [specs ...] [--seq-len 128] [--seed 0]
+`--standard-start` (lq retention, q != 3) starts each A at c R, with c = N(R)^(1/(3-q)), so that
+the read weights W = A / N(A) begin at R, the l2 models' starting weights, instead of R / N(R):
+whether the starting scale of W is what sets MONETA's steps.
+
+`--checkpoint DIR/checkpoint.pt` (a `mirasc train` run of the same spec and budget) measures the
+trained model instead of a fresh one: what the memory looks like once the outer model has learned.
+
+    python benchmarks/learning_diagnosis.py [specs ...] [--seq-len 128] [--seed 0] [--steps]
+        [--standard-start] [--checkpoint PATH]
 """
 
 from __future__ import annotations
@@ -31,8 +43,20 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
-def build(path: str, seq_len: int, seed: int):
-    """The compiled module, the model, its memory layer and one training batch (x, y)."""
+def standard_start(spec, layer) -> None:
+    """Rescale lq's learned initial A so that the read weights start at the stored matrices."""
+    q = spec.retention.q
+    if spec.retention.kind != "lq" or q == 3:
+        raise SystemExit(f"--standard-start needs lq retention with q != 3 ({spec.name})")
+    with torch.no_grad():
+        for a in layer.initial:
+            norm = a.abs().pow(q).sum((-2, -1), keepdim=True).pow((q - 2) / q)
+            a.mul_(norm.pow(1 / (3 - q)))
+
+
+def build(path: str, seq_len: int, seed: int, checkpoint: str | None = None):
+    """The compiled module, the model (trained weights from `checkpoint` if given), its memory
+    layer and one training batch (x, y)."""
     import mirasc
     from mirasc.training import data
     from mirasc.training.models import MemoryLM, ModelConfig
@@ -41,6 +65,9 @@ def build(path: str, seq_len: int, seed: int):
     task = data.task("mqar", seq_len, pairs=8, vocab=64)
     module = mirasc.compile(path)
     model = MemoryLM(module.Layer, ModelConfig(vocab=task.vocab, hidden=64, layers=1, heads=2))
+    if checkpoint:
+        state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+        model.load_state_dict(state["model"])
     x, y = task.batch(32, torch.Generator().manual_seed(seed * 1000))
     return module, model, model.blocks[0].memory, x, y
 
@@ -100,6 +127,59 @@ def huber_branch(module, layer, seen) -> str:
     return f"{med:.2f} / {statistics.median(delta.flatten().tolist()):.2f} ({share:.0%} l2)"
 
 
+def read_norms(spec, state: tuple) -> list:
+    """Frobenius norm of each read matrix, averaged over the batch and heads."""
+    return [w.flatten(-2).norm(dim=-1).mean().item() for w in read_weights(spec, state)]
+
+
+def relative_steps(module, spec, layer, seen) -> list:
+    """Per read matrix, ||W_after - W_before|| / ||W_before|| over the first chunk's writes
+    (mean over the batch and heads): how far one chunk moves the memory, whatever its scale."""
+    C = spec.chunk
+    start = layer.starting_memory(seen["k"].shape[0], seen["k"])
+    piece = {g: t[:, :C] for g, t in seen["gates"].items()}
+    q, k, v = (seen[n][:, :C] for n in ("q", "k", "v"))
+    with torch.no_grad():
+        _, final = module.op(
+            q, k, v, **piece, initial_state=start, output_final_state=True,
+            scale=layer.scale, **layer.norm_args(),
+        )  # fmt: skip
+    steps = []
+    for before, after in zip(read_weights(spec, start), read_weights(spec, final), strict=True):
+        change = (after - before).flatten(-2).norm(dim=-1) / before.flatten(-2).norm(dim=-1)
+        steps.append(change.mean().item())
+    return steps
+
+
+def token_gradients(module, spec, layer, seen, tokens: int = 16) -> list:
+    """Median over tokens, batch and heads of each state matrix's gradient norm, ||g_t||, for
+    each of the first `tokens` tokens written alone at the starting memory (what `clip` bounds).
+    Read off one write with the learning rate at 1 and no retention: g = state_0 - state_1."""
+    from mirasc.ir.spec import GateRef
+
+    gates = dict(seen["gates"])
+    lr, ret = spec.algorithm.lr, spec.retention
+    if spec.algorithm.kind != "gd" or not isinstance(lr, GateRef):
+        return []
+    gates[lr.name] = torch.ones_like(gates[lr.name])
+    if isinstance(ret.gate, GateRef):  # keep 1 (lq, kl) or forget 0 (decay, l2)
+        kept = ret.kind in ("lq", "kl")
+        gates[ret.gate.name] = torch.full_like(gates[ret.gate.name], float(kept))
+    start = layer.starting_memory(seen["k"].shape[0], seen["k"])
+    norms = [[] for _ in spec.weight_names]
+    with torch.no_grad():
+        for t in range(tokens):
+            one = {g: x[:, t : t + 1] for g, x in gates.items()}
+            q, k, v = (seen[n][:, t : t + 1] for n in ("q", "k", "v"))
+            _, after = module.op(
+                q, k, v, **one, initial_state=start, output_final_state=True,
+                scale=layer.scale, **layer.norm_args(),
+            )  # fmt: skip
+            for i, (w0, w1) in enumerate(zip(start, after, strict=False)):
+                norms[i].append((w0 - w1).flatten(-2).norm(dim=-1).flatten())
+    return [torch.cat(n).median().item() for n in norms]
+
+
 def memorize_ratio(module, layer, seen) -> float:
     """Recall error on the batch's own (k, v) after one pass, over the error at the start."""
     norm = layer.norm_args()
@@ -144,12 +224,14 @@ def at_maximum(spec, layer, gates: dict) -> dict:
     return top
 
 
-def diagnose(path: str, seq_len: int, seed: int) -> str:
-    """One table row for the spec at `path`."""
+def diagnose(path: str, seq_len: int, seed: int, args) -> str:
+    """One table row for the spec at `path` (with `args.steps`, three more columns)."""
     from mirasc.frontend.checker import load
 
     spec = load(Path(path).read_bytes(), path)
-    module, model, layer, x, y = build(path, seq_len, seed)
+    module, model, layer, x, y = build(path, seq_len, seed, args.checkpoint)
+    if args.standard_start:
+        standard_start(spec, layer)
     seen = record_inputs(layer)
     grads = gradient_norms(model, layer, x, y)
     start = layer.starting_memory(x.shape[0], seen["k"])
@@ -158,11 +240,20 @@ def diagnose(path: str, seq_len: int, seed: int) -> str:
     top = state_growth(module, spec, layer, seen, at_maximum(spec, layer, seen["gates"]))
     shown = ", ".join(f"{n} {g:.3g}" for n, g in grads.items())
     gates = ", ".join(f"{g} {t.mean().item():.3g}" for g, t in seen["gates"].items())
-    return (
+    row = (
         f"| {Path(path).stem} | {shown} | {gates} | {huber_branch(module, layer, seen)} "
         f"| {scale:.3g} | {memorize_ratio(module, layer, seen):.3f} "
         f"| {' → '.join(f'{n:.3g}' for n in growth)} | {' → '.join(f'{n:.3g}' for n in top)} |"
     )
+    if args.steps:
+        norms = read_norms(spec, start)
+        moved = relative_steps(module, spec, layer, seen)
+        grads = token_gradients(module, spec, layer, seen)
+        row += (
+            f" {', '.join(f'{n:.3g}' for n in norms)} | {', '.join(f'{m:.3g}' for m in moved)} "
+            f"| {', '.join(f'{g:.3g}' for g in grads) or '-'} |"
+        )
+    return row
 
 
 def main(argv=None) -> int:
@@ -170,16 +261,25 @@ def main(argv=None) -> int:
     p.add_argument("specs", nargs="*", default=sorted(map(str, (ROOT / "specs").glob("*.miras"))))
     p.add_argument("--seq-len", type=int, default=128)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--steps", action="store_true", help="add per-matrix norms and chunk steps")
+    p.add_argument("--checkpoint", help="a trained model of the same spec (mirasc train's)")
+    p.add_argument("--standard-start", action="store_true", help="lq: W starts at R, not R/N(R)")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
-    print(
+    header = (
         "| spec | gradient norms at the start | starting gates (mean) | residual / delta "
         "| read weights' norm | memorize | state norm at L/4 → L/2 → L, starting gates "
         "| same, lr and momentum gates at their maxima |"
     )
-    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    if args.steps:
+        header += (
+            " read weights' norm per matrix | relative change over the first chunk "
+            "| per-token gradient norm per matrix (median) |"
+        )
+    print(header)
+    print("| --- " * header.count(" |") + "|")
     for path in args.specs:
-        print(diagnose(path, args.seq_len, args.seed), flush=True)
+        print(diagnose(path, args.seq_len, args.seed, args), flush=True)
     return 0
 
 
