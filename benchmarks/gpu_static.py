@@ -12,6 +12,7 @@ own (`-v`, the log of the compile Triton runs); nothing is cached, so every row 
     python benchmarks/gpu_static.py                        # D=64 everywhere, D=128 for the deltas
     python benchmarks/gpu_static.py --specs deltanet --D 16 32 --markdown --json out.json
     python benchmarks/gpu_static.py --specs gated_deltanet --kernels wy   # the chunked WY kernels
+    python benchmarks/gpu_static.py --jobs 2                  # two compiles at a time
 
 Specs whose plan has the "wy" strategy (deltanet, gated_deltanet) also get the chunked WY kernels
 of mirasc.runtime.wy_chunk (rows `wy:<kernel>`), compiled as their training-length calls launch
@@ -37,7 +38,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
+from multiprocessing import get_context
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -223,6 +226,31 @@ def compile_job(spec: str, kernel: str, D: int) -> Figures:
     return measure(spec, kernel, D)
 
 
+def compile_fresh(job: tuple[str, str, int]) -> Figures:
+    """`compile_job` in a worker process, with its own throwaway cache."""
+    os.environ.pop("TRITON_INTERPRET", None)
+    sys.path.insert(0, str(ROOT))
+    with fresh_compiles():
+        return compile_job(*job)
+
+
+def compile_all(work: list[tuple[str, str, int]], processes: int) -> list[Figures]:
+    """Every job's row, in order; compiles are CPU-bound and independent, so `processes` > 1
+    runs them side by side (each in a fresh interpreter: Triton's compiler is not fork-safe)."""
+    if processes <= 1:
+        with fresh_compiles():
+            return [compile_job(*job) for job in progress(work)]
+    with ProcessPoolExecutor(processes, mp_context=get_context("spawn")) as pool:
+        return list(progress_of(pool.map(compile_fresh, work), work))
+
+
+def progress_of(rows, work: list[tuple]):
+    """Rows as they arrive, under a progress bar on stderr."""
+    from tqdm import tqdm
+
+    yield from tqdm(rows, total=len(work), unit="kernel", file=sys.stderr)
+
+
 def table(rows: list[Figures], markdown: bool) -> str:
     """The rows as aligned text columns, or as a Markdown table."""
     cells = [list(COLUMNS)] + [[str(getattr(r, c)) for c in COLUMNS] for r in rows]
@@ -334,6 +362,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--kernels", choices=("all", "fused", "wy"), default="all",
         help="the fused recurrent pair, the chunked WY kernels (where planned), or both",
     )  # fmt: skip
+    parser.add_argument(
+        "--jobs", type=int, default=1, metavar="N", help="compile N kernels at a time (processes)"
+    )
     parser.add_argument("--markdown", action="store_true", help="print a Markdown table")
     parser.add_argument("--json", type=Path, metavar="PATH", help="also write the rows as JSON")
     return parser.parse_args(argv)
@@ -345,9 +376,10 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.pop("TRITON_INTERPRET", None)  # the interpreter's kernels cannot be compiled
     sys.path.insert(0, str(ROOT))
     start = time.perf_counter()
-    with fresh_compiles():
-        rows = [compile_job(*job) for job in progress(jobs(args.specs, args.D, args.kernels))]
-        rows += fla_rows(args.specs, args.D) if args.kernels != "wy" else []
+    rows = compile_all(jobs(args.specs, args.D, args.kernels), args.jobs)
+    if args.kernels != "wy":
+        with fresh_compiles():
+            rows += fla_rows(args.specs, args.D)
     print(table(rows, args.markdown))
     print(f"\n{len(rows)} kernels compiled for sm_90 in {time.perf_counter() - start:.0f} s")
     if args.json:
