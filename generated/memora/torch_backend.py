@@ -107,11 +107,10 @@ def chunked_kl(q, k, v, *, lr, rate, mom, params, state, scale, ln, anchor_state
     at its anchor, so the logits Z_t = a_t Z_(t-1) - e_t g_t from Z = log W at the chunk's start
     are linear in them, Z_t = A_t log W - sum_s D[t, s] g_s (the gate products of the dual
     form), and W_t = softmax_rows(Z_t) is exactly the per-token mirror step: the log-sum-exp
-    each step subtracts is a per-row shift, which the row softmax ignores. The chunk's per-token
-    states [B, H, C, in, out] are built in parallel and each token reads its own."""
+    each step subtracts is a per-row shift, which the row softmax ignores. Each layer's states
+    are built for the whole chunk at once and each token reads its own (`runtime.mirror_read`)."""
     T = q.shape[2]
     ws = list(state[:DEPTH])
-    token_ln = None if ln is None else tuple(p.unsqueeze(-2) for p in ln)  # [1, H, 1, 1, Dv]
     outs = []
     for start, stop, continuing, _ in runtime.chunks(T, CHUNK, offset):
         anchor = anchor_state if continuing else ws
@@ -119,17 +118,16 @@ def chunked_kl(q, k, v, *, lr, rate, mom, params, state, scale, ln, anchor_state
         inputs, deltas = surprise(anchor, k[:, :, start:stop], v[:, :, start:stop], None, chunk_params, ln)
         keep, retain = runtime.products(rate[:, :, start:stop])
         D = retain * lr[:, :, start:stop].unsqueeze(-2)  # D[t, s] = e_s prod_(s<j<=t) a_j
-        states = [
-            torch.softmax(
-                keep[..., None, None] * torch.log(w).unsqueeze(2)
-                - (D.unsqueeze(-1) * inp.unsqueeze(-3)).transpose(-1, -2) @ d.unsqueeze(-3),
-                dim=-1,
-            )
-            for w, inp, d in zip(ws, inputs, deltas)
-        ]
-        x = scale * q[:, :, start:stop].unsqueeze(-2)  # [B, H, c, 1, Dk]: one read per state
-        outs.append(read(states, x, token_ln).squeeze(-2))
-        ws = [s[:, :, -1] for s in states]
+        x = scale * q[:, :, start:stop]
+        h = x
+        P = -D.unsqueeze(-2) * inputs[0].transpose(-1, -2).unsqueeze(-3)  # [t, in, s]
+        z, ws[0] = runtime.mirror_read(keep, torch.log(ws[0]), P, deltas[0], h)
+        z = ws[0].shape[-1] * z - h.sum(-1, keepdim=True)  # h (out * W - 1)
+        h = act(z)
+        P = -D.unsqueeze(-2) * inputs[1].transpose(-1, -2).unsqueeze(-3)  # [t, in, s]
+        z, ws[1] = runtime.mirror_read(keep, torch.log(ws[1]), P, deltas[1], h)
+        z = ws[1].shape[-1] * z - h.sum(-1, keepdim=True)  # h (out * W - 1)
+        outs.append(_finish(z, x, ln))
     return torch.cat(outs, dim=2), ws
 
 def read_state(q, state, scale, ln_weight, ln_bias):
