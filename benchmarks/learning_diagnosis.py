@@ -101,8 +101,11 @@ def gradient_norms(model, layer, x, y) -> dict:
 
 
 def read_weights(spec, state: tuple) -> tuple:
-    """The matrices the memory reads with: W itself, or lq's A / ||A||_q^(q-2)."""
+    """The matrices the memory reads with: W itself, kl's centred out * W - 1, or lq's
+    A / ||A||_q^(q-2)."""
     weights = state[: len(spec.weight_names)]
+    if spec.retention.centred:
+        return tuple(w.shape[-1] * w - 1.0 for w in weights)
     if spec.retention.kind != "lq":
         return weights
     q = spec.retention.q

@@ -132,7 +132,7 @@ def specs(draw):
         "decay_first": "decay(alpha, first: true)",
         "l2": "l2(lam)",
         "lq": f"lq(q: {draw(st.sampled_from([3, 4]))}, keep: a)",
-        "kl": "kl(keep: a)",
+        "kl": f"kl(keep: a{draw(st.sampled_from(['', ', centred: true']))})",
     }[retention]
     if retention.startswith("decay"):
         gates.append("gate alpha = sigmoid(z)")
@@ -145,7 +145,7 @@ def specs(draw):
         gates.append("gate beta = sigmoid(z)")
     else:
         alg_line = "gd(lr: eta)"
-    chunk = draw(st.integers(1, 4)) if retention != "kl" else 1
+    chunk = draw(st.integers(1, 4))
     clip = f"clip = {draw(st.sampled_from([0.3, 2.0]))}" if draw(st.booleans()) else ""
     if extra:
         gates.append(extra)

@@ -1,6 +1,6 @@
 """The benchmark scripts at toy sizes: `recall_table.py` writes its tables and plots, stores every
 run and trains on a rerun only what is not stored; `memorize.py` reports how much one pass of
-writes memorizes."""
+writes memorizes; `simplex_read.py` compares the ways of reading a simplex memory."""
 
 import importlib
 import json
@@ -66,3 +66,14 @@ def test_a_sweep_reports_and_resumes(recall_table, tmp_path, capsys):
     sweep(recall_table, tmp_path, 3, "--no-train")  # another budget: nothing stored fits it
     out = capsys.readouterr().out
     assert "0 of 2 runs stored; training 0" in out and "| deltanet | not run |" in out
+
+
+def test_simplex_read_shows_the_centred_read_memorizes(monkeypatch, capsys):
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    simplex_read = importlib.import_module("simplex_read")
+    simplex_read.main(["--dim", "32", "--pairs", "4", "--batch", "2"])
+    rows = {
+        r.split("|")[1].strip(): r.split("|")[5:-1] for r in capsys.readouterr().out.splitlines()
+    }
+    best = {name: min(map(float, rows[name])) for name in ("plain", "centred")}
+    assert best["centred"] < best["plain"]  # the plain read barely depends on its input

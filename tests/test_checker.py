@@ -56,6 +56,22 @@ def test_normalised_text_round_trips():
         assert load(spec.text(), "n.miras") == spec
 
 
+def test_kl_centred_flag():
+    kl = BASE.replace("decay(alpha)", "kl(keep: alpha, centred: true)")
+    spec = load(memory(kl), "m.miras")
+    assert spec.retention.kind == "kl" and spec.retention.centred
+    assert "kl(keep: alpha, centred: true)" in spec.text()
+    assert load(spec.text(), "n.miras") == spec
+    plain = load(memory(BASE.replace("decay(alpha)", "kl(alpha)")), "m.miras")
+    assert not plain.retention.centred and "centred" not in plain.text()
+    assert "centred must be true or false" in error(
+        memory(kl.replace("centred: true", "centred: 1"))
+    )
+    assert "no parameter 'centred'" in error(
+        memory(BASE.replace("decay(alpha)", "decay(alpha, centred: true)"))
+    )
+
+
 def test_gate_init_is_kept():
     spec = load(memory(BASE.replace("gate eta = sigmoid(z)", "gate eta = sigmoid(z), init 0.9")))
     assert [g.init for g in spec.gates] == [0.9, None]

@@ -1,8 +1,9 @@
-"""The chunked dual form's explicit backward pass (`mirasc.runtime.chunked`), beyond what the
-strategy-wide property tests in test_backend.py cover: a call that continues a chunk from its
-anchor state (every gradient, the anchor state's included, against the float64 reference, at
-every offset and with a ragged end), gates at their extremes, and the activation memory the
-forward pass keeps for the backward pass."""
+"""The chunked dual form's explicit backward pass (`mirasc.runtime.chunked`) and kl's log-domain
+chunked form (`chunked_kl`), beyond what the strategy-wide property tests in test_backend.py
+cover: a call that continues a chunk from its anchor state (every gradient, the anchor state's
+included, against the float64 reference, at every offset and with a ragged end), gates at their
+extremes, kl's states staying on the simplex, and the activation memory the forward pass keeps
+for the backward pass."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import pytest
 import torch
 
 from mirasc import testing
+from mirasc.testing import reference
 
 TOL64 = 1e-9  # the same maths in another order, fp64 (see test_backend)
 
@@ -35,6 +37,28 @@ SPECS = {
     chunk = 3
     gate eta = sigmoid(z)
     gate alpha = sigmoid(z)
+}
+""",
+    "kl_centred": """memory kl_centred {
+    architecture = mlp(depth: 2, expansion: 2, activation: gelu, residual: true, norm: layernorm)
+    bias = huber(delta: d)
+    retention = kl(keep: a, centred: true)
+    algorithm = gd(lr: eta)
+    chunk = 4
+    clip = 2.0
+    gate eta = 0.01 * sigmoid(z)
+    gate a = sigmoid(z)
+    gate d = 0.2 + softplus(z)
+}
+""",
+    "kl_linear": """memory kl_linear {
+    architecture = linear
+    bias = l2
+    retention = kl(keep: a)
+    algorithm = gd(lr: eta)
+    chunk = 3
+    gate eta = sigmoid(z)
+    gate a = sigmoid(z)
 }
 """,
     "l2_linear": """memory l2_linear {
@@ -84,9 +108,14 @@ def continuing_run(module, case, anchor, offset: int, backend: str, strategy=Non
     return o.detach(), [s.detach() for s in state], grads
 
 
+def chunked_strategy(spec) -> str:
+    return "chunked_kl" if spec.retention.kind == "kl" else "chunked"
+
+
 def assert_matches_reference(module, case, anchor, offset: int) -> None:
     ref = continuing_run(module, case, anchor, offset, "reference")
-    got = continuing_run(module, case, anchor, offset, "torch", strategy="chunked")
+    strategy = chunked_strategy(testing.spec_of(module))
+    got = continuing_run(module, case, anchor, offset, "torch", strategy=strategy)
     errors = {"o": testing.relative_error(got[0], ref[0])}
     errors.update(
         {
@@ -104,10 +133,15 @@ def random_anchor(spec, case, seed: int) -> list:
     g = torch.Generator().manual_seed(seed)
     B, _, H, Dk = case.q.shape
     shapes = testing.weight_shapes(spec, Dk, case.v.shape[-1])
-    return [torch.randn(B, H, i, o, generator=g, dtype=torch.float64) * i**-0.5 for i, o in shapes]
+    weights = [
+        torch.randn(B, H, i, o, generator=g, dtype=torch.float64) * i**-0.5 for i, o in shapes
+    ]
+    if spec.retention.kind == "kl":
+        return [torch.softmax(w, dim=-1) for w in weights]
+    return weights
 
 
-@pytest.mark.parametrize("name", ["titans", "ttt_mlp", "yaad", "moneta"])
+@pytest.mark.parametrize("name", ["titans", "ttt_mlp", "yaad", "moneta", "memora"])
 def test_shipped_continuation_gradients(shipped, name):
     module = shipped[name]
     spec = testing.spec_of(module)
@@ -125,6 +159,44 @@ def test_drawn_continuation_gradients(compile_text, name):
     anchor = random_anchor(spec, case, 3)
     for offset in range(1, spec.chunk):
         assert_matches_reference(module, case, anchor, offset)
+
+
+@pytest.mark.parametrize("T", [1, 3, 7, 9])  # shorter than, equal to, ragged after a chunk
+def test_kl_strategies_agree_on_ragged_lengths(compile_text, T):
+    module = compile_text(SPECS["kl_linear"])
+    spec = testing.spec_of(module)
+    case = testing.make_case(spec, B=2, T=T, H=2, Dk=3, Dv=4, seed=T)
+    for strategy in ("chunked_kl", "recurrent"):
+        errors = testing.compare(module, case, "torch", strategy)
+        assert all(v <= TOL64 for v in errors.values()), (strategy, errors)
+
+
+def test_kl_states_stay_on_the_simplex(compile_text):
+    """Large steps over many chunks: every row of the final state sums to one (the lag-token
+    scheme's linear steps left the simplex here and the next log W was NaN)."""
+    module = compile_text(SPECS["kl_linear"])
+    spec = testing.spec_of(module)
+    case = testing.make_case(spec, B=2, T=40, H=2, Dk=4, seed=3)
+    case.gates["eta"] = torch.full_like(case.gates["eta"], 2.0)
+    for strategy in ("chunked_kl", "recurrent"):
+        _, final = module.torch_backend.forward(
+            case.q, case.k, case.v, case.gates, scale=case.scale,
+            initial_state=case.initial_state, output_final_state=True,
+            ln_weight=None, ln_bias=None, strategy=strategy,
+        )  # fmt: skip
+        (W,) = final
+        assert torch.isfinite(W).all() and (W > 0).all()
+        assert torch.allclose(W.sum(-1), torch.ones_like(W[..., 0]), atol=1e-12)
+
+
+def test_centred_read_of_a_uniform_memory_is_zero(compile_text):
+    """kl(centred: true) reads out * W - 1: uniform rows read as the zero map, in the oracle and
+    in the compiled read alike."""
+    module = compile_text(SPECS["kl_linear"].replace("kl(keep: a)", "kl(keep: a, centred: true)"))
+    q = torch.randn(2, 5, 2, 3, dtype=torch.float64)
+    uniform = (torch.full((2, 2, 3, 4), 0.25, dtype=torch.float64),)
+    assert module.read(q, uniform).abs().max() < 1e-15
+    assert reference.read(testing.spec_of(module), q, uniform).abs().max() < 1e-15
 
 
 @pytest.mark.parametrize("value", [0.0, 1.0])

@@ -34,6 +34,7 @@ class MemoryShape:
     momentum: bool
     clip: Code | None  # the soft clamp's norm, or None
     lq_q: Code | None  # lq retention's q, or None
+    centred: bool  # kl: the memory reads out * W - 1
 
 
 @dataclass(frozen=True)
@@ -74,6 +75,7 @@ def memory_shape(spec: Spec) -> MemoryShape:
         momentum=spec.has_momentum,
         clip=Code(repr(float(spec.clip))) if spec.clip is not None else None,
         lq_q=Code(repr(float(ret.q))) if ret.q is not None else None,
+        centred=ret.centred,
     )
 
 

@@ -217,4 +217,4 @@ def triton_context(spec: Spec, derived: Derived, plan: Plan, source_text: str) -
 def _update_args(spec: Spec) -> list:
     args = ["e"] + (["rate"] if spec.retention.gate is not None else [])
     args += ["mom"] if spec.has_momentum else []
-    return args + (["mirror"] if spec.retention.kind == "kl" else [])
+    return args

@@ -48,12 +48,14 @@ def make_plan(spec: Spec, derived: Derived) -> Plan:
     """The WY form for the chunk-1 delta rule; the chunked dual form where every state is
     linear in the chunk's gradients, the default from chunk 2 on (at chunk 1 it is a slower
     recurrent loop), with its explicit backward pass ("chunked") and differentiated by autograd
-    ("chunked_autograd", kept for comparison); the recurrent path always."""
+    ("chunked_autograd", kept for comparison); the recurrent path always. kl retention, not
+    linear in the gradients, has its own chunked form in the log domain ("chunked_kl"), the
+    default from chunk 2 on."""
     c = wy_scale(spec, derived)
     if c is not None:
         strategies = ("wy", "recurrent", "chunked", "chunked_autograd")
-    elif not spec.linear_update:
-        strategies = ("recurrent",)
+    elif spec.retention.kind == "kl":  # exact in the log domain, a chunk at a time
+        strategies = ("chunked_kl", "recurrent") if spec.chunk > 1 else ("recurrent", "chunked_kl")
     elif spec.chunk > 1:
         strategies = ("chunked", "chunked_autograd", "recurrent")
     else:

@@ -301,8 +301,9 @@ class _MemoryChecker:
             a = self.args(value, "retention", ("q", "keep"), ("q", "keep"))
             q = self.number(a["q"], "q", 1.0 + 1e-6, 16.0)
             return Retention("lq", self.operand(a["keep"], "lq(keep)"), q=q)
-        a = self.args(value, "retention", ("keep",), ("keep",))
-        return Retention("kl", self.operand(a["keep"], "kl(keep)"))
+        a = self.args(value, "retention", ("keep", "centred"), ("keep",))
+        centred = self.flag(a["centred"], "centred") if "centred" in a else False
+        return Retention("kl", self.operand(a["keep"], "kl(keep)"), centred=centred)
 
     def algorithm(self, value) -> Algorithm:
         kind = value.name if isinstance(value, (syntax.RefValue, syntax.Configured)) else None

@@ -60,6 +60,7 @@ class Retention:
     gate: GateRef | ConstVal | None = None
     first: bool = False
     q: float | None = None
+    centred: bool = False  # kl: the memory reads out * W - 1 (a uniform row reads as zero)
 
 
 @dataclass(frozen=True)
@@ -124,12 +125,6 @@ class Spec:
         return names
 
     @property
-    def linear_update(self) -> bool:
-        """True when each state after a token is linear in the chunk's gradients (dual form
-        applies): MONETA's A too, since inside a chunk reads use the anchor's normaliser."""
-        return self.retention.kind in ("none", "decay", "l2", "lq")
-
-    @property
     def needs_initial_state(self) -> bool:
         return self.architecture.kind == "mlp" or self.retention.kind == "kl"
 
@@ -172,7 +167,7 @@ def spec_text(spec: Spec) -> str:
     elif r.kind == "lq":
         ret = f"lq(q: {E.format_number(r.q)}, keep: {operand_text(r.gate)})"
     elif r.kind == "kl":
-        ret = f"kl(keep: {operand_text(r.gate)})"
+        ret = f"kl(keep: {operand_text(r.gate)}{', centred: true' if r.centred else ''})"
     else:
         ret = f"{r.kind}({operand_text(r.gate)}{', first: true' if r.first else ''})"
     alg = spec.algorithm

@@ -21,6 +21,7 @@ from .inputs import (
     warn_fallback,
 )
 from .layer import MemoryCache, MemoryLayer, ShortConvolution, l2norm
+from .simplex import mirror_read
 from .triton_host import FusedRecurrent, custom_op, triton_interpreted
 
 __all__ = [
@@ -40,6 +41,7 @@ __all__ = [
     "gate",
     "initial_weights",
     "l2norm",
+    "mirror_read",
     "pick_backend",
     "products",
     "reference",

@@ -80,6 +80,8 @@ def evaluate(node, env: dict, like: torch.Tensor) -> torch.Tensor:
 def _memory(spec: Spec, weights: list, x: torch.Tensor, ln) -> torch.Tensor:
     """f(W; x) for x [B, H, Dk]: the architecture of docs/semantics.md §2.2, written out plainly."""
     arch = spec.architecture
+    if spec.retention.centred:  # kl's centred read: out * W - 1, zero at a uniform row
+        weights = [w.shape[-1] * w - 1.0 for w in weights]
     h = x.unsqueeze(-2)
     for i, w in enumerate(weights):
         h = h @ w
@@ -165,8 +167,8 @@ def _surprise(spec: Spec, anchor: list, k_t, v_t, gates_t: dict, rate, ln) -> li
     return [g * factor for g in grads]
 
 
-def _step(spec: Spec, weights: list, moms: list, grads: list, lr, rate, beta, mirror: bool):
-    """One token's update: the table of docs/semantics.md §2.5. `mirror`: kl's exact step."""
+def _step(spec: Spec, weights: list, moms: list, grads: list, lr, rate, beta):
+    """One token's update: the table of docs/semantics.md §2.5."""
     kind = spec.retention.kind
     pairs = lambda a: zip(a, grads, strict=True)  # noqa: E731
     if spec.algorithm.kind == "momentum":
@@ -176,11 +178,11 @@ def _step(spec: Spec, weights: list, moms: list, grads: list, lr, rate, beta, mi
         return [(1.0 - rate) * w - lr * g for w, g in pairs(weights)], moms
     if kind == "l2":
         return [(w - lr * g) / (1.0 + lr * rate) for w, g in pairs(weights)], moms
-    if kind == "kl" and mirror:
+    if kind == "kl":  # the mirror step, on every token
         return [
             torch.softmax(rate * torch.log(w) - lr * g, dim=-1) for w, g in pairs(weights)
         ], moms
-    return [rate * w - lr * g for w, g in pairs(weights)], moms  # lq, and kl's linear steps
+    return [rate * w - lr * g for w, g in pairs(weights)], moms  # lq
 
 
 def run(
@@ -220,9 +222,8 @@ def run(
             lr, rate = _operand(alg.lr, gates, t), _operand(ret.gate, gates, t)
             gates_t = {n: g[:, t].unsqueeze(-1) for n, g in gates.items()}
             grads = _surprise(spec, anchor, k[:, t], v[:, t], gates_t, rate, ln)
-            mirror = t == start and not continuing  # kl: the mirror step opens a chunk
             beta = _operand(alg.momentum, gates, t)
-            weights, moms = _step(spec, weights, moms, grads, lr, rate, beta, mirror)
+            weights, moms = _step(spec, weights, moms, grads, lr, rate, beta)
             now = weights
             if lq:  # a complete chunk's last token reads the exactly normalised state
                 last = complete and t == stop - 1
