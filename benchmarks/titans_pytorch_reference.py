@@ -24,10 +24,6 @@ import sys
 import time
 from pathlib import Path
 
-import torch
-import torch.nn.functional as F
-from torch import nn
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
@@ -52,8 +48,10 @@ we keep):
 - retention starts at sigmoid(linear) ~ 0.5 decay per chunk (default Linear init); mirasc's
   retention gate starts at alpha = 0.001;
 - memory MLP activation GELU (its MemoryMLP); mirasc's titans uses SiLU;
-- the LayerNorm has a learned gain per head and no bias; mirasc's has gain and bias;
-- the memory's initial weights: xavier-uniform, learned per head; mirasc: randn / sqrt(in);
+- the LayerNorm's gain is part of the memory (written at test time, no bias); mirasc's LayerNorm
+  gain and bias are ordinary (outer) parameters;
+- the memory's initial weights: xavier-uniform, the same for both heads, learned per head;
+  mirasc: randn / sqrt(in) per head, learned;
 - q, k, v: bias-free projections of an RMSNorm of the input (its pre_rmsnorm), no normalisation
   of q and k (qk_rmsnorm off by default); mirasc L2-normalises q and k;
 - output: a per-head sigmoid gate from the input, no per-head RMSNorm (post_rmsnorm off by
@@ -72,62 +70,72 @@ def missing() -> str | None:
     return None
 
 
-class TitansPytorchMixer(nn.Module):
-    """titans-pytorch's `NeuralMemory` with a mirasc memory layer's interface, `(hidden, heads)`
-    and `forward(x, state=None, use_cache=False)`, optionally after a depthwise causal
-    convolution with SiLU (a mirasc layer's short convolution, here on the input because the
-    memory derives q, k and v inside itself). Training and evaluation only: no decoding cache."""
+def mixer_class() -> type:
+    """The token mixer class, built on first use so that the script imports torch and
+    titans-pytorch only once it knows the package is there."""
+    import torch
+    import torch.nn.functional as F
+    from titans_pytorch import MemoryMLP, NeuralMemory
+    from torch import nn
 
-    def __init__(
-        self,
-        hidden: int,
-        heads: int,
-        *,
-        chunk: int = 16,
-        expansion: float = 4.0,
-        short_conv: bool = True,
-        max_grad_norm: float | None = None,
-    ):
-        super().__init__()
-        from titans_pytorch import MemoryMLP, NeuralMemory
+    class TitansPytorchMixer(nn.Module):
+        """titans-pytorch's `NeuralMemory` with a mirasc memory layer's interface, `(hidden,
+        heads)` and `forward(x, state=None, use_cache=False)`, optionally after a depthwise causal
+        convolution with SiLU (a mirasc layer's short convolution, here on the input because the
+        memory derives q, k and v inside itself). Training and evaluation only: no decoding."""
 
-        head_dim = hidden // heads
-        self.conv = (
-            nn.Conv1d(hidden, hidden, CONV_SIZE, groups=hidden, padding=CONV_SIZE - 1)
-            if short_conv
-            else None
-        )
-        self.memory = NeuralMemory(
-            dim=hidden,
-            chunk_size=chunk,
-            dim_head=head_dim,
-            heads=heads,
-            model=MemoryMLP(head_dim, depth=2, expansion_factor=expansion),
-            momentum=True,
-            max_grad_norm=max_grad_norm,
-        )
-        # its per-head initial weights are broadcast views of one tensor (stride 0 over heads),
-        # which AdamW's in-place weight decay refuses: give each head its own copy (same values)
-        weights = self.memory.memory_model_parameters
-        for i, w in enumerate(weights):
-            weights[i] = nn.Parameter(w.detach().clone())
+        def __init__(
+            self,
+            hidden: int,
+            heads: int,
+            *,
+            chunk: int = 16,
+            expansion: float = 4.0,
+            short_conv: bool = True,
+            max_grad_norm: float | None = None,
+        ):
+            super().__init__()
+            head_dim = hidden // heads
+            self.conv = (
+                nn.Conv1d(hidden, hidden, CONV_SIZE, groups=hidden, padding=CONV_SIZE - 1)
+                if short_conv
+                else None
+            )
+            self.memory = NeuralMemory(
+                dim=hidden,
+                chunk_size=chunk,
+                dim_head=head_dim,
+                heads=heads,
+                model=MemoryMLP(head_dim, depth=2, expansion_factor=expansion),
+                momentum=True,
+                max_grad_norm=max_grad_norm,
+            )
+            # its per-head initial weights are broadcast views of one tensor (stride 0 over
+            # heads), which AdamW's in-place weight decay refuses: each head gets its own copy
+            weights = self.memory.memory_model_parameters
+            for i, w in enumerate(weights):
+                weights[i] = nn.Parameter(w.detach().clone())
 
-    def forward(self, x: torch.Tensor, state=None, use_cache: bool = False) -> torch.Tensor:
-        """x [B, T, hidden] -> [B, T, hidden], the memory starting empty (its learned initial
-        weights) for every sequence."""
-        if state is not None or use_cache:
-            raise NotImplementedError("the titans-pytorch reference mixer does not decode")
-        if self.conv is not None:
-            x = F.silu(self.conv(x.transpose(1, 2))[..., : x.shape[1]].transpose(1, 2))
-        out, _ = self.memory(x)
-        return out
+        def forward(self, x: torch.Tensor, state=None, use_cache: bool = False) -> torch.Tensor:
+            """x [B, T, hidden] -> [B, T, hidden], the memory starting from its learned initial
+            weights for every sequence."""
+            if state is not None or use_cache:
+                raise NotImplementedError("the titans-pytorch reference mixer does not decode")
+            if self.conv is not None:
+                x = F.silu(self.conv(x.transpose(1, 2))[..., : x.shape[1]].transpose(1, 2))
+            out, _ = self.memory(x)
+            return out
+
+    return TitansPytorchMixer
 
 
 def layer_factory(args: argparse.Namespace):
     """A `layer_cls(hidden, heads)` for `Trainer`, with the script's memory settings."""
 
-    def make(hidden: int, heads: int) -> TitansPytorchMixer:
-        return TitansPytorchMixer(
+    cls = mixer_class()
+
+    def make(hidden: int, heads: int):
+        return cls(
             hidden,
             heads,
             chunk=args.chunk,
@@ -172,6 +180,8 @@ def main(argv: list[str] | None = None) -> int:
     if (message := missing()) is not None:
         print(message, file=sys.stderr)
         return 2
+
+    import torch
 
     from mirasc.training.trainer import TrainConfig, Trainer
 
