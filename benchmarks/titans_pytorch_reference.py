@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -45,8 +46,9 @@ we keep):
 - momentum = sigmoid(z) (up to 1); mirasc's is 0.9 * sigmoid(z);
 - step size = max_lr * sigmoid(z) with max_lr = 1.0 (its default) on a loss averaged over the 32
   dimensions, i.e. 1/16 of mirasc's 0.5 * sum: at most 0.0625 in mirasc's units against 0.1;
-- retention starts at sigmoid(linear) ~ 0.5 decay per chunk (default Linear init); mirasc's
-  retention gate starts at alpha = 0.001;
+- retention starts at sigmoid(linear) ~ 0.5 decay per chunk (default Linear init: every chunk
+  halves the memory, the initial weights included); mirasc's retention gate starts at
+  alpha = 0.001 per token, 1 - 0.999^16 = 0.016 per chunk (--init-decay 0.016 sets that start);
 - memory MLP activation GELU (its MemoryMLP); mirasc's titans uses SiLU;
 - the LayerNorm's gain is part of the memory (written at test time, no bias); mirasc's LayerNorm
   gain and bias are ordinary (outer) parameters;
@@ -93,6 +95,7 @@ def mixer_class() -> type:
             expansion: float = 4.0,
             short_conv: bool = True,
             max_grad_norm: float | None = None,
+            init_decay: float | None = None,
         ):
             super().__init__()
             head_dim = hidden // heads
@@ -109,6 +112,11 @@ def mixer_class() -> type:
                 model=MemoryMLP(head_dim, depth=2, expansion_factor=expansion),
                 momentum=True,
                 max_grad_norm=max_grad_norm,
+                # its decay gate is sigmoid(linear(chunk mean)); a bias (and zero weights) sets
+                # where it starts, or None for PyTorch's default Linear init (about 0.5)
+                init_decay_bias=None
+                if init_decay is None
+                else math.log(init_decay / (1 - init_decay)),
             )
             # its per-head initial weights are broadcast views of one tensor (stride 0 over
             # heads), which AdamW's in-place weight decay refuses: each head gets its own copy
@@ -141,6 +149,7 @@ def layer_factory(args: argparse.Namespace):
             chunk=args.chunk,
             short_conv=args.short_conv,
             max_grad_norm=args.max_grad_norm,
+            init_decay=args.init_decay,
         )
 
     return make
@@ -164,6 +173,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
                    help="titans-pytorch alone, without the short convolution ahead of it")  # fmt: skip
     p.add_argument("--max-grad-norm", type=float, default=None,
                    help="NeuralMemory's soft clamp of the memory's gradient norm (default off)")  # fmt: skip
+    p.add_argument("--init-decay", type=float, default=None,
+                   help="where its per-chunk decay gate starts (default: its own init, about "
+                   "0.5); 0.016 matches mirasc's titans, 1 - (1 - 0.001)^16")  # fmt: skip
     p.add_argument("--threads", type=int, default=1)
     p.add_argument(
         "--out", default=None, help="run folder (default runs/titans_pytorch_L<L>_<seed>)"
@@ -223,6 +235,7 @@ def main(argv: list[str] | None = None) -> int:
         "parameters": params,
         "short_conv": args.short_conv,
         "max_grad_norm": args.max_grad_norm,
+        "init_decay": args.init_decay,
         "chunk": args.chunk,
     }
     (Path(out) / "result.json").write_text(json.dumps(result, indent=2) + "\n")
