@@ -35,8 +35,8 @@ DIFFERENCES = """\
 Matched: chunk 16; 2 heads of 32; memory = x + LN(MLP(x)) with a 2-layer MLP of expansion 4 and
 no biases (its MemoryMLP inside its ResidualNorm); momentum with data-dependent step size,
 momentum and decay; a short causal convolution (kernel 4, SiLU) ahead of the memory (optional:
---no-short-conv), because mirasc's layer has one on q, k and v and one layer cannot do recall
-without it.
+--no-short-conv), because mirasc's layer has one on q, k and v, which gives one layer recall's
+second hop (finding the key, then reading the token after it).
 Still different in titans-pytorch 0.5.5 (its defaults, which it does not let us change or which
 we keep):
 - reads: a token reads the memory as it was at the end of the previous chunk (the last token of
