@@ -1,9 +1,13 @@
 """The benchmark scripts at toy sizes: `recall_table.py` writes its tables and plots, stores every
 run and trains on a rerun only what is not stored; `memorize.py` reports how much one pass of
-writes memorizes; `simplex_read.py` compares the ways of reading a simplex memory."""
+writes memorizes; `simplex_read.py` compares the ways of reading a simplex memory; the
+titans-pytorch reference stays an optional, outside dependency."""
 
+import ast
 import importlib
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -77,3 +81,35 @@ def test_simplex_read_shows_the_centred_read_memorizes(monkeypatch, capsys):
     }
     best = {name: min(map(float, rows[name])) for name in ("plain", "centred")}
     assert best["centred"] < best["plain"]  # the plain read barely depends on its input
+
+
+def test_titans_pytorch_reference_without_the_package_says_how_to_install_it():
+    """titans-pytorch is a benchmark-only extra: without it the script prints one line with the
+    install command and exits with status 2, no traceback (the package is blocked here, whether
+    or not it is installed)."""
+    script = ROOT / "benchmarks" / "titans_pytorch_reference.py"
+    code = (
+        "import runpy, sys\n"
+        "sys.modules['titans_pytorch'] = None  # any import of it now raises ImportError\n"
+        f"sys.argv = [{str(script)!r}, '--steps', '1']\n"
+        f"runpy.run_path({str(script)!r}, run_name='__main__')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "pip install titans-pytorch" in lines[0], done.stderr
+    assert not done.stdout
+
+
+def test_mirasc_never_imports_titans_pytorch():
+    """The outside reference stays outside: no module of the package imports it."""
+    for path in (ROOT / "mirasc").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = (
+                [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else [node.module or ""]
+                if isinstance(node, ast.ImportFrom)
+                else []
+            )
+            assert not any(n.split(".")[0] == "titans_pytorch" for n in names), path

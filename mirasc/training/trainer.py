@@ -65,9 +65,13 @@ def masked_metrics(logits, targets) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 class Trainer:
-    """One training run; `run()` trains from scratch or from `out/checkpoint.pt`."""
+    """One training run; `run()` trains from scratch or from `out/checkpoint.pt`. `layer_cls`
+    replaces the token mixer `cfg.spec` names (a compiled spec or "attention") by any class with a
+    memory layer's interface, `layer_cls(hidden, heads)` and `forward(x, state=None,
+    use_cache=False)`: a benchmark trains an outside implementation with the same data,
+    optimizer, schedule and evaluation."""
 
-    def __init__(self, cfg: TrainConfig, resume: bool = False):
+    def __init__(self, cfg: TrainConfig, resume: bool = False, layer_cls=None):
         import mirasc
 
         self.cfg = cfg
@@ -80,7 +84,10 @@ class Trainer:
         self.out = Path(cfg.out)
         torch.manual_seed(cfg.seed)
         self.task = data.task(cfg.task, cfg.seq_len, pairs=cfg.pairs, vocab=cfg.vocab)
-        layer_cls = AttentionLayer if cfg.spec == "attention" else mirasc.compile(cfg.spec).Layer
+        if layer_cls is None:
+            layer_cls = (
+                AttentionLayer if cfg.spec == "attention" else mirasc.compile(cfg.spec).Layer
+            )
         self.model_cfg = ModelConfig(
             vocab=self.task.vocab,
             hidden=cfg.hidden,
