@@ -5,6 +5,8 @@
    property tests use), at a shape that crosses chunks and saved segments. `--pytest` also runs
    tests/test_triton_backend.py on CUDA (the interpreter's property tests, unchanged).
 2. Speed: forward and forward+backward of the triton and torch backends for every shipped spec
+   (for deltanet and gated_deltanet, "triton" is the chunked WY kernels at these lengths and
+   "triton recurrent" their fused recurrent kernels)
    at B=8, T=4096, H=16, D=64 and D=128, bf16 inputs: ms, tokens/s, achieved GB/s (the bytes of
    the inputs, outputs and gradients: the least any implementation must move) and each row's
    speed-up over the torch backend (its fwd+bwd time / the row's), measured in the same run. Where flash-linear-attention is importable, its
@@ -160,6 +162,22 @@ def fla_rows(spec_module, q, k, v, gates, device):
     return rows
 
 
+def recurrent_only(module, gates: dict, initial):
+    """A WY spec's op on its fused recurrent kernels at any length (its Triton backend sends
+    calls of WY_MIN_TOKENS tokens or more to the chunked WY kernels): the chunked-against-
+    recurrent comparison, measured in the same run."""
+    backend = module.triton_backend
+
+    def call(q_, k_, v_):
+        threshold, backend.WY_MIN_TOKENS = backend.WY_MIN_TOKENS, float("inf")
+        try:
+            return module.op(q_, k_, v_, **gates, initial_state=initial, backend="triton")[0]
+        finally:
+            backend.WY_MIN_TOKENS = threshold
+
+    return call
+
+
 def timings(args, device, deadline: float) -> None:
     B, T, H = (1, 40, 2) if args.smoke else (8, 4096, 16)
     dims = [8] if args.smoke else args.D
@@ -191,6 +209,8 @@ def timings(args, device, deadline: float) -> None:
                                  backend=backend)[0]  # fmt: skip
 
             impls.append((backend, call, None))
+        if hasattr(getattr(module, "triton_backend", None), "WY_MIN_TOKENS"):
+            impls.append(("triton recurrent", recurrent_only(module, gates, initial), None))
         if name == "gated_deltanet":
             impls += fla_rows(module, q, k, v, gates, device)
         measured = []
