@@ -53,31 +53,27 @@ def recurrent(q, k, v, *, lr, rate, mom, params, state, scale, ln, anchor_state,
     reads (read after write). Works for every spec."""
     ws, ss = list(state[:DEPTH]), list(state[DEPTH:])
     outs = []
-    spans = list(runtime.chunks(q.shape[2], CHUNK, offset))
-    # split and unbind once, not slice per chunk and token: the backward pass of a slice
-    # fills a zero tensor of the whole input, which per token costs O(T^2)
-    sizes = [stop - start for start, stop, _, _ in spans]
-    k_chunks, v_chunks = k.split(sizes, dim=2), v.split(sizes, dim=2)
-    param_chunks = {name: p.unsqueeze(-1).split(sizes, dim=2) for name, p in params.items()}
-    x_tokens = (scale * q).unsqueeze(3).unbind(2)
-    e_tokens = lr[..., None, None].unbind(2)
-    for index, (start, stop, continuing, complete) in enumerate(spans):
+    split = runtime.loop_inputs(
+        q, k, v, lr=lr, rate=rate, mom=mom, params=params, scale=scale, chunk=CHUNK,
+        offset=offset, first=False,
+    )
+    for index, (start, stop, continuing, complete) in enumerate(split.spans):
         base = anchor_state if continuing else ws
         anchor = base
         rho = None
-        chunk_params = {name: p[index] for name, p in param_chunks.items()}
-        inputs, deltas = surprise(anchor, k_chunks[index], v_chunks[index], rho, chunk_params, ln)
+        chunk_params = {name: p[index] for name, p in split.params.items()}
+        inputs, deltas = surprise(anchor, split.k[index], split.v[index], rho, chunk_params, ln)
         per_token = zip(
             zip(*(a.unsqueeze(-1).unbind(2) for a in inputs)),
             zip(*(d.unsqueeze(-2).unbind(2) for d in deltas)),
         )
         for i, (token_inputs, token_deltas) in enumerate(per_token):
             t = start + i
-            e = e_tokens[t]
+            e = split.e[t]
             gs = [a * d for a, d in zip(token_inputs, token_deltas)]
             ws = [w - e * g for w, g in zip(ws, gs)]
             now = ws
-            outs.append(read(now, x_tokens[t], ln))
+            outs.append(read(now, split.x[t], ln))
     return torch.cat(outs, dim=2), ws + ss
 
 

@@ -4,6 +4,7 @@ chunk boundaries of a call, backend choice, and the decay-product matrices of th
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass
 
 import torch
 
@@ -95,6 +96,48 @@ def chunks(T: int, chunk: int, offset: int = 0):
         stop = min(start + size, T)
         yield start, stop, start == 0 and offset > 0, stop - start == size
         start, size = stop, chunk
+
+
+@dataclass(frozen=True)
+class LoopInputs:
+    """A recurrent loop's inputs, split once: per chunk (k, v [B, H, c, D], the loss's gate
+    parameters and `first`'s retained factor rho [B, H, c, 1]) and per token (scale * q
+    [B, H, 1, Dk], the step size, retention and momentum gates [B, H, 1, 1]). Splitting once
+    matters: the backward pass of a slice fills a zero tensor of the whole input, which per token
+    would cost O(T^2)."""
+
+    spans: list  # (start, stop, continuing, complete) per chunk
+    k: tuple
+    v: tuple
+    params: dict
+    rho: tuple | None
+    x: tuple
+    e: tuple
+    rate: tuple | None
+    mom: tuple | None
+
+
+def loop_inputs(
+    q, k, v, *, lr, rate, mom, params: dict, scale, chunk: int, offset: int, first: bool
+) -> LoopInputs:
+    """The inputs of a call [B, H, T, ..] split for the token-by-token loop (see LoopInputs)."""
+    spans = list(chunks(q.shape[2], chunk, offset))
+    sizes = [stop - start for start, stop, _, _ in spans]
+
+    def tokens(g):
+        return None if g is None else g[..., None, None].unbind(2)
+
+    return LoopInputs(
+        spans=spans,
+        k=k.split(sizes, dim=2),
+        v=v.split(sizes, dim=2),
+        params={name: p.unsqueeze(-1).split(sizes, dim=2) for name, p in params.items()},
+        rho=(1.0 - rate).unsqueeze(-1).split(sizes, dim=2) if first else None,
+        x=(scale * q).unsqueeze(3).unbind(2),
+        e=tokens(lr),
+        rate=tokens(rate),
+        mom=tokens(mom),
+    )
 
 
 def pick_backend(backend: str, q: torch.Tensor, has_triton: bool) -> str:
