@@ -243,8 +243,9 @@ def _chunk_back(
         start = Normalised(bases, anchors, sg.ws, rg.norms)
         if continuing and n == 0:
             g_anchor, start = start.settle(cfg), None
-        elif n == 0:
-            start, _ = None, start.settle(cfg, gw)
+        elif n == 0:  # the initial state: no chunk before to merge with
+            start.settle(cfg, gw)
+            start = None
     elif not direct:
         g_anchor = sg.ws
     x = rg.x
