@@ -57,15 +57,21 @@ def triton_errors(module, case, seg: int | None = None) -> dict:
 
 def assert_as_accurate_as_fp32_torch(module, case, errors: dict, context: str) -> None:
     """Each tensor within TOL32, or within 5x the fp32 torch backend's own error on the same
-    case where that is larger: some drawn cases are ill-conditioned in fp32 (a LayerNorm of a
-    near-zero memory output has rstd ~ 1/sqrt(eps)), whatever the implementation."""
+    case where that is larger. Some drawn cases are ill-conditioned in fp32 (a LayerNorm of a
+    near-zero memory output has rstd ~ 1/sqrt(eps)): there two correct fp32 implementations
+    differ by as much as the exact answer moves under a half-ulp change of the inputs, so the
+    bound also admits 5x that measured sensitivity (computed only when needed)."""
     torch_errors = testing.compare(module, case, "torch")
+    bound = {name: max(TOL32, 5 * torch_errors[name]) for name in errors}
+    if any(errors[name] > bound[name] for name in errors):
+        sensitivity = testing.rounding_sensitivity(module, case)
+        bound = {name: max(bound[name], 5 * sensitivity[name]) for name in errors}
     bad = {
-        name: (err, torch_errors[name])
-        for name, err in errors.items()
-        if not err <= max(TOL32, 5 * torch_errors[name])
+        name: (err, torch_errors[name]) for name, err in errors.items() if not err <= bound[name]
     }
-    assert not bad, f"{context}: over max({TOL32:g}, 5x torch fp32) (triton, torch): {bad}"
+    assert not bad, (
+        f"{context}: over max({TOL32:g}, 5x torch fp32, 5x rounding sensitivity) (triton, torch): {bad}"
+    )
 
 
 @pytest.mark.parametrize("name", SHIPPED)
@@ -94,6 +100,27 @@ def test_random_specs_match_reference(compile_text, text, data):
     case = testing.make_case(spec, **shape, dtype=torch.float32)
     errors = triton_errors(module, case, seg)
     assert_as_accurate_as_fp32_torch(module, case, errors, f"{text}\n{shape} segment {seg}")
+
+
+def test_an_ill_conditioned_case_is_judged_by_its_conditioning(compile_text, shipped):
+    """Drawn by the random-spec test: a depth-3, expansion-1 LayerNorm memory whose gradients
+    (norm ~1e4) move by ~1e-2 under a half-ulp change of the fp32 inputs. The kernels' 5e-3 is
+    within that, not a kernel error; a well-conditioned shipped case moves by far less than
+    TOL32, so the loosened bound never applies there."""
+    text = (
+        "memory ill {\n    architecture = mlp(depth: 3, expansion: 1, activation: gelu, "
+        "norm: layernorm)\n    bias = huber(delta: 0.7)\n    retention = lq(q: 4, keep: a)\n"
+        "    algorithm = gd(lr: eta)\n    chunk = 3\n    clip = 2.0\n"
+        "    gate eta = sigmoid(z)\n    gate a = sigmoid(z)\n}\n"
+    )
+    module = compile_text(text)
+    spec = testing.spec_of(module)
+    case = testing.make_case(spec, B=2, T=9, H=1, Dk=3, Dv=4, seed=122, dtype=torch.float32)
+    sensitivity = testing.rounding_sensitivity(module, case)
+    assert sensitivity["state:A1"] < TOL32 < sensitivity["grad:v"]
+    assert_as_accurate_as_fp32_torch(module, case, triton_errors(module, case, 3), text)
+    calm = testing.make_case(testing.spec_of(shipped["titans"]), B=1, T=8, H=1, Dk=4)
+    assert max(testing.rounding_sensitivity(shipped["titans"], calm).values()) < TOL32 / 20
 
 
 @pytest.mark.parametrize("chunk", [1, 2])
