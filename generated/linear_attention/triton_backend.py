@@ -13,6 +13,12 @@ pieces of the derivation: the loss's vector-Jacobian product).
 Activation memory: (ceil((T + offset) / 64) + 64 + 1) * |state| floats per (batch, head),
 |state| = Dk * Dv; not O(T * |state|).
 Inputs may be fp32, bf16 or fp16; everything is computed in fp32; fp64 is refused.
+
+Calls of at least 64 tokens that start on a chunk boundary (training, prefill) run instead on
+the chunked dual-form kernels below (mirasc.runtime.dual_chunk, the torch backend's `chunked`):
+per chunk of 64 tokens the surprise at the anchor, the reads and the state update are
+tensor-core matmuls on [chunk x D] tiles, and only the state at each chunk's start is saved.
+Shorter calls (decoding) and calls continuing a chunk keep the fused recurrent kernels.
 """
 
 import torch
@@ -20,7 +26,9 @@ import triton
 import triton.language as tl
 
 from mirasc import runtime
+from mirasc.runtime import dual_chunk
 from mirasc.runtime.triton_lib import matvec, outer, vecmat
+from mirasc.runtime.wy_kernels import load_rows, load_tile, mm, store_rows, store_tile
 
 CHUNK = 64
 SEGMENT = 64  # tokens between saved states: a multiple of CHUNK
@@ -283,6 +291,142 @@ def _backward_kernel(
     tl.store(dstate_ptr + i_bh * STATE + o_w1 + i_w1, b_dw1, mask=m_w1)
 
 
+@triton.jit
+def _bias_grad_rows(y, v, mask):
+    """dl/dy for every token of a chunk (tiles [C, Dv], gates [C, 1]), zero outside `mask`."""
+    _dphi0 = v
+    _dphi0 = tl.where(mask, _dphi0, 0.0)
+    _g0 = -1.0
+    return _g0 * _dphi0 + y * 0.0
+
+
+@triton.jit
+def _bias_vjp_rows(y, v, mask, dyb):
+    """_bias_vjp for every token of a chunk: the adjoints of y, v given that of dl/dy."""
+    _S_zero = tl.sum(y * 0.0, axis=1, keep_dims=True)
+    _dphi0 = v
+    _dphiv0 = 1.0
+    _dphi0 = tl.where(mask, _dphi0, 0.0)
+    _dphiv0 = tl.where(mask, _dphiv0, 0.0)
+    _g0 = -1.0
+    _P0 = tl.sum(dyb * _dphi0, axis=1, keep_dims=True)
+    yb = tl.where(mask, dyb * (0.0), 0.0)
+    vb = tl.where(mask, dyb * (_g0 * _dphiv0), 0.0)
+    return yb, vb
+
+
+@triton.jit
+def _dual_chunk_pieces(q, k, v, e_ptr, gc_ptr, params_ptr, b_w, i_b, i_h, i_bh, t0, T, H, TP, BH,
+                       scale, DK: tl.constexpr, DV: tl.constexpr, BK: tl.constexpr,
+                       BV: tl.constexpr, BT: tl.constexpr, DOT: tl.constexpr):
+    """One chunk's tokens and everything both passes compute from them and the chunk's start
+    state b_w: x = scale q, K, V, the gates, Y = K W, G = dl/dy at Y, M = x K^T, the decay
+    matrix Dm[t, s] = exp(gc_t - gc_s) e_s (s <= t), a_t = exp(gc_t) and the end's
+    Dl_s = exp(gc_C - gc_s) e_s."""
+    o_t = tl.arange(0, BT)
+    rows = t0 + o_t < T
+    mask = rows[:, None] & (tl.arange(0, BV) < DV)[None, :]
+    b_x = load_rows(q, i_b, i_h, t0, 0, T, H, DK, BT, BK).to(tl.float32) * scale
+    b_k = load_rows(k, i_b, i_h, t0, 0, T, H, DK, BT, BK)
+    b_v = load_rows(v, i_b, i_h, t0, 0, T, H, DV, BT, BV).to(tl.float32)
+    b_e = tl.load(e_ptr + i_bh * TP + t0 + o_t)
+    b_gc = tl.load(gc_ptr + i_bh * TP + t0 + o_t)
+    gc_last = tl.load(gc_ptr + i_bh * TP + t0 + BT - 1)
+    b_y = mm(b_k, b_w, DOT)
+    b_g = _bias_grad_rows(b_y, b_v, mask)
+    b_m = mm(b_x, tl.trans(b_k), DOT)
+    causal = o_t[:, None] >= o_t[None, :]
+    b_dm = tl.where(causal, tl.exp(b_gc[:, None] - b_gc[None, :]) * b_e[None, :], 0.0)
+    b_a = tl.exp(b_gc)
+    b_dl = tl.exp(gc_last - b_gc) * b_e
+    return (b_x, b_k, b_v, b_e, b_gc, gc_last, b_y, b_g, b_m, b_dm, b_a, b_dl, mask,
+            causal)
+
+
+@triton.jit
+def _dual_forward_kernel(q, k, v, e_ptr, gc_ptr, params_ptr, h0, o, hs, final, scale, T, H, TP,
+                         NT, DK: tl.constexpr, DV: tl.constexpr, BK: tl.constexpr,
+                         BV: tl.constexpr, BT: tl.constexpr, DOT: tl.constexpr):
+    """One program per (batch, head), its chunks in order: per chunk the gradients at the
+    chunk's start state W (its anchor), every token's read after its write
+    O = a (x W) - (Dm * M) G, the state W' = exp(gc_C) W - K^T (Dl G), and W saved at each
+    chunk's start for the backward pass."""
+    i_bh = tl.program_id(0)
+    i_b, i_h = i_bh // H, i_bh % H
+    BH = tl.num_programs(0)
+    size = DK * DV
+    b_w = load_tile(h0 + i_bh * size, 0, 0, BK, BV, DK, DV)
+    for n in range(NT):
+        t0 = n * BT
+        store_tile(hs + (i_bh * NT + n).to(tl.int64) * size, b_w, 0, 0, BK, BV, DK, DV)
+        (b_x, b_k, b_v, b_e, b_gc, gc_last, b_y, b_g, b_m, b_dm, b_a, b_dl, mask,
+         causal) = _dual_chunk_pieces(
+            q, k, v, e_ptr, gc_ptr, params_ptr, b_w, i_b, i_h, i_bh, t0, T, H, TP, BH, scale,
+            DK, DV, BK, BV, BT, DOT)
+        b_o = b_a[:, None] * mm(b_x, b_w, DOT) - mm(b_dm * b_m, b_g, DOT)
+        store_rows(o, b_o, i_b, i_h, t0, 0, T, H, DV, BT, BV)
+        b_w = tl.exp(gc_last) * b_w - mm(tl.trans(b_k), b_dl[:, None] * b_g, DOT)
+    store_tile(final + i_bh * size, b_w, 0, 0, BK, BV, DK, DV)
+
+
+@triton.jit
+def _dual_backward_kernel(q, k, v, e_ptr, gc_ptr, params_ptr, hs, do, dfinal, dq, dk, dv, de,
+                          dgc, dparams, dh0, scale, T, H, TP, NT, DK: tl.constexpr,
+                          DV: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+                          BT: tl.constexpr, DOT: tl.constexpr):
+    """One program per (batch, head), its chunks in reverse: each chunk's pieces recomputed
+    from its saved start state, then the reverse of its state update, of its reads and of its
+    inner gradient step (the loss's vector-Jacobian product), as products of chunk tiles."""
+    i_bh = tl.program_id(0)
+    i_b, i_h = i_bh // H, i_bh % H
+    BH = tl.num_programs(0)
+    size = DK * DV
+    o_t = tl.arange(0, BT)
+    b_dw = load_tile(dfinal + i_bh * size, 0, 0, BK, BV, DK, DV)
+    for i in range(NT):
+        n = NT - 1 - i
+        t0 = n * BT
+        b_w = load_tile(hs + (i_bh * NT + n).to(tl.int64) * size, 0, 0, BK, BV, DK, DV)
+        (b_x, b_k, b_v, b_e, b_gc, gc_last, b_y, b_g, b_m, b_dm, b_a, b_dl, mask,
+         causal) = _dual_chunk_pieces(
+            q, k, v, e_ptr, gc_ptr, params_ptr, b_w, i_b, i_h, i_bh, t0, T, H, TP, BH, scale,
+            DK, DV, BK, BV, BT, DOT)
+        b_do = load_rows(do, i_b, i_h, t0, 0, T, H, DV, BT, BV).to(tl.float32)
+        a_end = tl.exp(gc_last)
+        # the state update W' = a_end W - K^T (Dl G)
+        d_end = tl.sum(tl.sum(b_dw * b_w, axis=1), axis=0) * a_end
+        b_kdw = mm(b_k, b_dw, DOT)
+        b_dg = -b_dl[:, None] * b_kdw
+        b_ddl = -tl.sum(b_g * b_kdw, axis=1)
+        b_dk = -mm(b_dl[:, None] * b_g, tl.trans(b_dw), DOT)
+        b_dwn = a_end * b_dw
+        # the reads O = a (x W) - (Dm * M) G
+        b_da = tl.sum(mm(b_x, b_w, DOT) * b_do, axis=1) * b_a
+        b_dx = b_a[:, None] * mm(b_do, tl.trans(b_w), DOT)
+        b_dwn += mm(tl.trans(b_x), b_a[:, None] * b_do, DOT)
+        b_dog = mm(b_do, tl.trans(b_g), DOT)
+        b_ddm = tl.where(causal, -b_dog * b_m, 0.0)
+        b_dmm = -b_dog * b_dm
+        b_dg -= mm(tl.trans(b_dm * b_m), b_do, DOT)
+        b_dx += mm(b_dmm, b_k, DOT)
+        b_dk += mm(tl.trans(b_dmm), b_x, DOT)
+        # the inner gradient step G = dl/dy(Y, V), Y = K W
+        b_dy, b_dv = _bias_vjp_rows(b_y, b_v, mask, b_dg)
+        b_dk += mm(b_dy, tl.trans(b_w), DOT)
+        b_dwn += mm(tl.trans(b_k), b_dy, DOT)
+        # the gates, through Dm, a, Dl and a_end (e and the in-chunk cumulative log-decay gc)
+        decay = tl.where(causal, tl.exp(b_gc[:, None] - b_gc[None, :]), 0.0)
+        through = b_ddm * b_dm
+        b_de = tl.sum(b_ddm * decay, axis=0) + b_ddl * tl.exp(gc_last - b_gc)
+        b_dgc = tl.sum(through, axis=1) - tl.sum(through, axis=0) + b_da - b_ddl * b_dl
+        b_dgc += tl.where(o_t == BT - 1, tl.sum(b_ddl * b_dl, axis=0) + d_end, 0.0)
+        store_rows(dq, b_dx * scale, i_b, i_h, t0, 0, T, H, DK, BT, BK)
+        store_rows(dk, b_dk, i_b, i_h, t0, 0, T, H, DK, BT, BK)
+        store_rows(dv, b_dv, i_b, i_h, t0, 0, T, H, DV, BT, BV)
+        tl.store(de + i_bh * TP + t0 + o_t, b_de)
+        tl.store(dgc + i_bh * TP + t0 + o_t, b_dgc)
+        b_dw = b_dwn
+    store_tile(dh0 + i_bh * size, b_dw, 0, 0, BK, BV, DK, DV)
 # ---- the host side: the spec's sizes; the rest is runtime.FusedRecurrent --------------------------
 def _shapes(Dk, Dv):
     return [(Dk, Dv)]
@@ -303,8 +447,25 @@ fused = runtime.FusedRecurrent(
 unsupported = fused.unsupported
 
 
+dual = dual_chunk.DualChunk(
+    "mirasc_linear_attention_35922cc6afd7",
+    _dual_forward_kernel,
+    _dual_backward_kernel,
+    chunk=CHUNK,
+    retention="none",
+    n_params=0,
+)
+
+
 def forward(q, k, v, gates, **options):
-    """The torch backend's `forward` contract on the fused kernels (see `unsupported`);
-    `options` are the op's keyword arguments (scale, initial_state, output_final_state,
-    ln_weight, ln_bias, anchor_state, chunk_offset)."""
-    return fused.forward(q, k, v, [runtime.gate(1.0, 'lr', q)], **options)
+    """The torch backend's `forward` contract: calls the chunked dual-form kernels take
+    (`dual.unsupported`: at least 64 tokens, starting on a chunk boundary) run on them, the
+    others on the fused recurrent kernels (see `unsupported`); `options` are the op's keyword
+    arguments (scale, initial_state, output_final_state, ln_weight, ln_bias, anchor_state,
+    chunk_offset)."""
+    rows = [runtime.gate(1.0, 'lr', q)]
+    if dual.unsupported(q, v, options.get("chunk_offset", 0)) is None:
+        rate = None
+        params = []
+        return dual.forward(q, k, v, rows[0], rate, params, **options)
+    return fused.forward(q, k, v, rows, **options)

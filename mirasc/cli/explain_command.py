@@ -48,6 +48,14 @@ def run(args) -> int:
         f"each segment: activation memory (ceil(T / {plan.segment}) + {plan.segment + 1}) x |state| "
         "per (batch, head)"
     )
+    chunked = {
+        "wy": "calls of at least 64 tokens run on the chunked WY / UT kernels (tensor-core "
+        "matmuls per chunk of 64, the state saved per chunk)",
+        "dual": f"calls of at least 64 tokens starting on a chunk boundary run on the chunked "
+        f"dual-form kernels (tensor-core matmuls per chunk of {spec.chunk}, the state saved per "
+        "chunk)",
+    }.get(plan.triton_chunked, f"no chunked kernels ({plan.triton_chunked_why})")
+    print(f"triton backend, training-length calls: {chunked}")
     print("\n# emitted element-wise code (elementwise.py)\n")
     print(files["elementwise.py"])
     if args.all:

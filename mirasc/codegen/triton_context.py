@@ -15,7 +15,7 @@ from ..ir.spec import Spec, bias_gate_names
 from .package_context import gate_operand
 from .printing import TritonPrinter
 from .safety import Code, located, spec_hash
-from .triton_pieces import activation_bodies, bias_bodies
+from .triton_pieces import ROW_SUM, activation_bodies, bias_bodies
 
 # each dimension's index range and mask names inside the kernels
 TILES = {"DK": ("rk", "mk"), "HID": ("rh", "mh"), "DV": ("rv", "mv")}
@@ -85,6 +85,9 @@ class TritonContext:
     lq: dict  # lq retention's printed powers (pow_q, pow_grad, exponent), else empty
     wy: bool  # the plan's "wy" strategy: training-length calls take the chunked WY kernels
     wy_scale: Code  # c in dl/dy = c (y - v), for those kernels
+    dual: bool  # the plan's chunked dual-form kernels for training-length calls
+    loss_grad_rows_lines: list  # the loss pieces for a chunk's tiles, for those kernels
+    loss_vjp_rows_lines: list
 
 
 def _names(prefix: str, indices) -> Code:
@@ -179,6 +182,7 @@ def triton_context(spec: Spec, derived: Derived, plan: Plan, source_text: str) -
     weight_size = Code("(" + " + ".join(sizes) + ")")
     with located(spec.bias.body.span):
         loss = bias_bodies(derived, plan)
+        tiles = bias_bodies(derived, plan, ROW_SUM)
     activation = spec.architecture.activation
     with located(activation.body.span if activation is not None else None):
         act = activation_bodies(derived)
@@ -211,6 +215,9 @@ def triton_context(spec: Spec, derived: Derived, plan: Plan, source_text: str) -
         lq=lq,
         wy="wy" in plan.strategies,
         wy_scale=Code(repr(plan.wy_scale or 0.0)),
+        dual=plan.triton_chunked == "dual",
+        loss_grad_rows_lines=[Code(line) for line in tiles.grad_lines],
+        loss_vjp_rows_lines=[Code(line) for line in tiles.vjp_lines],
     )
 
 

@@ -2,6 +2,10 @@
 calls: the loss gradient dl/dy, its vector-Jacobian product (the second-order pieces a backward
 pass through an inner gradient step needs) and the activation with two derivatives.
 
+The loss pieces come in two shapes: one token's vector [Dv] (the recurrent kernels; a sum over
+the vector is a scalar) and a chunk's tile [C, Dv] (the chunked kernels; a sum is per row,
+[C, 1]). Only the reduction differs.
+
 Gate parameters of the loss are renamed `_p0, _p1, ...` before printing, so no name from a spec
 reaches kernel scope. Terms that are identically zero are dropped here, not left to the compiler.
 """
@@ -20,12 +24,21 @@ def _sum(terms: list[str]) -> str:
     return " + ".join(terms) if terms else "0.0"
 
 
-class _Body:
-    """Lines of one helper: CSE'd element-wise vectors (masked), then per-token scalars."""
+TOKEN_SUM = "axis=0"  # a token's vector [Dv] -> a scalar
+ROW_SUM = "axis=1, keep_dims=True"  # a chunk's tile [C, Dv] -> a column [C, 1]
 
-    def __init__(self, printer: TritonPrinter, rename: dict):
-        self.printer, self.rename = printer, rename
+
+class _Body:
+    """Lines of one helper: CSE'd element-wise vectors (masked), then per-token scalars;
+    `reduce` is the tl.sum arguments that sum one token's values."""
+
+    def __init__(self, printer: TritonPrinter, rename: dict, reduce: str):
+        self.printer, self.rename, self.reduce = printer, rename, reduce
         self.lines: list[str] = []
+
+    def total(self, x: str) -> str:
+        """One token's sum of the element-wise expression x."""
+        return f"tl.sum({x}, {self.reduce})"
 
     def vectors(self, exprs: dict, prefix: str) -> None:
         exprs = {n: e.subs(self.rename) for n, e in exprs.items()}
@@ -54,14 +67,15 @@ class ActivationBodies:
     helpers: set = field(default_factory=set)
 
 
-def bias_bodies(derived: Derived, plan: Plan) -> LossBodies:
+def bias_bodies(derived: Derived, plan: Plan, reduce: str = TOKEN_SUM) -> LossBodies:
     """`bias_grad(y, v, mask, _p..)` -> dl/dy and `bias_vjp(y, v, mask, dyb, _p..)` -> the
-    adjoints of y, v and each parameter given the adjoint `dyb` of dl/dy."""
+    adjoints of y, v and each parameter given the adjoint `dyb` of dl/dy; `reduce`: TOKEN_SUM
+    for one token's vectors, ROW_SUM for a chunk's tiles (gates then are columns [C, 1])."""
     b = derived.bias
     printer = TritonPrinter()
     rename = {p: symbol(f"_p{i}") for i, p in enumerate(b.params)}
-    grad = _grad_body(_Body(printer, rename), derived, plan)
-    vjp = _vjp_body(_Body(printer, rename), derived, plan)
+    grad = _grad_body(_Body(printer, rename, reduce), derived, plan)
+    vjp = _vjp_body(_Body(printer, rename, reduce), derived, plan)
     return LossBodies(grad.lines, vjp.lines, len(b.params), printer.helpers)
 
 
@@ -76,7 +90,7 @@ def _grad_body(grad: _Body, derived: Derived, plan: Plan) -> _Body:
     vec = {f"_phi{i}": b.phi[i] for i in used}
     vec.update({f"_dphi{i}": b.dphi[i] for i in range(m) if _nonzero(b.dphi[i])})
     grad.vectors(vec, "_e")
-    grad.lines += [f"_S{i} = tl.sum(_phi{i}, axis=0)" for i in used]
+    grad.lines += [f"_S{i} = {grad.total(f'_phi{i}')}" for i in used]
     grad.scalars({f"_g{i}": b.dg[i] for i in range(m)}, "_s")
     terms = [f"_g{i} * _dphi{i}" for i in range(m) if _nonzero(b.dphi[i])]
     grad.lines.append("return " + _sum(terms) + " + y * 0.0")
@@ -91,10 +105,10 @@ def _vjp_body(vjp: _Body, derived: Derived, plan: Plan) -> _Body:
     m = len(derived.bias.phi)
     vec, scal = vjp_vectors(derived.bias, plan.sums), vjp_scalars(derived.bias, plan.sums)
     vjp.vectors(vec, "_e")
-    vjp.lines += [f"_S{i} = tl.sum(_phi{i}, axis=0)" for i in plan.sums]
+    vjp.lines += [f"_S{i} = {vjp.total(f'_phi{i}')}" for i in plan.sums]
     vjp.scalars(scal, "_s")
     P = [i for i in range(m) if f"_dphi{i}" in vec]
-    vjp.lines += [f"_P{i} = tl.sum(dyb * _dphi{i}, axis=0)" for i in P]
+    vjp.lines += [f"_P{i} = {vjp.total(f'dyb * _dphi{i}')}" for i in P]
     Q = []
     for j in plan.sums:
         terms = [f"_h{i}_{j} * _P{i}" for i in P if f"_h{i}_{j}" in scal]
@@ -112,11 +126,11 @@ def _vjp_body(vjp: _Body, derived: Derived, plan: Plan) -> _Body:
         terms = [f"_P{i} * _gp{i}_{j}" for i in P if f"_gp{i}_{j}" in scal]
         inner = [f"_g{i} * _dphip{i}_{j}" for i in range(m) if f"_dphip{i}_{j}" in vec]
         if inner:
-            terms.append(f"tl.sum(dyb * ({_sum(inner)}), axis=0)")
-        terms += [f"_Q{i} * tl.sum(_phip{i}_{j}, axis=0)" for i in Q if f"_phip{i}_{j}" in vec]
+            terms.append(vjp.total(f"dyb * ({_sum(inner)})"))
+        terms += [f"_Q{i} * {vjp.total(f'_phip{i}_{j}')}" for i in Q if f"_phip{i}_{j}" in vec]
         vjp.lines.append(f"pb{j} = {_sum(terms)} + 0.0 * _S_zero")
         outs.append(f"pb{j}")
-    vjp.lines.insert(0, "_S_zero = tl.sum(y * 0.0, axis=0)")  # a scalar tensor, for typing
+    vjp.lines.insert(0, f"_S_zero = {vjp.total('y * 0.0')}")  # a token's zero, for typing
     vjp.lines.append("return " + ", ".join(outs))
     return vjp
 

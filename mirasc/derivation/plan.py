@@ -12,6 +12,7 @@ from ..ir.spec import Spec
 from .symbolic import Derived, V, Y
 
 SEGMENT_TOKENS = 16
+DUAL_CHUNK_SIZES = (16, 32, 64, 128)  # tl.dot's tiles: at least 16 rows, a power of two
 
 
 @dataclass(frozen=True)
@@ -20,6 +21,8 @@ class Plan:
     wy_scale: float | None  # c when dl/dy = c (y - v) and the WY form applies
     sums: tuple  # indices of the loss's sums S_i that dl/dy needs
     segment: int  # Triton: tokens between the states the forward pass saves (chunk multiple)
+    triton_chunked: str  # Triton, training-length calls: "wy", "dual" (chunked kernels) or ""
+    triton_chunked_why: str  # why no chunked Triton kernels ("" when there are)
 
 
 def wy_scale(spec: Spec, derived: Derived) -> float | None:
@@ -42,6 +45,28 @@ def wy_scale(spec: Spec, derived: Derived) -> float | None:
     if not (c.is_number and c.is_positive) or sp.expand(grad - c * (Y - V)) != 0:
         return None
     return float(c)
+
+
+def dual_chunk_refusal(spec: Spec) -> str:
+    """Why the chunked dual-form Triton kernels (a linear memory trained by gd on its
+    element-wise loss, every gradient at the chunk's anchor) do not take the spec; "" if they
+    do. What they lack runs on the recurrent kernels."""
+    a, ret = spec.architecture, spec.retention
+    lacks = [
+        (a.depth > 1, "MLP memories (depth > 1)"),
+        (a.residual or a.norm is not None, "a residual or LayerNorm read"),
+        (spec.algorithm.kind != "gd", "momentum"),
+        (ret.kind not in ("none", "decay", "l2"), f"{ret.kind} retention"),
+        (ret.first, "retention applied first"),
+        (spec.clip is not None, "clip"),
+    ]
+    missing = [what for cond, what in lacks if cond]
+    if missing:
+        return "the chunked Triton kernels do not yet cover " + ", ".join(missing)
+    if spec.chunk not in DUAL_CHUNK_SIZES:
+        sizes = ", ".join(map(str, DUAL_CHUNK_SIZES))
+        return f"chunk {spec.chunk}: the chunked Triton kernels' tiles take chunks of {sizes}"
+    return ""
 
 
 def make_plan(spec: Spec, derived: Derived) -> Plan:
@@ -67,4 +92,6 @@ def make_plan(spec: Spec, derived: Derived) -> Plan:
     # the backward pass recomputes a segment's states from its saved start: at least 16
     # tokens per saved state bounds the activation memory at ~T/16 states for chunk 1
     segment = spec.chunk * math.ceil(SEGMENT_TOKENS / spec.chunk)
-    return Plan(strategies, c, sums, segment)
+    why = "" if c is not None else dual_chunk_refusal(spec)
+    chunked = "wy" if c is not None else ("" if why else "dual")
+    return Plan(strategies, c, sums, segment, chunked, why)

@@ -1,0 +1,153 @@
+"""The chunked dual-form Triton kernels (mirasc.runtime.dual_chunk, printed per spec with its
+loss) that the Triton backend of a linear memory trained by gd runs for training-length calls,
+against the float64 autograd reference: outputs, final states and the gradients of q, k, v,
+every gate (the loss's parameters included) and the initial state. Without a GPU the kernels
+run in Triton's interpreter (conftest sets TRITON_INTERPRET=1). Tolerances as in
+test_triton_backend: TOL32 for fp32 inputs, 3e-2 for bf16.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from test_backend import TOL32, assert_close
+
+from mirasc import testing
+from mirasc.derivation.plan import dual_chunk_refusal
+
+triton = pytest.importorskip("triton")
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+TOL_HALF = 3e-2
+
+BIASES = ["l2", "huber(delta: d)", "lp(p: 3)", "bias(y, v) = sum(log(cosh(y - v)))", "dot"]
+RETENTIONS = ["none", "decay(alpha)", "l2(alpha)"]
+
+
+def linear_spec(bias: str, retention: str, chunk: int) -> str:
+    """A linear memory trained by gd: what the chunked dual-form kernels take."""
+    bias_line = bias if bias.startswith("bias(") else f"bias = {bias}"
+    gates = ["gate eta = sigmoid(z)"]
+    gates += ["gate alpha = 0.2 * sigmoid(z)"] if retention != "none" else []
+    gates += ["gate d = softplus(z)"] if "delta: d" in bias else []
+    body = "\n    ".join(
+        ["architecture = linear", bias_line, f"retention = {retention}",
+         "algorithm = gd(lr: eta)", f"chunk = {chunk}", *gates]
+    )  # fmt: skip
+    return f"memory lin {{\n    {body}\n}}\n"
+
+
+@contextlib.contextmanager
+def counting_chunked_calls(module):
+    """The number of calls that took the chunked kernels, in a one-element list."""
+    dual = module.triton_backend.dual
+    real, calls = dual.launch_forward, [0]
+
+    def counted(*args, **kwargs):
+        """DualChunk.launch_forward, counted."""
+        calls[0] += 1
+        return real(*args, **kwargs)
+
+    dual.launch_forward = counted
+    try:
+        yield calls
+    finally:
+        dual.launch_forward = real
+
+
+@settings(max_examples=8, deadline=None)
+@given(
+    bias=st.sampled_from(BIASES),
+    retention=st.sampled_from(RETENTIONS),
+    chunk=st.sampled_from([16, 32]),
+    T=st.integers(64, 100),
+    D=st.integers(3, 8),
+    initial=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
+def test_random_linear_specs_match_reference(compile_text, bias, retention, chunk, T, D,
+                                             initial, seed):  # fmt: skip
+    """Drawn losses (built-in, a written formula), retentions and chunks; T past 64, mostly
+    not a multiple of the chunk (a ragged last chunk)."""
+    text = linear_spec(bias, retention, chunk)
+    module = compile_text(text)
+    spec = testing.spec_of(module)
+    case = testing.make_case(spec, B=2, T=T, H=1, Dk=D, Dv=D + 1, seed=seed,
+                             dtype=torch.float32, with_initial_state=initial)  # fmt: skip
+    with counting_chunked_calls(module) as calls:
+        errors = testing.compare(module, case.to(DEVICE), "triton")
+    assert calls[0] == 1
+    assert_close(errors, TOL32, f"{text} T={T} D={D} {initial=}")
+
+
+@pytest.mark.parametrize(
+    "T,Dk,Dv,dtype",  # 60: head sizes padded to tiles of 64
+    [(70, 60, 60, torch.float32), (80, 16, 24, torch.bfloat16)],
+)
+def test_shipped_linear_attention(shipped, T, Dk, Dv, dtype):
+    """linear_attention at its shipped chunk of 64: an odd head size, bf16 inputs."""
+    module = shipped["linear_attention"]
+    case = testing.make_case(testing.spec_of(module), B=1, T=T, H=2, Dk=Dk, Dv=Dv, seed=5,
+                             dtype=dtype, with_initial_state=True)  # fmt: skip
+    with counting_chunked_calls(module) as calls:
+        errors = testing.compare(module, case.to(DEVICE), "triton")
+    assert calls[0] == 1
+    assert_close(errors, TOL32 if dtype == torch.float32 else TOL_HALF, f"T={T} {dtype}")
+
+
+def test_prefill_on_the_chunked_kernels_then_decoding_on_the_recurrent_ones(compile_text):
+    """A 64-token prefill (chunked kernels), then single-token calls continuing the next chunk
+    from its anchor (recurrent kernels): together they equal one pass of the reference."""
+    module = compile_text(linear_spec("huber(delta: d)", "decay(alpha)", 16))
+    case = testing.make_case(testing.spec_of(module), B=1, T=70, H=1, Dk=4, seed=2,
+                             dtype=torch.float32, with_initial_state=True).to(DEVICE)  # fmt: skip
+    with counting_chunked_calls(module) as calls:
+        errors = [testing.continuation_error(module, case, split, backend="triton")
+                  for split in (64, 66)]  # fmt: skip
+    assert calls[0] >= 2  # the whole pass and each 64-token prefix
+    assert max(errors) < TOL32, errors
+
+
+def test_what_the_chunked_kernels_do_not_take(shipped, compile_text):
+    """Short calls and continued chunks keep the recurrent kernels; specs outside the kernels'
+    reach are stated by the plan (and `mirasc explain`), and compile without them."""
+    module = shipped["linear_attention"]
+    spec = testing.spec_of(module)
+    with counting_chunked_calls(module) as calls:
+        testing.call(module, testing.make_case(spec, B=1, T=5, H=1, Dk=4).to(DEVICE, torch.float32),
+                     backend="triton")  # fmt: skip
+    assert calls[0] == 0
+    dual = module.triton_backend.dual
+    q = torch.zeros(1, 80, 1, 4, device=DEVICE)
+    assert "chunk_offset" in dual.unsupported(q, q, chunk_offset=3)
+    wide = torch.zeros(1, 80, 1, 256, device=DEVICE)
+    assert "at most" in dual.unsupported(wide, wide)
+    assert dual_chunk_refusal(testing.spec_of(shipped["titans"])).endswith(
+        "MLP memories (depth > 1), a residual or LayerNorm read, momentum"
+    )
+    small = compile_text(linear_spec("l2", "none", 8))
+    assert not hasattr(small.triton_backend, "dual")
+
+
+def test_torch_compile_traces_the_chunked_custom_op_without_graph_breaks(shipped):
+    """fullgraph=True: the chunked kernels are torch.library ops with fake implementations."""
+    module = shipped["linear_attention"]
+    case = testing.make_case(testing.spec_of(module), B=1, T=64, H=1, Dk=16, seed=1,
+                             dtype=torch.float32).to(DEVICE)  # fmt: skip
+
+    def f(q, k, v):
+        """The op's output on the chunked kernels."""
+        o, _ = module.op(q, k, v, **case.gates, scale=case.scale, backend="triton")
+        return o
+
+    q = case.q.clone().requires_grad_(True)
+    with counting_chunked_calls(module) as calls:
+        eager = f(q, case.k, case.v)
+        (g_eager,) = torch.autograd.grad(eager.sum(), q)
+        compiled = torch.compile(f, fullgraph=True, backend="aot_eager")(q, case.k, case.v)
+        (g_compiled,) = torch.autograd.grad(compiled.sum(), q)
+    assert calls[0] >= 2
+    assert torch.allclose(compiled, eager) and torch.allclose(g_compiled, g_eager)
