@@ -19,6 +19,9 @@ of mirasc.runtime.wy_chunk (rows `wy:<kernel>`), compiled as their training-leng
 them: the spec's chunk and decay gate, and 16-byte divisibility of the pointers and the padded
 length TP, which Triton specialises on at launch (torch allocations are 16-byte aligned).
 
+Specs whose Triton backend has the chunked dual-form kernels (a linear memory trained by gd:
+linear_attention) get rows `dual:forward`, `dual:state_bwd` and `dual:chunk_bwd` the same way (mirasc.runtime.dual_chunk).
+
 Where flash-linear-attention (`fla`) is importable, its chunk_gated_delta_rule state and output
 kernels are compiled the same way beside gated_deltanet's (when that spec is among --specs); it is
 never a dependency. Triton compiles capability 90 as `sm_90a`, the target with wgmma. Compiling the MLP memories' kernels
@@ -200,6 +203,31 @@ def wy_measure(spec: str, name: str, D: int, dtype: str = "bf16") -> Figures:
     return figures_of(spec, f"wy:{name}", D, compiled, log, time.perf_counter() - start)
 
 
+def dual_measure(spec: str, name: str, D: int, dtype: str = "bf16") -> Figures:
+    """Compile one chunked dual-form kernel (`name`: forward, state_bwd, chunk_bwd) at head size D as
+    the spec's backend launches it for a training-length call."""
+    from triton.compiler import ASTSource
+
+    backend = importlib.import_module(f"generated.{spec}.triton_backend")
+    kernel = getattr(backend, f"_dual_{name}_kernel")
+    tl = importlib.import_module("triton.language")
+    meta = backend.dual.meta(D, D, tl.float32 if dtype == "fp32" else tl.bfloat16)
+    aligned = {
+        (i,): [["tt.divisibility", 16]]
+        for i, arg in enumerate(kernel.arg_names)
+        if arg.endswith("_ptr") or arg == "TP"
+    }
+    source = ASTSource(kernel, signature(kernel, meta, dtype), meta, aligned)
+    start = time.perf_counter()
+    compiled, log = compile_logged(source, backend.dual.launch_options(D, D))
+    return figures_of(spec, f"dual:{name}", D, compiled, log, time.perf_counter() - start)
+
+
+def has_dual(spec: str) -> bool:
+    """The spec's Triton backend has the chunked dual-form kernels."""
+    return hasattr(importlib.import_module(f"generated.{spec}.triton_backend"), "dual")
+
+
 def has_wy(spec: str) -> bool:
     """The spec's Triton backend has the chunked WY kernels (its plan has the "wy" strategy)."""
     return hasattr(importlib.import_module(f"generated.{spec}.triton_backend"), "wy_chunk")
@@ -207,7 +235,8 @@ def has_wy(spec: str) -> bool:
 
 def jobs(specs: list[str], sizes: list[int] | None, kernels: str) -> list[tuple[str, str, int]]:
     """(spec, kernel, D) to compile: the given head sizes, or each spec's defaults; `kernels`
-    is "fused" (the recurrent pair), "wy" (the chunked WY kernels, where planned) or "all"."""
+    is "fused" (the recurrent pair), "wy" (the chunked kernels, WY or dual form, where planned)
+    or "all"."""
     from mirasc.runtime.wy_chunk import KERNELS
 
     work = []
@@ -215,14 +244,18 @@ def jobs(specs: list[str], sizes: list[int] | None, kernels: str) -> list[tuple[
         names = ["_forward_kernel", "_backward_kernel"] if kernels != "wy" else []
         if kernels != "fused" and has_wy(spec):
             names += [f"wy:{name}" for name in KERNELS]
+        if kernels != "fused" and has_dual(spec):
+            names += ["dual:forward", "dual:state_bwd", "dual:chunk_bwd"]
         work += [(spec, name, D) for D in (sizes or WIDE.get(spec, (64,))) for name in names]
     return work
 
 
 def compile_job(spec: str, kernel: str, D: int) -> Figures:
-    """One row: a fused kernel, or a chunked WY kernel (`wy:<name>`)."""
+    """One row: a fused kernel, a chunked WY kernel (`wy:<name>`) or dual-form one."""
     if kernel.startswith("wy:"):
         return wy_measure(spec, kernel[3:], D)
+    if kernel.startswith("dual:"):
+        return dual_measure(spec, kernel[5:], D)
     return measure(spec, kernel, D)
 
 
@@ -360,7 +393,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )  # fmt: skip
     parser.add_argument(
         "--kernels", choices=("all", "fused", "wy"), default="all",
-        help="the fused recurrent pair, the chunked WY kernels (where planned), or both",
+        help="the fused recurrent pair, the chunked kernels (WY or dual form, where planned), or both",
     )  # fmt: skip
     parser.add_argument(
         "--jobs", type=int, default=1, metavar="N", help="compile N kernels at a time (processes)"

@@ -316,8 +316,8 @@ def _bias_vjp_rows(y, v, mask, dyb):
 
 
 @triton.jit
-def _dual_chunk_pieces(q, k, v, e_ptr, gc_ptr, params_ptr, b_w, i_b, i_h, i_bh, t0, T, H, TP, BH,
-                       scale, DK: tl.constexpr, DV: tl.constexpr, BK: tl.constexpr,
+def _dual_chunk_pieces(q_ptr, k_ptr, v_ptr, e_ptr, gc_ptr, params_ptr, b_w, i_b, i_h, i_bh, t0,
+                       T, H, TP, BH, scale, DK: tl.constexpr, DV: tl.constexpr, BK: tl.constexpr,
                        BV: tl.constexpr, BT: tl.constexpr, DOT: tl.constexpr):
     """One chunk's tokens and everything both passes compute from them and the chunk's start
     state b_w: x = scale q, K, V, the gates, Y = K W, G = dl/dy at Y, M = x K^T, the decay
@@ -326,9 +326,9 @@ def _dual_chunk_pieces(q, k, v, e_ptr, gc_ptr, params_ptr, b_w, i_b, i_h, i_bh, 
     o_t = tl.arange(0, BT)
     rows = t0 + o_t < T
     mask = rows[:, None] & (tl.arange(0, BV) < DV)[None, :]
-    b_x = load_rows(q, i_b, i_h, t0, 0, T, H, DK, BT, BK).to(tl.float32) * scale
-    b_k = load_rows(k, i_b, i_h, t0, 0, T, H, DK, BT, BK)
-    b_v = load_rows(v, i_b, i_h, t0, 0, T, H, DV, BT, BV).to(tl.float32)
+    b_x = load_rows(q_ptr, i_b, i_h, t0, 0, T, H, DK, BT, BK).to(tl.float32) * scale
+    b_k = load_rows(k_ptr, i_b, i_h, t0, 0, T, H, DK, BT, BK)
+    b_v = load_rows(v_ptr, i_b, i_h, t0, 0, T, H, DV, BT, BV).to(tl.float32)
     b_e = tl.load(e_ptr + i_bh * TP + t0 + o_t)
     b_gc = tl.load(gc_ptr + i_bh * TP + t0 + o_t)
     gc_last = tl.load(gc_ptr + i_bh * TP + t0 + BT - 1)
@@ -344,8 +344,8 @@ def _dual_chunk_pieces(q, k, v, e_ptr, gc_ptr, params_ptr, b_w, i_b, i_h, i_bh, 
 
 
 @triton.jit
-def _dual_forward_kernel(q, k, v, e_ptr, gc_ptr, params_ptr, h0, o, hs, final, scale, T, H, TP,
-                         NT, DK: tl.constexpr, DV: tl.constexpr, BK: tl.constexpr,
+def _dual_forward_kernel(q_ptr, k_ptr, v_ptr, e_ptr, gc_ptr, params_ptr, h0_ptr, o_ptr, hs_ptr,
+                         final_ptr, scale, T, H, TP, NT, DK: tl.constexpr, DV: tl.constexpr, BK: tl.constexpr,
                          BV: tl.constexpr, BT: tl.constexpr, DOT: tl.constexpr):
     """One program per (batch, head), its chunks in order: per chunk the gradients at the
     chunk's start state W (its anchor), every token's read after its write
@@ -355,78 +355,107 @@ def _dual_forward_kernel(q, k, v, e_ptr, gc_ptr, params_ptr, h0, o, hs, final, s
     i_b, i_h = i_bh // H, i_bh % H
     BH = tl.num_programs(0)
     size = DK * DV
-    b_w = load_tile(h0 + i_bh * size, 0, 0, BK, BV, DK, DV)
+    b_w = load_tile(h0_ptr + i_bh * size, 0, 0, BK, BV, DK, DV)
     for n in range(NT):
         t0 = n * BT
-        store_tile(hs + (i_bh * NT + n).to(tl.int64) * size, b_w, 0, 0, BK, BV, DK, DV)
+        store_tile(hs_ptr + (i_bh * NT + n).to(tl.int64) * size, b_w, 0, 0, BK, BV, DK, DV)
         (b_x, b_k, b_v, b_e, b_gc, gc_last, b_y, b_g, b_m, b_dm, b_a, b_dl, mask,
          causal) = _dual_chunk_pieces(
-            q, k, v, e_ptr, gc_ptr, params_ptr, b_w, i_b, i_h, i_bh, t0, T, H, TP, BH, scale,
-            DK, DV, BK, BV, BT, DOT)
+            q_ptr, k_ptr, v_ptr, e_ptr, gc_ptr, params_ptr, b_w, i_b, i_h, i_bh, t0, T, H, TP, BH,
+            scale, DK, DV, BK, BV, BT, DOT)
         b_o = b_a[:, None] * mm(b_x, b_w, DOT) - mm(b_dm * b_m, b_g, DOT)
-        store_rows(o, b_o, i_b, i_h, t0, 0, T, H, DV, BT, BV)
+        store_rows(o_ptr, b_o, i_b, i_h, t0, 0, T, H, DV, BT, BV)
         b_w = tl.exp(gc_last) * b_w - mm(tl.trans(b_k), b_dl[:, None] * b_g, DOT)
-    store_tile(final + i_bh * size, b_w, 0, 0, BK, BV, DK, DV)
+    store_tile(final_ptr + i_bh * size, b_w, 0, 0, BK, BV, DK, DV)
 
 
 @triton.jit
-def _dual_backward_kernel(q, k, v, e_ptr, gc_ptr, params_ptr, hs, do, dfinal, dq, dk, dv, de,
-                          dgc, dparams, dh0, scale, T, H, TP, NT, DK: tl.constexpr,
-                          DV: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-                          BT: tl.constexpr, DOT: tl.constexpr):
-    """One program per (batch, head), its chunks in reverse: each chunk's pieces recomputed
-    from its saved start state, then the reverse of its state update, of its reads and of its
-    inner gradient step (the loss's vector-Jacobian product), as products of chunk tiles."""
+def _dual_surprise_bwd(b_x, b_k, b_v, b_y, b_g, b_m, b_dm, b_a, b_dl, mask, b_dw, b_do, DOT: tl.constexpr):
+    """The part of a chunk's reverse that the state's adjoint needs: given the adjoints of
+    the chunk's end state (b_dw) and reads (b_do), that of G = dl/dy (through the update and
+    the reads), the loss's vector-Jacobian product, and the adjoint of the chunk's start state
+    less its share exp(gc_C) b_dw: x^T (a dO) + K^T dY."""
+    b_kdw = mm(b_k, b_dw, DOT)
+    b_dg = -b_dl[:, None] * b_kdw - mm(tl.trans(b_dm * b_m), b_do, DOT)
+    b_dy, b_dv = _bias_vjp_rows(b_y, b_v, mask, b_dg)
+    b_dw0 = mm(tl.trans(b_x), b_a[:, None] * b_do, DOT) + mm(tl.trans(b_k), b_dy, DOT)
+    return b_kdw, b_dy, b_dv, b_dw0
+
+@triton.jit
+def _dual_state_bwd_kernel(q_ptr, k_ptr, v_ptr, e_ptr, gc_ptr, params_ptr, hs_ptr, do_ptr,
+                           dfinal_ptr, dhs_ptr, dh0_ptr, scale, T, H, TP, NT,
+                           DK: tl.constexpr, DV: tl.constexpr, BK: tl.constexpr,
+                           BV: tl.constexpr, BT: tl.constexpr, DOT: tl.constexpr):
+    """One program per (batch, head), its chunks in reverse: the adjoint of each chunk's end
+    state, saved for _dual_chunk_bwd_kernel, carried back through the chunk's update, reads and
+    inner gradient step (recomputed from its saved start state)."""
     i_bh = tl.program_id(0)
     i_b, i_h = i_bh // H, i_bh % H
     BH = tl.num_programs(0)
     size = DK * DV
-    o_t = tl.arange(0, BT)
-    b_dw = load_tile(dfinal + i_bh * size, 0, 0, BK, BV, DK, DV)
+    b_dw = load_tile(dfinal_ptr + i_bh * size, 0, 0, BK, BV, DK, DV)
     for i in range(NT):
         n = NT - 1 - i
         t0 = n * BT
-        b_w = load_tile(hs + (i_bh * NT + n).to(tl.int64) * size, 0, 0, BK, BV, DK, DV)
+        at = (i_bh * NT + n).to(tl.int64) * size
+        store_tile(dhs_ptr + at, b_dw, 0, 0, BK, BV, DK, DV)
+        b_w = load_tile(hs_ptr + at, 0, 0, BK, BV, DK, DV)
         (b_x, b_k, b_v, b_e, b_gc, gc_last, b_y, b_g, b_m, b_dm, b_a, b_dl, mask,
          causal) = _dual_chunk_pieces(
-            q, k, v, e_ptr, gc_ptr, params_ptr, b_w, i_b, i_h, i_bh, t0, T, H, TP, BH, scale,
-            DK, DV, BK, BV, BT, DOT)
-        b_do = load_rows(do, i_b, i_h, t0, 0, T, H, DV, BT, BV).to(tl.float32)
-        a_end = tl.exp(gc_last)
-        # the state update W' = a_end W - K^T (Dl G)
-        d_end = tl.sum(tl.sum(b_dw * b_w, axis=1), axis=0) * a_end
-        b_kdw = mm(b_k, b_dw, DOT)
-        b_dg = -b_dl[:, None] * b_kdw
-        b_ddl = -tl.sum(b_g * b_kdw, axis=1)
-        b_dk = -mm(b_dl[:, None] * b_g, tl.trans(b_dw), DOT)
-        b_dwn = a_end * b_dw
-        # the reads O = a (x W) - (Dm * M) G
-        b_da = tl.sum(mm(b_x, b_w, DOT) * b_do, axis=1) * b_a
-        b_dx = b_a[:, None] * mm(b_do, tl.trans(b_w), DOT)
-        b_dwn += mm(tl.trans(b_x), b_a[:, None] * b_do, DOT)
-        b_dog = mm(b_do, tl.trans(b_g), DOT)
-        b_ddm = tl.where(causal, -b_dog * b_m, 0.0)
-        b_dmm = -b_dog * b_dm
-        b_dg -= mm(tl.trans(b_dm * b_m), b_do, DOT)
-        b_dx += mm(b_dmm, b_k, DOT)
-        b_dk += mm(tl.trans(b_dmm), b_x, DOT)
-        # the inner gradient step G = dl/dy(Y, V), Y = K W
-        b_dy, b_dv = _bias_vjp_rows(b_y, b_v, mask, b_dg)
-        b_dk += mm(b_dy, tl.trans(b_w), DOT)
-        b_dwn += mm(tl.trans(b_k), b_dy, DOT)
-        # the gates, through Dm, a, Dl and a_end (e and the in-chunk cumulative log-decay gc)
-        decay = tl.where(causal, tl.exp(b_gc[:, None] - b_gc[None, :]), 0.0)
-        through = b_ddm * b_dm
-        b_de = tl.sum(b_ddm * decay, axis=0) + b_ddl * tl.exp(gc_last - b_gc)
-        b_dgc = tl.sum(through, axis=1) - tl.sum(through, axis=0) + b_da - b_ddl * b_dl
-        b_dgc += tl.where(o_t == BT - 1, tl.sum(b_ddl * b_dl, axis=0) + d_end, 0.0)
-        store_rows(dq, b_dx * scale, i_b, i_h, t0, 0, T, H, DK, BT, BK)
-        store_rows(dk, b_dk, i_b, i_h, t0, 0, T, H, DK, BT, BK)
-        store_rows(dv, b_dv, i_b, i_h, t0, 0, T, H, DV, BT, BV)
-        tl.store(de + i_bh * TP + t0 + o_t, b_de)
-        tl.store(dgc + i_bh * TP + t0 + o_t, b_dgc)
-        b_dw = b_dwn
-    store_tile(dh0 + i_bh * size, b_dw, 0, 0, BK, BV, DK, DV)
+            q_ptr, k_ptr, v_ptr, e_ptr, gc_ptr, params_ptr, b_w, i_b, i_h, i_bh, t0, T, H, TP, BH,
+            scale, DK, DV, BK, BV, BT, DOT)
+        b_do = load_rows(do_ptr, i_b, i_h, t0, 0, T, H, DV, BT, BV).to(tl.float32)
+        b_kdw, b_dy, b_dv, b_dw0 = _dual_surprise_bwd(
+            b_x, b_k, b_v, b_y, b_g, b_m, b_dm, b_a, b_dl, mask, b_dw, b_do, DOT)
+        b_dw = tl.exp(gc_last) * b_dw + b_dw0
+    store_tile(dh0_ptr + i_bh * size, b_dw, 0, 0, BK, BV, DK, DV)
+
+
+@triton.jit
+def _dual_chunk_bwd_kernel(q_ptr, k_ptr, v_ptr, e_ptr, gc_ptr, params_ptr, hs_ptr, dhs_ptr,
+                           do_ptr, dq_ptr, dk_ptr, dv_ptr, de_ptr, dgc_ptr, dparams_ptr, scale,
+                           T, H, TP, NT, DK: tl.constexpr, DV: tl.constexpr, BK: tl.constexpr,
+                           BV: tl.constexpr, BT: tl.constexpr, DOT: tl.constexpr):
+    """One program per (chunk, batch and head), all in parallel: the adjoints of the chunk's
+    tokens and gates from its start state and its end state's adjoint (both saved), through
+    the state update W' = exp(gc_C) W - K^T (Dl G), the reads O = a (x W) - (Dm * M) G and the
+    inner gradient step G = dl/dy(K W, V)."""
+    n, i_bh = tl.program_id(0), tl.program_id(1)
+    i_b, i_h = i_bh // H, i_bh % H
+    BH = tl.num_programs(1)
+    t0 = n * BT
+    o_t = tl.arange(0, BT)
+    at = (i_bh * NT + n).to(tl.int64) * (DK * DV)
+    b_w = load_tile(hs_ptr + at, 0, 0, BK, BV, DK, DV)
+    b_dw = load_tile(dhs_ptr + at, 0, 0, BK, BV, DK, DV)
+    (b_x, b_k, b_v, b_e, b_gc, gc_last, b_y, b_g, b_m, b_dm, b_a, b_dl, mask,
+     causal) = _dual_chunk_pieces(
+        q_ptr, k_ptr, v_ptr, e_ptr, gc_ptr, params_ptr, b_w, i_b, i_h, i_bh, t0, T, H, TP, BH,
+        scale, DK, DV, BK, BV, BT, DOT)
+    b_do = load_rows(do_ptr, i_b, i_h, t0, 0, T, H, DV, BT, BV).to(tl.float32)
+    b_kdw, b_dy, b_dv, b_dw0 = _dual_surprise_bwd(
+        b_x, b_k, b_v, b_y, b_g, b_m, b_dm, b_a, b_dl, mask, b_dw, b_do, DOT)
+    # the gates, through Dm, a, Dl and exp(gc_C): e and the in-chunk cumulative log-decay gc
+    b_dog = mm(b_do, tl.trans(b_g), DOT)
+    b_ddm = tl.where(causal, -b_dog * b_m, 0.0)
+    b_dmm = -b_dog * b_dm
+    through = b_ddm * b_dm
+    b_de = tl.sum(b_ddm * tl.where(causal, tl.exp(b_gc[:, None] - b_gc[None, :]), 0.0), axis=0)
+    b_dgc = tl.sum(through, axis=1) - tl.sum(through, axis=0)
+    b_ddl = -tl.sum(b_g * b_kdw, axis=1)
+    b_de += b_ddl * tl.exp(gc_last - b_gc)
+    b_dgc += tl.sum(mm(b_x, b_w, DOT) * b_do, axis=1) * b_a - b_ddl * b_dl
+    d_end = tl.sum(tl.sum(b_dw * b_w, axis=1), axis=0) * tl.exp(gc_last)
+    b_dgc += tl.where(o_t == BT - 1, tl.sum(b_ddl * b_dl, axis=0) + d_end, 0.0)
+    # the tokens, through M = x K^T, x W, K W and K^T (Dl G)
+    b_dx = b_a[:, None] * mm(b_do, tl.trans(b_w), DOT) + mm(b_dmm, b_k, DOT)
+    b_dk = mm(b_dy, tl.trans(b_w), DOT) - mm(b_dl[:, None] * b_g, tl.trans(b_dw), DOT)
+    b_dk += mm(tl.trans(b_dmm), b_x, DOT)
+    store_rows(dq_ptr, b_dx * scale, i_b, i_h, t0, 0, T, H, DK, BT, BK)
+    store_rows(dk_ptr, b_dk, i_b, i_h, t0, 0, T, H, DK, BT, BK)
+    store_rows(dv_ptr, b_dv, i_b, i_h, t0, 0, T, H, DV, BT, BV)
+    tl.store(de_ptr + i_bh * TP + t0 + o_t, b_de)
+    tl.store(dgc_ptr + i_bh * TP + t0 + o_t, b_dgc)
 # ---- the host side: the spec's sizes; the rest is runtime.FusedRecurrent --------------------------
 def _shapes(Dk, Dv):
     return [(Dk, Dv)]
@@ -449,8 +478,7 @@ unsupported = fused.unsupported
 
 dual = dual_chunk.DualChunk(
     "mirasc_linear_attention_35922cc6afd7",
-    _dual_forward_kernel,
-    _dual_backward_kernel,
+    (_dual_forward_kernel, _dual_state_bwd_kernel, _dual_chunk_bwd_kernel),
     chunk=CHUNK,
     retention="none",
     n_params=0,

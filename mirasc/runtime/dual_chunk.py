@@ -54,12 +54,13 @@ def factors(retention: str, lr: Tensor, rate: Tensor | None) -> tuple[Tensor, Te
 
 class DualChunk:
     """The chunked dual-form kernels of one spec as a `torch.library` op pair with an autograd
-    formula; the generated backend passes its kernels, chunk, retention kind and the number of
-    its loss's gate parameters."""
+    formula; the generated backend passes its three kernels (forward, the reverse state pass,
+    the chunks' adjoints), chunk, retention kind and the number of its loss's gate
+    parameters."""
 
-    def __init__(self, namespace: str, forward_kernel, backward_kernel, *, chunk: int,
-                 retention: str, n_params: int):  # fmt: skip
-        self.forward_kernel, self.backward_kernel = forward_kernel, backward_kernel
+    def __init__(self, namespace: str, kernels: tuple, *, chunk: int, retention: str,
+                 n_params: int):  # fmt: skip
+        self.forward_kernel, self.state_bwd_kernel, self.chunk_bwd_kernel = kernels
         self.chunk, self.retention, self.n_params = chunk, retention, n_params
         self.op = custom_op(f"{namespace}_dual", lambda: self._register(f"{namespace}_dual"))
 
@@ -77,11 +78,20 @@ class DualChunk:
             return f"the chunked kernels hold a state of at most {MAX_TILE} x {MAX_TILE}"
         return None
 
-    def _meta(self, q: Tensor, v: Tensor) -> dict:
+    def meta(self, Dk: int, Dv: int, dot) -> dict:
+        """The kernels' compile-time constants (`dot`: the matmul operands' dtype)."""
+        return dict(DK=Dk, DV=Dv, BK=_pow2(Dk), BV=_pow2(Dv), BT=self.chunk, DOT=dot)
+
+    @staticmethod
+    def launch_options(Dk: int, Dv: int) -> dict:
+        """8 warps: the fewest with no spills at Dk = Dv = 64 on sm_90
+        (benchmarks/gpu_static.py)."""
+        return dict(num_warps=8, num_stages=1)
+
+    def _launch(self, kernel, grid: tuple, args: tuple, q: Tensor, v: Tensor) -> None:
         Dk, Dv = q.shape[-1], v.shape[-1]
-        return dict(DK=Dk, DV=Dv, BK=_pow2(Dk), BV=_pow2(Dv), BT=self.chunk,
-                    DOT=dot_dtype(q.dtype), num_warps=4 if _pow2(Dv) <= 64 else 8,
-                    num_stages=1)  # fmt: skip
+        kernel[grid](*args, **self.meta(Dk, Dv, dot_dtype(q.dtype)),
+                     **self.launch_options(Dk, Dv))  # fmt: skip
 
     def launch_forward(self, q, k, v, e, gc, params, h0, scale: float):
         B, T, H, Dk = q.shape
@@ -91,22 +101,25 @@ class DualChunk:
         o = torch.empty((B, T, H, Dv), dtype=q.dtype, device=q.device)
         hs = torch.empty((BH, NT, Dk, Dv), **f32)
         final = torch.empty((BH, Dk, Dv), **f32)
-        self.forward_kernel[(BH,)](
-            q, k, v, e, gc, params, h0, o, hs, final, scale, T, H, TP, NT, **self._meta(q, v)
-        )
+        self._launch(self.forward_kernel, (BH,),
+                     (q, k, v, e, gc, params, h0, o, hs, final, scale, T, H, TP, NT), q, v)  # fmt: skip
         return o, final, hs
 
     def launch_backward(self, q, k, v, e, gc, params, hs, do, dfinal, scale: float):
-        B, T, H, Dk = q.shape
-        Dv, (BH, TP) = v.shape[-1], e.shape
+        """The reverse state pass (sequential over chunks: each chunk end's state adjoint),
+        then every chunk's token and gate adjoints in parallel."""
+        T, H, Dk = q.shape[1:]
+        Dv, (BH, TP), NT = v.shape[-1], e.shape, hs.shape[1]
         f32 = dict(dtype=torch.float32, device=q.device)
         dq, dk, dv = (torch.empty(t.shape, **f32) for t in (q, k, v))
         de, dgc, dparams = torch.empty_like(e), torch.empty_like(gc), torch.empty_like(params)
-        dh0 = torch.empty((BH, Dk, Dv), **f32)
-        self.backward_kernel[(BH,)](
-            q, k, v, e, gc, params, hs, do, dfinal, dq, dk, dv, de, dgc, dparams, dh0, scale,
-            T, H, TP, hs.shape[1], **self._meta(q, v),
-        )  # fmt: skip
+        dhs, dh0 = torch.empty_like(hs), torch.empty((BH, Dk, Dv), **f32)
+        self._launch(self.state_bwd_kernel, (BH,),
+                     (q, k, v, e, gc, params, hs, do, dfinal, dhs, dh0, scale, T, H, TP, NT),
+                     q, v)  # fmt: skip
+        self._launch(self.chunk_bwd_kernel, (NT, BH),
+                     (q, k, v, e, gc, params, hs, dhs, do, dq, dk, dv, de, dgc, dparams, scale,
+                      T, H, TP, NT), q, v)  # fmt: skip
         return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), de, dgc, dparams, dh0
 
     def _register(self, namespace: str):
