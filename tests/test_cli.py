@@ -40,9 +40,11 @@ def test_check_passes_on_a_shipped_spec(capsys):
 
 
 def test_check_holds_the_triton_kernels_too(capsys):
+    """The recurrent kernels, and (every other case at least 64 tokens) the chunked ones."""
     assert main(["check", "specs/linear_attention.miras", "-n", "2", "--backend", "triton"]) == 0
     out = capsys.readouterr().out
     assert "the Triton kernels" in out and "float32" in out and "ok: 0 tensor(s)" in out
+    assert ">= 64 tokens (chunked kernels)" in out and "'T': 6" in out
 
 
 @pytest.mark.parametrize(

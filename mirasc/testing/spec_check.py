@@ -39,6 +39,17 @@ def random_shape(rng: random.Random, spec) -> dict:
     )
 
 
+def chunked_tokens(module) -> int | None:
+    """The call length from which the module's Triton backend runs its chunked kernels (the WY
+    or dual form, where its plan has them), or None."""
+    backend = module.triton_backend
+    if hasattr(backend, "wy_chunk"):
+        return backend.WY_MIN_TOKENS
+    if hasattr(backend, "dual"):
+        return backend.dual_chunk.MIN_TOKENS
+    return None
+
+
 def check_spec(
     path, examples: int = 20, seed: int = 0, dtype: str | None = None, backend: str = "torch"
 ) -> int:
@@ -62,10 +73,13 @@ def check_spec(
     module = mirasc.compile(path)
     spec = testing.spec_of(module)
     strategies = module.torch_backend.STRATEGIES if backend == "torch" else (None,)
+    long_calls = chunked_tokens(module) if backend == "triton" else None
     rng = random.Random(seed)
     worst: dict[str, tuple[float, str]] = {}
     for i in tqdm(range(examples), desc=f"checking {spec.name}", unit="case"):
         shape = random_shape(rng, spec)
+        if long_calls is not None and i % 2:  # every other case long enough for the chunked kernels
+            shape["T"] = long_calls + rng.randint(0, 15)
         case = testing.make_case(spec, **shape, dtype=getattr(torch, dtype), seed=seed * 100003 + i)
         case = case.to(device)
         results = [
@@ -85,6 +99,7 @@ def check_spec(
         f"{len(strategies)} strategies ({', '.join(strategies)})"
         if backend == "torch"
         else f"the Triton kernels on {device}{' (interpreter)' if device == 'cpu' else ''}"
+        + (f", every other case >= {long_calls} tokens (chunked kernels)" if long_calls else "")
     )
     print(
         f"\n{spec.name}: {examples} cases x {what}, {dtype}, "
