@@ -11,7 +11,7 @@ own (`-v`, the log of the compile Triton runs); nothing is cached, so every row 
 
     python benchmarks/gpu_static.py                        # D=64 everywhere, D=128 for the deltas
     python benchmarks/gpu_static.py --specs deltanet --D 16 32 --markdown --json out.json
-    python benchmarks/gpu_static.py --specs gated_deltanet --kernels wy   # the chunked WY kernels
+    python benchmarks/gpu_static.py --specs gated_deltanet --kernels chunked   # the chunked WY kernels
     python benchmarks/gpu_static.py --jobs 2                  # two compiles at a time
 
 Specs whose plan has the "wy" strategy (deltanet, gated_deltanet) also get the chunked WY kernels
@@ -235,13 +235,13 @@ def has_wy(spec: str) -> bool:
 
 def jobs(specs: list[str], sizes: list[int] | None, kernels: str) -> list[tuple[str, str, int]]:
     """(spec, kernel, D) to compile: the given head sizes, or each spec's defaults; `kernels`
-    is "fused" (the recurrent pair), "wy" (the chunked kernels, WY or dual form, where planned)
+    is "fused" (the recurrent pair), "chunked" (the chunked kernels, WY or dual form, where planned)
     or "all"."""
     from mirasc.runtime.wy_chunk import KERNELS
 
     work = []
     for spec in specs:
-        names = ["_forward_kernel", "_backward_kernel"] if kernels != "wy" else []
+        names = ["_forward_kernel", "_backward_kernel"] if kernels != "chunked" else []
         if kernels != "fused" and has_wy(spec):
             names += [f"wy:{name}" for name in KERNELS]
         if kernels != "fused" and has_dual(spec):
@@ -392,7 +392,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="head sizes for every spec (default: 64; 64 and 128 for deltanet, gated_deltanet)",
     )  # fmt: skip
     parser.add_argument(
-        "--kernels", choices=("all", "fused", "wy"), default="all",
+        "--kernels", choices=("all", "fused", "chunked"), default="all",
         help="the fused recurrent pair, the chunked kernels (WY or dual form, where planned), or both",
     )  # fmt: skip
     parser.add_argument(
@@ -410,7 +410,7 @@ def main(argv: list[str] | None = None) -> int:
     sys.path.insert(0, str(ROOT))
     start = time.perf_counter()
     rows = compile_all(jobs(args.specs, args.D, args.kernels), args.jobs)
-    if args.kernels != "wy":
+    if args.kernels != "chunked":
         with fresh_compiles():
             rows += fla_rows(args.specs, args.D)
     print(table(rows, args.markdown))

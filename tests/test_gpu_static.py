@@ -55,7 +55,7 @@ def test_the_chunked_wy_kernels_use_tensor_cores_and_do_not_spill(tmp_path):
     out = tmp_path / "wy.json"
     done = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "gpu_static.py"), "--specs", "gated_deltanet",
-         "--D", "64", "128", "--kernels", "wy", "--jobs", "2", "--json", str(out)],
+         "--D", "64", "128", "--kernels", "chunked", "--jobs", "2", "--json", str(out)],
         env=env, capture_output=True, text=True, timeout=900,
     )  # fmt: skip
     assert done.returncode == 0, done.stdout + done.stderr
@@ -79,7 +79,7 @@ def test_the_chunked_dual_form_kernels_use_tensor_cores(tmp_path):
     out = tmp_path / "dual.json"
     done = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "gpu_static.py"), "--specs",
-         "linear_attention", "--D", "64", "--kernels", "wy", "--json", str(out)],
+         "linear_attention", "--D", "64", "--kernels", "chunked", "--json", str(out)],
         env=env, capture_output=True, text=True, timeout=900,
     )  # fmt: skip
     assert done.returncode == 0, done.stdout + done.stderr
