@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from hypothesis import assume, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_backend import OUTER, PHI, SHIPPED, TOL32, assert_close, shapes, specs
 
@@ -31,11 +31,6 @@ from mirasc.errors import BackendError
 triton = pytest.importorskip("triton")
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 TOL_HALF = 3e-2
-
-
-def refused(module) -> bool:
-    """The kernels lack one of the spec's features (kl's centred read) and take no input."""
-    return module.triton_backend.fused.refusal is not None
 
 
 @contextlib.contextmanager
@@ -79,8 +74,6 @@ def assert_as_accurate_as_fp32_torch(module, case, errors: dict, context: str) -
 @given(data=st.data())
 def test_shipped_specs_match_reference(shipped, name, data):
     module = shipped[name]
-    if refused(module):
-        pytest.skip(f"{name}: {module.triton_backend.fused.refusal}")
     spec = testing.spec_of(module)
     shape = data.draw(shapes(spec))
     seg = spec.chunk * data.draw(st.integers(1, 3))
@@ -93,7 +86,6 @@ def test_shipped_specs_match_reference(shipped, name, data):
 @given(text=specs(), data=st.data())
 def test_random_specs_match_reference(compile_text, text, data):
     module = compile_text(text)
-    assume(not refused(module))
     spec = testing.spec_of(module)
     shape = data.draw(shapes(spec))
     seg = spec.chunk * data.draw(st.integers(1, 4))
@@ -136,18 +128,6 @@ def test_a_deep_kl_memory(compile_text, chunk):
     module = compile_text(text)
     case = testing.make_case(testing.spec_of(module), B=1, T=5, H=1, Dk=3, dtype=torch.float32)
     assert_close(triton_errors(module, case), TOL32, text)
-
-
-def test_centred_kl_is_refused_and_auto_falls_back(shipped):
-    """memora reads out * W - 1, which the kernels do not: backend="triton" raises, "auto"
-    warns and runs the torch backend."""
-    module = shipped["memora"]
-    case = testing.make_case(testing.spec_of(module), B=1, T=4, H=1, Dk=3, dtype=torch.float32)
-    with pytest.raises(BackendError, match="centred"):
-        testing.call(module, case.to(DEVICE), backend="triton")
-    if DEVICE == "cuda":
-        with pytest.warns(UserWarning):
-            testing.call(module, case.to(DEVICE), backend="auto")
 
 
 @settings(max_examples=15)

@@ -248,6 +248,8 @@ def _forward_kernel(
                 if p0 == 0:
                     b_p1 = tl.load(anchor_ptr + i_bh * WSIZE + o_w1 + i_w1, mask=m_w1, other=0.0)
                     b_p2 = tl.load(anchor_ptr + i_bh * WSIZE + o_w2 + i_w2, mask=m_w2, other=0.0)
+            b_p1 = tl.where(m_w1, HID * b_p1 - 1.0, 0.0)  # the centred read
+            b_p2 = tl.where(m_w2, DV * b_p2 - 1.0, 0.0)  # the centred read
             for t in range(t0, t1):
                 tok = (i_b * T + t) * H + i_h
                 kt = tl.load(k_ptr + tok * DK + rk, mask=mk, other=0.0).to(tl.float32)
@@ -257,11 +259,11 @@ def _forward_kernel(
                 rate = tl.load(gt + 1 * GS)
                 rho = 1.0
                 a0, a1, zr1, zr2, u1, d1, d2, dd1, dd2, y, dy, xh, rstd = _surprise(kt, vt, b_p1, b_p2, rho, gamma, beta, mk, mh, mv, DV)
-                b_g1 = outer(a0, dd1)
-                b_g2 = outer(a1, dd2)
+                b_g1 = HID * outer(a0, dd1)
+                b_g2 = DV * outer(a1, dd2)
                 b_w1, b_w2 = _update(b_w1, b_w2, b_g1, b_g2, e, rate, m_w1, mk, m_w2, mh)
-                b_r1 = b_w1
-                b_r2 = b_w2
+                b_r1 = tl.where(m_w1, HID * b_w1 - 1.0, 0.0)
+                b_r2 = tl.where(m_w2, DV * b_w2 - 1.0, 0.0)
                 x = scale * tl.load(q_ptr + tok * DK + rk, mask=mk, other=0.0).to(tl.float32)
                 o, h0, h1, r1, r2, xh, rstd = _read(x, b_r1, b_r2, gamma, beta, mk, mh, mv, DV)
                 tl.store(o_ptr + tok * DV + rv, o.to(o_ptr.dtype.element_ty), mask=mv)
@@ -327,6 +329,8 @@ def _backward_kernel(
                 if p0 == 0:
                     b_p1 = tl.load(anchor_ptr + i_bh * WSIZE + o_w1 + i_w1, mask=m_w1, other=0.0)
                     b_p2 = tl.load(anchor_ptr + i_bh * WSIZE + o_w2 + i_w2, mask=m_w2, other=0.0)
+            b_p1 = tl.where(m_w1, HID * b_p1 - 1.0, 0.0)  # the centred read
+            b_p2 = tl.where(m_w2, DV * b_p2 - 1.0, 0.0)  # the centred read
             for t in range(t0, t1):
                 tok = (i_b * T + t) * H + i_h
                 kt = tl.load(k_ptr + tok * DK + rk, mask=mk, other=0.0).to(tl.float32)
@@ -336,8 +340,8 @@ def _backward_kernel(
                 rate = tl.load(gt + 1 * GS)
                 rho = 1.0
                 a0, a1, zr1, zr2, u1, d1, d2, dd1, dd2, y, dy, xh, rstd = _surprise(kt, vt, b_p1, b_p2, rho, gamma, beta, mk, mh, mv, DV)
-                b_g1 = outer(a0, dd1)
-                b_g2 = outer(a1, dd2)
+                b_g1 = HID * outer(a0, dd1)
+                b_g2 = DV * outer(a1, dd2)
                 b_w1, b_w2 = _update(b_w1, b_w2, b_g1, b_g2, e, rate, m_w1, mk, m_w2, mh)
                 slot = scr + (t - seg_t0 + 1) * STATE
                 tl.store(slot + o_w1 + i_w1, b_w1, mask=m_w1)
@@ -361,8 +365,8 @@ def _backward_kernel(
                 if p0 == 0:
                     b_a1 = tl.load(anchor_ptr + i_bh * WSIZE + o_w1 + i_w1, mask=m_w1, other=0.0)
                     b_a2 = tl.load(anchor_ptr + i_bh * WSIZE + o_w2 + i_w2, mask=m_w2, other=0.0)
-            b_p1 = b_a1
-            b_p2 = b_a2
+            b_p1 = tl.where(m_w1, HID * b_a1 - 1.0, 0.0)
+            b_p2 = tl.where(m_w2, DV * b_a2 - 1.0, 0.0)
             tok = (i_b * T + t) * H + i_h
             kt = tl.load(k_ptr + tok * DK + rk, mask=mk, other=0.0).to(tl.float32)
             vt = tl.load(v_ptr + tok * DV + rv, mask=mv, other=0.0).to(tl.float32)
@@ -371,10 +375,10 @@ def _backward_kernel(
             rate = tl.load(gt + 1 * GS)
             rho = 1.0
             a0, a1, zr1, zr2, u1, d1, d2, dd1, dd2, y, dy, xh, rstd = _surprise(kt, vt, b_p1, b_p2, rho, gamma, beta, mk, mh, mv, DV)
-            b_g1 = outer(a0, dd1)
-            b_g2 = outer(a1, dd2)
-            b_r1 = b_wn1
-            b_r2 = b_wn2
+            b_g1 = HID * outer(a0, dd1)
+            b_g2 = DV * outer(a1, dd2)
+            b_r1 = tl.where(m_w1, HID * b_wn1 - 1.0, 0.0)
+            b_r2 = tl.where(m_w2, DV * b_wn2 - 1.0, 0.0)
             x = scale * tl.load(q_ptr + tok * DK + rk, mask=mk, other=0.0).to(tl.float32)
             r_o, r_h0, r_h1, r_r1, r_r2, r_xh, r_rstd = _read(x, b_r1, b_r2, gamma, beta, mk, mh, mv, DV)
             ob = tl.load(do_ptr + tok * DV + rv, mask=mv, other=0.0).to(tl.float32)
@@ -382,14 +386,16 @@ def _backward_kernel(
             tl.store(dq_ptr + tok * DK + rk, scale * xb, mask=mk)
             gamma_acc += gb
             beta_acc += bb
-            b_dw1 += b_dr1
-            b_dw2 += b_dr2
+            b_dw1 += HID * b_dr1
+            b_dw2 += DV * b_dr2
             b_dw1, b_dw2, b_dg1, b_dg2, e_b, rate_b = _update_bwd(b_dw1, b_dw2, b_wp1, b_wp2, b_wn1, b_wn2, b_g1, b_g2, e, rate, m_w1, mk, m_w2, mh)
+            b_dg1 = HID * b_dg1  # b_g is out times the read's gradient
+            b_dg2 = DV * b_dg2  # b_g is out times the read's gradient
             kb, vb, b_dp1, b_dp2, rho_b, gb, bb = _surprise_bwd(b_dg1, b_dg2, a0, a1, zr1, zr2, u1, d1, d2, dd1, dd2, y, dy, xh, rstd, vt, b_p1, b_p2, rho, gamma, mk, mh, mv, DV)
             gamma_acc += gb
             beta_acc += bb
-            b_dpa1 += b_dp1
-            b_dpa2 += b_dp2
+            b_dpa1 += HID * b_dp1
+            b_dpa2 += DV * b_dp2
             tl.store(dk_ptr + tok * DK + rk, kb, mask=mk)
             tl.store(dv_ptr + tok * DV + rv, vb, mask=mv)
             dgt = dg_ptr + i_bh * T + t
@@ -435,7 +441,6 @@ fused = runtime.FusedRecurrent(
     n_states=2,
     required_state='memora needs initial_state (an MLP memory)',
     layer_norm=True,
-    refusal="the Triton kernels do not read kl's centred weights (out * W - 1): use backend='torch'",
 )
 unsupported = fused.unsupported
 

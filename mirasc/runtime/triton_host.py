@@ -53,13 +53,11 @@ class FusedRecurrent:
         n_states: int,
         required_state: str,
         layer_norm: bool,
-        refusal: str | None = None,
     ):
         self.forward_kernel, self.backward_kernel = forward_kernel, backward_kernel
         self.shapes, self.hidden_factor = shapes, hidden_factor
         self.chunk, self.segment = chunk, segment  # segment: tokens between saved states
         self.n_states, self.required_state, self.layer_norm = n_states, required_state, layer_norm
-        self.refusal = refusal  # why the kernels take no input at all (a spec feature they lack)
         self.op = custom_op(namespace, lambda: self._register(namespace))
 
     def meta(self, Dk: int, Dv: int, offset: int) -> dict:
@@ -80,8 +78,6 @@ class FusedRecurrent:
 
     def unsupported(self, q: torch.Tensor, v: torch.Tensor) -> str | None:
         """Why these inputs cannot run on the fused kernels, or None."""
-        if self.refusal is not None:
-            return self.refusal
         if q.dtype not in (torch.float32, torch.bfloat16, torch.float16):
             return f"the Triton backend takes fp32, bf16 or fp16 inputs, not {q.dtype}"
         if not (q.is_cuda or triton_interpreted()):
