@@ -5,13 +5,14 @@
    property tests use), at a shape that crosses chunks and saved segments. `--pytest` also runs
    tests/test_triton_backend.py on CUDA (the interpreter's property tests, unchanged).
 2. Speed: forward and forward+backward of the triton and torch backends for every shipped spec
-   (for deltanet and gated_deltanet, "triton" is the chunked WY kernels at these lengths and
-   "triton recurrent" their fused recurrent kernels)
+   (for specs with chunked kernels, "triton" is those at these lengths, the WY form for deltanet
+   and gated_deltanet, the dual form for linear_attention, and "triton recurrent" their fused
+   recurrent kernels)
    at B=8, T=4096, H=16, D=64 and D=128, bf16 inputs: ms, tokens/s, achieved GB/s (the bytes of
    the inputs, outputs and gradients: the least any implementation must move) and each row's
    speed-up over the torch backend (its fwd+bwd time / the row's), measured in the same run. Where flash-linear-attention is importable, its
-   chunk_gated_delta_rule and fused_recurrent_gated_delta_rule run beside gated_deltanet (and
-   their outputs are compared with ours).
+   chunk_gated_delta_rule and fused_recurrent_gated_delta_rule run beside gated_deltanet, and
+   chunk_linear_attn beside linear_attention (their outputs compared with ours).
 
     python benchmarks/gpu.py [--specs ...] [--D 64 128] [--budget 420] [--pytest]
     python benchmarks/gpu.py --smoke     # tiny shapes on CPU under TRITON_INTERPRET=1 (CI)
@@ -163,19 +164,41 @@ def fla_rows(spec_module, q, k, v, gates, device):
 
 
 def recurrent_only(module, gates: dict, initial):
-    """A WY spec's op on its fused recurrent kernels at any length (its Triton backend sends
-    calls of WY_MIN_TOKENS tokens or more to the chunked WY kernels): the chunked-against-
-    recurrent comparison, measured in the same run."""
+    """The op on its fused recurrent kernels at any length, for a spec whose Triton backend
+    sends training-length calls to chunked kernels (WY or dual form): the chunked-against-
+    recurrent comparison, measured in the same run; None for a spec without chunked kernels."""
     backend = module.triton_backend
+    if hasattr(backend, "WY_MIN_TOKENS"):
+        holder, name = backend, "WY_MIN_TOKENS"
+    elif hasattr(backend, "dual"):
+        holder, name = backend.dual, "min_tokens"
+    else:
+        return None
 
     def call(q_, k_, v_):
-        threshold, backend.WY_MIN_TOKENS = backend.WY_MIN_TOKENS, float("inf")
+        threshold = getattr(holder, name)
+        setattr(holder, name, float("inf"))
         try:
             return module.op(q_, k_, v_, **gates, initial_state=initial, backend="triton")[0]
         finally:
-            backend.WY_MIN_TOKENS = threshold
+            setattr(holder, name, threshold)
 
     return call
+
+
+def fla_linear_rows(spec_module, q, k, v, gates):
+    """flash-linear-attention's chunked linear attention (no normaliser) on the same inputs:
+    o_t = sum_{s <= t} (q_t . k_s) v_s, linear_attention's semantics."""
+    try:
+        from fla.ops.linear_attn import chunk_linear_attn
+    except ImportError:
+        return []
+    ours, _ = spec_module.op(q, k, v, **gates, backend="triton")
+
+    def call(q_, k_, v_):
+        return chunk_linear_attn(q_, k_, v_, scale=1.0, normalize=False)[0]
+
+    return [("fla chunk", call, testing.relative_error(call(q, k, v).float(), ours.float()))]
 
 
 def timings(args, device, deadline: float) -> None:
@@ -209,10 +232,13 @@ def timings(args, device, deadline: float) -> None:
                                  backend=backend)[0]  # fmt: skip
 
             impls.append((backend, call, None))
-        if hasattr(getattr(module, "triton_backend", None), "WY_MIN_TOKENS"):
-            impls.append(("triton recurrent", recurrent_only(module, gates, initial), None))
+        recurrent = recurrent_only(module, gates, initial)
+        if recurrent is not None:
+            impls.append(("triton recurrent", recurrent, None))
         if name == "gated_deltanet":
             impls += fla_rows(module, q, k, v, gates, device)
+        if name == "linear_attention":
+            impls += fla_linear_rows(module, q, k, v, gates)
         measured = []
         for label, call, agreement in impls:
             try:
