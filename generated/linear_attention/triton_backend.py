@@ -316,74 +316,71 @@ def _bias_vjp_rows(y, v, mask, dyb):
 
 
 @triton.jit
-def _dual_chunk_pieces(q_ptr, k_ptr, v_ptr, e_ptr, gc_ptr, params_ptr, b_w, i_b, i_h, i_bh, t0,
-                       T, H, TP, BH, scale, DK: tl.constexpr, DV: tl.constexpr, BK: tl.constexpr,
+def _dual_chunk_pieces(q_ptr, k_ptr, v_ptr, d_ptr, params_ptr, b_w, i_b, i_h, i_bh, n, T, H, TP,
+                       BH, scale, DK: tl.constexpr, DV: tl.constexpr, BK: tl.constexpr,
                        BV: tl.constexpr, BT: tl.constexpr, DOT: tl.constexpr):
-    """One chunk's tokens and everything both passes compute from them and the chunk's start
-    state b_w: x = scale q, K, V, the gates, Y = K W, G = dl/dy at Y, M = x K^T, the decay
-    matrix Dm[t, s] = exp(gc_t - gc_s) e_s (s <= t), a_t = exp(gc_t) and the end's
-    Dl_s = exp(gc_C - gc_s) e_s."""
+    """Chunk n's tokens, its matrix D (rows of d_ptr [BH, TP, BT]) and loss gates, and what
+    every pass computes from them and the chunk's start weights b_w: x = scale q, K, V,
+    Y = K W, G = dl/dy at Y and M = x K^T."""
+    t0 = n * BT
     o_t = tl.arange(0, BT)
     rows = t0 + o_t < T
     mask = rows[:, None] & (tl.arange(0, BV) < DV)[None, :]
     b_x = load_rows(q_ptr, i_b, i_h, t0, 0, T, H, DK, BT, BK).to(tl.float32) * scale
     b_k = load_rows(k_ptr, i_b, i_h, t0, 0, T, H, DK, BT, BK)
     b_v = load_rows(v_ptr, i_b, i_h, t0, 0, T, H, DV, BT, BV).to(tl.float32)
-    b_e = tl.load(e_ptr + i_bh * TP + t0 + o_t)
-    b_gc = tl.load(gc_ptr + i_bh * TP + t0 + o_t)
-    gc_last = tl.load(gc_ptr + i_bh * TP + t0 + BT - 1)
+    row = i_bh * TP + t0 + o_t
+    b_dmat = tl.load(d_ptr + row.to(tl.int64)[:, None] * BT + o_t[None, :])
     b_y = mm(b_k, b_w, DOT)
     b_g = _bias_grad_rows(b_y, b_v, mask)
     b_m = mm(b_x, tl.trans(b_k), DOT)
-    causal = o_t[:, None] >= o_t[None, :]
-    b_dm = tl.where(causal, tl.exp(b_gc[:, None] - b_gc[None, :]) * b_e[None, :], 0.0)
-    b_a = tl.exp(b_gc)
-    b_dl = tl.exp(gc_last - b_gc) * b_e
-    return (b_x, b_k, b_v, b_e, b_gc, gc_last, b_y, b_g, b_m, b_dm, b_a, b_dl, mask,
-            causal)
-
+    return b_x, b_k, b_v, b_dmat, b_y, b_g, b_m, mask
 
 @triton.jit
-def _dual_forward_kernel(q_ptr, k_ptr, v_ptr, e_ptr, gc_ptr, params_ptr, h0_ptr, o_ptr, hs_ptr,
-                         final_ptr, scale, T, H, TP, NT, DK: tl.constexpr, DV: tl.constexpr, BK: tl.constexpr,
-                         BV: tl.constexpr, BT: tl.constexpr, DOT: tl.constexpr):
+def _dual_forward_kernel(q_ptr, k_ptr, v_ptr, coef_ptr, ends_ptr, d_ptr, params_ptr, h0_ptr,
+                         o_ptr, hs_ptr, final_ptr, scale, T, H, TP, NT, DK: tl.constexpr,
+                         DV: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+                         BT: tl.constexpr, DOT: tl.constexpr):
     """One program per (batch, head), its chunks in order: per chunk the gradients at the
-    chunk's start state W (its anchor), every token's read after its write
-    O = a (x W) - (Dm * M) G, the state W' = exp(gc_C) W - K^T (Dl G), and W saved at each
-    chunk's start for the backward pass."""
+    chunk's start state (its anchor), every token's read after its write
+    O = a (x W) - (D * M) G, the end state W' = aC W - K^T (Dl G); the state saved at each chunk's start for the backward pass."""
     i_bh = tl.program_id(0)
     i_b, i_h = i_bh // H, i_bh % H
     BH = tl.num_programs(0)
     size = DK * DV
+    o_t = tl.arange(0, BT)
     b_w = load_tile(h0_ptr + i_bh * size, 0, 0, BK, BV, DK, DV)
     for n in range(NT):
-        t0 = n * BT
-        store_tile(hs_ptr + (i_bh * NT + n).to(tl.int64) * size, b_w, 0, 0, BK, BV, DK, DV)
-        (b_x, b_k, b_v, b_e, b_gc, gc_last, b_y, b_g, b_m, b_dm, b_a, b_dl, mask,
-         causal) = _dual_chunk_pieces(
-            q_ptr, k_ptr, v_ptr, e_ptr, gc_ptr, params_ptr, b_w, i_b, i_h, i_bh, t0, T, H, TP, BH,
+        at = (i_bh * NT + n).to(tl.int64) * size
+        store_tile(hs_ptr + at, b_w, 0, 0, BK, BV, DK, DV)
+        row = i_bh * TP + n * BT + o_t
+        end = i_bh * NT + n
+        b_x, b_k, b_v, b_dmat, b_y, b_g, b_m, mask = _dual_chunk_pieces(
+            q_ptr, k_ptr, v_ptr, d_ptr, params_ptr, b_w, i_b, i_h, i_bh, n, T, H, TP, BH,
             scale, DK, DV, BK, BV, BT, DOT)
-        b_o = b_a[:, None] * mm(b_x, b_w, DOT) - mm(b_dm * b_m, b_g, DOT)
-        store_rows(o_ptr, b_o, i_b, i_h, t0, 0, T, H, DV, BT, BV)
-        b_w = tl.exp(gc_last) * b_w - mm(tl.trans(b_k), b_dl[:, None] * b_g, DOT)
+        b_a = tl.load(coef_ptr + row)
+        b_dl = tl.load(coef_ptr + 2 * BH * TP + row)
+        b_o = b_a[:, None] * mm(b_x, b_w, DOT) - mm(b_dmat * b_m, b_g, DOT)
+        b_w = tl.load(ends_ptr + end) * b_w - mm(tl.trans(b_k), b_dl[:, None] * b_g, DOT)
+        store_rows(o_ptr, b_o, i_b, i_h, n * BT, 0, T, H, DV, BT, BV)
     store_tile(final_ptr + i_bh * size, b_w, 0, 0, BK, BV, DK, DV)
 
-
 @triton.jit
-def _dual_surprise_bwd(b_x, b_k, b_v, b_y, b_g, b_m, b_dm, b_a, b_dl, mask, b_dw, b_do, DOT: tl.constexpr):
+def _dual_surprise_bwd(b_x, b_k, b_v, b_y, b_g, b_m, b_dmat, b_a, b_dl, mask, b_dw, b_do, DOT: tl.constexpr):
     """The part of a chunk's reverse that the state's adjoint needs: given the adjoints of
-    the chunk's end state (b_dw) and reads (b_do), that of G = dl/dy (through the update and
-    the reads), the loss's vector-Jacobian product, and the adjoint of the chunk's start state
-    less its share exp(gc_C) b_dw: x^T (a dO) + K^T dY."""
+    the chunk's end state (b_dw) and reads (b_do), that of G = dl/dy (through the update
+    and the reads), the loss's vector-Jacobian product, and the part of the start weights'
+    adjoint that does not come straight from the end state's: x^T (a dO) + K^T dY."""
     b_kdw = mm(b_k, b_dw, DOT)
-    b_dg = -b_dl[:, None] * b_kdw - mm(tl.trans(b_dm * b_m), b_do, DOT)
+    b_dg = -b_dl[:, None] * b_kdw - mm(tl.trans(b_dmat * b_m), b_do, DOT)
+    b_kds = b_kdw
     b_dy, b_dv = _bias_vjp_rows(b_y, b_v, mask, b_dg)
     b_dw0 = mm(tl.trans(b_x), b_a[:, None] * b_do, DOT) + mm(tl.trans(b_k), b_dy, DOT)
-    return b_kdw, b_dy, b_dv, b_dw0
+    return b_kdw, b_kds, b_dy, b_dv, b_dw0
 
 @triton.jit
-def _dual_state_bwd_kernel(q_ptr, k_ptr, v_ptr, e_ptr, gc_ptr, params_ptr, hs_ptr, do_ptr,
-                           dfinal_ptr, dhs_ptr, dh0_ptr, scale, T, H, TP, NT,
+def _dual_state_bwd_kernel(q_ptr, k_ptr, v_ptr, coef_ptr, ends_ptr, d_ptr, params_ptr, hs_ptr,
+                           do_ptr, dfinal_ptr, dhs_ptr, dh0_ptr, scale, T, H, TP, NT,
                            DK: tl.constexpr, DV: tl.constexpr, BK: tl.constexpr,
                            BV: tl.constexpr, BT: tl.constexpr, DOT: tl.constexpr):
     """One program per (batch, head), its chunks in reverse: the adjoint of each chunk's end
@@ -393,69 +390,67 @@ def _dual_state_bwd_kernel(q_ptr, k_ptr, v_ptr, e_ptr, gc_ptr, params_ptr, hs_pt
     i_b, i_h = i_bh // H, i_bh % H
     BH = tl.num_programs(0)
     size = DK * DV
+    o_t = tl.arange(0, BT)
     b_dw = load_tile(dfinal_ptr + i_bh * size, 0, 0, BK, BV, DK, DV)
     for i in range(NT):
         n = NT - 1 - i
-        t0 = n * BT
         at = (i_bh * NT + n).to(tl.int64) * size
+        row = i_bh * TP + n * BT + o_t
+        end = i_bh * NT + n
         store_tile(dhs_ptr + at, b_dw, 0, 0, BK, BV, DK, DV)
         b_w = load_tile(hs_ptr + at, 0, 0, BK, BV, DK, DV)
-        (b_x, b_k, b_v, b_e, b_gc, gc_last, b_y, b_g, b_m, b_dm, b_a, b_dl, mask,
-         causal) = _dual_chunk_pieces(
-            q_ptr, k_ptr, v_ptr, e_ptr, gc_ptr, params_ptr, b_w, i_b, i_h, i_bh, t0, T, H, TP, BH,
+        b_x, b_k, b_v, b_dmat, b_y, b_g, b_m, mask = _dual_chunk_pieces(
+            q_ptr, k_ptr, v_ptr, d_ptr, params_ptr, b_w, i_b, i_h, i_bh, n, T, H, TP, BH,
             scale, DK, DV, BK, BV, BT, DOT)
-        b_do = load_rows(do_ptr, i_b, i_h, t0, 0, T, H, DV, BT, BV).to(tl.float32)
-        b_kdw, b_dy, b_dv, b_dw0 = _dual_surprise_bwd(
-            b_x, b_k, b_v, b_y, b_g, b_m, b_dm, b_a, b_dl, mask, b_dw, b_do, DOT)
-        b_dw = tl.exp(gc_last) * b_dw + b_dw0
+        b_do = load_rows(do_ptr, i_b, i_h, n * BT, 0, T, H, DV, BT, BV).to(tl.float32)
+        b_a = tl.load(coef_ptr + row)
+        b_dl = tl.load(coef_ptr + 2 * BH * TP + row)
+        b_kdw, b_kds, b_dy, b_dv, b_dw0 = _dual_surprise_bwd(
+            b_x, b_k, b_v, b_y, b_g, b_m, b_dmat, b_a, b_dl, mask, b_dw, b_do, DOT)
+        b_dw = tl.load(ends_ptr + end) * b_dw + b_dw0
     store_tile(dh0_ptr + i_bh * size, b_dw, 0, 0, BK, BV, DK, DV)
 
-
 @triton.jit
-def _dual_chunk_bwd_kernel(q_ptr, k_ptr, v_ptr, e_ptr, gc_ptr, params_ptr, hs_ptr, dhs_ptr,
-                           do_ptr, dq_ptr, dk_ptr, dv_ptr, de_ptr, dgc_ptr, dparams_ptr, scale,
-                           T, H, TP, NT, DK: tl.constexpr, DV: tl.constexpr, BK: tl.constexpr,
-                           BV: tl.constexpr, BT: tl.constexpr, DOT: tl.constexpr):
+def _dual_chunk_bwd_kernel(q_ptr, k_ptr, v_ptr, coef_ptr, ends_ptr, d_ptr, params_ptr, hs_ptr,
+                           dhs_ptr, do_ptr, dq_ptr, dk_ptr, dv_ptr, dcoef_ptr, dends_ptr, dd_ptr,
+                           dparams_ptr, scale, T, H, TP, NT, DK: tl.constexpr, DV: tl.constexpr,
+                           BK: tl.constexpr, BV: tl.constexpr, BT: tl.constexpr,
+                           DOT: tl.constexpr):
     """One program per (chunk, batch and head), all in parallel: the adjoints of the chunk's
-    tokens and gates from its start state and its end state's adjoint (both saved), through
-    the state update W' = exp(gc_C) W - K^T (Dl G), the reads O = a (x W) - (Dm * M) G and the
-    inner gradient step G = dl/dy(K W, V)."""
+    tokens and coefficients from its start state and its end state's adjoint (both saved),
+    through the update, the reads and the inner gradient step G = dl/dy(K W, V)."""
     n, i_bh = tl.program_id(0), tl.program_id(1)
     i_b, i_h = i_bh // H, i_bh % H
     BH = tl.num_programs(1)
-    t0 = n * BT
+    size = DK * DV
     o_t = tl.arange(0, BT)
-    at = (i_bh * NT + n).to(tl.int64) * (DK * DV)
+    at = (i_bh * NT + n).to(tl.int64) * size
+    row = i_bh * TP + n * BT + o_t
+    end = i_bh * NT + n
     b_w = load_tile(hs_ptr + at, 0, 0, BK, BV, DK, DV)
     b_dw = load_tile(dhs_ptr + at, 0, 0, BK, BV, DK, DV)
-    (b_x, b_k, b_v, b_e, b_gc, gc_last, b_y, b_g, b_m, b_dm, b_a, b_dl, mask,
-     causal) = _dual_chunk_pieces(
-        q_ptr, k_ptr, v_ptr, e_ptr, gc_ptr, params_ptr, b_w, i_b, i_h, i_bh, t0, T, H, TP, BH,
-        scale, DK, DV, BK, BV, BT, DOT)
-    b_do = load_rows(do_ptr, i_b, i_h, t0, 0, T, H, DV, BT, BV).to(tl.float32)
-    b_kdw, b_dy, b_dv, b_dw0 = _dual_surprise_bwd(
-        b_x, b_k, b_v, b_y, b_g, b_m, b_dm, b_a, b_dl, mask, b_dw, b_do, DOT)
-    # the gates, through Dm, a, Dl and exp(gc_C): e and the in-chunk cumulative log-decay gc
+    b_x, b_k, b_v, b_dmat, b_y, b_g, b_m, mask = _dual_chunk_pieces(
+        q_ptr, k_ptr, v_ptr, d_ptr, params_ptr, b_w, i_b, i_h, i_bh, n, T, H, TP, BH, scale,
+        DK, DV, BK, BV, BT, DOT)
+    b_do = load_rows(do_ptr, i_b, i_h, n * BT, 0, T, H, DV, BT, BV).to(tl.float32)
+    b_a = tl.load(coef_ptr + row)
+    b_dl = tl.load(coef_ptr + 2 * BH * TP + row)
+    b_kdw, b_kds, b_dy, b_dv, b_dw0 = _dual_surprise_bwd(
+        b_x, b_k, b_v, b_y, b_g, b_m, b_dmat, b_a, b_dl, mask, b_dw, b_do, DOT)
+    # the coefficients: D and M through the reads, a, b, Dl, Dm and the end's aC, bC, hC
     b_dog = mm(b_do, tl.trans(b_g), DOT)
-    b_ddm = tl.where(causal, -b_dog * b_m, 0.0)
-    b_dmm = -b_dog * b_dm
-    through = b_ddm * b_dm
-    b_de = tl.sum(b_ddm * tl.where(causal, tl.exp(b_gc[:, None] - b_gc[None, :]), 0.0), axis=0)
-    b_dgc = tl.sum(through, axis=1) - tl.sum(through, axis=0)
-    b_ddl = -tl.sum(b_g * b_kdw, axis=1)
-    b_de += b_ddl * tl.exp(gc_last - b_gc)
-    b_dgc += tl.sum(mm(b_x, b_w, DOT) * b_do, axis=1) * b_a - b_ddl * b_dl
-    d_end = tl.sum(tl.sum(b_dw * b_w, axis=1), axis=0) * tl.exp(gc_last)
-    b_dgc += tl.where(o_t == BT - 1, tl.sum(b_ddl * b_dl, axis=0) + d_end, 0.0)
-    # the tokens, through M = x K^T, x W, K W and K^T (Dl G)
+    tl.store(dd_ptr + row.to(tl.int64)[:, None] * BT + o_t[None, :], -b_dog * b_m)
+    b_dmm = -b_dog * b_dmat
+    tl.store(dcoef_ptr + row, tl.sum(mm(b_x, b_w, DOT) * b_do, axis=1))
+    tl.store(dcoef_ptr + 2 * BH * TP + row, -tl.sum(b_g * b_kdw, axis=1))
+    tl.store(dends_ptr + end, tl.sum(tl.sum(b_dw * b_w, axis=1), axis=0))
+    # the tokens, through M = x K^T, x W, Y = K W and the update's K^T
     b_dx = b_a[:, None] * mm(b_do, tl.trans(b_w), DOT) + mm(b_dmm, b_k, DOT)
     b_dk = mm(b_dy, tl.trans(b_w), DOT) - mm(b_dl[:, None] * b_g, tl.trans(b_dw), DOT)
     b_dk += mm(tl.trans(b_dmm), b_x, DOT)
-    store_rows(dq_ptr, b_dx * scale, i_b, i_h, t0, 0, T, H, DK, BT, BK)
-    store_rows(dk_ptr, b_dk, i_b, i_h, t0, 0, T, H, DK, BT, BK)
-    store_rows(dv_ptr, b_dv, i_b, i_h, t0, 0, T, H, DV, BT, BV)
-    tl.store(de_ptr + i_bh * TP + t0 + o_t, b_de)
-    tl.store(dgc_ptr + i_bh * TP + t0 + o_t, b_dgc)
+    store_rows(dq_ptr, b_dx * scale, i_b, i_h, n * BT, 0, T, H, DK, BT, BK)
+    store_rows(dk_ptr, b_dk, i_b, i_h, n * BT, 0, T, H, DK, BT, BK)
+    store_rows(dv_ptr, b_dv, i_b, i_h, n * BT, 0, T, H, DV, BT, BV)
 # ---- the host side: the spec's sizes; the rest is runtime.FusedRecurrent --------------------------
 def _shapes(Dk, Dv):
     return [(Dk, Dv)]
@@ -481,6 +476,7 @@ dual = dual_chunk.DualChunk(
     (_dual_forward_kernel, _dual_state_bwd_kernel, _dual_chunk_bwd_kernel),
     chunk=CHUNK,
     retention="none",
+    momentum=False,
     n_params=0,
 )
 
@@ -494,6 +490,7 @@ def forward(q, k, v, gates, **options):
     rows = [runtime.gate(1.0, 'lr', q)]
     if dual.unsupported(q, v, options.get("chunk_offset", 0)) is None:
         rate = None
+        mom = None
         params = []
-        return dual.forward(q, k, v, rows[0], rate, params, **options)
+        return dual.forward(q, k, v, rows[0], rate, mom, params, **options)
     return fused.forward(q, k, v, rows, **options)

@@ -48,14 +48,13 @@ def wy_scale(spec: Spec, derived: Derived) -> float | None:
 
 
 def dual_chunk_refusal(spec: Spec) -> str:
-    """Why the chunked dual-form Triton kernels (a linear memory trained by gd on its
-    element-wise loss, every gradient at the chunk's anchor) do not take the spec; "" if they
-    do. What they lack runs on the recurrent kernels."""
+    """Why the chunked dual-form Triton kernels (a linear memory trained by gd or momentum on
+    its element-wise loss, every gradient at the chunk's anchor) do not take the spec; "" if
+    they do. What they lack runs on the recurrent kernels."""
     a, ret = spec.architecture, spec.retention
     lacks = [
         (a.depth > 1, "MLP memories (depth > 1)"),
         (a.residual or a.norm is not None, "a residual or LayerNorm read"),
-        (spec.algorithm.kind != "gd", "momentum"),
         (ret.kind not in ("none", "decay", "l2"), f"{ret.kind} retention"),
         (ret.first, "retention applied first"),
         (spec.clip is not None, "clip"),

@@ -324,14 +324,14 @@ def _end_rows(x: torch.Tensor, last: int, dim: int) -> torch.Tensor:
     return torch.cat([ends[:-1], x[-1:].select(dim, last)], dim=0)
 
 
-def _coefficients(cfg: DualForm, keep, e, mom, offset: int, last: int) -> dict:
+def coefficients(momentum: bool, keep, e, mom, offset: int, last: int) -> dict:
     """a, b, D of every chunk (W_t = a_t W + b_t S - sum_s D[t, s] g_s) and the update's
     coefficients, from per-token factors [N, B, H, C]. Padded tokens keep 1, step 0 and have
     momentum 1: no-ops except through b (W_t = W_{t-1} + S_t), so the padding in front of a
     continued chunk is masked out of b, and a chunk ends at its last real token."""
     a, retain = products(keep)
     out = dict(a=a.unsqueeze(-1), aC=_end_rows(a, last, -1)[..., None, None])
-    if not cfg.momentum:
+    if not momentum:
         D = retain * e.unsqueeze(-2)
         return dict(
             out, b=None, D=D, bC=None, hC=None, Dl=_end_rows(D, last, -2).unsqueeze(-1), Dm=None
@@ -355,7 +355,7 @@ def _coefficients(cfg: DualForm, keep, e, mom, offset: int, last: int) -> dict:
     )
 
 
-def _chunked(t: torch.Tensor, front: int, back: int, C: int, value: float | None = None):
+def chunk_major(t: torch.Tensor, front: int, back: int, C: int, value: float | None = None):
     """[B, H, T, ..] -> chunk-major [N, B, H, C, ..]. Gates ([B, H, T]) are padded with
     `value`; everything else (and gates with value None) with copies of the edge token, which
     keeps padded surprises finite."""
@@ -379,22 +379,22 @@ def dual_form(
     N = -(-(offset + T) // C)
     pads = (offset, N * C - offset - T, C)
     keep, e, rho = _factors(cfg, lr, rate)
-    coef = _coefficients(
-        cfg,
-        _chunked(keep, *pads, value=1.0),
-        _chunked(e, *pads, value=0.0),
-        _chunked(mom, *pads, value=1.0) if cfg.momentum else None,
+    coef = coefficients(
+        cfg.momentum,
+        chunk_major(keep, *pads, value=1.0),
+        chunk_major(e, *pads, value=0.0),
+        chunk_major(mom, *pads, value=1.0) if cfg.momentum else None,
         offset,
         (offset + T - 1) % C,
     )
     gamma, beta = (None, None) if ln is None else ln
     blk = Blocks(
-        *(_chunked(t, *pads).contiguous() for t in (scale * q, k, v)),
-        None if rho is None else _chunked(rho, *pads, value=1.0).unsqueeze(-1),
+        *(chunk_major(t, *pads).contiguous() for t in (scale * q, k, v)),
+        None if rho is None else chunk_major(rho, *pads, value=1.0).unsqueeze(-1),
         **coef,
         gamma=gamma,
         beta=beta,
-        params=[_chunked(p, *pads).unsqueeze(-1) for p in params.values()],
+        params=[chunk_major(p, *pads).unsqueeze(-1) for p in params.values()],
         state=list(state),
         anchor=list(anchor_state) if offset else [],
     )

@@ -1,23 +1,24 @@
 """The host side of the chunked dual-form Triton kernels of a linear memory (a generated
-`triton_backend.py` supplies the two kernels, printed with its loss): per chunk of C tokens,
-every token's gradient is taken at the chunk's start state W (its anchor),
-G = dl/dy(K W, V), and with the in-chunk cumulative log of what the state keeps, gc, and the
-step sizes e:
-    O  = exp(gc) * (x W) - (Dm * x K^T) G,    Dm[t, s] = exp(gc_t - gc_s) e_s  (s <= t)
-    W' = exp(gc_C) W - K^T (exp(gc_C - gc) e * G).
-The kernels take e and gc (torch ops here, padded to whole chunks; autograd differentiates the
-gates into them) and return their adjoints. Activation memory: the state at each chunk's start
-(ceil(T / C) * Dk * Dv floats per (batch, head)), nothing per token beyond the inputs.
+`triton_backend.py` supplies the three kernels, printed with its loss). Per chunk of C tokens
+every gradient is taken at the chunk's start state W (its anchor), G = dl/dy(K W, V), and with
+the chunk's coefficients (runtime.chunked.coefficients, the torch backend's own: products of the
+gates, exact with zero gates):
+    O  = a (x W) + b (x S) - (D * x K^T) G
+    W' = aC W + bC S - K^T (Dl G),   S' = hC S - K^T (Dm G)     (S, b, bC, hC, Dm: momentum)
+The kernels take the coefficients and return their adjoints; autograd carries those to the
+gates. Activation memory: the state at each chunk's start (ceil(T / C) |state| floats per
+(batch, head)) and the coefficients (C + 4 floats per token), nothing else per token beyond
+the inputs.
 """
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 import triton
 from torch import Tensor
 
 from ..errors import BackendError
+from .chunked import chunk_major, coefficients
 from .inputs import initial_weights
 from .triton_host import custom_op, triton_interpreted
 from .wy_chunk import dot_dtype
@@ -30,13 +31,6 @@ MIN_TOKENS = 64  # calls at least this long take the chunked kernels; shorter on
 def _pow2(n: int) -> int:
     """The tile width for n columns: a power of two, at least 16 (tl.dot's smallest)."""
     return max(16, 1 << max(0, (int(n) - 1).bit_length()))
-
-
-def _log_keep(keep: Tensor) -> Tensor:
-    """log(keep) per token, a full forget (keep exactly 0) taken as e^-80 so that no -inf
-    reaches the kernels; a negative keep has no logarithm: NaN, not a wrong value."""
-    gone = keep == 0.0
-    return torch.where(gone, -80.0, torch.log(torch.where(gone, 1.0, keep)))
 
 
 def factors(retention: str, lr: Tensor, rate: Tensor | None) -> tuple[Tensor, Tensor]:
@@ -55,13 +49,14 @@ def factors(retention: str, lr: Tensor, rate: Tensor | None) -> tuple[Tensor, Te
 class DualChunk:
     """The chunked dual-form kernels of one spec as a `torch.library` op pair with an autograd
     formula; the generated backend passes its three kernels (forward, the reverse state pass,
-    the chunks' adjoints), chunk, retention kind and the number of its loss's gate
-    parameters."""
+    the chunks' adjoints), chunk, retention kind, whether it has momentum and the number of its
+    loss's gate parameters."""
 
     def __init__(self, namespace: str, kernels: tuple, *, chunk: int, retention: str,
-                 n_params: int):  # fmt: skip
+                 momentum: bool, n_params: int):  # fmt: skip
         self.forward_kernel, self.state_bwd_kernel, self.chunk_bwd_kernel = kernels
         self.chunk, self.retention, self.n_params = chunk, retention, n_params
+        self.momentum, self.n_states = momentum, 2 if momentum else 1
         self.min_tokens = MIN_TOKENS  # benchmarks raise it to time the recurrent kernels alone
         self.op = custom_op(f"{namespace}_dual", lambda: self._register(f"{namespace}_dual"))
 
@@ -94,34 +89,35 @@ class DualChunk:
         kernel[grid](*args, **self.meta(Dk, Dv, dot_dtype(q.dtype)),
                      **self.launch_options(Dk, Dv))  # fmt: skip
 
-    def launch_forward(self, q, k, v, e, gc, params, h0, scale: float):
+    def launch_forward(self, q, k, v, coef, ends, d, params, h0, scale: float):
         B, T, H, Dk = q.shape
-        Dv, (BH, TP) = v.shape[-1], e.shape
-        NT = TP // self.chunk
+        Dv, (_, BH, TP), NT = v.shape[-1], coef.shape, ends.shape[-1]
         f32 = dict(dtype=torch.float32, device=q.device)
         o = torch.empty((B, T, H, Dv), dtype=q.dtype, device=q.device)
-        hs = torch.empty((BH, NT, Dk, Dv), **f32)
-        final = torch.empty((BH, Dk, Dv), **f32)
-        self._launch(self.forward_kernel, (BH,),
-                     (q, k, v, e, gc, params, h0, o, hs, final, scale, T, H, TP, NT), q, v)  # fmt: skip
+        hs = torch.empty((self.n_states, BH, NT, Dk, Dv), **f32)
+        final = torch.empty((self.n_states, BH, Dk, Dv), **f32)
+        args = (q, k, v, coef, ends, d, params, h0, o, hs, final, scale, T, H, TP, NT)
+        self._launch(self.forward_kernel, (BH,), args, q, v)
         return o, final, hs
 
-    def launch_backward(self, q, k, v, e, gc, params, hs, do, dfinal, scale: float):
+    def launch_backward(self, q, k, v, coef, ends, d, params, hs, do, dfinal, scale: float):
         """The reverse state pass (sequential over chunks: each chunk end's state adjoint),
-        then every chunk's token and gate adjoints in parallel."""
+        then every chunk's token and coefficient adjoints in parallel."""
         T, H, Dk = q.shape[1:]
-        Dv, (BH, TP), NT = v.shape[-1], e.shape, hs.shape[1]
+        Dv, (_, BH, TP), NT = v.shape[-1], coef.shape, ends.shape[-1]
         f32 = dict(dtype=torch.float32, device=q.device)
         dq, dk, dv = (torch.empty(t.shape, **f32) for t in (q, k, v))
-        de, dgc, dparams = torch.empty_like(e), torch.empty_like(gc), torch.empty_like(params)
-        dhs, dh0 = torch.empty_like(hs), torch.empty((BH, Dk, Dv), **f32)
+        # zeros: without momentum the kernels leave its coefficients' rows unwritten
+        dcoef, dends, dd = torch.zeros_like(coef), torch.zeros_like(ends), torch.empty_like(d)
+        dparams, dhs = torch.empty_like(params), torch.empty_like(hs)
+        dh0 = torch.empty((self.n_states, BH, Dk, Dv), **f32)
         self._launch(self.state_bwd_kernel, (BH,),
-                     (q, k, v, e, gc, params, hs, do, dfinal, dhs, dh0, scale, T, H, TP, NT),
-                     q, v)  # fmt: skip
+                     (q, k, v, coef, ends, d, params, hs, do, dfinal, dhs, dh0, scale, T, H, TP,
+                      NT), q, v)  # fmt: skip
         self._launch(self.chunk_bwd_kernel, (NT, BH),
-                     (q, k, v, e, gc, params, hs, dhs, do, dq, dk, dv, de, dgc, dparams, scale,
-                      T, H, TP, NT), q, v)  # fmt: skip
-        return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), de, dgc, dparams, dh0
+                     (q, k, v, coef, ends, d, params, hs, dhs, do, dq, dk, dv, dcoef, dends, dd,
+                      dparams, scale, T, H, TP, NT), q, v)  # fmt: skip
+        return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), dcoef, dends, dd, dparams, dh0
 
     def _register(self, namespace: str):
         """The pair as torch.library custom ops (fake kernels included, so that torch.compile
@@ -129,55 +125,56 @@ class DualChunk:
 
         @torch.library.custom_op(f"{namespace}::forward", mutates_args=())
         def dual_forward(
-            q: Tensor, k: Tensor, v: Tensor, e: Tensor, gc: Tensor, params: Tensor, h0: Tensor,
-            scale: float,
+            q: Tensor, k: Tensor, v: Tensor, coef: Tensor, ends: Tensor, d: Tensor,
+            params: Tensor, h0: Tensor, scale: float,
         ) -> tuple[Tensor, Tensor, Tensor]:  # fmt: skip
-            return self.launch_forward(q, k, v, e, gc, params, h0, scale)
+            return self.launch_forward(q, k, v, coef, ends, d, params, h0, scale)
 
         @dual_forward.register_fake
-        def _(q, k, v, e, gc, params, h0, scale):
+        def _(q, k, v, coef, ends, d, params, h0, scale):
             B, T, H, _ = q.shape
-            NT = e.shape[-1] // self.chunk
+            n, BH, *state = h0.shape
             return (q.new_empty((B, T, H, v.shape[-1])), h0.new_empty(h0.shape),
-                    h0.new_empty((h0.shape[0], NT, *h0.shape[1:])))  # fmt: skip
+                    h0.new_empty((n, BH, ends.shape[-1], *state)))  # fmt: skip
 
         @torch.library.custom_op(f"{namespace}::backward", mutates_args=())
         def dual_backward(
-            q: Tensor, k: Tensor, v: Tensor, e: Tensor, gc: Tensor, params: Tensor, hs: Tensor,
-            do: Tensor, dfinal: Tensor, scale: float,
-        ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:  # fmt: skip
-            return self.launch_backward(q, k, v, e, gc, params, hs, do, dfinal, scale)
+            q: Tensor, k: Tensor, v: Tensor, coef: Tensor, ends: Tensor, d: Tensor,
+            params: Tensor, hs: Tensor, do: Tensor, dfinal: Tensor, scale: float,
+        ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:  # fmt: skip
+            return self.launch_backward(q, k, v, coef, ends, d, params, hs, do, dfinal, scale)
 
         @dual_backward.register_fake
-        def _(q, k, v, e, gc, params, hs, do, dfinal, scale):
-            return (q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape),
-                    e.new_empty(e.shape), gc.new_empty(gc.shape), params.new_empty(params.shape),
+        def _(q, k, v, coef, ends, d, params, hs, do, dfinal, scale):
+            return (*(t.new_empty(t.shape) for t in (q, k, v, coef, ends, d, params)),
                     dfinal.new_empty(dfinal.shape))  # fmt: skip
 
         def setup_context(ctx, inputs, output):
-            q, k, v, e, gc, params, _, scale = inputs
-            ctx.save_for_backward(q, k, v, e, gc, params, output[2])
+            q, k, v, coef, ends, d, params, _, scale = inputs
+            ctx.save_for_backward(q, k, v, coef, ends, d, params, output[2])
             ctx.scale = scale
 
         def backward(ctx, do, dfinal, _dhs):
-            q, k, v, e, gc, params, hs = ctx.saved_tensors
+            q, k, v, coef, ends, d, params, hs = ctx.saved_tensors
             do = q.new_zeros((*q.shape[:3], v.shape[-1])) if do is None else do.contiguous()
-            dfinal = hs.new_zeros((hs.shape[0], *hs.shape[2:])) if dfinal is None else dfinal
-            grads = dual_backward(q, k, v, e, gc, params, hs, do, dfinal.contiguous(), ctx.scale)
+            dfinal = hs.new_zeros((*hs.shape[:2], *hs.shape[3:])) if dfinal is None else dfinal
+            grads = dual_backward(
+                q, k, v, coef, ends, d, params, hs, do, dfinal.contiguous(), ctx.scale
+            )
             return (*grads, None)
 
         dual_forward.register_autograd(backward, setup_context=setup_context)
         return dual_forward
 
     def forward(
-        self, q, k, v, lr, rate, params: list, *, scale, initial_state, output_final_state,
+        self, q, k, v, lr, rate, mom, params: list, *, scale, initial_state, output_final_state,
         ln_weight=None, ln_bias=None, anchor_state=None, chunk_offset: int = 0,
     ):  # fmt: skip
         """The op contract (o [B, T, H, Dv], final state tuple or None) on the chunked
-        kernels, for gates lr, rate (None without a retention gate) and the loss's gate
-        parameters, each [B, H, T]. A linear memory has no LayerNorm; a call continuing a
-        chunk (chunk_offset > 0) is not taken (`unsupported`), so `anchor_state` plays no
-        part."""
+        kernels, for gates lr, rate (None without a retention gate), mom (None without
+        momentum) and the loss's gate parameters, each [B, H, T]. A linear memory has no
+        LayerNorm; a call continuing a chunk (chunk_offset > 0) is not taken (`unsupported`),
+        so `anchor_state` plays no part."""
         reason = self.unsupported(q, v, chunk_offset)
         if reason is not None:
             raise BackendError(reason)
@@ -185,22 +182,44 @@ class DualChunk:
             raise BackendError("a linear memory has no LayerNorm")
         B, T, H, Dk = q.shape
         Dv, C = v.shape[-1], self.chunk
-        (state,) = initial_weights(initial_state, [(Dk, Dv)], 1, q, "")
-        TP = triton.cdiv(T, C) * C
+        states = initial_weights(initial_state, [(Dk, Dv)], self.n_states, q, "")
+        N = triton.cdiv(T, C)
+        pads = (0, N * C - T, C)
         keep, e = factors(self.retention, lr.float(), None if rate is None else rate.float())
+        coef = coefficients(
+            self.momentum,
+            chunk_major(keep, *pads, value=1.0),
+            chunk_major(e, *pads, value=0.0),
+            chunk_major(mom.float(), *pads, value=1.0) if self.momentum else None,
+            0,
+            (T - 1) % C,
+        )
 
-        def rows(x: Tensor, mode: str = "constant") -> Tensor:  # [B, H, T] -> [B*H, TP]
-            return F.pad(x, (0, TP - T), mode=mode).reshape(B * H, TP)
+        def tokens(x):  # [N, B, H, C, 1] -> [B*H, N*C]; absent (no momentum) -> zeros
+            return (
+                keep.new_zeros(B * H, N * C)
+                if x is None
+                else x.squeeze(-1).permute(1, 2, 0, 3).reshape(B * H, N * C)
+            )
 
-        log_keep = rows(_log_keep(keep))  # zero past T: gc keeps its last real value
-        gc = log_keep.reshape(B * H, TP // C, C).cumsum(-1).reshape(B * H, TP)
+        def chunk_ends(x):  # [N, B, H, 1, 1] -> [B*H, N]
+            return keep.new_zeros(B * H, N) if x is None else x.reshape(N, B * H).t()
+
+        per_token = torch.stack([tokens(coef[n]) for n in ("a", "b", "Dl", "Dm")])
+        ends = torch.stack([chunk_ends(coef[n]) for n in ("aC", "bC", "hC")])
+        d = coef["D"].permute(1, 2, 0, 3, 4).reshape(B * H, N * C, C)
         stacked = (
-            torch.stack([rows(p.float(), "replicate") for p in params])
+            torch.stack(
+                [chunk_major(p.float(), *pads).movedim(0, 2).reshape(B * H, N * C) for p in params]
+            )
             if params
-            else e.new_zeros((0, B * H, TP))
-        )  # past T, the last real token's gates: finite surprises on padded rows
+            else keep.new_zeros((0, B * H, N * C))
+        )  # fmt: skip  (past T, copies of the last real token's gates: finite surprises)
+        h0 = torch.stack([s.reshape(B * H, Dk, Dv).float() for s in states])
         o, final, _ = self.op(
-            q.contiguous(), k.contiguous(), v.contiguous(), rows(e).contiguous(), gc.contiguous(),
-            stacked.contiguous(), state.reshape(B * H, Dk, Dv).float().contiguous(), float(scale),
+            q.contiguous(), k.contiguous(), v.contiguous(), per_token.contiguous(),
+            ends.contiguous(), d.contiguous(), stacked.contiguous(), h0.contiguous(), float(scale),
         )  # fmt: skip
-        return o, ((final.reshape(B, H, Dk, Dv),) if output_final_state else None)
+        if not output_final_state:
+            return o, None
+        return o, tuple(f.reshape(B, H, Dk, Dv) for f in final)
