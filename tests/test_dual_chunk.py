@@ -81,6 +81,8 @@ def test_random_linear_specs_match_reference(compile_text, bias, retention, algo
     spec = testing.spec_of(module)
     case = testing.make_case(spec, B=2, T=T, H=1, Dk=D, Dv=D + 1, seed=seed,
                              dtype=torch.float32, with_initial_state=initial)  # fmt: skip
+    o_exact, _ = testing.call(module, case.to(dtype=torch.float64), backend="reference")
+    assume(torch.isfinite(o_exact).all())  # l_3 with no retention can blow up within T tokens
     with counting_chunked_calls(module) as calls:
         errors = testing.compare(module, case.to(DEVICE), "triton")
     assert calls[0] == 1

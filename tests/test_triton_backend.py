@@ -94,6 +94,21 @@ def test_random_specs_match_reference(compile_text, text, data):
     assert_as_accurate_as_fp32_torch(module, case, errors, f"{text}\n{shape} segment {seg}")
 
 
+def test_the_centred_read_under_clip(compile_text):
+    """Found by the random-spec test: under kl's centred read the gradient in W is out times
+    the read's, and clip must bound that one (the torch backend and the reference do)."""
+    text = (
+        "memory centred {\n    architecture = linear(norm: layernorm)\n"
+        "    bias(y, v) = sum(log(1 + (y - v)^2))\n    retention = kl(keep: a, centred: true)\n"
+        "    algorithm = gd(lr: eta)\n    chunk = 1\n    clip = 2.0\n"
+        "    gate eta = sigmoid(z)\n    gate a = sigmoid(z)\n}\n"
+    )
+    module = compile_text(text)
+    case = testing.make_case(testing.spec_of(module), B=2, T=3, H=1, Dk=5, seed=4777,
+                             dtype=torch.float32)  # fmt: skip
+    assert_close(triton_errors(module, case), TOL32, text)
+
+
 def test_an_ill_conditioned_case_is_judged_by_its_conditioning(compile_text, shipped):
     """Drawn by the random-spec test: a depth-3, expansion-1 LayerNorm memory whose gradients
     (norm ~1e4) move by ~1e-2 under a half-ulp change of the fp32 inputs. The kernels' 5e-3 is

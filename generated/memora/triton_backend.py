@@ -119,9 +119,12 @@ def _surprise(k, v, b_p1, b_p2, rho, gamma, beta, mk, mh, mv, DV: tl.constexpr):
     d2 = ln_bwd(dy * gamma, xh, rstd, mv, DV)
     u1 = matvec(b_p2, d2)
     d1 = tl.where(mh, u1 * rho * _act_d1(z1), 0.0)
+    # the read is out * W - 1: the gradient in W is out times the one in the read
+    c1 = tl.sum(tl.where(mh, 1.0, 0.0), axis=0) * d1
+    c2 = tl.sum(tl.where(mv, 1.0, 0.0), axis=0) * d2
     fac = 1.0
-    dd1 = d1 * fac
-    dd2 = d2 * fac
+    dd1 = c1 * fac
+    dd2 = c2 * fac
     return a0, a1, zr1, zr2, u1, d1, d2, dd1, dd2, y, dy, xh, rstd
 
 
@@ -134,6 +137,12 @@ def _surprise_bwd(b_dg1, b_dg2, a0, a1, zr1, zr2, u1, d1, d2, dd1, dd2, y, dy, x
     db1 = vecmat(a0, b_dg1)
     ab1 = matvec(b_dg2, dd2)
     db2 = vecmat(a1, b_dg2)
+    out1 = tl.sum(tl.where(mh, 1.0, 0.0), axis=0)
+    c1 = out1 * d1
+    out2 = tl.sum(tl.where(mv, 1.0, 0.0), axis=0)
+    c2 = out2 * d2
+    db1 = out1 * db1  # from the adjoint of c to that of d
+    db2 = out2 * db2  # from the adjoint of c to that of d
     rho_b = tl.sum(dy * 0.0, axis=0)
     # d_l = rho * (P_(l+1) d_(l+1)) * act'(z_l)
     s1 = _act_d1(z1)
@@ -259,8 +268,8 @@ def _forward_kernel(
                 rate = tl.load(gt + 1 * GS)
                 rho = 1.0
                 a0, a1, zr1, zr2, u1, d1, d2, dd1, dd2, y, dy, xh, rstd = _surprise(kt, vt, b_p1, b_p2, rho, gamma, beta, mk, mh, mv, DV)
-                b_g1 = HID * outer(a0, dd1)
-                b_g2 = DV * outer(a1, dd2)
+                b_g1 = outer(a0, dd1)
+                b_g2 = outer(a1, dd2)
                 b_w1, b_w2 = _update(b_w1, b_w2, b_g1, b_g2, e, rate, m_w1, mk, m_w2, mh)
                 b_r1 = tl.where(m_w1, HID * b_w1 - 1.0, 0.0)
                 b_r2 = tl.where(m_w2, DV * b_w2 - 1.0, 0.0)
@@ -340,8 +349,8 @@ def _backward_kernel(
                 rate = tl.load(gt + 1 * GS)
                 rho = 1.0
                 a0, a1, zr1, zr2, u1, d1, d2, dd1, dd2, y, dy, xh, rstd = _surprise(kt, vt, b_p1, b_p2, rho, gamma, beta, mk, mh, mv, DV)
-                b_g1 = HID * outer(a0, dd1)
-                b_g2 = DV * outer(a1, dd2)
+                b_g1 = outer(a0, dd1)
+                b_g2 = outer(a1, dd2)
                 b_w1, b_w2 = _update(b_w1, b_w2, b_g1, b_g2, e, rate, m_w1, mk, m_w2, mh)
                 slot = scr + (t - seg_t0 + 1) * STATE
                 tl.store(slot + o_w1 + i_w1, b_w1, mask=m_w1)
@@ -375,8 +384,8 @@ def _backward_kernel(
             rate = tl.load(gt + 1 * GS)
             rho = 1.0
             a0, a1, zr1, zr2, u1, d1, d2, dd1, dd2, y, dy, xh, rstd = _surprise(kt, vt, b_p1, b_p2, rho, gamma, beta, mk, mh, mv, DV)
-            b_g1 = HID * outer(a0, dd1)
-            b_g2 = DV * outer(a1, dd2)
+            b_g1 = outer(a0, dd1)
+            b_g2 = outer(a1, dd2)
             b_r1 = tl.where(m_w1, HID * b_wn1 - 1.0, 0.0)
             b_r2 = tl.where(m_w2, DV * b_wn2 - 1.0, 0.0)
             x = scale * tl.load(q_ptr + tok * DK + rk, mask=mk, other=0.0).to(tl.float32)
@@ -389,8 +398,6 @@ def _backward_kernel(
             b_dw1 += HID * b_dr1
             b_dw2 += DV * b_dr2
             b_dw1, b_dw2, b_dg1, b_dg2, e_b, rate_b = _update_bwd(b_dw1, b_dw2, b_wp1, b_wp2, b_wn1, b_wn2, b_g1, b_g2, e, rate, m_w1, mk, m_w2, mh)
-            b_dg1 = HID * b_dg1  # b_g is out times the read's gradient
-            b_dg2 = DV * b_dg2  # b_g is out times the read's gradient
             kb, vb, b_dp1, b_dp2, rho_b, gb, bb = _surprise_bwd(b_dg1, b_dg2, a0, a1, zr1, zr2, u1, d1, d2, dd1, dd2, y, dy, xh, rstd, vt, b_p1, b_p2, rho, gamma, mk, mh, mv, DV)
             gamma_acc += gb
             beta_acc += bb
