@@ -60,7 +60,7 @@ def counting_chunked_calls(module):
         dual.launch_forward = real
 
 
-@settings(max_examples=8, deadline=None)
+@settings(max_examples=6, deadline=None)
 @given(
     bias=st.sampled_from(BIASES),
     retention=st.sampled_from(RETENTIONS),
