@@ -9,6 +9,10 @@ test_triton_backend: TOL32 for fp32 inputs, 3e-2 for bf16.
 from __future__ import annotations
 
 import contextlib
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -157,3 +161,16 @@ def test_torch_compile_traces_the_chunked_custom_op_without_graph_breaks(shipped
         (g_compiled,) = torch.autograd.grad(compiled.sum(), q)
     assert calls[0] >= 2
     assert torch.allclose(compiled, eager) and torch.allclose(g_compiled, g_eager)
+
+
+def test_momentum_kernels_compile_for_a_gpu(compile_text):
+    """The interpreter accepts code a GPU compiler refuses: a momentum spec's dual-form kernels
+    (linear_attention's are compiled by test_gpu_static) compiled to a Hopper cubin."""
+    if DEVICE == "cuda" or "nvidia" not in triton.backends.backends:
+        pytest.skip("compiled for the real device on CUDA; this triton has no NVIDIA backend")
+    module = compile_text(linear_spec("huber(delta: d)", "decay(alpha)", 16, ALGORITHMS[1]))
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    script = Path(__file__).parent / "gpu" / "compile_kernels.py"
+    done = subprocess.run([sys.executable, str(script), str(Path(module.__file__).parent)],
+                          env=env, capture_output=True, text=True)  # fmt: skip
+    assert done.returncode == 0 and "compiled" in done.stdout, done.stdout + done.stderr

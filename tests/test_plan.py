@@ -49,3 +49,26 @@ def test_strategies(kwargs, strategies, scale):
 def test_only_needed_sums_are_computed():
     assert plan_of().sums == ()  # l2: dg/dS = 1/2, no sum needed
     assert plan_of(bias="yaad(delta: 1)").sums == (0,)  # the switch needs ||r||^2 only
+
+
+@pytest.mark.parametrize(
+    "kwargs,chunked,why",
+    [
+        ({}, "wy", ""),  # the chunk-1 delta rule
+        ({"chunk": 16}, "dual", ""),
+        ({"chunk": 64, "bias": "huber(delta: 1)", "algorithm": "momentum(lr: eta, momentum: eta)"},
+         "dual", ""),
+        ({"chunk": 16, "retention": "l2(eta)"}, "dual", ""),
+        ({"chunk": 8}, "", "chunk 8: the chunked Triton kernels' tiles take chunks of 16, 32, 64, 128"),
+        ({"chunk": 16, "arch": "mlp(depth: 2, expansion: 2)"}, "", "MLP memories (depth > 1)"),
+        ({"chunk": 16, "arch": "linear(norm: layernorm)"}, "", "a residual or LayerNorm read"),
+        ({"chunk": 16, "retention": "decay(eta, first: true)"}, "", "retention applied first"),
+        ({"chunk": 16, "extra": "clip = 1.0"}, "", "clip"),
+        ({"chunk": 16, "retention": "kl(keep: eta)"}, "", "kl retention"),
+    ],
+)  # fmt: skip
+def test_which_chunked_triton_kernels(kwargs, chunked, why):
+    """The plan names the chunked Triton kernels training-length calls take, or why none."""
+    plan = plan_of(**kwargs)
+    assert plan.triton_chunked == chunked
+    assert (why in plan.triton_chunked_why) if why else plan.triton_chunked_why == ""

@@ -28,6 +28,18 @@ def compile_backend(backend, Dk: int, Dv: int, dtype: str, continuing: bool) -> 
         assert compiled.asm["cubin"], kernel
 
 
+def compile_dual(backend, D: int) -> None:
+    """The chunked dual-form kernels, where the spec has them, as they launch for bf16 inputs."""
+    import triton.language as tl
+
+    meta = backend.dual.meta(D, D, tl.bfloat16)
+    for name in ("forward", "state_bwd", "chunk_bwd"):
+        kernel = getattr(backend, f"_dual_{name}_kernel")
+        source = ASTSource(fn=kernel, signature=signature(kernel, meta, "bf16"), constexprs=meta)
+        compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32))
+        assert compiled.asm["cubin"], kernel
+
+
 def main(paths: list[str]) -> None:
     for path in map(Path, paths):
         sys.path.insert(0, str(path.parent))
@@ -36,6 +48,8 @@ def main(paths: list[str]) -> None:
         compile_backend(backend, 8, 8, "bf16", continuing=False)
         if chunked:
             compile_backend(backend, 8, 8, "fp32", continuing=True)
+        if hasattr(backend, "dual"):
+            compile_dual(backend, 16)
         print(path.name, "compiled", flush=True)
 
 
