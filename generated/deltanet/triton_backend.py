@@ -249,10 +249,9 @@ def _backward_kernel(
             t1 = tl.minimum(p0 + CH - offset, T)
             now = scr + (t - seg_t0 + 1) * STATE
             prev = scr + (t - seg_t0) * STATE
-            anc = scr + (t0 - seg_t0) * STATE
             b_wn1 = tl.load(now + o_w1 + i_w1, mask=m_w1, other=0.0)
             b_wp1 = tl.load(prev + o_w1 + i_w1, mask=m_w1, other=0.0)
-            b_a1 = tl.load(anc + o_w1 + i_w1, mask=m_w1, other=0.0)
+            b_a1 = b_wp1  # chunk 1: the anchor is the previous state
             if CONTINUING:
                 if p0 == 0:
                     b_a1 = tl.load(anchor_ptr + i_bh * WSIZE + o_w1 + i_w1, mask=m_w1, other=0.0)
