@@ -27,7 +27,14 @@ triton = pytest.importorskip("triton")
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 TOL_HALF = 3e-2
 
-BIASES = ["l2", "huber(delta: d)", "lp(p: 3)", "bias(y, v) = sum(log(cosh(y - v)))", "dot"]
+BIASES = [
+    "l2",
+    "huber(delta: d)",
+    "yaad(delta: d)",
+    "lp(p: 3)",
+    "bias(y, v) = sum(log(cosh(y - v)))",
+    "dot",
+]  # yaad: a row sum (the norm of the residual); the rest coordinate-wise
 RETENTIONS = ["none", "decay(alpha)", "l2(alpha)"]
 ALGORITHMS = ["gd(lr: eta)", "momentum(lr: eta, momentum: beta)"]
 
