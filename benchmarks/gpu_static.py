@@ -211,7 +211,7 @@ def dual_measure(spec: str, name: str, D: int, dtype: str = "bf16") -> Figures:
     backend = importlib.import_module(f"generated.{spec}.triton_backend")
     kernel = getattr(backend, f"_dual_{name}_kernel")
     tl = importlib.import_module("triton.language")
-    meta = backend.dual.meta(D, D, tl.float32 if dtype == "fp32" else tl.bfloat16)
+    meta = backend.dual.meta(kernel, D, D, tl.float32 if dtype == "fp32" else tl.bfloat16)
     aligned = {
         (i,): [["tt.divisibility", 16]]
         for i, arg in enumerate(kernel.arg_names)

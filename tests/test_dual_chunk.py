@@ -101,11 +101,12 @@ def test_random_linear_specs_match_reference(compile_text, bias, retention, algo
 
 
 @pytest.mark.parametrize(
-    "T,Dk,Dv,dtype",  # 60: head sizes padded to tiles of 64
-    [(70, 60, 60, torch.float32), (80, 16, 24, torch.bfloat16)],
+    "T,Dk,Dv,dtype",  # 60: head sizes padded to tiles of 64; Dv 80: two value tiles of 64
+    [(70, 60, 60, torch.float32), (80, 16, 24, torch.bfloat16), (66, 16, 80, torch.float32)],
 )
 def test_shipped_linear_attention(shipped, T, Dk, Dv, dtype):
-    """linear_attention at its shipped chunk of 64: an odd head size, bf16 inputs."""
+    """linear_attention at its shipped chunk of 64: an odd head size, bf16 inputs, and value
+    columns split across programs (its loss is coordinate-wise)."""
     module = shipped["linear_attention"]
     case = testing.make_case(testing.spec_of(module), B=1, T=T, H=2, Dk=Dk, Dv=Dv, seed=5,
                              dtype=dtype, with_initial_state=True)  # fmt: skip

@@ -316,19 +316,20 @@ def _bias_vjp_rows(y, v, mask, dyb):
 
 
 @triton.jit
-def _dual_chunk_pieces(q_ptr, k_ptr, v_ptr, d_ptr, params_ptr, b_w, i_b, i_h, i_bh, n, T, H, TP,
-                       BH, scale, DK: tl.constexpr, DV: tl.constexpr, BK: tl.constexpr,
+def _dual_chunk_pieces(q_ptr, k_ptr, v_ptr, d_ptr, params_ptr, b_w, i_b, i_h, i_bh, n, v0, T, H,
+                       TP, BH, scale, DK: tl.constexpr, DV: tl.constexpr, BK: tl.constexpr,
                        BV: tl.constexpr, BT: tl.constexpr, DOT: tl.constexpr):
     """Chunk n's tokens, its matrix D (rows of d_ptr [BH, TP, BT]) and loss gates, and what
-    every pass computes from them and the chunk's start weights b_w: x = scale q, K, V,
-    Y = K W, G = dl/dy at Y and M = x K^T."""
+    every pass computes from them and the chunk's start weights b_w (value columns v0 to
+    v0 + BV: all of them, or a tile of them where the loss is coordinate-wise): x = scale q,
+    K, V, Y = K W, G = dl/dy at Y and M = x K^T."""
     t0 = n * BT
     o_t = tl.arange(0, BT)
     rows = t0 + o_t < T
-    mask = rows[:, None] & (tl.arange(0, BV) < DV)[None, :]
+    mask = rows[:, None] & (v0 + tl.arange(0, BV) < DV)[None, :]
     b_x = load_rows(q_ptr, i_b, i_h, t0, 0, T, H, DK, BT, BK).to(tl.float32) * scale
     b_k = load_rows(k_ptr, i_b, i_h, t0, 0, T, H, DK, BT, BK)
-    b_v = load_rows(v_ptr, i_b, i_h, t0, 0, T, H, DV, BT, BV).to(tl.float32)
+    b_v = load_rows(v_ptr, i_b, i_h, t0, v0, T, H, DV, BT, BV).to(tl.float32)
     row = i_bh * TP + t0 + o_t
     b_dmat = tl.load(d_ptr + row.to(tl.int64)[:, None] * BT + o_t[None, :])
     b_y = mm(b_k, b_w, DOT)
@@ -341,29 +342,30 @@ def _dual_forward_kernel(q_ptr, k_ptr, v_ptr, coef_ptr, ends_ptr, d_ptr, params_
                          o_ptr, hs_ptr, final_ptr, scale, T, H, TP, NT, DK: tl.constexpr,
                          DV: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
                          BT: tl.constexpr, DOT: tl.constexpr):
-    """One program per (batch, head), its chunks in order: per chunk the gradients at the
-    chunk's start state (its anchor), every token's read after its write
+    """One program per (value tile, batch and head), its chunks in order: per chunk the
+    gradients at the chunk's start state (its anchor), every token's read after its write
     O = a (x W) - (D * M) G, the end state W' = aC W - K^T (Dl G); the state saved at each chunk's start for the backward pass."""
-    i_bh = tl.program_id(0)
+    i_v, i_bh = tl.program_id(0), tl.program_id(1)
     i_b, i_h = i_bh // H, i_bh % H
-    BH = tl.num_programs(0)
+    BH = tl.num_programs(1)
+    v0 = i_v * BV
     size = DK * DV
     o_t = tl.arange(0, BT)
-    b_w = load_tile(h0_ptr + i_bh * size, 0, 0, BK, BV, DK, DV)
+    b_w = load_tile(h0_ptr + i_bh * size, 0, v0, BK, BV, DK, DV)
     for n in range(NT):
         at = (i_bh * NT + n).to(tl.int64) * size
-        store_tile(hs_ptr + at, b_w, 0, 0, BK, BV, DK, DV)
+        store_tile(hs_ptr + at, b_w, 0, v0, BK, BV, DK, DV)
         row = i_bh * TP + n * BT + o_t
         end = i_bh * NT + n
         b_x, b_k, b_v, b_dmat, b_y, b_g, b_m, mask = _dual_chunk_pieces(
-            q_ptr, k_ptr, v_ptr, d_ptr, params_ptr, b_w, i_b, i_h, i_bh, n, T, H, TP, BH,
-            scale, DK, DV, BK, BV, BT, DOT)
+            q_ptr, k_ptr, v_ptr, d_ptr, params_ptr, b_w, i_b, i_h, i_bh, n, v0, T, H, TP,
+            BH, scale, DK, DV, BK, BV, BT, DOT)
         b_a = tl.load(coef_ptr + row)
         b_dl = tl.load(coef_ptr + 2 * BH * TP + row)
         b_o = b_a[:, None] * mm(b_x, b_w, DOT) - mm(b_dmat * b_m, b_g, DOT)
         b_w = tl.load(ends_ptr + end) * b_w - mm(tl.trans(b_k), b_dl[:, None] * b_g, DOT)
-        store_rows(o_ptr, b_o, i_b, i_h, n * BT, 0, T, H, DV, BT, BV)
-    store_tile(final_ptr + i_bh * size, b_w, 0, 0, BK, BV, DK, DV)
+        store_rows(o_ptr, b_o, i_b, i_h, n * BT, v0, T, H, DV, BT, BV)
+    store_tile(final_ptr + i_bh * size, b_w, 0, v0, BK, BV, DK, DV)
 
 @triton.jit
 def _dual_surprise_bwd(b_x, b_k, b_v, b_y, b_g, b_m, b_dmat, b_a, b_dl, mask, b_dw, b_do, DOT: tl.constexpr):
@@ -383,32 +385,33 @@ def _dual_state_bwd_kernel(q_ptr, k_ptr, v_ptr, coef_ptr, ends_ptr, d_ptr, param
                            do_ptr, dfinal_ptr, dhs_ptr, dh0_ptr, scale, T, H, TP, NT,
                            DK: tl.constexpr, DV: tl.constexpr, BK: tl.constexpr,
                            BV: tl.constexpr, BT: tl.constexpr, DOT: tl.constexpr):
-    """One program per (batch, head), its chunks in reverse: the adjoint of each chunk's end
-    state, saved for _dual_chunk_bwd_kernel, carried back through the chunk's update, reads and
-    inner gradient step (recomputed from its saved start state)."""
-    i_bh = tl.program_id(0)
+    """One program per (value tile, batch and head), its chunks in reverse: the adjoint of each
+    chunk's end state, saved for _dual_chunk_bwd_kernel, carried back through the chunk's
+    update, reads and inner gradient step (recomputed from its saved start state)."""
+    i_v, i_bh = tl.program_id(0), tl.program_id(1)
     i_b, i_h = i_bh // H, i_bh % H
-    BH = tl.num_programs(0)
+    BH = tl.num_programs(1)
+    v0 = i_v * BV
     size = DK * DV
     o_t = tl.arange(0, BT)
-    b_dw = load_tile(dfinal_ptr + i_bh * size, 0, 0, BK, BV, DK, DV)
+    b_dw = load_tile(dfinal_ptr + i_bh * size, 0, v0, BK, BV, DK, DV)
     for i in range(NT):
         n = NT - 1 - i
         at = (i_bh * NT + n).to(tl.int64) * size
         row = i_bh * TP + n * BT + o_t
         end = i_bh * NT + n
-        store_tile(dhs_ptr + at, b_dw, 0, 0, BK, BV, DK, DV)
-        b_w = load_tile(hs_ptr + at, 0, 0, BK, BV, DK, DV)
+        store_tile(dhs_ptr + at, b_dw, 0, v0, BK, BV, DK, DV)
+        b_w = load_tile(hs_ptr + at, 0, v0, BK, BV, DK, DV)
         b_x, b_k, b_v, b_dmat, b_y, b_g, b_m, mask = _dual_chunk_pieces(
-            q_ptr, k_ptr, v_ptr, d_ptr, params_ptr, b_w, i_b, i_h, i_bh, n, T, H, TP, BH,
-            scale, DK, DV, BK, BV, BT, DOT)
-        b_do = load_rows(do_ptr, i_b, i_h, n * BT, 0, T, H, DV, BT, BV).to(tl.float32)
+            q_ptr, k_ptr, v_ptr, d_ptr, params_ptr, b_w, i_b, i_h, i_bh, n, v0, T, H, TP,
+            BH, scale, DK, DV, BK, BV, BT, DOT)
+        b_do = load_rows(do_ptr, i_b, i_h, n * BT, v0, T, H, DV, BT, BV).to(tl.float32)
         b_a = tl.load(coef_ptr + row)
         b_dl = tl.load(coef_ptr + 2 * BH * TP + row)
         b_kdw, b_kds, b_dy, b_dv, b_dw0 = _dual_surprise_bwd(
             b_x, b_k, b_v, b_y, b_g, b_m, b_dmat, b_a, b_dl, mask, b_dw, b_do, DOT)
         b_dw = tl.load(ends_ptr + end) * b_dw + b_dw0
-    store_tile(dh0_ptr + i_bh * size, b_dw, 0, 0, BK, BV, DK, DV)
+    store_tile(dh0_ptr + i_bh * size, b_dw, 0, v0, BK, BV, DK, DV)
 
 @triton.jit
 def _dual_chunk_bwd_kernel(q_ptr, k_ptr, v_ptr, coef_ptr, ends_ptr, d_ptr, params_ptr, hs_ptr,
@@ -430,8 +433,8 @@ def _dual_chunk_bwd_kernel(q_ptr, k_ptr, v_ptr, coef_ptr, ends_ptr, d_ptr, param
     b_w = load_tile(hs_ptr + at, 0, 0, BK, BV, DK, DV)
     b_dw = load_tile(dhs_ptr + at, 0, 0, BK, BV, DK, DV)
     b_x, b_k, b_v, b_dmat, b_y, b_g, b_m, mask = _dual_chunk_pieces(
-        q_ptr, k_ptr, v_ptr, d_ptr, params_ptr, b_w, i_b, i_h, i_bh, n, T, H, TP, BH, scale,
-        DK, DV, BK, BV, BT, DOT)
+        q_ptr, k_ptr, v_ptr, d_ptr, params_ptr, b_w, i_b, i_h, i_bh, n, 0, T, H, TP, BH,
+        scale, DK, DV, BK, BV, BT, DOT)
     b_do = load_rows(do_ptr, i_b, i_h, n * BT, 0, T, H, DV, BT, BV).to(tl.float32)
     b_a = tl.load(coef_ptr + row)
     b_dl = tl.load(coef_ptr + 2 * BH * TP + row)
@@ -478,6 +481,7 @@ dual = dual_chunk.DualChunk(
     retention="none",
     momentum=False,
     n_params=0,
+    coordinatewise=True,
 )
 
 

@@ -24,6 +24,7 @@ from .triton_host import custom_op, triton_interpreted
 from .wy_chunk import dot_dtype
 
 MAX_TILE = 128  # Dk and Dv are each one on-chip tile of at most this many columns (padded)
+VALUE_TILE = 64  # value columns per program of the sequential kernels, for coordinate-wise losses
 MIN_TOKENS = 64  # calls at least this long take the chunked kernels; shorter ones (decoding)
 # are cheaper on the recurrent kernels
 
@@ -49,14 +50,16 @@ def factors(retention: str, lr: Tensor, rate: Tensor | None) -> tuple[Tensor, Te
 class DualChunk:
     """The chunked dual-form kernels of one spec as a `torch.library` op pair with an autograd
     formula; the generated backend passes its three kernels (forward, the reverse state pass,
-    the chunks' adjoints), chunk, retention kind, whether it has momentum and the number of its
-    loss's gate parameters."""
+    the chunks' adjoints), chunk, retention kind, whether it has momentum, the number of its
+    loss's gate parameters and whether the loss is coordinate-wise (dl/dy_j depends on y_j and
+    v_j alone): then the two sequential kernels split the value columns across programs."""
 
     def __init__(self, namespace: str, kernels: tuple, *, chunk: int, retention: str,
-                 momentum: bool, n_params: int):  # fmt: skip
+                 momentum: bool, n_params: int, coordinatewise: bool):  # fmt: skip
         self.forward_kernel, self.state_bwd_kernel, self.chunk_bwd_kernel = kernels
         self.chunk, self.retention, self.n_params = chunk, retention, n_params
         self.momentum, self.n_states = momentum, 2 if momentum else 1
+        self.coordinatewise = coordinatewise
         self.min_tokens = MIN_TOKENS  # benchmarks raise it to time the recurrent kernels alone
         self.op = custom_op(f"{namespace}_dual", lambda: self._register(f"{namespace}_dual"))
 
@@ -74,9 +77,18 @@ class DualChunk:
             return f"the chunked kernels hold a state of at most {MAX_TILE} x {MAX_TILE}"
         return None
 
-    def meta(self, Dk: int, Dv: int, dot) -> dict:
-        """The kernels' compile-time constants (`dot`: the matmul operands' dtype)."""
-        return dict(DK=Dk, DV=Dv, BK=_pow2(Dk), BV=_pow2(Dv), BT=self.chunk, DOT=dot)
+    def value_tile(self, kernel, Dv: int) -> int:
+        """Value columns per program: a tile for the sequential kernels (forward, reverse state
+        pass) under a coordinate-wise loss, else all of them."""
+        whole = _pow2(Dv)
+        if self.coordinatewise and kernel is not self.chunk_bwd_kernel:
+            return min(VALUE_TILE, whole)
+        return whole
+
+    def meta(self, kernel, Dk: int, Dv: int, dot) -> dict:
+        """`kernel`'s compile-time constants (`dot`: the matmul operands' dtype)."""
+        BV = self.value_tile(kernel, Dv)
+        return dict(DK=Dk, DV=Dv, BK=_pow2(Dk), BV=BV, BT=self.chunk, DOT=dot)
 
     @staticmethod
     def launch_options(Dk: int, Dv: int) -> dict:
@@ -85,8 +97,11 @@ class DualChunk:
         return dict(num_warps=8, num_stages=1)
 
     def _launch(self, kernel, grid: tuple, args: tuple, q: Tensor, v: Tensor) -> None:
+        """`kernel` on `grid`; a grid of one (batch, head) axis gains the value-tile axis."""
         Dk, Dv = q.shape[-1], v.shape[-1]
-        kernel[grid](*args, **self.meta(Dk, Dv, dot_dtype(q.dtype)),
+        if len(grid) == 1:
+            grid = (triton.cdiv(Dv, self.value_tile(kernel, Dv)), *grid)
+        kernel[grid](*args, **self.meta(kernel, Dk, Dv, dot_dtype(q.dtype)),
                      **self.launch_options(Dk, Dv))  # fmt: skip
 
     def launch_forward(self, q, k, v, coef, ends, d, params, h0, scale: float):

@@ -32,9 +32,9 @@ def compile_dual(backend, D: int) -> None:
     """The chunked dual-form kernels, where the spec has them, as they launch for bf16 inputs."""
     import triton.language as tl
 
-    meta = backend.dual.meta(D, D, tl.bfloat16)
     for name in ("forward", "state_bwd", "chunk_bwd"):
         kernel = getattr(backend, f"_dual_{name}_kernel")
+        meta = backend.dual.meta(kernel, D, D, tl.bfloat16)
         source = ASTSource(fn=kernel, signature=signature(kernel, meta, "bf16"), constexprs=meta)
         compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32))
         assert compiled.asm["cubin"], kernel
