@@ -301,18 +301,17 @@ def _walk_back(cfg: DualForm, blk: Blocks, records, final, g_o, g_final, continu
 # ---- the parallel parts: gate coefficients and padding, all chunks at once -----------------
 
 
-def _factors(cfg: DualForm, lr, rate):
-    """Per token: what the state keeps (keep), the step size (e) and, with `first`, the
-    retained factor of the state the gradient is taken at (rho); [B, H, T]."""
-    rho = 1.0 - rate if cfg.first else None
-    if cfg.retention == "none":
-        return torch.ones_like(lr), lr, rho
-    if cfg.retention == "decay":
-        return 1.0 - rate, lr, rho
-    if cfg.retention == "l2":
+def factors(retention: str, lr, rate):
+    """Per token, [B, H, T]: what the state keeps and the step size, W_t = keep_t W - e_t g_t
+    (before momentum); shared with the chunked Triton kernels' host side."""
+    if retention == "none":
+        return torch.ones_like(lr), lr
+    if retention == "decay":
+        return 1.0 - rate, lr
+    if retention == "l2":
         keep = 1.0 / (1.0 + lr * rate)
-        return keep, lr * keep, rho
-    return rate, lr, rho  # lq: A_t = a_t A_{t-1} - e_t g_t
+        return keep, lr * keep
+    return rate, lr  # lq: A_t = a_t A_{t-1} - e_t g_t
 
 
 def _end_rows(x: torch.Tensor, last: int, dim: int) -> torch.Tensor:
@@ -378,7 +377,8 @@ def dual_form(
     T, C = q.shape[2], cfg.chunk
     N = -(-(offset + T) // C)
     pads = (offset, N * C - offset - T, C)
-    keep, e, rho = _factors(cfg, lr, rate)
+    keep, e = factors(cfg.retention, lr, rate)
+    rho = 1.0 - rate if cfg.first else None  # the retained factor the gradient is taken at
     coef = coefficients(
         cfg.momentum,
         chunk_major(keep, *pads, value=1.0),

@@ -18,7 +18,7 @@ import triton
 from torch import Tensor
 
 from ..errors import BackendError
-from .chunked import chunk_major, coefficients
+from .chunked import chunk_major, coefficients, factors
 from .inputs import initial_weights
 from .triton_host import custom_op, triton_interpreted
 from .wy_chunk import dot_dtype
@@ -32,19 +32,6 @@ MIN_TOKENS = 64  # calls at least this long take the chunked kernels; shorter on
 def _pow2(n: int) -> int:
     """The tile width for n columns: a power of two, at least 16 (tl.dot's smallest)."""
     return max(16, 1 << max(0, (int(n) - 1).bit_length()))
-
-
-def factors(retention: str, lr: Tensor, rate: Tensor | None) -> tuple[Tensor, Tensor]:
-    """(what the state keeps, the step size) per token, [B, H, T], as in the torch backend's
-    chunked dual form: none W - e g; decay (1 - rate) W - e g; l2 (W - lr g) / (1 + lr rate)."""
-    if retention == "none":
-        return torch.ones_like(lr), lr
-    if retention == "decay":
-        return 1.0 - rate, lr
-    if retention == "l2":
-        keep = 1.0 / (1.0 + lr * rate)
-        return keep, lr * keep
-    raise BackendError(f"the chunked dual-form kernels do not take {retention} retention")
 
 
 class DualChunk:
