@@ -181,17 +181,12 @@ def measure(spec: str, name: str, D: int, dtype: str = "bf16") -> Figures:
     return figures_of(spec, name, D, compiled, log, time.perf_counter() - start)
 
 
-def wy_measure(spec: str, name: str, D: int, dtype: str = "bf16") -> Figures:
-    """Compile one chunked WY kernel (`name` in wy_chunk.KERNELS) at head size D as the spec's
-    backend launches it for a training-length call."""
+def chunked_figures(spec: str, label: str, D: int, kernel, meta: dict, options: dict, dtype: str):
+    """Compile one chunked kernel as a training-length call launches it: its constants `meta`,
+    its launch `options`, and the 16-byte divisibility of its pointers and padded length TP
+    that Triton specialises on at launch (torch allocations are 16-byte aligned)."""
     from triton.compiler import ASTSource
 
-    backend = importlib.import_module(f"generated.{spec}.triton_backend")
-    wy = backend.wy_chunk
-    kernel = wy.KERNELS[name]
-    has_decay = backend.WY_RATE_ROW is not None
-    dot = wy.tl.float32 if dtype == "fp32" else wy.tl.bfloat16
-    meta = wy.meta(name, D, D, backend.WY_BLOCK, has_decay, dot)
     aligned = {
         (i,): [["tt.divisibility", 16]]
         for i, arg in enumerate(kernel.arg_names)
@@ -199,28 +194,28 @@ def wy_measure(spec: str, name: str, D: int, dtype: str = "bf16") -> Figures:
     }
     source = ASTSource(kernel, signature(kernel, meta, dtype), meta, aligned)
     start = time.perf_counter()
-    compiled, log = compile_logged(source, wy.launch_options(name, D))
-    return figures_of(spec, f"wy:{name}", D, compiled, log, time.perf_counter() - start)
+    compiled, log = compile_logged(source, options)
+    return figures_of(spec, label, D, compiled, log, time.perf_counter() - start)
+
+
+def wy_measure(spec: str, name: str, D: int, dtype: str = "bf16") -> Figures:
+    """One chunked WY kernel (`name` in wy_chunk.KERNELS) at head size D."""
+    backend = importlib.import_module(f"generated.{spec}.triton_backend")
+    wy = backend.wy_chunk
+    dot = wy.tl.float32 if dtype == "fp32" else wy.tl.bfloat16
+    meta = wy.meta(name, D, D, backend.WY_BLOCK, backend.WY_RATE_ROW is not None, dot)
+    options = wy.launch_options(name, D)
+    return chunked_figures(spec, f"wy:{name}", D, wy.KERNELS[name], meta, options, dtype)
 
 
 def dual_measure(spec: str, name: str, D: int, dtype: str = "bf16") -> Figures:
-    """Compile one chunked dual-form kernel (`name`: forward, state_bwd, chunk_bwd) at head size D as
-    the spec's backend launches it for a training-length call."""
-    from triton.compiler import ASTSource
-
+    """One chunked dual-form kernel (`name`: forward, state_bwd, chunk_bwd) at head size D."""
     backend = importlib.import_module(f"generated.{spec}.triton_backend")
     kernel = getattr(backend, f"_dual_{name}_kernel")
     tl = importlib.import_module("triton.language")
     meta = backend.dual.meta(kernel, D, D, tl.float32 if dtype == "fp32" else tl.bfloat16)
-    aligned = {
-        (i,): [["tt.divisibility", 16]]
-        for i, arg in enumerate(kernel.arg_names)
-        if arg.endswith("_ptr") or arg == "TP"
-    }
-    source = ASTSource(kernel, signature(kernel, meta, dtype), meta, aligned)
-    start = time.perf_counter()
-    compiled, log = compile_logged(source, backend.dual.launch_options(D, D))
-    return figures_of(spec, f"dual:{name}", D, compiled, log, time.perf_counter() - start)
+    options = backend.dual.launch_options(D, D)
+    return chunked_figures(spec, f"dual:{name}", D, kernel, meta, options, dtype)
 
 
 def has_dual(spec: str) -> bool:

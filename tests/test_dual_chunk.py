@@ -8,7 +8,6 @@ test_triton_backend: TOL32 for fp32 inputs, 3e-2 for bf16.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import subprocess
 import sys
@@ -19,6 +18,7 @@ import torch
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from test_backend import TOL32, assert_close
+from test_wy_chunk import counting
 
 from mirasc import testing
 from mirasc.derivation.plan import dual_chunk_refusal
@@ -53,22 +53,9 @@ def linear_spec(bias: str, retention: str, chunk: int, algorithm: str = ALGORITH
     return f"memory lin {{\n    {body}\n}}\n"
 
 
-@contextlib.contextmanager
 def counting_chunked_calls(module):
-    """The number of calls that took the chunked kernels, in a one-element list."""
-    dual = module.triton_backend.dual
-    real, calls = dual.launch_forward, [0]
-
-    def counted(*args, **kwargs):
-        """DualChunk.launch_forward, counted."""
-        calls[0] += 1
-        return real(*args, **kwargs)
-
-    dual.launch_forward = counted
-    try:
-        yield calls
-    finally:
-        dual.launch_forward = real
+    """The number of calls that took the chunked dual-form kernels, in a one-element list."""
+    return counting(module.triton_backend.dual, "launch_forward")
 
 
 @settings(max_examples=6, deadline=None)

@@ -37,21 +37,26 @@ def chunked(module, block: int = 16, min_tokens: int = 1):
 
 
 @contextlib.contextmanager
-def counting_chunked_calls(module):
-    """The number of calls that took the chunked kernels, in a one-element list."""
-    wy = module.triton_backend.wy_chunk
-    real, calls = wy.forward, [0]
+def counting(owner, name: str):
+    """The number of calls of `owner.name` (replaced by a counting wrapper for the block), in a
+    one-element list."""
+    real, calls = getattr(owner, name), [0]
 
     def counted(*args, **kwargs):
-        """wy_chunk.forward, counted."""
+        """The real callable, counted."""
         calls[0] += 1
         return real(*args, **kwargs)
 
-    wy.forward = counted
+    setattr(owner, name, counted)
     try:
         yield calls
     finally:
-        wy.forward = real
+        setattr(owner, name, real)
+
+
+def counting_chunked_calls(module):
+    """The number of calls that took the chunked WY kernels, in a one-element list."""
+    return counting(module.triton_backend.wy_chunk, "forward")
 
 
 @pytest.mark.parametrize(
