@@ -137,22 +137,28 @@ def test_clear_errors(shipped):
     assert "key row" in wy.unsupported(wide, wide)
 
 
+def compiled_matches_eager(module, case) -> None:
+    """Output and q's gradient of the op on the Triton backend, eager and under
+    torch.compile(fullgraph=True) (a graph break would raise), must agree."""
+
+    def f(q, k, v):
+        """The op's output on the Triton backend."""
+        o, _ = module.op(q, k, v, **case.gates, scale=case.scale, backend="triton")
+        return o
+
+    q = case.q.clone().requires_grad_(True)
+    eager = f(q, case.k, case.v)
+    (g_eager,) = torch.autograd.grad(eager.sum(), q)
+    compiled = torch.compile(f, fullgraph=True, backend="aot_eager")(q, case.k, case.v)
+    (g_compiled,) = torch.autograd.grad(compiled.sum(), q)
+    assert torch.allclose(compiled, eager) and torch.allclose(g_compiled, g_eager)
+
+
 def test_torch_compile_traces_the_chunked_custom_op_without_graph_breaks(shipped):
     """fullgraph=True: the chunked kernels are torch.library ops with fake implementations."""
     module = shipped["gated_deltanet"]
     case = testing.make_case(testing.spec_of(module), B=1, T=20, H=1, Dk=16, seed=1,
                              dtype=torch.float32).to(DEVICE)  # fmt: skip
-
-    def f(q, k, v):
-        """The op's output on the chunked kernels."""
-        o, _ = module.op(q, k, v, **case.gates, scale=case.scale, backend="triton")
-        return o
-
-    q = case.q.clone().requires_grad_(True)
     with chunked(module), counting_chunked_calls(module) as calls:
-        eager = f(q, case.k, case.v)
-        (g_eager,) = torch.autograd.grad(eager.sum(), q)
-        compiled = torch.compile(f, fullgraph=True, backend="aot_eager")(q, case.k, case.v)
-        (g_compiled,) = torch.autograd.grad(compiled.sum(), q)
+        compiled_matches_eager(module, case)
     assert calls[0] >= 2
-    assert torch.allclose(compiled, eager) and torch.allclose(g_compiled, g_eager)
