@@ -82,7 +82,7 @@ def test_shipped_specs_match_reference(shipped, name, data):
     assert_as_accurate_as_fp32_torch(module, case, errors, f"{name} {shape} segment {seg}")
 
 
-@settings(max_examples=12)
+@settings(max_examples=8)
 @given(text=specs(), data=st.data())
 def test_random_specs_match_reference(compile_text, text, data):
     module = compile_text(text)
@@ -145,7 +145,7 @@ def test_a_deep_kl_memory(compile_text, chunk):
     assert_close(triton_errors(module, case), TOL32, text)
 
 
-@settings(max_examples=15)
+@settings(max_examples=10)
 @given(outer=st.sampled_from(OUTER), phi=PHI, data=st.data())
 def test_fuzzed_losses_agree_where_fp32_is_accurate(compile_text, outer, phi, data):
     """Random formulas exercise the printed vector-Jacobian product of the loss. Some are
