@@ -337,6 +337,7 @@ def _dual_chunk_pieces(q_ptr, k_ptr, v_ptr, d_ptr, params_ptr, b_w, i_b, i_h, i_
     b_m = mm(b_x, tl.trans(b_k), DOT)
     return b_x, b_k, b_v, b_dmat, b_y, b_g, b_m, mask
 
+
 @triton.jit
 def _dual_forward_kernel(q_ptr, k_ptr, v_ptr, coef_ptr, ends_ptr, d_ptr, params_ptr, h0_ptr,
                          o_ptr, hs_ptr, final_ptr, scale, T, H, TP, NT, DK: tl.constexpr,
@@ -344,7 +345,8 @@ def _dual_forward_kernel(q_ptr, k_ptr, v_ptr, coef_ptr, ends_ptr, d_ptr, params_
                          BT: tl.constexpr, DOT: tl.constexpr):
     """One program per (value tile, batch and head), its chunks in order: per chunk the
     gradients at the chunk's start state (its anchor), every token's read after its write
-    O = a (x W) - (D * M) G, the end state W' = aC W - K^T (Dl G); the state saved at each chunk's start for the backward pass."""
+    O = a (x W) - (D * M) G and the end state W' = aC W - K^T (Dl G); the state saved at each chunk's start for the backward
+    pass."""
     i_v, i_bh = tl.program_id(0), tl.program_id(1)
     i_b, i_h = i_bh // H, i_bh % H
     BH = tl.num_programs(1)
@@ -367,6 +369,7 @@ def _dual_forward_kernel(q_ptr, k_ptr, v_ptr, coef_ptr, ends_ptr, d_ptr, params_
         store_rows(o_ptr, b_o, i_b, i_h, n * BT, v0, T, H, DV, BT, BV)
     store_tile(final_ptr + i_bh * size, b_w, 0, v0, BK, BV, DK, DV)
 
+
 @triton.jit
 def _dual_surprise_bwd(b_x, b_k, b_v, b_y, b_g, b_m, b_dmat, b_a, b_dl, mask, b_dw, b_do, DOT: tl.constexpr):
     """The part of a chunk's reverse that the state's adjoint needs: given the adjoints of
@@ -375,10 +378,10 @@ def _dual_surprise_bwd(b_x, b_k, b_v, b_y, b_g, b_m, b_dmat, b_a, b_dl, mask, b_
     adjoint that does not come straight from the end state's: x^T (a dO) + K^T dY."""
     b_kdw = mm(b_k, b_dw, DOT)
     b_dg = -b_dl[:, None] * b_kdw - mm(tl.trans(b_dmat * b_m), b_do, DOT)
-    b_kds = b_kdw
     b_dy, b_dv = _bias_vjp_rows(b_y, b_v, mask, b_dg)
     b_dw0 = mm(tl.trans(b_x), b_a[:, None] * b_do, DOT) + mm(tl.trans(b_k), b_dy, DOT)
-    return b_kdw, b_kds, b_dy, b_dv, b_dw0
+    return b_kdw, b_dy, b_dv, b_dw0
+
 
 @triton.jit
 def _dual_state_bwd_kernel(q_ptr, k_ptr, v_ptr, coef_ptr, ends_ptr, d_ptr, params_ptr, hs_ptr,
@@ -408,10 +411,11 @@ def _dual_state_bwd_kernel(q_ptr, k_ptr, v_ptr, coef_ptr, ends_ptr, d_ptr, param
         b_do = load_rows(do_ptr, i_b, i_h, n * BT, v0, T, H, DV, BT, BV).to(tl.float32)
         b_a = tl.load(coef_ptr + row)
         b_dl = tl.load(coef_ptr + 2 * BH * TP + row)
-        b_kdw, b_kds, b_dy, b_dv, b_dw0 = _dual_surprise_bwd(
+        b_kdw, b_dy, b_dv, b_dw0 = _dual_surprise_bwd(
             b_x, b_k, b_v, b_y, b_g, b_m, b_dmat, b_a, b_dl, mask, b_dw, b_do, DOT)
         b_dw = tl.load(ends_ptr + end) * b_dw + b_dw0
     store_tile(dh0_ptr + i_bh * size, b_dw, 0, v0, BK, BV, DK, DV)
+
 
 @triton.jit
 def _dual_chunk_bwd_kernel(q_ptr, k_ptr, v_ptr, coef_ptr, ends_ptr, d_ptr, params_ptr, hs_ptr,
@@ -438,7 +442,7 @@ def _dual_chunk_bwd_kernel(q_ptr, k_ptr, v_ptr, coef_ptr, ends_ptr, d_ptr, param
     b_do = load_rows(do_ptr, i_b, i_h, n * BT, 0, T, H, DV, BT, BV).to(tl.float32)
     b_a = tl.load(coef_ptr + row)
     b_dl = tl.load(coef_ptr + 2 * BH * TP + row)
-    b_kdw, b_kds, b_dy, b_dv, b_dw0 = _dual_surprise_bwd(
+    b_kdw, b_dy, b_dv, b_dw0 = _dual_surprise_bwd(
         b_x, b_k, b_v, b_y, b_g, b_m, b_dmat, b_a, b_dl, mask, b_dw, b_do, DOT)
     # the coefficients: D and M through the reads, a, b, Dl, Dm and the end's aC, bC, hC
     b_dog = mm(b_do, tl.trans(b_g), DOT)
@@ -454,6 +458,8 @@ def _dual_chunk_bwd_kernel(q_ptr, k_ptr, v_ptr, coef_ptr, ends_ptr, d_ptr, param
     store_rows(dq_ptr, b_dx * scale, i_b, i_h, n * BT, 0, T, H, DK, BT, BK)
     store_rows(dk_ptr, b_dk, i_b, i_h, n * BT, 0, T, H, DK, BT, BK)
     store_rows(dv_ptr, b_dv, i_b, i_h, n * BT, 0, T, H, DV, BT, BV)
+
+
 # ---- the host side: the spec's sizes; the rest is runtime.FusedRecurrent --------------------------
 def _shapes(Dk, Dv):
     return [(Dk, Dv)]
@@ -480,7 +486,6 @@ dual = dual_chunk.DualChunk(
     chunk=CHUNK,
     retention="none",
     momentum=False,
-    n_params=0,
     coordinatewise=True,
 )
 

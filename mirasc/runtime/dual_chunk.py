@@ -25,8 +25,7 @@ from .wy_chunk import dot_dtype
 
 MAX_TILE = 128  # Dk and Dv are each one on-chip tile of at most this many columns (padded)
 VALUE_TILE = 64  # value columns per program of the sequential kernels, for coordinate-wise losses
-MIN_TOKENS = 64  # calls at least this long take the chunked kernels; shorter ones (decoding)
-# are cheaper on the recurrent kernels
+MIN_TOKENS = 64  # shorter calls (decoding) are cheaper on the recurrent kernels
 
 
 def _pow2(n: int) -> int:
@@ -37,14 +36,14 @@ def _pow2(n: int) -> int:
 class DualChunk:
     """The chunked dual-form kernels of one spec as a `torch.library` op pair with an autograd
     formula; the generated backend passes its three kernels (forward, the reverse state pass,
-    the chunks' adjoints), chunk, retention kind, whether it has momentum, the number of its
-    loss's gate parameters and whether the loss is coordinate-wise (dl/dy_j depends on y_j and
+    the chunks' adjoints), chunk, retention kind, whether it has momentum and whether the loss
+    is coordinate-wise (dl/dy_j depends on y_j and
     v_j alone): then the two sequential kernels split the value columns across programs."""
 
     def __init__(self, namespace: str, kernels: tuple, *, chunk: int, retention: str,
-                 momentum: bool, n_params: int, coordinatewise: bool):  # fmt: skip
+                 momentum: bool, coordinatewise: bool):  # fmt: skip
         self.forward_kernel, self.state_bwd_kernel, self.chunk_bwd_kernel = kernels
-        self.chunk, self.retention, self.n_params = chunk, retention, n_params
+        self.chunk, self.retention = chunk, retention
         self.momentum, self.n_states = momentum, 2 if momentum else 1
         self.coordinatewise = coordinatewise
         self.min_tokens = MIN_TOKENS  # benchmarks raise it to time the recurrent kernels alone

@@ -38,15 +38,18 @@ class Case:
             out["ln_weight"], out["ln_bias"] = self.ln
         return out
 
+    def map(self, fn) -> Case:
+        """The same case with `fn` applied to every tensor."""
+        return Case(
+            fn(self.q), fn(self.k), fn(self.v),
+            {n: fn(g) for n, g in self.gates.items()}, self.scale,
+            None if self.initial_state is None else tuple(fn(s) for s in self.initial_state),
+            None if self.ln is None else tuple(fn(t) for t in self.ln),
+        )  # fmt: skip
+
     def to(self, device=None, dtype=None) -> Case:
         """The same case with every tensor moved (and, for `dtype`, cast)."""
-        move = lambda t: t.to(device=device, dtype=dtype)  # noqa: E731
-        return Case(
-            move(self.q), move(self.k), move(self.v),
-            {n: move(g) for n, g in self.gates.items()}, self.scale,
-            None if self.initial_state is None else tuple(move(s) for s in self.initial_state),
-            None if self.ln is None else tuple(move(t) for t in self.ln),
-        )  # fmt: skip
+        return self.map(lambda t: t.to(device=device, dtype=dtype))
 
 
 def gate_ranges(spec: Spec) -> dict:
@@ -176,33 +179,27 @@ def rounding_sensitivity(module, case: Case, trials: int = 3, seed: int = 0) -> 
 
     worst: dict = {}
     for _ in range(trials):
-        moved = Case(
-            jiggle(case.q), jiggle(case.k), jiggle(case.v),
-            {n: jiggle(t) for n, t in case.gates.items()}, case.scale,
-            None if case.initial_state is None else tuple(jiggle(s) for s in case.initial_state),
-            None if case.ln is None else tuple(jiggle(t) for t in case.ln),
-        )  # fmt: skip
-        o, s, grads = run(module, moved, "reference")
-        errors = {"o": relative_error(o, base_o)}
-        for name, a, b in zip(getattr(module, "STATE_NAMES", ()), s, base_s, strict=True):
-            errors[f"state:{name}"] = relative_error(a, b)
-        for name in base_g:
-            errors[f"grad:{name}"] = relative_error(grads[name], base_g[name])
+        moved = run(module, case.map(jiggle), "reference")
+        errors = _errors(module, moved, (base_o, base_s, base_g))
         worst = {n: max(e, worst.get(n, 0.0)) for n, e in errors.items()}
     return worst
 
 
-def compare(module, case: Case, backend: str = "torch", strategy: str | None = None) -> dict:
-    """Relative error per tensor of a backend against the reference on one case."""
-    ref_o, ref_s, ref_g = run(module, case, "reference")
-    o, s, g = run(module, case, backend, strategy)
-    names = getattr(module, "STATE_NAMES", ())
+def _errors(module, got: tuple, want: tuple) -> dict:
+    """Relative error per tensor between two `run` results: output, states, gradients."""
+    (o, s, g), (ref_o, ref_s, ref_g) = got, want
     errors = {"o": relative_error(o, ref_o)}
-    for name, a, b in zip(names, s, ref_s, strict=True):
+    for name, a, b in zip(getattr(module, "STATE_NAMES", ()), s, ref_s, strict=True):
         errors[f"state:{name}"] = relative_error(a, b)
     for name in ref_g:
         errors[f"grad:{name}"] = relative_error(g[name], ref_g[name])
     return errors
+
+
+def compare(module, case: Case, backend: str = "torch", strategy: str | None = None) -> dict:
+    """Relative error per tensor of a backend against the reference on one case."""
+    want = run(module, case, "reference")
+    return _errors(module, run(module, case, backend, strategy), want)
 
 
 def slice_case(case: Case, start: int, stop: int, state) -> Case:
