@@ -46,7 +46,7 @@ def chunked_tokens(module) -> int | None:
     if hasattr(backend, "wy_chunk"):
         return backend.WY_MIN_TOKENS
     if hasattr(backend, "dual"):
-        return backend.dual_chunk.MIN_TOKENS
+        return backend.dual.min_tokens
     return None
 
 
