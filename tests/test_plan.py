@@ -60,15 +60,17 @@ def test_only_needed_sums_are_computed():
          "dual", ""),
         ({"chunk": 16, "retention": "l2(eta)"}, "dual", ""),
         ({"chunk": 8}, "", "chunk 8: the chunked Triton kernels' tiles take chunks of 16, 32, 64, 128"),
-        ({"chunk": 16, "arch": "mlp(depth: 2, expansion: 2)"}, "", "MLP memories (depth > 1)"),
-        ({"chunk": 16, "arch": "linear(norm: layernorm)"}, "", "a residual or LayerNorm read"),
+        ({"chunk": 16, "arch": "mlp(depth: 2, expansion: 2)"}, "mlp_forward", "no backward pass"),
+        ({"chunk": 16, "arch": "mlp(depth: 3, expansion: 2)"}, "", "deeper than two layers"),
+        ({"chunk": 16, "arch": "linear(norm: layernorm)"}, "", "residual or LayerNorm read"),
         ({"chunk": 16, "retention": "decay(eta, first: true)"}, "", "retention applied first"),
         ({"chunk": 16, "extra": "clip = 1.0"}, "", "clip"),
         ({"chunk": 16, "retention": "kl(keep: eta)"}, "", "kl retention"),
     ],
 )  # fmt: skip
 def test_which_chunked_triton_kernels(kwargs, chunked, why):
-    """The plan names the chunked Triton kernels training-length calls take, or why none."""
+    """The plan names the chunked Triton kernels long calls take, and why training-length
+    calls take none (if so)."""
     plan = plan_of(**kwargs)
     assert plan.triton_chunked == chunked
     assert (why in plan.triton_chunked_why) if why else plan.triton_chunked_why == ""

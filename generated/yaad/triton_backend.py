@@ -13,6 +13,12 @@ pieces of the derivation: the loss's vector-Jacobian product, act'', LayerNorm's
 Activation memory: (ceil((T + offset) / 16) + 16 + 1) * |state| floats per (batch, head),
 |state| = Dk * 4*Dk + 4*Dk * Dv; not O(T * |state|).
 Inputs may be fp32, bf16 or fp16; everything is computed in fp32; fp64 is refused.
+
+Calls of at least 64 tokens that start on a chunk boundary and need no gradients (evaluation,
+prefill) run instead on the chunked dual-form forward kernel below (mirasc.runtime.mlp_chunk,
+the torch backend's `chunked`): per chunk of 16 tokens the surprise at the anchor, the reads
+and the state update are tensor-core matmuls on tiles of 64 hidden units. Training calls keep
+the fused recurrent kernels: the chunked kernels of MLP memories have no backward pass yet.
 """
 
 import torch
@@ -20,7 +26,9 @@ import triton
 import triton.language as tl
 
 from mirasc import runtime
-from mirasc.runtime.triton_lib import ln_bwd, ln_bwd_bwd, ln_fwd, ln_fwd_bwd, matvec, outer, vecmat
+from mirasc.runtime import mlp_chunk
+from mirasc.runtime.triton_lib import ln_back_rows, ln_bwd, ln_bwd_bwd, ln_fwd, ln_fwd_bwd, ln_rows, matvec, outer, vecmat
+from mirasc.runtime.wy_kernels import load_rows, load_tile, mm, store_rows, store_tile
 
 CHUNK = 16
 SEGMENT = 16  # tokens between saved states: a multiple of CHUNK
@@ -439,6 +447,103 @@ def _backward_kernel(
     tl.store(dln_ptr + (i_bh * 2 + 1) * DV + rv, beta_acc, mask=mv)
 
 
+@triton.jit
+def _bias_grad_rows(y, v, mask, _p0):
+    """dl/dy for every token of a chunk (tiles [C, Dv], gates [C, 1]), zero outside `mask`."""
+    _e0 = v - y
+    _phi0 = (_e0*_e0)
+    _dphi0 = -2.0*v + 2.0*y
+    _dphi1 = -tl.where((_e0) > 0, 1.0, tl.where((_e0) < 0, -1.0, 0.0))
+    _phi0 = tl.where(mask, _phi0, 0.0)
+    _dphi0 = tl.where(mask, _dphi0, 0.0)
+    _dphi1 = tl.where(mask, _dphi1, 0.0)
+    _S0 = tl.sum(_phi0, axis=1, keep_dims=True)
+    _s0 = (_p0 >= tl.sqrt(_S0))
+    _g0 = tl.where(_s0, 0.5, 0.0)
+    _g1 = tl.where(_s0, 0.0, _p0)
+    return _g0 * _dphi0 + _g1 * _dphi1 + y * 0.0
+
+
+@triton.jit
+def _mlp_hidden(b_in, w_ptr, e0, BK: tl.constexpr, BE: tl.constexpr, DK: tl.constexpr,
+                HID: tl.constexpr, DOT: tl.constexpr):
+    """Hidden columns e0..e0+BE of the first layer at its weights w_ptr [DK, HID]: the
+    pre-activation b_in W1 and the activation, zero past HID."""
+    b_w1 = load_tile(w_ptr, 0, e0, BK, BE, DK, HID)
+    b_z1 = mm(b_in, b_w1, DOT)
+    inside = (e0 + tl.arange(0, BE) < HID)[None, :]
+    return b_w1, b_z1, tl.where(inside, _act(b_z1), 0.0)
+
+
+@triton.jit
+def _mlp_forward_kernel(q_ptr, k_ptr, v_ptr, coef_ptr, ends_ptr, d_ptr, params_ptr, st_ptr,
+                        ln_ptr, o_ptr, scale, T, H, TP, NT, DK: tl.constexpr, DV: tl.constexpr,
+                        HID: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, BE: tl.constexpr,
+                        BT: tl.constexpr, DOT: tl.constexpr):
+    """One program per (batch, head), its chunks in order; the state (st_ptr, updated in place)
+    stays in global memory and passes through the chip a tile of BE hidden units at a time.
+    Per chunk, with every gradient at the chunk's start state (its anchor):
+      surprise: Z1 = K W1, A1 = act(Z1), Y = K + LN(A1 W2), G = dl/dy(Y, V),
+                D2 = LN's backward of G, D1 = (D2 W2^T) * act'(Z1)
+      reads:    Zq1 = a (x W1) - (D * x K^T) D1, H1 = act(Zq1),
+                Zq2 = a (H1 W2) - (D * H1 A1^T) D2, O = x + LN(Zq2)
+      update:   W1' = aC W1 - K^T (Dl D1), W2' = aC W2 - A1^T (Dl D2)
+    Two passes over the hidden tiles: Y needs all of them before D2 exists."""
+    i_bh = tl.program_id(0)
+    i_b, i_h = i_bh // H, i_bh % H
+    BH = tl.num_programs(0)
+    size = DK * HID + HID * DV
+    w1_ptr = st_ptr + i_bh.to(tl.int64) * (size)
+    w2_ptr = w1_ptr + DK * HID
+    o_t = tl.arange(0, BT)
+    o_v = tl.arange(0, BV)
+    gamma = tl.load(ln_ptr + i_h * DV + o_v, mask=o_v < DV, other=0.0)[None, :]
+    beta = tl.load(ln_ptr + (H + i_h) * DV + o_v, mask=o_v < DV, other=0.0)[None, :]
+    for n in range(NT):
+        t0 = n * BT
+        mask = (t0 + o_t < T)[:, None] & (o_v < DV)[None, :]
+        b_x = load_rows(q_ptr, i_b, i_h, t0, 0, T, H, DK, BT, BK).to(tl.float32) * scale
+        b_k = load_rows(k_ptr, i_b, i_h, t0, 0, T, H, DK, BT, BK).to(tl.float32)
+        b_v = load_rows(v_ptr, i_b, i_h, t0, 0, T, H, DV, BT, BV).to(tl.float32)
+        row = i_bh * TP + t0 + o_t
+        b_dmat = tl.load(d_ptr + row.to(tl.int64)[:, None] * BT + o_t[None, :])
+        _p0 = tl.load(params_ptr + 0 * BH * TP + row)[:, None]
+        b_a = tl.load(coef_ptr + row)[:, None]
+        b_dl = tl.load(coef_ptr + 2 * BH * TP + row)[:, None]
+        a_end = tl.load(ends_ptr + i_bh * NT + n)
+        # the surprise at the anchor
+        b_z2 = tl.zeros([BT, BV], dtype=tl.float32)
+        for e0 in range(0, HID, BE):
+            _, _, b_a1 = _mlp_hidden(b_k, w1_ptr, e0, BK, BE, DK, HID, DOT)
+            b_z2 += mm(b_a1, load_tile(w2_ptr, e0, 0, BE, BV, HID, DV), DOT)
+        b_xh, b_rstd = ln_rows(b_z2, mask, DV)
+        b_y = b_xh * gamma + beta
+        b_y += b_k
+        b_g = _bias_grad_rows(b_y, b_v, mask, _p0)
+        b_d2 = ln_back_rows(b_g * gamma, b_xh, b_rstd, mask, DV)
+        # per hidden tile: layer 1's deltas and reads, layer 2's reads, the update
+        b_m = b_dmat * mm(b_x, tl.trans(b_k), DOT)
+        b_zq2 = tl.zeros([BT, BV], dtype=tl.float32)
+        b_p = tl.zeros([BT, BT], dtype=tl.float32)
+        for e0 in range(0, HID, BE):
+            b_w1, b_z1, b_a1 = _mlp_hidden(b_k, w1_ptr, e0, BK, BE, DK, HID, DOT)
+            b_w2 = load_tile(w2_ptr, e0, 0, BE, BV, HID, DV)
+            b_d1 = mm(b_d2, tl.trans(b_w2), DOT) * _act_d1(b_z1)
+            b_zq1 = b_a * mm(b_x, b_w1, DOT) - mm(b_m, b_d1, DOT)
+            b_h1 = tl.where((e0 + tl.arange(0, BE) < HID)[None, :], _act(b_zq1), 0.0)
+            b_zq2 += b_a * mm(b_h1, b_w2, DOT)
+            b_p += mm(b_h1, tl.trans(b_a1), DOT)
+            b_w1 = a_end * b_w1 - mm(tl.trans(b_k), b_dl * b_d1, DOT)
+            b_w2 = a_end * b_w2 - mm(tl.trans(b_a1), b_dl * b_d2, DOT)
+            store_tile(w1_ptr, b_w1, 0, e0, BK, BE, DK, HID)
+            store_tile(w2_ptr, b_w2, e0, 0, BE, BV, HID, DV)
+        b_zq2 -= mm(b_dmat * b_p, b_d2, DOT)
+        b_xq, _ = ln_rows(b_zq2, mask, DV)
+        b_o = b_xq * gamma + beta
+        b_o += b_x
+        store_rows(o_ptr, b_o, i_b, i_h, t0, 0, T, H, DV, BT, BV)
+
+
 # ---- the host side: the spec's sizes; the rest is runtime.FusedRecurrent --------------------------
 def _shapes(Dk, Dv):
     return [(Dk, 4 * Dk), (4 * Dk, Dv)]
@@ -459,8 +564,32 @@ fused = runtime.FusedRecurrent(
 unsupported = fused.unsupported
 
 
+mlp = mlp_chunk.MlpChunkForward(
+    "mirasc_yaad_e596af75124e",
+    _mlp_forward_kernel,
+    shapes=_shapes,
+    chunk=CHUNK,
+    retention="decay",
+    momentum=False,
+    required_state='yaad needs initial_state (an MLP memory)',
+)
+
+
 def forward(q, k, v, gates, **options):
-    """The torch backend's `forward` contract on the fused kernels (see `unsupported`);
-    `options` are the op's keyword arguments (scale, initial_state, output_final_state,
-    ln_weight, ln_bias, anchor_state, chunk_offset)."""
-    return fused.forward(q, k, v, [runtime.gate(gates["eta"], "eta", q), runtime.gate(gates["alpha"], "alpha", q), runtime.gate(gates["delta"], "delta", q)], **options)
+    """The torch backend's `forward` contract: calls the chunked forward kernel takes
+    (`mlp.forward`: no gradients needed, at least 64 tokens, starting on a chunk boundary) run
+    on it, the others on the fused recurrent kernels (see `unsupported`); `options` are the
+    op's keyword arguments (scale, initial_state, output_final_state, ln_weight, ln_bias,
+    anchor_state, chunk_offset)."""
+    rows = [runtime.gate(gates["eta"], "eta", q), runtime.gate(gates["alpha"], "alpha", q), runtime.gate(gates["delta"], "delta", q)]
+    needs_grad = torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad
+        for t in (q, k, v, *rows, options.get("ln_weight"), options.get("ln_bias"),
+                  *(options.get("initial_state") or ()))
+    )  # fmt: skip
+    if mlp.unsupported(q, v, needs_grad, options.get("chunk_offset", 0)) is None:
+        rate = rows[1]
+        mom = None
+        params = [rows[2]]
+        return mlp.forward(q, k, v, rows[0], rate, mom, params, **options)
+    return fused.forward(q, k, v, rows, **options)

@@ -21,8 +21,10 @@ class Plan:
     wy_scale: float | None  # c when dl/dy = c (y - v) and the WY form applies
     sums: tuple  # indices of the loss's sums S_i that dl/dy needs
     segment: int  # Triton: tokens between the states the forward pass saves (chunk multiple)
-    triton_chunked: str  # Triton, training-length calls: "wy", "dual" (chunked kernels) or ""
-    triton_chunked_why: str  # why no chunked Triton kernels ("" when there are)
+    # Triton's chunked kernels: "wy", "dual" (training-length calls), "mlp_forward" (calls that
+    # need no gradients; training stays on the recurrent kernels) or ""
+    triton_chunked: str
+    triton_chunked_why: str  # why training-length calls take no chunked Triton kernels, or ""
 
 
 def wy_scale(spec: Spec, derived: Derived) -> float | None:
@@ -48,13 +50,14 @@ def wy_scale(spec: Spec, derived: Derived) -> float | None:
 
 
 def dual_chunk_refusal(spec: Spec) -> str:
-    """Why the chunked dual-form Triton kernels (a linear memory trained by gd or momentum on
-    its element-wise loss, every gradient at the chunk's anchor) do not take the spec; "" if
-    they do. What they lack runs on the recurrent kernels."""
+    """Why the chunked dual-form Triton kernels (every gradient at the chunk's anchor; a linear
+    memory, forward and backward, or a two-layer MLP, forward only) do not take the spec; ""
+    if they do. What they lack runs on the recurrent kernels."""
     a, ret = spec.architecture, spec.retention
+    linear = a.depth == 1
     lacks = [
-        (a.depth > 1, "MLP memories (depth > 1)"),
-        (a.residual or a.norm is not None, "a residual or LayerNorm read"),
+        (a.depth > 2, "MLP memories deeper than two layers"),
+        (linear and (a.residual or a.norm is not None), "a linear memory's residual or LayerNorm read"),
         (ret.kind not in ("none", "decay", "l2"), f"{ret.kind} retention"),
         (ret.first, "retention applied first"),
         (spec.clip is not None, "clip"),
@@ -92,5 +95,7 @@ def make_plan(spec: Spec, derived: Derived) -> Plan:
     # tokens per saved state bounds the activation memory at ~T/16 states for chunk 1
     segment = spec.chunk * math.ceil(SEGMENT_TOKENS / spec.chunk)
     why = "" if c is not None else dual_chunk_refusal(spec)
-    chunked = "wy" if c is not None else ("" if why else "dual")
+    chunked = "wy" if c is not None else ("" if why else "dual" if spec.depth == 1 else "mlp_forward")
+    if chunked == "mlp_forward":
+        why = "the chunked kernels of MLP memories have no backward pass yet"
     return Plan(strategies, c, sums, segment, chunked, why)

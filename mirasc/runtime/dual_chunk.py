@@ -33,6 +33,45 @@ def _pow2(n: int) -> int:
     return max(16, 1 << max(0, (int(n) - 1).bit_length()))
 
 
+def pack_coefficients(retention: str, momentum: bool, C: int, lr, rate, mom, params: list):
+    """The chunked kernels' coefficients from gates [B, H, T] (rate None without a retention
+    gate, mom None without momentum): per token a, b, Dl, Dm [4, B*H, N*C] (zeros where
+    absent), per chunk end aC, bC, hC [3, B*H, N], D [B*H, N*C, C] and the loss's gate
+    parameters [P, B*H, N*C] (past T, copies of the last real token's: finite surprises)."""
+    B, H, T = lr.shape
+    N = triton.cdiv(T, C)
+    pads = (0, N * C - T, C)
+    keep, e = factors(retention, lr.float(), None if rate is None else rate.float())
+    coef = coefficients(
+        momentum,
+        chunk_major(keep, *pads, value=1.0),
+        chunk_major(e, *pads, value=0.0),
+        chunk_major(mom.float(), *pads, value=1.0) if momentum else None,
+        0,
+        (T - 1) % C,
+    )
+
+    def tokens(x):  # [N, B, H, C, 1] -> [B*H, N*C]; absent (no momentum) -> zeros
+        if x is None:
+            return keep.new_zeros(B * H, N * C)
+        return x.squeeze(-1).permute(1, 2, 0, 3).reshape(B * H, N * C)
+
+    def chunk_ends(x):  # [N, B, H, 1, 1] -> [B*H, N]
+        return keep.new_zeros(B * H, N) if x is None else x.reshape(N, B * H).t()
+
+    per_token = torch.stack([tokens(coef[n]) for n in ("a", "b", "Dl", "Dm")])
+    ends = torch.stack([chunk_ends(coef[n]) for n in ("aC", "bC", "hC")])
+    d = coef["D"].permute(1, 2, 0, 3, 4).reshape(B * H, N * C, C)
+    stacked = (
+        torch.stack(
+            [chunk_major(p.float(), *pads).movedim(0, 2).reshape(B * H, N * C) for p in params]
+        )
+        if params
+        else keep.new_zeros((0, B * H, N * C))
+    )
+    return per_token.contiguous(), ends.contiguous(), d.contiguous(), stacked.contiguous()
+
+
 class DualChunk:
     """The chunked dual-form kernels of one spec as a `torch.library` op pair with an autograd
     formula; the generated backend passes its three kernels (forward, the reverse state pass,
@@ -182,44 +221,15 @@ class DualChunk:
         if ln_weight is not None or ln_bias is not None:
             raise BackendError("a linear memory has no LayerNorm")
         B, T, H, Dk = q.shape
-        Dv, C = v.shape[-1], self.chunk
+        Dv = v.shape[-1]
         states = initial_weights(initial_state, [(Dk, Dv)], self.n_states, q, "")
-        N = triton.cdiv(T, C)
-        pads = (0, N * C - T, C)
-        keep, e = factors(self.retention, lr.float(), None if rate is None else rate.float())
-        coef = coefficients(
-            self.momentum,
-            chunk_major(keep, *pads, value=1.0),
-            chunk_major(e, *pads, value=0.0),
-            chunk_major(mom.float(), *pads, value=1.0) if self.momentum else None,
-            0,
-            (T - 1) % C,
+        per_token, ends, d, stacked = pack_coefficients(
+            self.retention, self.momentum, self.chunk, lr, rate, mom, params
         )
-
-        def tokens(x):  # [N, B, H, C, 1] -> [B*H, N*C]; absent (no momentum) -> zeros
-            return (
-                keep.new_zeros(B * H, N * C)
-                if x is None
-                else x.squeeze(-1).permute(1, 2, 0, 3).reshape(B * H, N * C)
-            )
-
-        def chunk_ends(x):  # [N, B, H, 1, 1] -> [B*H, N]
-            return keep.new_zeros(B * H, N) if x is None else x.reshape(N, B * H).t()
-
-        per_token = torch.stack([tokens(coef[n]) for n in ("a", "b", "Dl", "Dm")])
-        ends = torch.stack([chunk_ends(coef[n]) for n in ("aC", "bC", "hC")])
-        d = coef["D"].permute(1, 2, 0, 3, 4).reshape(B * H, N * C, C)
-        stacked = (
-            torch.stack(
-                [chunk_major(p.float(), *pads).movedim(0, 2).reshape(B * H, N * C) for p in params]
-            )
-            if params
-            else keep.new_zeros((0, B * H, N * C))
-        )  # fmt: skip  (past T, copies of the last real token's gates: finite surprises)
         h0 = torch.stack([s.reshape(B * H, Dk, Dv).float() for s in states])
         o, final, _ = self.op(
-            q.contiguous(), k.contiguous(), v.contiguous(), per_token.contiguous(),
-            ends.contiguous(), d.contiguous(), stacked.contiguous(), h0.contiguous(), float(scale),
+            q.contiguous(), k.contiguous(), v.contiguous(), per_token, ends, d, stacked,
+            h0.contiguous(), float(scale),
         )  # fmt: skip
         if not output_final_state:
             return o, None

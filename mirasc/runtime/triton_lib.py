@@ -78,3 +78,21 @@ def softmax_rows(z, m, mi):
     ex = tl.where(m, tl.exp(z - zmax[:, None]), 0.0)
     den = tl.where(mi, tl.sum(ex, axis=1), 1.0)
     return ex / den[:, None]
+
+
+@triton.jit
+def ln_rows(m, mask, N: tl.constexpr):
+    """(x_hat, rstd) of LayerNorm over the first N columns of each row of m [R, C] (eps 1e-5);
+    x_hat is zero outside `mask`, rstd a column [R, 1]."""
+    mu = tl.sum(m, axis=1, keep_dims=True) / N
+    c = tl.where(mask, m - mu, 0.0)
+    rstd = 1.0 / tl.sqrt(tl.sum(c * c, axis=1, keep_dims=True) / N + 1e-5)
+    return c * rstd, rstd
+
+
+@triton.jit
+def ln_back_rows(xb, xh, rstd, mask, N: tl.constexpr):
+    """ln_bwd for each row: the adjoint of LayerNorm's input from the adjoint `xb` of x_hat."""
+    mean_b = tl.sum(xb, axis=1, keep_dims=True) / N
+    mean_bx = tl.sum(xb * xh, axis=1, keep_dims=True) / N
+    return tl.where(mask, rstd * (xb - mean_b - xh * mean_bx), 0.0)
