@@ -20,7 +20,8 @@ them: the spec's chunk and decay gate, and 16-byte divisibility of the pointers 
 length TP, which Triton specialises on at launch (torch allocations are 16-byte aligned).
 
 Specs whose Triton backend has the chunked dual-form kernels (a linear memory trained by gd:
-linear_attention) get rows `dual:forward`, `dual:state_bwd` and `dual:chunk_bwd` the same way (mirasc.runtime.dual_chunk).
+linear_attention) get rows `dual:forward`, `dual:state_bwd` and `dual:chunk_bwd` the same way (mirasc.runtime.dual_chunk);
+those of a two-layer MLP memory (titans, ttt_mlp, yaad) a row `mlp:forward` (mirasc.runtime.mlp_chunk).
 
 Where flash-linear-attention (`fla`) is importable, its chunk_gated_delta_rule state and output
 kernels are compiled the same way beside gated_deltanet's (when that spec is among --specs); it is
@@ -218,6 +219,21 @@ def dual_measure(spec: str, name: str, D: int, dtype: str = "bf16") -> Figures:
     return chunked_figures(spec, f"dual:{name}", D, kernel, meta, options, dtype)
 
 
+def mlp_measure(spec: str, D: int, dtype: str = "bf16") -> Figures:
+    """The chunked dual-form forward kernel of an MLP memory at head size D."""
+    backend = importlib.import_module(f"generated.{spec}.triton_backend")
+    tl = importlib.import_module("triton.language")
+    mlp = backend.mlp
+    meta = mlp.meta(D, D, tl.float32 if dtype == "fp32" else tl.bfloat16)
+    return chunked_figures(spec, "mlp:forward", D, backend._mlp_forward_kernel, meta,
+                           mlp.launch_options(D, D), dtype)  # fmt: skip
+
+
+def has_mlp(spec: str) -> bool:
+    """The spec's Triton backend has the chunked forward kernel of an MLP memory."""
+    return hasattr(importlib.import_module(f"generated.{spec}.triton_backend"), "mlp")
+
+
 def has_dual(spec: str) -> bool:
     """The spec's Triton backend has the chunked dual-form kernels."""
     return hasattr(importlib.import_module(f"generated.{spec}.triton_backend"), "dual")
@@ -241,6 +257,8 @@ def jobs(specs: list[str], sizes: list[int] | None, kernels: str) -> list[tuple[
             names += [f"wy:{name}" for name in KERNELS]
         if kernels != "fused" and has_dual(spec):
             names += ["dual:forward", "dual:state_bwd", "dual:chunk_bwd"]
+        if kernels != "fused" and has_mlp(spec):
+            names += ["mlp:forward"]
         work += [(spec, name, D) for D in (sizes or WIDE.get(spec, (64,))) for name in names]
     return work
 
@@ -251,6 +269,8 @@ def compile_job(spec: str, kernel: str, D: int) -> Figures:
         return wy_measure(spec, kernel[3:], D)
     if kernel.startswith("dual:"):
         return dual_measure(spec, kernel[5:], D)
+    if kernel == "mlp:forward":
+        return mlp_measure(spec, D)
     return measure(spec, kernel, D)
 
 

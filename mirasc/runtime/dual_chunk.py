@@ -220,7 +220,7 @@ class DualChunk:
             raise BackendError(reason)
         if ln_weight is not None or ln_bias is not None:
             raise BackendError("a linear memory has no LayerNorm")
-        B, T, H, Dk = q.shape
+        B, _, H, Dk = q.shape
         Dv = v.shape[-1]
         states = initial_weights(initial_state, [(Dk, Dv)], self.n_states, q, "")
         per_token, ends, d, stacked = pack_coefficients(

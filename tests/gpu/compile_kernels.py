@@ -40,6 +40,17 @@ def compile_dual(backend, D: int) -> None:
         assert compiled.asm["cubin"], kernel
 
 
+def compile_mlp(backend, D: int) -> None:
+    """The chunked forward kernel of an MLP memory, as it launches for bf16 inputs."""
+    import triton.language as tl
+
+    kernel = backend._mlp_forward_kernel
+    meta = backend.mlp.meta(D, D, tl.bfloat16)
+    source = ASTSource(fn=kernel, signature=signature(kernel, meta, "bf16"), constexprs=meta)
+    compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32))
+    assert compiled.asm["cubin"], kernel
+
+
 def main(paths: list[str]) -> None:
     for path in map(Path, paths):
         sys.path.insert(0, str(path.parent))
@@ -50,6 +61,8 @@ def main(paths: list[str]) -> None:
             compile_backend(backend, 8, 8, "fp32", continuing=True)
         if hasattr(backend, "dual"):
             compile_dual(backend, 16)
+        if hasattr(backend, "mlp"):
+            compile_mlp(backend, 16)
         print(path.name, "compiled", flush=True)
 
 
