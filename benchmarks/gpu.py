@@ -7,7 +7,8 @@
 2. Speed: forward and forward+backward of the triton and torch backends for every shipped spec
    (for specs with chunked kernels, "triton" is those at these lengths, the WY form for deltanet
    and gated_deltanet, the dual form for linear_attention, and "triton recurrent" their fused
-   recurrent kernels)
+   recurrent kernels; for titans, ttt_mlp and yaad the "triton" row's forward column is the
+   chunked forward kernel of their no-grad calls, and its fwd+bwd the recurrent kernels)
    at B=8, T=4096, H=16, D=64 and D=128, bf16 inputs: ms, tokens/s, achieved GB/s (the bytes of
    the inputs, outputs and gradients: the least any implementation must move) and each row's
    speed-up over the torch backend (its fwd+bwd time / the row's), measured in the same run. Where flash-linear-attention is importable, its
@@ -165,13 +166,15 @@ def fla_rows(spec_module, q, k, v, gates, device):
 
 def recurrent_only(module, gates: dict, initial):
     """The op on its fused recurrent kernels at any length, for a spec whose Triton backend
-    sends training-length calls to chunked kernels (WY or dual form): the chunked-against-
-    recurrent comparison, measured in the same run; None for a spec without chunked kernels."""
+    sends long calls to chunked kernels (WY or dual form; an MLP memory's no-grad calls, so
+    its "triton" row's forward column): the chunked-against-recurrent comparison, measured in
+    the same run; None for a spec without chunked kernels."""
     backend = module.triton_backend
     if hasattr(backend, "WY_MIN_TOKENS"):
         holder, name = backend, "WY_MIN_TOKENS"
-    elif hasattr(backend, "dual"):
-        holder, name = backend.dual, "min_tokens"
+    elif hasattr(backend, "dual") or hasattr(backend, "mlp"):
+        holder = backend.dual if hasattr(backend, "dual") else backend.mlp
+        name = "min_tokens"
     else:
         return None
 
