@@ -68,7 +68,9 @@ def test_shipped_mlp_memories(shipped, name, T, D, dtype):
 def mlp_spec(activation: str, residual: bool, norm: bool, bias: str, retention: str,
              algorithm: str, chunk: int) -> str:  # fmt: skip
     """A two-layer MLP memory the chunked forward kernel takes."""
-    arch = f"mlp(depth: 2, expansion: 4, activation: {activation}, residual: {str(residual).lower()}"
+    arch = (
+        f"mlp(depth: 2, expansion: 4, activation: {activation}, residual: {str(residual).lower()}"
+    )
     arch += ", norm: layernorm)" if norm else ")"
     gates = ["gate eta = 0.3 * sigmoid(z)"]
     gates += ["gate alpha = 0.2 * sigmoid(z)"] if retention != "none" else []

@@ -57,7 +57,7 @@ def dual_chunk_refusal(spec: Spec) -> str:
     linear = a.depth == 1
     lacks = [
         (a.depth > 2, "MLP memories deeper than two layers"),
-        (linear and (a.residual or a.norm is not None), "a linear memory's residual or LayerNorm read"),
+        (linear and (a.residual or a.norm is not None), "a linear memory's residual or norm"),
         (ret.kind not in ("none", "decay", "l2"), f"{ret.kind} retention"),
         (ret.first, "retention applied first"),
         (spec.clip is not None, "clip"),
@@ -95,7 +95,11 @@ def make_plan(spec: Spec, derived: Derived) -> Plan:
     # tokens per saved state bounds the activation memory at ~T/16 states for chunk 1
     segment = spec.chunk * math.ceil(SEGMENT_TOKENS / spec.chunk)
     why = "" if c is not None else dual_chunk_refusal(spec)
-    chunked = "wy" if c is not None else ("" if why else "dual" if spec.depth == 1 else "mlp_forward")
-    if chunked == "mlp_forward":
+    if c is not None or why:
+        chunked = "wy" if c is not None else ""
+    elif spec.depth == 1:
+        chunked = "dual"
+    else:
+        chunked = "mlp_forward"
         why = "the chunked kernels of MLP memories have no backward pass yet"
     return Plan(strategies, c, sums, segment, chunked, why)
