@@ -21,7 +21,8 @@ length TP, which Triton specialises on at launch (torch allocations are 16-byte 
 
 Specs whose Triton backend has the chunked dual-form kernels (a linear memory trained by gd:
 linear_attention) get rows `dual:forward`, `dual:state_bwd` and `dual:chunk_bwd` the same way (mirasc.runtime.dual_chunk);
-those of a two-layer MLP memory (titans, ttt_mlp, yaad) a row `mlp:forward` (mirasc.runtime.mlp_chunk).
+those of a two-layer MLP memory (titans, ttt_mlp, yaad) rows `mlp:forward` and `mlp:backward`
+(mirasc.runtime.mlp_chunk).
 
 Where flash-linear-attention (`fla`) is importable, its chunk_gated_delta_rule state and output
 kernels are compiled the same way beside gated_deltanet's (when that spec is among --specs); it is
@@ -219,18 +220,21 @@ def dual_measure(spec: str, name: str, D: int, dtype: str = "bf16") -> Figures:
     return chunked_figures(spec, f"dual:{name}", D, kernel, meta, options, dtype)
 
 
-def mlp_measure(spec: str, D: int, dtype: str = "bf16") -> Figures:
-    """The chunked dual-form forward kernel of an MLP memory at head size D."""
+def mlp_measure(spec: str, name: str, D: int, dtype: str = "bf16") -> Figures:
+    """One chunked dual-form kernel of an MLP memory (`name`: forward, backward) at head size
+    D, as a training-length call launches it."""
     backend = importlib.import_module(f"generated.{spec}.triton_backend")
     tl = importlib.import_module("triton.language")
     mlp = backend.mlp
-    meta = mlp.meta(D, D, tl.float32 if dtype == "fp32" else tl.bfloat16)
-    return chunked_figures(spec, "mlp:forward", D, backend._mlp_forward_kernel, meta,
-                           mlp.launch_options(D, D), dtype)  # fmt: skip
+    meta = mlp.meta(D, D, tl.float32 if dtype == "fp32" else tl.bfloat16, name == "backward")
+    if name == "forward":
+        meta["SAVE"] = True
+    kernel = getattr(backend, f"_mlp_{name}_kernel")
+    return chunked_figures(spec, f"mlp:{name}", D, kernel, meta, mlp.launch_options(D, D), dtype)
 
 
 def has_mlp(spec: str) -> bool:
-    """The spec's Triton backend has the chunked forward kernel of an MLP memory."""
+    """The spec's Triton backend has the chunked dual-form kernels of an MLP memory."""
     return hasattr(importlib.import_module(f"generated.{spec}.triton_backend"), "mlp")
 
 
@@ -258,7 +262,7 @@ def jobs(specs: list[str], sizes: list[int] | None, kernels: str) -> list[tuple[
         if kernels != "fused" and has_dual(spec):
             names += ["dual:forward", "dual:state_bwd", "dual:chunk_bwd"]
         if kernels != "fused" and has_mlp(spec):
-            names += ["mlp:forward"]
+            names += ["mlp:forward", "mlp:backward"]
         work += [(spec, name, D) for D in (sizes or WIDE.get(spec, (64,))) for name in names]
     return work
 
@@ -269,8 +273,8 @@ def compile_job(spec: str, kernel: str, D: int) -> Figures:
         return wy_measure(spec, kernel[3:], D)
     if kernel.startswith("dual:"):
         return dual_measure(spec, kernel[5:], D)
-    if kernel == "mlp:forward":
-        return mlp_measure(spec, D)
+    if kernel.startswith("mlp:"):
+        return mlp_measure(spec, kernel[4:], D)
     return measure(spec, kernel, D)
 
 

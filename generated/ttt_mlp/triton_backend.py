@@ -14,11 +14,12 @@ Activation memory: (ceil((T + offset) / 16) + 16 + 1) * |state| floats per (batc
 |state| = Dk * 4*Dk + 4*Dk * Dv; not O(T * |state|).
 Inputs may be fp32, bf16 or fp16; everything is computed in fp32; fp64 is refused.
 
-Calls of at least 64 tokens that start on a chunk boundary and need no gradients (evaluation,
-prefill) run instead on the chunked dual-form forward kernel below (mirasc.runtime.mlp_chunk,
-the torch backend's `chunked`): per chunk of 16 tokens the surprise at the anchor, the reads
-and the state update are tensor-core matmuls on tiles of 64 hidden units. Training calls keep
-the fused recurrent kernels: the chunked kernels of MLP memories have no backward pass yet.
+Calls of at least 64 tokens that start on a chunk boundary (training, prefill) run instead on
+the chunked dual-form kernels below (mirasc.runtime.mlp_chunk, the torch backend's `chunked`):
+per chunk of 16 tokens the surprise at the anchor, the reads, the state update and their
+reverses are tensor-core matmuls, the state passing through the chip a tile of hidden units at
+a time, and only the state at each chunk's start is saved. Shorter calls (decoding) and calls
+continuing a chunk keep the fused recurrent kernels.
 """
 
 import torch
@@ -27,7 +28,7 @@ import triton.language as tl
 
 from mirasc import runtime
 from mirasc.runtime import mlp_chunk
-from mirasc.runtime.triton_lib import ln_back_rows, ln_bwd, ln_bwd_bwd, ln_fwd, ln_fwd_bwd, ln_rows, matvec, outer, vecmat
+from mirasc.runtime.triton_lib import ln_back_rows, ln_back_rows_vjp, ln_bwd, ln_bwd_bwd, ln_fwd, ln_fwd_bwd, ln_fwd_back_rows, ln_rows, matvec, outer, vecmat
 from mirasc.runtime.wy_kernels import load_rows, load_tile, mm, store_rows, store_tile
 
 CHUNK = 16
@@ -422,6 +423,23 @@ def _bias_grad_rows(y, v, mask):
 
 
 @triton.jit
+def _bias_vjp_rows(y, v, mask, dyb):
+    """_bias_vjp for every token of a chunk: the adjoints of y, v given that of dl/dy."""
+    _S_zero = tl.sum(y * 0.0, axis=1, keep_dims=True)
+    _dphi0 = -2.0*v + 2.0*y
+    _d2phi0 = 2.0
+    _dphiv0 = -2.0
+    _dphi0 = tl.where(mask, _dphi0, 0.0)
+    _d2phi0 = tl.where(mask, _d2phi0, 0.0)
+    _dphiv0 = tl.where(mask, _dphiv0, 0.0)
+    _g0 = 0.5
+    _P0 = tl.sum(dyb * _dphi0, axis=1, keep_dims=True)
+    yb = tl.where(mask, dyb * (_g0 * _d2phi0), 0.0)
+    vb = tl.where(mask, dyb * (_g0 * _dphiv0), 0.0)
+    return yb, vb
+
+
+@triton.jit
 def _mlp_hidden(b_in, w_ptr, e0, BK: tl.constexpr, BE: tl.constexpr, DK: tl.constexpr,
                 HID: tl.constexpr, DOT: tl.constexpr):
     """Hidden columns e0..e0+BE of the first layer at its weights w_ptr [DK, HID]: the
@@ -434,9 +452,10 @@ def _mlp_hidden(b_in, w_ptr, e0, BK: tl.constexpr, BE: tl.constexpr, DK: tl.cons
 
 @triton.jit
 def _mlp_forward_kernel(q_ptr, k_ptr, v_ptr, coef_ptr, ends_ptr, d_ptr, params_ptr, st_ptr,
-                        ln_ptr, o_ptr, scale, T, H, TP, NT, DK: tl.constexpr, DV: tl.constexpr,
-                        HID: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, BE: tl.constexpr,
-                        BT: tl.constexpr, DOT: tl.constexpr):
+                        ln_ptr, o_ptr, hs_ptr, scale, T, H, TP, NT, DK: tl.constexpr,
+                        DV: tl.constexpr, HID: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+                        BE: tl.constexpr, BT: tl.constexpr, DOT: tl.constexpr,
+                        SAVE: tl.constexpr):
     """One program per (batch, head), its chunks in order; the state (st_ptr, updated in place)
     stays in global memory and passes through the chip a tile of BE hidden units at a time.
     Per chunk, with every gradient at the chunk's start state (its anchor):
@@ -445,7 +464,8 @@ def _mlp_forward_kernel(q_ptr, k_ptr, v_ptr, coef_ptr, ends_ptr, d_ptr, params_p
       reads:    Zq1 = a (x W1) - (D * x K^T) D1, H1 = act(Zq1),
                 Zq2 = a (H1 W2) - (D * H1 A1^T) D2, O = x + LN(Zq2)
       update:   W1' = aC W1 - K^T (Dl D1), W2' = aC W2 - A1^T (Dl D2)
-    Two passes over the hidden tiles: Y needs all of them before D2 exists."""
+    Two passes over the hidden tiles: Y needs all of them before D2 exists. With SAVE, the
+    state at each chunk's start goes to hs_ptr for the backward pass."""
     i_bh = tl.program_id(0)
     i_b, i_h = i_bh // H, i_bh % H
     BH = tl.num_programs(0)
@@ -481,9 +501,14 @@ def _mlp_forward_kernel(q_ptr, k_ptr, v_ptr, coef_ptr, ends_ptr, d_ptr, params_p
         b_m = b_dmat * mm(b_x, tl.trans(b_k), DOT)
         b_zq2 = tl.zeros([BT, BV], dtype=tl.float32)
         b_p = tl.zeros([BT, BT], dtype=tl.float32)
+        hs1_ptr = hs_ptr + (i_bh * NT + n).to(tl.int64) * (size)
+        hs2_ptr = hs1_ptr + DK * HID
         for e0 in range(0, HID, BE):  # layer 1's tile, then layer 2's: fewer tiles live at once
             b_w1, b_z1, b_a1 = _mlp_hidden(b_k, w1_ptr, e0, BK, BE, DK, HID, DOT)
             b_w2 = load_tile(w2_ptr, e0, 0, BE, BV, HID, DV)
+            if SAVE:
+                store_tile(hs1_ptr, b_w1, 0, e0, BK, BE, DK, HID)
+                store_tile(hs2_ptr, b_w2, e0, 0, BE, BV, HID, DV)
             b_d1 = mm(b_d2, tl.trans(b_w2), DOT) * _act_d1(b_z1)
             b_zq1 = b_a * mm(b_x, b_w1, DOT) - mm(b_m, b_d1, DOT)
             b_w1 = a_end * b_w1 - mm(tl.trans(b_k), b_dl * b_d1, DOT)
@@ -498,6 +523,165 @@ def _mlp_forward_kernel(q_ptr, k_ptr, v_ptr, coef_ptr, ends_ptr, d_ptr, params_p
         b_o = b_xq * gamma + beta
         b_o += b_x
         store_rows(o_ptr, b_o, i_b, i_h, t0, 0, T, H, DV, BT, BV)
+
+
+@triton.jit
+def _mlp_backward_kernel(q_ptr, k_ptr, v_ptr, coef_ptr, ends_ptr, d_ptr, params_ptr, hs_ptr,
+                         ln_ptr, do_ptr, dst_ptr, scr_ptr, dq_ptr, dk_ptr, dv_ptr, dcoef_ptr,
+                         dends_ptr, dd_ptr, dparams_ptr, dln_ptr, scale, T, H, TP, NT,
+                         DK: tl.constexpr, DV: tl.constexpr, HID: tl.constexpr, BK: tl.constexpr,
+                         BV: tl.constexpr, BE: tl.constexpr, BT: tl.constexpr,
+                         DOT: tl.constexpr):
+    """One program per (batch, head), its chunks in reverse, each recomputed from its saved
+    start state (hs_ptr). dst_ptr holds the final state's adjoint on entry and the initial
+    state's on exit, updated in place a hidden tile at a time. Per chunk, four passes over the
+    hidden tiles: the surprise's Y (A), the reads (B), the reverse of the reads, of the update
+    and of Delta1 = (D2 W2^T) * act'(Z1) (C; what needs the whole of dD2 waits in scr_ptr),
+    then, after the loss's vector-Jacobian product and LayerNorm's backward of its backward, the
+    reverse of the surprise's forward pass (D)."""
+    i_bh = tl.program_id(0)
+    i_b, i_h = i_bh // H, i_bh % H
+    BH = tl.num_programs(0)
+    size = DK * HID + HID * DV
+    dw1_ptr = dst_ptr + i_bh.to(tl.int64) * (size)
+    dw2_ptr = dw1_ptr + DK * HID
+    da1_ptr = scr_ptr + i_bh.to(tl.int64) * (2 * BT * HID)  # per chunk: dA1 and dZ1 so far
+    dz1_ptr = da1_ptr + BT * HID
+    o_t = tl.arange(0, BT)
+    o_v = tl.arange(0, BV)
+    o_e = tl.arange(0, BE)
+    gamma = tl.load(ln_ptr + i_h * DV + o_v, mask=o_v < DV, other=0.0)[None, :]
+    beta = tl.load(ln_ptr + (H + i_h) * DV + o_v, mask=o_v < DV, other=0.0)[None, :]
+    b_dgamma = tl.zeros([BV], dtype=tl.float32)
+    b_dbeta = tl.zeros([BV], dtype=tl.float32)
+    for i in range(NT):
+        n = NT - 1 - i
+        t0 = n * BT
+        mask = (t0 + o_t < T)[:, None] & (o_v < DV)[None, :]
+        b_x = load_rows(q_ptr, i_b, i_h, t0, 0, T, H, DK, BT, BK).to(tl.float32) * scale
+        b_k = load_rows(k_ptr, i_b, i_h, t0, 0, T, H, DK, BT, BK).to(tl.float32)
+        b_v = load_rows(v_ptr, i_b, i_h, t0, 0, T, H, DV, BT, BV).to(tl.float32)
+        b_do = load_rows(do_ptr, i_b, i_h, t0, 0, T, H, DV, BT, BV).to(tl.float32)
+        row = i_bh * TP + t0 + o_t
+        b_dmat = tl.load(d_ptr + row.to(tl.int64)[:, None] * BT + o_t[None, :])
+        b_a = tl.load(coef_ptr + row)[:, None]
+        b_dl = tl.load(coef_ptr + 2 * BH * TP + row)[:, None]
+        a_end = tl.load(ends_ptr + i_bh * NT + n)
+        w1_ptr = hs_ptr + (i_bh * NT + n).to(tl.int64) * (size)
+        w2_ptr = w1_ptr + DK * HID
+        # A: the surprise at the anchor
+        b_z2 = tl.zeros([BT, BV], dtype=tl.float32)
+        for e0 in range(0, HID, BE):
+            _, _, b_a1 = _mlp_hidden(b_k, w1_ptr, e0, BK, BE, DK, HID, DOT)
+            b_z2 += mm(b_a1, load_tile(w2_ptr, e0, 0, BE, BV, HID, DV), DOT)
+        b_xh, b_rstd = ln_rows(b_z2, mask, DV)
+        b_y = b_xh * gamma + beta
+        b_y += b_k
+        b_g = _bias_grad_rows(b_y, b_v, mask)
+        b_u = b_g * gamma
+        b_d2 = ln_back_rows(b_u, b_xh, b_rstd, mask, DV)
+        b_xk = mm(b_x, tl.trans(b_k), DOT)
+        b_m = b_dmat * b_xk
+        # B: the reads (their second layer's parts without the gates: UA = H1 W2, UB = H1 S2)
+        b_ua = tl.zeros([BT, BV], dtype=tl.float32)
+        b_ha = tl.zeros([BT, BT], dtype=tl.float32)
+        for e0 in range(0, HID, BE):
+            b_w1, b_z1, b_a1 = _mlp_hidden(b_k, w1_ptr, e0, BK, BE, DK, HID, DOT)
+            b_w2 = load_tile(w2_ptr, e0, 0, BE, BV, HID, DV)
+            b_d1 = mm(b_d2, tl.trans(b_w2), DOT) * _act_d1(b_z1)
+            b_zq1 = b_a * mm(b_x, b_w1, DOT) - mm(b_m, b_d1, DOT)
+            b_h1 = tl.where((e0 + o_e < HID)[None, :], _act(b_zq1), 0.0)
+            b_ua += mm(b_h1, b_w2, DOT)
+            b_ha += mm(b_h1, tl.trans(b_a1), DOT)
+        b_zq2 = b_a * b_ua - mm(b_dmat * b_ha, b_d2, DOT)
+        b_xq, b_rq = ln_rows(b_zq2, mask, DV)
+        b_dgamma += tl.sum(b_do * b_xq, axis=0)
+        b_dbeta += tl.sum(tl.where(mask, b_do, 0.0), axis=0)
+        b_dzq2 = ln_back_rows(b_do * gamma, b_xq, b_rq, mask, DV)
+        b_dx = b_do
+        b_da = tl.sum(b_dzq2 * b_ua, axis=1)
+        b_dzd = mm(b_dzq2, tl.trans(b_d2), DOT)  # dZq2 D2^T
+        b_dD = -b_dzd * b_ha
+        b_dp = b_dmat * b_dzd
+        b_dd2 = -mm(tl.trans(b_dmat * b_ha), b_dzq2, DOT)
+        b_r1 = tl.zeros([BT, BT], dtype=tl.float32)  # sum over hidden tiles of dZq1 D1^T
+        b_dk = tl.zeros([BT, BK], dtype=tl.float32)
+        b_ddl = tl.zeros([BT], dtype=tl.float32)
+        b_daC = 0.0
+        # C: per hidden tile, the reverse of the reads, of the update and of D1's making
+        for e0 in range(0, HID, BE):
+            inside = (e0 + o_e < HID)[None, :]
+            b_w1, b_z1, b_a1 = _mlp_hidden(b_k, w1_ptr, e0, BK, BE, DK, HID, DOT)
+            b_w2 = load_tile(w2_ptr, e0, 0, BE, BV, HID, DV)
+            b_b1 = mm(b_d2, tl.trans(b_w2), DOT)
+            b_d1 = b_b1 * _act_d1(b_z1)
+            b_xw1 = mm(b_x, b_w1, DOT)
+            b_zq1 = b_a * b_xw1 - mm(b_m, b_d1, DOT)
+            b_dh1 = b_a * mm(b_dzq2, tl.trans(b_w2), DOT) - mm(b_dp, b_a1, DOT)
+            b_h1 = tl.where(inside, _act(b_zq1), 0.0)
+            b_dzq1 = tl.where(inside, b_dh1 * _act_d1(b_zq1), 0.0)
+            b_dx += b_a * mm(b_dzq1, tl.trans(b_w1), DOT)
+            b_r1 += mm(b_dzq1, tl.trans(b_d1), DOT)
+            b_da += tl.sum(b_dzq1 * b_xw1, axis=1)
+            b_dd1 = -mm(tl.trans(b_m), b_dzq1, DOT)
+            b_da1 = -mm(tl.trans(b_dp), b_h1, DOT)
+            # the update's reverse: this tile's end-state adjoints, in dst_ptr
+            b_dw1 = load_tile(dw1_ptr, 0, e0, BK, BE, DK, HID)
+            b_dw2 = load_tile(dw2_ptr, e0, 0, BE, BV, HID, DV)
+            b_kdw = mm(b_k, b_dw1, DOT)
+            b_adw = mm(b_a1, b_dw2, DOT)
+            b_dd1 -= b_dl * b_kdw
+            b_dd2 -= b_dl * b_adw
+            b_ddl -= tl.sum(b_d1 * b_kdw, axis=1) + tl.sum(b_d2 * b_adw, axis=1)
+            b_dk -= mm(b_dl * b_d1, tl.trans(b_dw1), DOT)
+            b_da1 -= mm(b_dl * b_d2, tl.trans(b_dw2), DOT)
+            b_daC += tl.sum(tl.sum(b_dw1 * b_w1, axis=1), axis=0)
+            b_daC += tl.sum(tl.sum(b_dw2 * b_w2, axis=1), axis=0)
+            # D1 = B1 * act'(Z1), B1 = D2 W2^T
+            b_db1 = b_dd1 * _act_d1(b_z1)
+            b_dd2 += mm(b_db1, b_w2, DOT)
+            # the start state's adjoints so far (Z1 = K W1 and Z2 = A1 W2 add theirs in D)
+            b_dw1 = a_end * b_dw1 + mm(tl.trans(b_x), b_a * b_dzq1, DOT)
+            b_dw2 = (a_end * b_dw2 + mm(tl.trans(b_h1), b_a * b_dzq2, DOT)
+                     + mm(tl.trans(b_db1), b_d2, DOT))
+            store_tile(dw1_ptr, b_dw1, 0, e0, BK, BE, DK, HID)
+            store_tile(dw2_ptr, b_dw2, e0, 0, BE, BV, HID, DV)
+            store_tile(da1_ptr, b_da1, 0, e0, BT, BE, BT, HID)
+            store_tile(dz1_ptr, b_dd1 * b_b1 * _act_d2(b_z1), 0, e0, BT, BE, BT, HID)
+        b_rd = b_dmat * b_r1
+        b_dx -= mm(b_rd, b_k, DOT)
+        b_dk -= mm(tl.trans(b_rd), b_x, DOT)
+        b_dD -= b_r1 * b_xk
+        # the loss's vector-Jacobian product and LayerNorm's backward of its backward
+        b_du, b_dxh, b_drstd = ln_back_rows_vjp(b_dd2, b_u, b_xh, b_rstd, mask, DV)
+        b_dgamma += tl.sum(b_du * b_g, axis=0)
+        b_dg = b_du * gamma
+        b_dy, b_dv = _bias_vjp_rows(b_y, b_v, mask, b_dg)
+        b_dk += b_dy
+        b_dgamma += tl.sum(b_dy * b_xh, axis=0)
+        b_dbeta += tl.sum(b_dy, axis=0)
+        b_dz2 = ln_fwd_back_rows(b_dxh + b_dy * gamma, b_drstd, b_xh, b_rstd, mask, DV)
+        # D: the reverse of the surprise's forward pass, Z1 = K W1, A1 = act(Z1), Z2 = A1 W2
+        for e0 in range(0, HID, BE):
+            b_w1, b_z1, b_a1 = _mlp_hidden(b_k, w1_ptr, e0, BK, BE, DK, HID, DOT)
+            b_w2 = load_tile(w2_ptr, e0, 0, BE, BV, HID, DV)
+            b_da1 = load_tile(da1_ptr, 0, e0, BT, BE, BT, HID) + mm(b_dz2, tl.trans(b_w2), DOT)
+            b_dz1 = load_tile(dz1_ptr, 0, e0, BT, BE, BT, HID) + b_da1 * _act_d1(b_z1)
+            b_dz1 = tl.where((e0 + o_e < HID)[None, :], b_dz1, 0.0)
+            b_dk += mm(b_dz1, tl.trans(b_w1), DOT)
+            b_dw1 = load_tile(dw1_ptr, 0, e0, BK, BE, DK, HID) + mm(tl.trans(b_k), b_dz1, DOT)
+            b_dw2 = load_tile(dw2_ptr, e0, 0, BE, BV, HID, DV) + mm(tl.trans(b_a1), b_dz2, DOT)
+            store_tile(dw1_ptr, b_dw1, 0, e0, BK, BE, DK, HID)
+            store_tile(dw2_ptr, b_dw2, e0, 0, BE, BV, HID, DV)
+        store_rows(dq_ptr, b_dx * scale, i_b, i_h, t0, 0, T, H, DK, BT, BK)
+        store_rows(dk_ptr, b_dk, i_b, i_h, t0, 0, T, H, DK, BT, BK)
+        store_rows(dv_ptr, b_dv, i_b, i_h, t0, 0, T, H, DV, BT, BV)
+        tl.store(dcoef_ptr + row, b_da)
+        tl.store(dcoef_ptr + 2 * BH * TP + row, b_ddl)
+        tl.store(dends_ptr + i_bh * NT + n, b_daC)
+        tl.store(dd_ptr + row.to(tl.int64)[:, None] * BT + o_t[None, :], b_dD)
+    tl.store(dln_ptr + i_bh * DV + o_v, b_dgamma, mask=o_v < DV)
+    tl.store(dln_ptr + (BH + i_bh) * DV + o_v, b_dbeta, mask=o_v < DV)
 
 
 # ---- the host side: the spec's sizes; the rest is runtime.FusedRecurrent --------------------------
@@ -520,9 +704,9 @@ fused = runtime.FusedRecurrent(
 unsupported = fused.unsupported
 
 
-mlp = mlp_chunk.MlpChunkForward(
+mlp = mlp_chunk.MlpChunk(
     "mirasc_ttt_mlp_77d40b3480c2",
-    _mlp_forward_kernel,
+    (_mlp_forward_kernel, _mlp_backward_kernel),
     shapes=_shapes,
     chunk=CHUNK,
     retention="none",
@@ -532,18 +716,13 @@ mlp = mlp_chunk.MlpChunkForward(
 
 
 def forward(q, k, v, gates, **options):
-    """The torch backend's `forward` contract: calls the chunked forward kernel takes
-    (`mlp.forward`: no gradients needed, at least 64 tokens, starting on a chunk boundary) run
-    on it, the others on the fused recurrent kernels (see `unsupported`); `options` are the
-    op's keyword arguments (scale, initial_state, output_final_state, ln_weight, ln_bias,
-    anchor_state, chunk_offset)."""
+    """The torch backend's `forward` contract: calls the chunked dual-form kernels take
+    (`mlp.unsupported`: at least 64 tokens, starting on a chunk boundary) run on them, the
+    others on the fused recurrent kernels (see `unsupported`); `options` are the op's keyword
+    arguments (scale, initial_state, output_final_state, ln_weight, ln_bias, anchor_state,
+    chunk_offset)."""
     rows = [runtime.gate(gates["eta"], "eta", q)]
-    needs_grad = torch.is_grad_enabled() and any(
-        t is not None and t.requires_grad
-        for t in (q, k, v, *rows, options.get("ln_weight"), options.get("ln_bias"),
-                  *(options.get("initial_state") or ()))
-    )  # fmt: skip
-    if mlp.unsupported(q, v, needs_grad, options.get("chunk_offset", 0)) is None:
+    if mlp.unsupported(q, v, options.get("chunk_offset", 0)) is None:
         rate = None
         mom = None
         params = []

@@ -54,9 +54,9 @@ def run(args) -> int:
         "dual": f"calls of at least 64 tokens starting on a chunk boundary run on the chunked "
         f"dual-form kernels (tensor-core matmuls per chunk of {spec.chunk}, the state saved per "
         "chunk)",
-        "mlp_forward": f"no chunked kernels ({plan.triton_chunked_why}); calls of at least 64 "
-        f"tokens that need no gradients (evaluation, prefill) run on the chunked dual-form "
-        f"forward kernel (tensor-core matmuls per chunk of {spec.chunk}, a hidden tile at a time)",
+        "mlp": f"calls of at least 64 tokens starting on a chunk boundary run on the chunked "
+        f"dual-form kernels (tensor-core matmuls per chunk of {spec.chunk}, the state in global "
+        "memory a tile of hidden units at a time, saved per chunk)",
     }.get(plan.triton_chunked, f"no chunked kernels ({plan.triton_chunked_why})")
     print(f"triton backend, training-length calls: {chunked}")
     print("\n# emitted element-wise code (elementwise.py)\n")

@@ -86,7 +86,7 @@ class TritonContext:
     wy: bool  # the plan's "wy" strategy: training-length calls take the chunked WY kernels
     wy_scale: Code  # c in dl/dy = c (y - v), for those kernels
     dual: bool  # the plan's chunked dual-form kernels for training-length calls
-    mlp_forward: bool  # the plan's chunked dual-form forward kernel of an MLP memory
+    mlp: bool  # the plan's chunked dual-form kernels of a two-layer MLP memory
     coordinatewise: bool  # dl/dy_j depends on y_j, v_j alone (no sum over the value columns)
     loss_grad_rows_lines: list  # the loss pieces for a chunk's tiles, for those kernels
     loss_vjp_rows_lines: list
@@ -218,7 +218,7 @@ def triton_context(spec: Spec, derived: Derived, plan: Plan, source_text: str) -
         wy="wy" in plan.strategies,
         wy_scale=Code(repr(plan.wy_scale or 0.0)),
         dual=plan.triton_chunked == "dual",
-        mlp_forward=plan.triton_chunked == "mlp_forward",
+        mlp=plan.triton_chunked == "mlp",
         coordinatewise=not plan.sums,
         loss_grad_rows_lines=[Code(line) for line in tiles.grad_lines],
         loss_vjp_rows_lines=[Code(line) for line in tiles.vjp_lines],

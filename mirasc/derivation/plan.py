@@ -21,8 +21,8 @@ class Plan:
     wy_scale: float | None  # c when dl/dy = c (y - v) and the WY form applies
     sums: tuple  # indices of the loss's sums S_i that dl/dy needs
     segment: int  # Triton: tokens between the states the forward pass saves (chunk multiple)
-    # Triton's chunked kernels: "wy", "dual" (training-length calls), "mlp_forward" (calls that
-    # need no gradients; training stays on the recurrent kernels) or ""
+    # Triton's chunked kernels for training-length calls: "wy", "dual" (a linear memory),
+    # "mlp" (a two-layer MLP memory) or ""
     triton_chunked: str
     triton_chunked_why: str  # why training-length calls take no chunked Triton kernels, or ""
 
@@ -51,8 +51,8 @@ def wy_scale(spec: Spec, derived: Derived) -> float | None:
 
 def dual_chunk_refusal(spec: Spec) -> str:
     """Why the chunked dual-form Triton kernels (every gradient at the chunk's anchor; a linear
-    memory, forward and backward, or a two-layer MLP, forward only) do not take the spec; ""
-    if they do. What they lack runs on the recurrent kernels."""
+    memory or a two-layer MLP) do not take the spec; "" if they do. What they lack runs on the
+    recurrent kernels."""
     a, ret = spec.architecture, spec.retention
     linear = a.depth == 1
     lacks = [
@@ -100,6 +100,5 @@ def make_plan(spec: Spec, derived: Derived) -> Plan:
     elif spec.depth == 1:
         chunked = "dual"
     else:
-        chunked = "mlp_forward"
-        why = "the chunked kernels of MLP memories have no backward pass yet"
+        chunked = "mlp"
     return Plan(strategies, c, sums, segment, chunked, why)

@@ -1,10 +1,11 @@
-"""The host side of the chunked dual-form forward kernel of a two-layer MLP memory (a generated
-`triton_backend.py` supplies the kernel, printed with its loss and activation), for calls that
-need no gradients: evaluation and prefill. Per chunk every gradient is taken at the chunk's
-start state, so the reads and the update are tensor-core matmuls on [chunk x 64] tiles, with
-the chunk's coefficients from the gates as in `dual_chunk` (exact with zero gates). The state
-stays in global memory and passes through the chip one tile of 64 hidden units at a time.
-Training calls keep the fused recurrent kernels: this kernel has no backward pass yet.
+"""The host side of the chunked dual-form kernels of a two-layer MLP memory (a generated
+`triton_backend.py` supplies the forward and backward kernels, printed with its loss and
+activation). Per chunk every gradient is taken at the chunk's start state, so the reads, the
+update and their reverses are tensor-core matmuls on [chunk x 64] tiles, with the chunk's
+coefficients from the gates as in `dual_chunk` (exact with zero gates; autograd carries their
+adjoints on to the gates). The state stays in global memory and passes through the chip one
+tile of hidden units at a time. Activation memory: the state at each chunk's start
+(ceil(T / C) |state| floats per (batch, head)), saved only when a gradient is needed.
 """
 
 from __future__ import annotations
@@ -20,46 +21,47 @@ from .inputs import initial_weights
 from .triton_host import custom_op, triton_interpreted
 from .wy_chunk import dot_dtype
 
-HIDDEN_TILE = 64  # hidden units per pass through the chip; half as many for heads over 64
+HIDDEN_TILE = 64  # hidden units per pass through the chip; fewer for heads over 64
 STATE_TILE = 64 * 64  # what a hidden tile's weight tiles hold at most (no spills on sm_90)
 
 
-class MlpChunkForward:
-    """The forward kernel of one spec as a `torch.library` op (no autograd formula: calls that
-    need gradients are refused, see `unsupported`); the generated backend passes its kernel,
-    the memory's weight shapes, chunk, retention kind, whether it has momentum and what its
-    missing initial state means (`required_state`, "" if zeros are fine)."""
+class MlpChunk:
+    """The kernels of one spec as a `torch.library` op pair with an autograd formula; the
+    generated backend passes its forward and backward kernels, the memory's weight shapes,
+    chunk, retention kind, whether it has momentum and what its missing initial state means
+    (`required_state`, "" if zeros are fine)."""
 
-    def __init__(self, namespace: str, kernel, *, shapes: Callable, chunk: int, retention: str,
-                 momentum: bool, required_state: str):  # fmt: skip
-        self.kernel, self.shapes, self.chunk = kernel, shapes, chunk
+    def __init__(self, namespace: str, kernels: tuple, *, shapes: Callable, chunk: int,
+                 retention: str, momentum: bool, required_state: str):  # fmt: skip
+        self.forward_kernel, self.backward_kernel = kernels
+        self.shapes, self.chunk = shapes, chunk
         self.retention, self.momentum = retention, momentum
         self.n_states = 4 if momentum else 2
         self.required_state = required_state
-        self.min_tokens = MIN_TOKENS
+        self.min_tokens = MIN_TOKENS  # benchmarks raise it to time the recurrent kernels alone
         self.op = custom_op(f"{namespace}_mlp", lambda: self._register(f"{namespace}_mlp"))
 
-    def unsupported(self, q: Tensor, v: Tensor, needs_grad: bool, chunk_offset: int = 0):
-        """Why this call does not run on the chunked forward kernel, or None."""
-        if needs_grad:
-            return "the call needs gradients (the chunked MLP kernel has no backward pass yet)"
+    def unsupported(self, q: Tensor, v: Tensor, chunk_offset: int = 0) -> str | None:
+        """Why this call does not run on the chunked kernels, or None."""
         if q.shape[1] < self.min_tokens:
             return f"fewer than {self.min_tokens} tokens"
         if chunk_offset:
             return "the call continues a chunk (chunk_offset > 0)"
         if q.dtype not in (torch.float32, torch.bfloat16, torch.float16):
-            return f"the chunked kernel takes fp32, bf16 or fp16 inputs, not {q.dtype}"
+            return f"the chunked kernels take fp32, bf16 or fp16 inputs, not {q.dtype}"
         if not (q.is_cuda or triton_interpreted()):
-            return "the chunked kernel needs CUDA tensors (or TRITON_INTERPRET=1)"
+            return "the chunked kernels need CUDA tensors (or TRITON_INTERPRET=1)"
         if max(_pow2(q.shape[-1]), _pow2(v.shape[-1])) > MAX_TILE:
-            return f"the chunked kernel holds key and value rows of at most {MAX_TILE} columns"
+            return f"the chunked kernels hold key and value rows of at most {MAX_TILE} columns"
         return None
 
-    def meta(self, Dk: int, Dv: int, dot) -> dict:
-        """The kernel's compile-time constants (`dot`: the matmul operands' dtype)."""
+    def meta(self, Dk: int, Dv: int, dot, backward: bool = False) -> dict:
+        """A kernel's compile-time constants (`dot`: the matmul operands' dtype); the backward
+        kernel holds twice the tiles per hidden tile, so its tiles are half as wide."""
         hidden = self.shapes(Dk, Dv)[0][1]
         BK, BV = _pow2(Dk), _pow2(Dv)
-        BE = min(HIDDEN_TILE, STATE_TILE // max(BK, BV), _pow2(hidden))
+        limit = STATE_TILE // (4 if backward else 1)
+        BE = max(16, min(HIDDEN_TILE, limit // max(BK, BV), _pow2(hidden)))
         return dict(DK=Dk, DV=Dv, HID=hidden, BK=BK, BV=BV, BE=BE, BT=self.chunk, DOT=dot)
 
     @staticmethod
@@ -67,32 +69,88 @@ class MlpChunkForward:
         """8 warps: 4 spill at Dk = Dv = 64 on sm_90 (benchmarks/gpu_static.py)."""
         return dict(num_warps=8, num_stages=1)
 
-    def launch(self, q, k, v, coef, ends, d, params, state, ln, scale: float):
-        """(o, the final state, flat as `state`): one program per (batch, head)."""
-        B, T, H, Dk = q.shape
-        Dv, (_, BH, TP), NT = v.shape[-1], coef.shape, ends.shape[-1]
-        o = torch.empty((B, T, H, Dv), dtype=q.dtype, device=q.device)
+    def _launch(self, kernel, args: tuple, q: Tensor, v: Tensor, **extra) -> None:
+        Dk, Dv, BH = q.shape[-1], v.shape[-1], q.shape[0] * q.shape[2]
+        meta = self.meta(Dk, Dv, dot_dtype(q.dtype), kernel is self.backward_kernel)
+        kernel[(BH,)](*args, **meta, **self.launch_options(Dk, Dv), **extra)
+
+    def launch_forward(self, q, k, v, coef, ends, d, params, state, ln, scale: float, save: bool):
+        """(o, the final state flat as `state`, the state at each chunk's start [BH, NT, ..]
+        when `save`, else an empty tensor)."""
+        B, T, H, _ = q.shape
+        NT = ends.shape[-1]
+        o = torch.empty((B, T, H, v.shape[-1]), dtype=q.dtype, device=q.device)
         final = state.clone()  # the kernel updates the state in place
-        self.kernel[(BH,)](q, k, v, coef, ends, d, params, final, ln, o, scale, T, H, TP, NT,
-                           **self.meta(Dk, Dv, dot_dtype(q.dtype)),
-                           **self.launch_options(Dk, Dv))  # fmt: skip
-        return o, final
+        hs = state.new_empty((state.shape[0], NT, state.shape[1]) if save else (0,))
+        args = (q, k, v, coef, ends, d, params, final, ln, o, hs, scale, T, H, coef.shape[-1], NT)
+        self._launch(self.forward_kernel, args, q, v, SAVE=save)
+        return o, final, hs
+
+    def launch_backward(self, q, k, v, coef, ends, d, params, hs, ln, do, dfinal, scale: float):
+        """The chunks in reverse, one program per (batch, head): the adjoints of the inputs,
+        coefficients, loss gates, initial state and LayerNorm's gain and bias."""
+        B, T, H, _ = q.shape
+        TP, NT, f32 = coef.shape[-1], ends.shape[-1], dict(dtype=torch.float32, device=q.device)
+        dq, dk, dv = (torch.empty(t.shape, **f32) for t in (q, k, v))
+        # zeros: without momentum the kernel leaves its coefficients' rows unwritten
+        dcoef, dends, dd = torch.zeros_like(coef), torch.zeros_like(ends), torch.empty_like(d)
+        dparams, dstate = torch.empty_like(params), dfinal.clone()  # updated in place
+        dln = torch.zeros((2, B * H, v.shape[-1]), **f32)
+        hidden = self.shapes(q.shape[-1], v.shape[-1])[0][1]
+        scratch = torch.empty((B * H, 2, self.chunk, hidden), **f32)
+        args = (q, k, v, coef, ends, d, params, hs, ln, do, dstate, scratch, dq, dk, dv, dcoef,
+                dends, dd, dparams, dln, scale, T, H, TP, NT)  # fmt: skip
+        self._launch(self.backward_kernel, args, q, v)
+        dln = dln.view(2, B, H, -1).sum(1)
+        return (dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), dcoef, dends, dd, dparams,
+                dstate, dln)  # fmt: skip
 
     def _register(self, namespace: str):
-        """The kernel as a torch.library custom op with a fake kernel, so that torch.compile
-        traces through it."""
+        """The pair as torch.library custom ops (fake kernels included, so that torch.compile
+        traces through them) with a registered autograd formula."""
 
         @torch.library.custom_op(f"{namespace}::forward", mutates_args=())
         def mlp_forward(
             q: Tensor, k: Tensor, v: Tensor, coef: Tensor, ends: Tensor, d: Tensor,
-            params: Tensor, state: Tensor, ln: Tensor, scale: float,
-        ) -> tuple[Tensor, Tensor]:  # fmt: skip
-            return self.launch(q, k, v, coef, ends, d, params, state, ln, scale)
+            params: Tensor, state: Tensor, ln: Tensor, scale: float, save: bool,
+        ) -> tuple[Tensor, Tensor, Tensor]:  # fmt: skip
+            return self.launch_forward(q, k, v, coef, ends, d, params, state, ln, scale, save)
 
         @mlp_forward.register_fake
-        def _(q, k, v, coef, ends, d, params, state, ln, scale):
-            return q.new_empty((*q.shape[:3], v.shape[-1])), state.new_empty(state.shape)
+        def _(q, k, v, coef, ends, d, params, state, ln, scale, save):
+            NT = ends.shape[-1]
+            hs = (state.shape[0], NT, state.shape[1]) if save else (0,)
+            return (q.new_empty((*q.shape[:3], v.shape[-1])), state.new_empty(state.shape),
+                    state.new_empty(hs))  # fmt: skip
 
+        @torch.library.custom_op(f"{namespace}::backward", mutates_args=())
+        def mlp_backward(
+            q: Tensor, k: Tensor, v: Tensor, coef: Tensor, ends: Tensor, d: Tensor,
+            params: Tensor, hs: Tensor, ln: Tensor, do: Tensor, dfinal: Tensor, scale: float,
+        ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:  # fmt: skip
+            return self.launch_backward(q, k, v, coef, ends, d, params, hs, ln, do, dfinal, scale)
+
+        @mlp_backward.register_fake
+        def _(q, k, v, coef, ends, d, params, hs, ln, do, dfinal, scale):
+            return (*(t.new_empty(t.shape) for t in (q, k, v, coef, ends, d, params)),
+                    dfinal.new_empty(dfinal.shape), ln.new_empty(ln.shape))  # fmt: skip
+
+        def setup_context(ctx, inputs, output):
+            q, k, v, coef, ends, d, params, _, ln, scale, _ = inputs
+            ctx.save_for_backward(q, k, v, coef, ends, d, params, ln, output[2])
+            ctx.scale = scale
+
+        def backward(ctx, do, dfinal, _dhs):
+            q, k, v, coef, ends, d, params, ln, hs = ctx.saved_tensors
+            do = q.new_zeros((*q.shape[:3], v.shape[-1])) if do is None else do.contiguous()
+            if dfinal is None:
+                dfinal = hs.new_zeros((hs.shape[0], hs.shape[2]))
+            grads = mlp_backward(
+                q, k, v, coef, ends, d, params, hs, ln, do, dfinal.contiguous(), ctx.scale
+            )
+            return (*grads, None, None)
+
+        mlp_forward.register_autograd(backward, setup_context=setup_context)
         return mlp_forward
 
     def forward(
@@ -104,12 +162,7 @@ class MlpChunkForward:
         momentum) and the loss's gate parameters, each [B, H, T]; `ln_weight`, `ln_bias`
         [H, Dv] (default 1 and 0) when the memory has a LayerNorm. A call continuing a chunk is
         not taken (`unsupported`), so `anchor_state` plays no part."""
-        needs_grad = torch.is_grad_enabled() and any(
-            t is not None and t.requires_grad
-            for t in (q, k, v, lr, rate, mom, ln_weight, ln_bias, *params,
-                      *(initial_state or ()))
-        )  # fmt: skip
-        reason = self.unsupported(q, v, needs_grad, chunk_offset)
+        reason = self.unsupported(q, v, chunk_offset)
         if reason is not None:
             raise BackendError(reason)
         B, _, H, Dk = q.shape
@@ -125,9 +178,11 @@ class MlpChunkForward:
             torch.ones(H, Dv, **f32) if ln_weight is None else ln_weight.float(),
             torch.zeros(H, Dv, **f32) if ln_bias is None else ln_bias.float(),
         ]).contiguous()  # fmt: skip
-        o, final = self.op(
+        inputs = (q, k, v, per_token, ends, d, stacked, flat, ln)
+        save = torch.is_grad_enabled() and any(t.requires_grad for t in inputs)
+        o, final, _ = self.op(
             q.contiguous(), k.contiguous(), v.contiguous(), per_token, ends, d, stacked, flat, ln,
-            float(scale),
+            float(scale), save,
         )  # fmt: skip
         if not output_final_state:
             return o, None

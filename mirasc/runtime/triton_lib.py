@@ -96,3 +96,26 @@ def ln_back_rows(xb, xh, rstd, mask, N: tl.constexpr):
     mean_b = tl.sum(xb, axis=1, keep_dims=True) / N
     mean_bx = tl.sum(xb * xh, axis=1, keep_dims=True) / N
     return tl.where(mask, rstd * (xb - mean_b - xh * mean_bx), 0.0)
+
+
+@triton.jit
+def ln_back_rows_vjp(w, u, xh, rstd, mask, N: tl.constexpr):
+    """Reverse of out = ln_back_rows(u, xh, rstd) for each row given out's adjoint w: the
+    adjoints of u, of x_hat and of rstd ([R, 1])."""
+    mean_ux = tl.sum(u * xh, axis=1, keep_dims=True) / N
+    inner = tl.where(mask, u - tl.sum(u, axis=1, keep_dims=True) / N - xh * mean_ux, 0.0)
+    rstd_b = tl.sum(w * inner, axis=1, keep_dims=True)
+    s = rstd * w
+    mean_sx = tl.sum(s * xh, axis=1, keep_dims=True) / N
+    u_b = tl.where(mask, s - tl.sum(s, axis=1, keep_dims=True) / N - xh * mean_sx, 0.0)
+    xh_b = tl.where(mask, -s * mean_ux - mean_sx * u, 0.0)
+    return u_b, xh_b, rstd_b
+
+
+@triton.jit
+def ln_fwd_back_rows(xh_b, rstd_b, xh, rstd, mask, N: tl.constexpr):
+    """For each row, the adjoint of LayerNorm's input from the adjoints of x_hat and of rstd."""
+    c = xh / rstd
+    total = rstd_b + tl.sum(xh_b * c, axis=1, keep_dims=True)
+    cb = tl.where(mask, xh_b * rstd - total * rstd * rstd * rstd * c / N, 0.0)
+    return tl.where(mask, cb - tl.sum(cb, axis=1, keep_dims=True) / N, 0.0)

@@ -41,14 +41,16 @@ def compile_dual(backend, D: int) -> None:
 
 
 def compile_mlp(backend, D: int) -> None:
-    """The chunked forward kernel of an MLP memory, as it launches for bf16 inputs."""
+    """The chunked dual-form kernels of an MLP memory, as they launch for bf16 inputs."""
     import triton.language as tl
 
-    kernel = backend._mlp_forward_kernel
-    meta = backend.mlp.meta(D, D, tl.bfloat16)
-    source = ASTSource(fn=kernel, signature=signature(kernel, meta, "bf16"), constexprs=meta)
-    compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32))
-    assert compiled.asm["cubin"], kernel
+    for name in ("forward", "backward"):
+        kernel = getattr(backend, f"_mlp_{name}_kernel")
+        meta = backend.mlp.meta(D, D, tl.bfloat16, name == "backward")
+        meta |= {"SAVE": True} if name == "forward" else {}
+        source = ASTSource(fn=kernel, signature=signature(kernel, meta, "bf16"), constexprs=meta)
+        compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32))
+        assert compiled.asm["cubin"], kernel
 
 
 def main(paths: list[str]) -> None:
