@@ -6,9 +6,8 @@
    tests/test_triton_backend.py on CUDA (the interpreter's property tests, unchanged).
 2. Speed: forward and forward+backward of the triton and torch backends for every shipped spec
    (for specs with chunked kernels, "triton" is those at these lengths, the WY form for deltanet
-   and gated_deltanet, the dual form for linear_attention, and "triton recurrent" their fused
-   recurrent kernels; for titans, ttt_mlp and yaad the "triton" row's forward column is the
-   chunked forward kernel of their no-grad calls, and its fwd+bwd the recurrent kernels)
+   and gated_deltanet, the dual form for linear_attention, titans, ttt_mlp and yaad, and
+   "triton recurrent" their fused recurrent kernels)
    at B=8, T=4096, H=16, D=64 and D=128, bf16 inputs: ms, tokens/s, achieved GB/s (the bytes of
    the inputs, outputs and gradients: the least any implementation must move) and each row's
    speed-up over the torch backend (its fwd+bwd time / the row's), measured in the same run. Where flash-linear-attention is importable, its
@@ -166,9 +165,9 @@ def fla_rows(spec_module, q, k, v, gates, device):
 
 def recurrent_only(module, gates: dict, initial):
     """The op on its fused recurrent kernels at any length, for a spec whose Triton backend
-    sends long calls to chunked kernels (WY or dual form; an MLP memory's no-grad calls, so
-    its "triton" row's forward column): the chunked-against-recurrent comparison, measured in
-    the same run; None for a spec without chunked kernels."""
+    sends training-length calls to chunked kernels (WY or dual form, linear or MLP memory):
+    the chunked-against-recurrent comparison, measured in the same run; None for a spec
+    without chunked kernels."""
     backend = module.triton_backend
     if hasattr(backend, "WY_MIN_TOKENS"):
         holder, name = backend, "WY_MIN_TOKENS"

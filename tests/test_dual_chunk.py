@@ -141,7 +141,7 @@ def test_torch_compile_traces_the_chunked_custom_op_without_graph_breaks(shipped
     module = shipped["linear_attention"]
     case = testing.make_case(testing.spec_of(module), B=1, T=64, H=1, Dk=16, seed=1,
                              dtype=torch.float32).to(DEVICE)  # fmt: skip
-    with counting(module.triton_backend.dual, "launch_forward") as calls:
+    with counting_chunked_calls(module) as calls:
         compiled_matches_eager(module, case)
     assert calls[0] >= 2
 

@@ -151,6 +151,33 @@ def test_prefill_on_the_chunked_kernels_then_decoding_on_the_recurrent_ones(ship
     assert error < TOL32, error
 
 
+def test_torch_compile_traces_the_chunked_custom_ops_without_graph_breaks(shipped):
+    """fullgraph=True: the kernels are torch.library ops with fake implementations; output and
+    the gradients of q and of the initial state as in eager mode."""
+    module = shipped["titans"]
+    case = testing.make_case(testing.spec_of(module), B=1, T=20, H=1, Dk=8, seed=1,
+                             dtype=torch.float32, with_initial_state=True).to(DEVICE)  # fmt: skip
+
+    def f(q, state):
+        """The op's output on the Triton backend."""
+        o, _ = module.op(q, case.k, case.v, **case.gates, scale=case.scale, initial_state=state,
+                         backend="triton")  # fmt: skip
+        return o
+
+    leaves = [case.q.clone().requires_grad_(True)]
+    leaves += [s.clone().requires_grad_(True) for s in case.initial_state]
+    with counting_chunked_calls(module) as calls, short_calls_chunked(module):
+        eager = f(leaves[0], tuple(leaves[1:]))
+        g_eager = torch.autograd.grad(eager.sum(), leaves)
+        compiled = torch.compile(f, fullgraph=True, backend="aot_eager")(
+            leaves[0], tuple(leaves[1:])
+        )
+        g_compiled = torch.autograd.grad(compiled.sum(), leaves)
+    assert calls[0] >= 2
+    assert torch.allclose(compiled, eager)
+    assert all(torch.allclose(a, b) for a, b in zip(g_compiled, g_eager, strict=True))
+
+
 def test_the_chunked_forward_kernel_uses_tensor_cores_and_does_not_spill():
     """Titans' chunked forward kernel at D = 64, bf16 inputs, compiled for sm_90 as a
     training-length call launches it: tensor-core instructions and no spills. (The backward
