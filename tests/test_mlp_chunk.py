@@ -55,10 +55,12 @@ def short_calls_chunked(module):
      ("yaad", 45, 20, torch.float32)],
 )  # fmt: skip
 def test_shipped_mlp_memories(shipped, name, T, D, dtype):
-    """Titans (momentum, decay, SiLU), TTT-MLP (bf16 inputs) and YAAD (a loss with a row sum
-    and a gate parameter) at chunk 16, ragged last chunks, with a learned initial state."""
+    """Titans (momentum, decay, SiLU), TTT-MLP (bf16 inputs, two sequences) and YAAD (a loss
+    with a row sum and a gate parameter) at chunk 16, ragged last chunks, with a learned
+    initial state."""
     module = shipped[name]
-    case = testing.make_case(testing.spec_of(module), B=1, T=T, H=2, Dk=D, seed=3, dtype=dtype,
+    B = 2 if dtype == torch.bfloat16 else 1
+    case = testing.make_case(testing.spec_of(module), B=B, T=T, H=2, Dk=D, seed=3, dtype=dtype,
                              with_initial_state=True)  # fmt: skip
     with counting_chunked_calls(module) as calls, short_calls_chunked(module):
         errors = testing.compare(module, case.to(DEVICE), "triton")
@@ -97,13 +99,14 @@ def mlp_spec(activation: str, residual: bool, norm: bool, bias: str, retention: 
 def test_random_mlp_specs_match_reference(compile_text, activation, residual, norm, bias,
                                           retention, momentum, chunk, T, seed):  # fmt: skip
     """Drawn activations (sigmoid: act(0) != 0, so padded hidden units must be masked),
-    residual and LayerNorm reads or not, losses, retentions, gd or momentum and chunks."""
+    residual and LayerNorm reads or not (without a residual, Dv = 24 != Dk), losses,
+    retentions, gd or momentum and chunks."""
     if retention.startswith("l2"):
         momentum = False  # not in the language
     algorithm = "momentum(lr: eta, momentum: beta)" if momentum else "gd(lr: eta)"
     text = mlp_spec(activation, residual, norm, bias, retention, algorithm, chunk)
     module = compile_text(text)
-    case = testing.make_case(testing.spec_of(module), B=1, T=T, H=1, Dk=20, seed=seed,
+    case = testing.make_case(testing.spec_of(module), B=1, T=T, H=1, Dk=20, Dv=24, seed=seed,
                              dtype=torch.float32, with_initial_state=True)  # fmt: skip
     with counting_chunked_calls(module) as calls, short_calls_chunked(module):
         errors = testing.compare(module, case.to(DEVICE), "triton")
