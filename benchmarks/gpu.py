@@ -2,7 +2,8 @@
 
 1. Correctness: every shipped spec's Triton backend on CUDA, fp32 and bf16 inputs, against the
    float64 reference: outputs, final states and every gradient (mirasc.testing.compare, what the
-   property tests use), at a shape that crosses chunks and saved segments. `--pytest` also runs
+   property tests use), at shapes that cross chunks and saved segments: 75 tokens (the chunked
+   kernels, where a spec has them) and 20 (the recurrent ones). `--pytest` also runs
    tests/test_triton_backend.py on CUDA (the interpreter's property tests, unchanged).
 2. Speed: forward and forward+backward of the triton and torch backends for every shipped spec
    (for specs with chunked kernels, "triton" is those at these lengths, the WY form for deltanet
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import itertools
 import os
 import subprocess
 import sys
@@ -70,12 +72,14 @@ def inputs(spec, B, T, H, D, dtype, device, seed=0):
 def correctness(args, device) -> bool:
     print("== correctness: Triton on", device, "vs the float64 reference (relative RMS error)")
     ok = True
-    # D = 16 keeps the first compile of each spec's kernels short (MLP memories: seconds)
-    B, T, H, D = (1, 13, 2, 4) if args.smoke else (2, 75, 3, 16)
+    # D = 16 keeps the first compile of each spec's kernels short (MLP memories: seconds); 75
+    # tokens take the chunked kernels where a spec has them, 20 the recurrent ones
+    B, H, D = (1, 2, 4) if args.smoke else (2, 3, 16)
+    lengths = (13,) if args.smoke else (75, 20)
     for name in args.specs:
         module = importlib.import_module(f"generated.{name}")
         spec = testing.spec_of(module)
-        for dtype in (torch.float32, torch.bfloat16):
+        for T, dtype in itertools.product(lengths, (torch.float32, torch.bfloat16)):
             case = testing.make_case(spec, B=B, T=T, H=H, Dk=D, dtype=dtype, seed=1).to(device)
             start = time.perf_counter()
             errors = testing.compare(module, case, "triton")
@@ -83,7 +87,7 @@ def correctness(args, device) -> bool:
             good = all(e <= TOL[dtype] for e in errors.values())
             ok &= good
             print(
-                f"  {name:18s} {str(dtype)[6:]:9s} worst {worst:24s} {errors[worst]:.2e} "
+                f"  {name:18s} T={T:<3d} {str(dtype)[6:]:9s} worst {worst:24s} {errors[worst]:.2e} "
                 f"{'ok' if good else 'FAIL'}  ({time.perf_counter() - start:.1f} s incl. compile)"
             )
     if args.pytest:
