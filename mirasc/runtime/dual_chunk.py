@@ -33,6 +33,23 @@ def _pow2(n: int) -> int:
     return max(16, 1 << max(0, (int(n) - 1).bit_length()))
 
 
+def refusal(q: Tensor, v: Tensor, chunk_offset: int, min_tokens: int) -> str | None:
+    """Why a call does not run on chunked dual-form kernels (linear or MLP memory), or None:
+    they take calls of at least `min_tokens` tokens starting on a chunk boundary, in fp32,
+    bf16 or fp16 on CUDA (or the interpreter), with key and value rows of at most MAX_TILE."""
+    if q.shape[1] < min_tokens:
+        return f"fewer than {min_tokens} tokens"
+    if chunk_offset:
+        return "the call continues a chunk (chunk_offset > 0)"
+    if q.dtype not in (torch.float32, torch.bfloat16, torch.float16):
+        return f"the chunked kernels take fp32, bf16 or fp16 inputs, not {q.dtype}"
+    if not (q.is_cuda or triton_interpreted()):
+        return "the chunked kernels need CUDA tensors (or TRITON_INTERPRET=1)"
+    if max(_pow2(q.shape[-1]), _pow2(v.shape[-1])) > MAX_TILE:
+        return f"the chunked kernels hold key and value rows of at most {MAX_TILE} columns"
+    return None
+
+
 def pack_coefficients(retention: str, momentum: bool, C: int, lr, rate, mom, params: list):
     """The chunked kernels' coefficients from gates [B, H, T] (rate None without a retention
     gate, mom None without momentum): per token a, b, Dl, Dm [4, B*H, N*C] (zeros where
@@ -90,17 +107,7 @@ class DualChunk:
 
     def unsupported(self, q: Tensor, v: Tensor, chunk_offset: int = 0) -> str | None:
         """Why this call does not run on the chunked kernels, or None."""
-        if q.shape[1] < self.min_tokens:
-            return f"fewer than {self.min_tokens} tokens"
-        if chunk_offset:
-            return "the call continues a chunk (chunk_offset > 0)"
-        if q.dtype not in (torch.float32, torch.bfloat16, torch.float16):
-            return f"the chunked kernels take fp32, bf16 or fp16 inputs, not {q.dtype}"
-        if not (q.is_cuda or triton_interpreted()):
-            return "the chunked kernels need CUDA tensors (or TRITON_INTERPRET=1)"
-        if max(_pow2(q.shape[-1]), _pow2(v.shape[-1])) > MAX_TILE:
-            return f"the chunked kernels hold a state of at most {MAX_TILE} x {MAX_TILE}"
-        return None
+        return refusal(q, v, chunk_offset, self.min_tokens)
 
     def value_tile(self, kernel, Dv: int) -> int:
         """Value columns per program: a tile for the sequential kernels (forward, reverse state

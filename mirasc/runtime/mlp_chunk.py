@@ -16,9 +16,9 @@ import torch
 from torch import Tensor
 
 from ..errors import BackendError
-from .dual_chunk import MAX_TILE, MIN_TOKENS, _pow2, pack_coefficients
+from .dual_chunk import MIN_TOKENS, _pow2, pack_coefficients, refusal
 from .inputs import initial_weights
-from .triton_host import custom_op, triton_interpreted
+from .triton_host import custom_op
 from .wy_chunk import dot_dtype
 
 HIDDEN_TILE = 64  # hidden units per pass through the chip; fewer for heads over 64
@@ -43,17 +43,7 @@ class MlpChunk:
 
     def unsupported(self, q: Tensor, v: Tensor, chunk_offset: int = 0) -> str | None:
         """Why this call does not run on the chunked kernels, or None."""
-        if q.shape[1] < self.min_tokens:
-            return f"fewer than {self.min_tokens} tokens"
-        if chunk_offset:
-            return "the call continues a chunk (chunk_offset > 0)"
-        if q.dtype not in (torch.float32, torch.bfloat16, torch.float16):
-            return f"the chunked kernels take fp32, bf16 or fp16 inputs, not {q.dtype}"
-        if not (q.is_cuda or triton_interpreted()):
-            return "the chunked kernels need CUDA tensors (or TRITON_INTERPRET=1)"
-        if max(_pow2(q.shape[-1]), _pow2(v.shape[-1])) > MAX_TILE:
-            return f"the chunked kernels hold key and value rows of at most {MAX_TILE} columns"
-        return None
+        return refusal(q, v, chunk_offset, self.min_tokens)
 
     def meta(self, Dk: int, Dv: int, dot, backward: bool = False) -> dict:
         """A kernel's compile-time constants (`dot`: the matmul operands' dtype); the backward
