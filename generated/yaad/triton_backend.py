@@ -777,10 +777,10 @@ mlp = mlp_chunk.MlpChunk(
 
 def forward(q, k, v, gates, **options):
     """The torch backend's `forward` contract: calls the chunked dual-form kernels take
-    (`mlp.unsupported`: at least 64 tokens, starting on a chunk boundary) run on them, the
-    others on the fused recurrent kernels (see `unsupported`); `options` are the op's keyword
-    arguments (scale, initial_state, output_final_state, ln_weight, ln_bias, anchor_state,
-    chunk_offset)."""
+    (`mlp.unsupported`: at least 64 tokens, starting on a chunk boundary) run on them,
+    the others on the fused recurrent kernels (see `unsupported`); `options` are the op's
+    keyword arguments (scale, initial_state, output_final_state, ln_weight, ln_bias,
+    anchor_state, chunk_offset)."""
     rows = [runtime.gate(gates["eta"], "eta", q), runtime.gate(gates["alpha"], "alpha", q), runtime.gate(gates["delta"], "delta", q)]
     if mlp.unsupported(q, v, options.get("chunk_offset", 0)) is None:
         rate = rows[1]

@@ -18,7 +18,7 @@ from torch import Tensor
 from ..errors import BackendError
 from .dual_chunk import MIN_TOKENS, _pow2, pack_coefficients, refusal
 from .inputs import initial_weights
-from .triton_host import custom_op
+from .triton_host import custom_op, split_state
 from .wy_chunk import dot_dtype
 
 HIDDEN_TILE = 64  # hidden units per pass through the chip; fewer for heads over 64
@@ -176,6 +176,4 @@ class MlpChunk:
         )  # fmt: skip
         if not output_final_state:
             return o, None
-        every = shapes * (self.n_states // len(shapes))
-        parts = final.split([i * o_ for i, o_ in every], dim=-1)
-        return o, tuple(p.reshape(B, H, *s) for p, s in zip(parts, every, strict=True))
+        return o, split_state(final, shapes, self.n_states, B, H)

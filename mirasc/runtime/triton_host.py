@@ -20,6 +20,14 @@ def triton_interpreted() -> bool:
 _CUSTOM_OPS: dict[str, object] = {}
 
 
+def split_state(flat: torch.Tensor, shapes: list, n_states: int, B: int, H: int) -> tuple:
+    """The state tuple from the kernels' flat layout (each (batch, head)'s weights, then
+    momenta, concatenated along the last dimension)."""
+    every = shapes * (n_states // len(shapes))
+    parts = flat.split([i * o for i, o in every], dim=-1)
+    return tuple(p.reshape(B, H, *s) for p, s in zip(parts, every, strict=True))
+
+
 def custom_op(namespace: str, register: Callable[[], object]):
     """A generated package's torch.library op, registered once per process: the namespace
     carries the spec's hash, so a second import of the same spec reuses the first one's."""
@@ -223,6 +231,4 @@ class FusedRecurrent:
         )  # fmt: skip
         if not output_final_state:
             return o, None
-        every = shapes * (self.n_states // len(shapes))
-        parts = final.split([i * o_ for i, o_ in every], dim=-1)
-        return o, tuple(p.reshape(B, H, *s) for p, s in zip(parts, every, strict=True))
+        return o, split_state(final, shapes, self.n_states, B, H)
