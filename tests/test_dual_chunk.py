@@ -59,7 +59,7 @@ def counting_chunked_calls(module):
     return counting(type(module.triton_backend.dual), "launch_forward")
 
 
-@settings(max_examples=6, deadline=None)
+@settings(max_examples=4, deadline=None)
 @given(
     bias=st.sampled_from(BIASES),
     retention=st.sampled_from(RETENTIONS),

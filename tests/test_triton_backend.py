@@ -82,7 +82,7 @@ def test_shipped_specs_match_reference(shipped, name, data):
     assert_as_accurate_as_fp32_torch(module, case, errors, f"{name} {shape} segment {seg}")
 
 
-@settings(max_examples=8)
+@settings(max_examples=5)
 @given(text=specs(), data=st.data())
 def test_random_specs_match_reference(compile_text, text, data):
     module = compile_text(text)
@@ -145,7 +145,7 @@ def test_a_deep_kl_memory(compile_text, chunk):
     assert_close(triton_errors(module, case), TOL32, text)
 
 
-@settings(max_examples=10)
+@settings(max_examples=6)
 @given(outer=st.sampled_from(OUTER), phi=PHI, data=st.data())
 def test_fuzzed_losses_agree_where_fp32_is_accurate(compile_text, outer, phi, data):
     """Random formulas exercise the printed vector-Jacobian product of the loss. Some are
@@ -221,8 +221,14 @@ def test_split_calls_continue_a_chunk(shipped, name, split):
     assert testing.continuation_error(module, case, split, backend="triton") < TOL32
 
 
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-@pytest.mark.parametrize("name", ["gated_deltanet", "titans"])
+@pytest.mark.parametrize(
+    ("name", "dtype"),
+    [
+        ("gated_deltanet", torch.bfloat16),
+        ("gated_deltanet", torch.float16),
+        ("titans", torch.bfloat16),
+    ],
+)  # titans fp16 left out for time: fp16 differs from bf16 only in the operands, as for GDN
 def test_half_precision_inputs(shipped, name, dtype):
     """bf16/fp16 in and out, fp32 state; gradients come back in the inputs' dtype."""
     module = shipped[name]
