@@ -52,12 +52,13 @@ def short_calls_chunked(module):
 @pytest.mark.parametrize(
     "name,T,D,dtype",
     [("titans", 37, 20, torch.float32), ("ttt_mlp", 40, 12, torch.bfloat16),
-     ("yaad", 45, 20, torch.float32)],
+     ("yaad", 45, 20, torch.float32), ("moneta", 48, 12, torch.float32)],
 )  # fmt: skip
 def test_shipped_mlp_memories(shipped, name, T, D, dtype):
-    """Titans (momentum, decay, SiLU), TTT-MLP (bf16 inputs, two sequences) and YAAD (a loss
-    with a row sum and a gate parameter) at chunk 16, ragged last chunks, with a learned
-    initial state."""
+    """Titans (momentum, decay, SiLU), TTT-MLP (bf16 inputs, two sequences), YAAD (a loss
+    with a row sum and a gate parameter) and MONETA (lq retention: the normalisers, and each
+    complete chunk's last read of the normalised end state, the final one included) at chunk
+    16, ragged last chunks (MONETA: complete), with a learned initial state."""
     module = shipped[name]
     B = 2 if dtype == torch.bfloat16 else 1
     case = testing.make_case(testing.spec_of(module), B=B, T=T, H=2, Dk=D, seed=3, dtype=dtype,
@@ -90,7 +91,7 @@ def mlp_spec(activation: str, residual: bool, norm: bool, bias: str, retention: 
     residual=st.booleans(),
     norm=st.booleans(),
     bias=st.sampled_from(["l2", "huber(delta: d)", "yaad(delta: d)", "dot"]),
-    retention=st.sampled_from(["none", "decay(alpha)", "l2(alpha)"]),
+    retention=st.sampled_from(["none", "decay(alpha)", "l2(alpha)", "lq(q: 3, keep: alpha)"]),
     momentum=st.booleans(),
     chunk=st.sampled_from([16, 32]),
     T=st.integers(17, 50),
@@ -100,9 +101,9 @@ def test_random_mlp_specs_match_reference(compile_text, activation, residual, no
                                           retention, momentum, chunk, T, seed):  # fmt: skip
     """Drawn activations (sigmoid: act(0) != 0, so padded hidden units must be masked),
     residual and LayerNorm reads or not (without a residual, Dv = 24 != Dk), losses,
-    retentions, gd or momentum and chunks."""
-    if retention.startswith("l2"):
-        momentum = False  # not in the language
+    retentions (MONETA's lq with q = 3 among them), gd or momentum and chunks."""
+    if retention.startswith(("l2", "lq")):
+        momentum = False  # momentum takes none or decay retention
     algorithm = "momentum(lr: eta, momentum: beta)" if momentum else "gd(lr: eta)"
     text = mlp_spec(activation, residual, norm, bias, retention, algorithm, chunk)
     module = compile_text(text)

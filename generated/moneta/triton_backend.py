@@ -13,6 +13,13 @@ pieces of the derivation: the loss's vector-Jacobian product, act'', LayerNorm's
 Activation memory: (ceil((T + offset) / 16) + 16 + 1) * |state| floats per (batch, head),
 |state| = Dk * 4*Dk + 4*Dk * Dv; not O(T * |state|).
 Inputs may be fp32, bf16 or fp16; everything is computed in fp32; fp64 is refused.
+
+Calls of at least 64 tokens that start on a chunk boundary (training, prefill) run instead on
+the chunked dual-form kernels below (mirasc.runtime.mlp_chunk, the torch backend's `chunked`):
+per chunk of 16 tokens the surprise at the anchor, the reads, the state update and their
+reverses are tensor-core matmuls, the state passing through the chip a tile of hidden units at
+a time, and only the state at each chunk's start is saved. Shorter calls (decoding) and calls
+continuing a chunk keep the fused recurrent kernels.
 """
 
 import torch
@@ -20,7 +27,9 @@ import triton
 import triton.language as tl
 
 from mirasc import runtime
-from mirasc.runtime.triton_lib import ln_bwd, ln_bwd_bwd, ln_fwd, ln_fwd_bwd, matvec, outer, vecmat
+from mirasc.runtime import mlp_chunk
+from mirasc.runtime.triton_lib import ln_back_rows, ln_back_rows_vjp, ln_bwd, ln_bwd_bwd, ln_fwd, ln_fwd_bwd, ln_fwd_back_rows, ln_rows, matvec, outer, vecmat
+from mirasc.runtime.wy_kernels import load_rows, load_tile, mm, store_rows, store_tile
 
 CHUNK = 16
 SEGMENT = 16  # tokens between saved states: a multiple of CHUNK
@@ -467,6 +476,424 @@ def _backward_kernel(
     tl.store(dln_ptr + (i_bh * 2 + 1) * DV + rv, beta_acc, mask=mv)
 
 
+@triton.jit
+def _bias_grad_rows(y, v, mask):
+    """dl/dy for every token of a chunk (tiles [C, Dv], gates [C, 1]), zero outside `mask`."""
+    _e0 = v - y
+    _dphi0 = -(_e0*_e0)*tl.where((_e0) > 0, 1.0, tl.where((_e0) < 0, -1.0, 0.0)) + (-2.0*v + 2.0*y)*tl.abs(_e0)
+    _dphi0 = tl.where(mask, _dphi0, 0.0)
+    _g0 = 1.0
+    return _g0 * _dphi0 + y * 0.0
+
+
+@triton.jit
+def _bias_vjp_rows(y, v, mask, dyb):
+    """_bias_vjp for every token of a chunk: the adjoints of y, v given that of dl/dy."""
+    _S_zero = tl.sum(y * 0.0, axis=1, keep_dims=True)
+    _e0 = 2.0*v - 2.0*y
+    _e1 = -_e0
+    _e2 = v - y
+    _e3 = tl.abs(_e2)
+    _e4 = tl.where((_e2) > 0, 1.0, tl.where((_e2) < 0, -1.0, 0.0))
+    _e5 = 2.0*_e3
+    _dphi0 = _e1*_e3 - (_e2*_e2)*_e4
+    _d2phi0 = -2.0*_e1*_e4 + _e5
+    _dphiv0 = -_e0*_e4 + _e1*_e4 - _e5
+    _dphi0 = tl.where(mask, _dphi0, 0.0)
+    _d2phi0 = tl.where(mask, _d2phi0, 0.0)
+    _dphiv0 = tl.where(mask, _dphiv0, 0.0)
+    _g0 = 1.0
+    _P0 = tl.sum(dyb * _dphi0, axis=1, keep_dims=True)
+    yb = tl.where(mask, dyb * (_g0 * _d2phi0), 0.0)
+    vb = tl.where(mask, dyb * (_g0 * _dphiv0), 0.0)
+    return yb, vb
+
+
+@triton.jit
+def _mlp_hidden(b_in, w_ptr, e0, r, BK: tl.constexpr, BE: tl.constexpr, DK: tl.constexpr,
+                HID: tl.constexpr, DOT: tl.constexpr):
+    """Hidden columns e0..e0+BE of the first layer at its weights r * W1 (W1 at w_ptr
+    [DK, HID]): the tile of W1, the pre-activation r b_in W1 and the activation, zero past HID."""
+    b_w1 = load_tile(w_ptr, 0, e0, BK, BE, DK, HID)
+    b_z1 = mm(b_in, b_w1, DOT) * r
+    inside = (e0 + tl.arange(0, BE) < HID)[None, :]
+    return b_w1, b_z1, tl.where(inside, _act(b_z1), 0.0)
+
+
+@triton.jit
+def _mlp_out(b_in, w1_ptr, w2_ptr, r1, BK: tl.constexpr, BV: tl.constexpr, BE: tl.constexpr,
+             DK: tl.constexpr, DV: tl.constexpr, HID: tl.constexpr, DOT: tl.constexpr):
+    """act(r1 b_in W1) W2, a hidden tile at a time: the second layer's pre-activation before
+    its own factor."""
+    b_u2 = tl.zeros([b_in.shape[0], BV], dtype=tl.float32)
+    for e0 in range(0, HID, BE):
+        _, _, b_a1 = _mlp_hidden(b_in, w1_ptr, e0, r1, BK, BE, DK, HID, DOT)
+        b_u2 += mm(b_a1, load_tile(w2_ptr, e0, 0, BE, BV, HID, DV), DOT)
+    return b_u2
+
+
+@triton.jit
+def _lq_sum(x):
+    """sum |x|^q over a tile (q = 4.0)."""
+    return tl.sum(tl.sum(tl.where(x != 0, (x*x*x*x), 0.0), axis=1), axis=0)
+
+
+@triton.jit
+def _lq_factor(s):
+    """r = 1 / ||A||_q^(q-2) from s = sum |A|^q; 1 for a zero matrix."""
+    return tl.where(s > 0, tl.exp(-0.5 * tl.log(tl.where(s > 0, s, 1.0))), 1.0)
+
+
+@triton.jit
+def _lq_settle(s, dr):
+    """The factor of |A|^(q-2) A in A's adjoint, given dr, the adjoint of r = _lq_factor(s):
+    dr * dr/dA = -(q - 2) r / s |A|^(q-2) A dr."""
+    return tl.where(s > 0, -(4.0 - 2.0) * _lq_factor(s) / tl.where(s > 0, s, 1.0), 0.0) * dr
+
+
+@triton.jit
+def _lq_settle_pass(dw1_ptr, w1_ptr, k1, k2, BK: tl.constexpr, BV: tl.constexpr,
+                    BE: tl.constexpr, DK: tl.constexpr, DV: tl.constexpr, HID: tl.constexpr):
+    """Adds k_l |A_l|^(q-2) A_l into the adjoint of each layer's A_l (at dw1_ptr; A at w1_ptr),
+    a hidden tile at a time: the normalisers' part of A's adjoint (see _lq_settle)."""
+    dw2_ptr = dw1_ptr + DK * HID
+    w2_ptr = w1_ptr + DK * HID
+    for e0 in range(0, HID, BE):
+        x = load_tile(w1_ptr, 0, e0, BK, BE, DK, HID)
+        g = tl.where(x != 0, (x*x*x), 0.0)
+        store_tile(dw1_ptr, load_tile(dw1_ptr, 0, e0, BK, BE, DK, HID) + k1 * g, 0, e0, BK, BE,
+                   DK, HID)
+        x = load_tile(w2_ptr, e0, 0, BE, BV, HID, DV)
+        g = tl.where(x != 0, (x*x*x), 0.0)
+        store_tile(dw2_ptr, load_tile(dw2_ptr, e0, 0, BE, BV, HID, DV) + k2 * g, e0, 0, BE, BV,
+                   HID, DV)
+
+
+@triton.jit
+def _lq_end_read_back(b_x, b_dz2, e1_ptr, dw1_ptr, r1, r2, BK: tl.constexpr, BV: tl.constexpr,
+                      BE: tl.constexpr, BT: tl.constexpr, DK: tl.constexpr, DV: tl.constexpr,
+                      HID: tl.constexpr, DOT: tl.constexpr):
+    """The reverse of the read act(r1 X A1) A2 (times r2) at the state at e1_ptr, given the
+    adjoint b_dz2 of its output: adds r_l times the adjoints of W_l = A_l into the state's
+    adjoint at dw1_ptr and returns (X's adjoint, the adjoint of r1); r2's comes from the
+    output alone."""
+    e2_ptr = e1_ptr + DK * HID
+    dw2_ptr = dw1_ptr + DK * HID
+    b_dx = tl.zeros([BT, BK], dtype=tl.float32)
+    x1 = 0.0
+    for e0 in range(0, HID, BE):
+        b_w1 = load_tile(e1_ptr, 0, e0, BK, BE, DK, HID)
+        b_u1 = mm(b_x, b_w1, DOT)
+        inside = (e0 + tl.arange(0, BE) < HID)[None, :]
+        b_h1 = tl.where(inside, _act(r1 * b_u1), 0.0)
+        b_w2 = load_tile(e2_ptr, e0, 0, BE, BV, HID, DV)
+        b_dz1 = tl.where(inside, r2 * mm(b_dz2, tl.trans(b_w2), DOT) * _act_d1(r1 * b_u1), 0.0)
+        b_dx += r1 * mm(b_dz1, tl.trans(b_w1), DOT)
+        x1 += tl.sum(tl.sum(b_dz1 * b_u1, axis=1), axis=0)
+        b_dw1 = load_tile(dw1_ptr, 0, e0, BK, BE, DK, HID) + r1 * mm(tl.trans(b_x), b_dz1, DOT)
+        b_dw2 = load_tile(dw2_ptr, e0, 0, BE, BV, HID, DV) + r2 * mm(tl.trans(b_h1), b_dz2, DOT)
+        store_tile(dw1_ptr, b_dw1, 0, e0, BK, BE, DK, HID)
+        store_tile(dw2_ptr, b_dw2, e0, 0, BE, BV, HID, DV)
+    return b_dx, x1
+
+
+@triton.jit
+def _mlp_forward_kernel(q_ptr, k_ptr, v_ptr, coef_ptr, ends_ptr, d_ptr, params_ptr, st_ptr,
+                        ln_ptr, o_ptr, hs_ptr, ns_ptr, scale, T, H, TP, NT, DK: tl.constexpr,
+                        DV: tl.constexpr, HID: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+                        BE: tl.constexpr, BT: tl.constexpr, DOT: tl.constexpr,
+                        SAVE: tl.constexpr):
+    """One program per (batch, head), its chunks in order; the state (st_ptr, updated in place)
+    stays in global memory and passes through the chip a tile of BE hidden units at a time.
+    Per chunk, with every gradient at the chunk's start state (its anchor):
+      surprise: Z1 = K W1, A1 = act(Z1), Y = K + LN(A1 W2), G = dl/dy(Y, V),
+                D2 = LN's backward of G, D1 = (D2 W2^T) * act'(Z1)
+      reads:    Zq1 = a (x W1) - (D * x K^T) D1, H1 = act(Zq1),
+                Zq2 = a (H1 W2) - (D * H1 A1^T) D2, O = x + LN(Zq2)
+      update:   W1' = aC W1 - K^T (Dl D1), W2' = aC W2 - A1^T (Dl D2)
+    Two passes over the hidden tiles: Y needs all of them before D2 exists. With SAVE, the
+    state at each chunk's start goes to hs_ptr for the backward pass.
+    lq retention: the state is A, every read and the surprise use W = r A with r = 1 /
+    ||A||_q^(q-2) of the chunk's start state (r1, r2 per layer; sum |A|^q at each chunk's start
+    and at the end goes to ns_ptr [BH, NT + 1, 2]), the update is A' = aC A - K^T (Dl D1), and
+    a complete chunk's last token reads the exactly normalised end state (a third pass)."""
+    i_bh = tl.program_id(0)
+    i_b, i_h = i_bh // H, i_bh % H
+    BH = tl.num_programs(0)
+    size = DK * HID + HID * DV
+    w1_ptr = st_ptr + i_bh.to(tl.int64) * (size)
+    w2_ptr = w1_ptr + DK * HID
+    o_t = tl.arange(0, BT)
+    o_v = tl.arange(0, BV)
+    gamma = tl.load(ln_ptr + i_h * DV + o_v, mask=o_v < DV, other=0.0)[None, :]
+    beta = tl.load(ln_ptr + (H + i_h) * DV + o_v, mask=o_v < DV, other=0.0)[None, :]
+    s1 = 0.0
+    s2 = 0.0
+    for e0 in range(0, HID, BE):
+        s1 += _lq_sum(load_tile(w1_ptr, 0, e0, BK, BE, DK, HID))
+        s2 += _lq_sum(load_tile(w2_ptr, e0, 0, BE, BV, HID, DV))
+    for n in range(NT):
+        tl.debug_barrier()  # the state the chunk before wrote, by other threads
+        t0 = n * BT
+        mask = (t0 + o_t < T)[:, None] & (o_v < DV)[None, :]
+        b_x = load_rows(q_ptr, i_b, i_h, t0, 0, T, H, DK, BT, BK).to(tl.float32) * scale
+        b_k = load_rows(k_ptr, i_b, i_h, t0, 0, T, H, DK, BT, BK).to(tl.float32)
+        b_v = load_rows(v_ptr, i_b, i_h, t0, 0, T, H, DV, BT, BV).to(tl.float32)
+        row = i_bh * TP + t0 + o_t
+        b_dmat = tl.load(d_ptr + row.to(tl.int64)[:, None] * BT + o_t[None, :])
+        b_a = tl.load(coef_ptr + row)[:, None]
+        b_dl = tl.load(coef_ptr + 2 * BH * TP + row)[:, None]
+        a_end = tl.load(ends_ptr + i_bh * NT + n)
+        tl.store(ns_ptr + (i_bh * (NT + 1) + n) * 2, s1)
+        tl.store(ns_ptr + (i_bh * (NT + 1) + n) * 2 + 1, s2)
+        r1 = _lq_factor(s1)
+        r2 = _lq_factor(s2)
+        s1 = 0.0  # now the end state's sums
+        s2 = 0.0
+        # the surprise at the anchor
+        b_z2 = r2 * _mlp_out(b_k, w1_ptr, w2_ptr, r1, BK, BV, BE, DK, DV, HID, DOT)
+        b_xh, b_rstd = ln_rows(b_z2, mask, DV)
+        b_y = b_xh * gamma + beta
+        b_y += b_k
+        b_g = _bias_grad_rows(b_y, b_v, mask)
+        b_d2 = ln_back_rows(b_g * gamma, b_xh, b_rstd, mask, DV)
+        # per hidden tile: layer 1's deltas and reads, layer 2's reads, the update
+        b_m = b_dmat * mm(b_x, tl.trans(b_k), DOT)
+        b_zq2 = tl.zeros([BT, BV], dtype=tl.float32)
+        b_p = tl.zeros([BT, BT], dtype=tl.float32)
+        hs1_ptr = hs_ptr + (i_bh * NT + n).to(tl.int64) * (size)
+        hs2_ptr = hs1_ptr + DK * HID
+        for e0 in range(0, HID, BE):  # layer 1's tile, then layer 2's: fewer tiles live at once
+            b_w1, b_z1, b_a1 = _mlp_hidden(b_k, w1_ptr, e0, r1, BK, BE, DK, HID, DOT)
+            b_w2 = load_tile(w2_ptr, e0, 0, BE, BV, HID, DV)
+            if SAVE:
+                store_tile(hs1_ptr, b_w1, 0, e0, BK, BE, DK, HID)
+                store_tile(hs2_ptr, b_w2, e0, 0, BE, BV, HID, DV)
+            b_d1 = r2 * mm(b_d2, tl.trans(b_w2), DOT) * _act_d1(b_z1)
+            b_zq1 = r1 * (b_a * mm(b_x, b_w1, DOT) - mm(b_m, b_d1, DOT))
+            b_w1 = a_end * b_w1 - mm(tl.trans(b_k), b_dl * b_d1, DOT)
+            store_tile(w1_ptr, b_w1, 0, e0, BK, BE, DK, HID)
+            s1 += _lq_sum(b_w1)
+            b_h1 = tl.where((e0 + tl.arange(0, BE) < HID)[None, :], _act(b_zq1), 0.0)
+            b_p += mm(b_h1, tl.trans(b_a1), DOT)
+            b_zq2 += b_a * mm(b_h1, b_w2, DOT)
+            b_w2 = a_end * b_w2 - mm(tl.trans(b_a1), b_dl * b_d2, DOT)
+            store_tile(w2_ptr, b_w2, e0, 0, BE, BV, HID, DV)
+            s2 += _lq_sum(b_w2)
+        b_zq2 = r2 * (b_zq2 - mm(b_dmat * b_p, b_d2, DOT))
+        if t0 + BT <= T:  # the chunk's last token reads the exactly normalised end state
+            tl.debug_barrier()
+            b_end2 = _mlp_out(b_x, w1_ptr, w2_ptr, _lq_factor(s1), BK, BV, BE, DK, DV, HID, DOT)
+            b_zq2 = tl.where((o_t == BT - 1)[:, None], _lq_factor(s2) * b_end2, b_zq2)
+        b_xq, _ = ln_rows(b_zq2, mask, DV)
+        b_o = b_xq * gamma + beta
+        b_o += b_x
+        store_rows(o_ptr, b_o, i_b, i_h, t0, 0, T, H, DV, BT, BV)
+    tl.store(ns_ptr + (i_bh * (NT + 1) + NT) * 2, s1)
+    tl.store(ns_ptr + (i_bh * (NT + 1) + NT) * 2 + 1, s2)
+
+
+@triton.jit
+def _mlp_backward_kernel(q_ptr, k_ptr, v_ptr, coef_ptr, ends_ptr, d_ptr, params_ptr, hs_ptr,
+                         ns_ptr, fin_ptr, ln_ptr, do_ptr, dst_ptr, scr_ptr, dq_ptr, dk_ptr, dv_ptr, dcoef_ptr,
+                         dends_ptr, dd_ptr, dparams_ptr, dln_ptr, scale, T, H, TP, NT,
+                         DK: tl.constexpr, DV: tl.constexpr, HID: tl.constexpr, BK: tl.constexpr,
+                         BV: tl.constexpr, BE: tl.constexpr, BT: tl.constexpr,
+                         DOT: tl.constexpr):
+    """One program per (batch, head), its chunks in reverse, each recomputed from its saved
+    start state (hs_ptr). dst_ptr holds the final state's adjoint on entry and the initial
+    state's on exit, updated in place a hidden tile at a time. Per chunk, four passes over the
+    hidden tiles: the surprise's Y (A), the reads (B), the reverse of the reads, of the update
+    and of Delta1 = (D2 W2^T) * act'(Z1) (C; what needs the whole of dD2 waits in scr_ptr),
+    then, after the loss's vector-Jacobian product and LayerNorm's backward of its backward, the
+    reverse of the surprise's forward pass (D).
+    lq retention: the factors r1, r2 enter as in the forward kernel; each chunk first reverses
+    its last token's read of the exactly normalised end state (fin_ptr: the final state), and
+    after D the adjoints of r1, r2 gathered on the way (x1, x2) go through the normaliser into
+    the start state's adjoint (_lq_settle_pass)."""
+    i_bh = tl.program_id(0)
+    i_b, i_h = i_bh // H, i_bh % H
+    BH = tl.num_programs(0)
+    size = DK * HID + HID * DV
+    dw1_ptr = dst_ptr + i_bh.to(tl.int64) * (size)
+    dw2_ptr = dw1_ptr + DK * HID
+    da1_ptr = scr_ptr + i_bh.to(tl.int64) * (2 * BT * HID)  # per chunk: dA1 and dZ1 so far
+    dz1_ptr = da1_ptr + BT * HID
+    o_t = tl.arange(0, BT)
+    o_v = tl.arange(0, BV)
+    o_e = tl.arange(0, BE)
+    gamma = tl.load(ln_ptr + i_h * DV + o_v, mask=o_v < DV, other=0.0)[None, :]
+    beta = tl.load(ln_ptr + (H + i_h) * DV + o_v, mask=o_v < DV, other=0.0)[None, :]
+    b_dgamma = tl.zeros([BV], dtype=tl.float32)
+    b_dbeta = tl.zeros([BV], dtype=tl.float32)
+    for i in range(NT):
+        tl.debug_barrier()  # the adjoints the chunk after wrote, by other threads
+        n = NT - 1 - i
+        t0 = n * BT
+        mask = (t0 + o_t < T)[:, None] & (o_v < DV)[None, :]
+        b_x = load_rows(q_ptr, i_b, i_h, t0, 0, T, H, DK, BT, BK).to(tl.float32) * scale
+        b_k = load_rows(k_ptr, i_b, i_h, t0, 0, T, H, DK, BT, BK).to(tl.float32)
+        b_v = load_rows(v_ptr, i_b, i_h, t0, 0, T, H, DV, BT, BV).to(tl.float32)
+        b_do = load_rows(do_ptr, i_b, i_h, t0, 0, T, H, DV, BT, BV).to(tl.float32)
+        row = i_bh * TP + t0 + o_t
+        b_dmat = tl.load(d_ptr + row.to(tl.int64)[:, None] * BT + o_t[None, :])
+        b_a = tl.load(coef_ptr + row)[:, None]
+        b_dl = tl.load(coef_ptr + 2 * BH * TP + row)[:, None]
+        a_end = tl.load(ends_ptr + i_bh * NT + n)
+        w1_ptr = hs_ptr + (i_bh * NT + n).to(tl.int64) * (size)
+        w2_ptr = w1_ptr + DK * HID
+        s1 = tl.load(ns_ptr + (i_bh * (NT + 1) + n) * 2)
+        s2 = tl.load(ns_ptr + (i_bh * (NT + 1) + n) * 2 + 1)
+        r1 = _lq_factor(s1)
+        r2 = _lq_factor(s2)
+        b_dor = b_do  # the adjoint of the chunk's own reads
+        b_dxe = tl.zeros([BT, BK], dtype=tl.float32)
+        if t0 + BT <= T:  # the last token read the exactly normalised end state: its reverse
+            if n + 1 < NT:
+                e1_ptr = hs_ptr + (i_bh * NT + n + 1).to(tl.int64) * size
+            else:
+                e1_ptr = fin_ptr + i_bh.to(tl.int64) * size
+            se1 = tl.load(ns_ptr + (i_bh * (NT + 1) + n + 1) * 2)
+            se2 = tl.load(ns_ptr + (i_bh * (NT + 1) + n + 1) * 2 + 1)
+            last = (o_t == BT - 1)[:, None]
+            b_dol = tl.where(last, b_do, 0.0)
+            b_dor = tl.where(last, 0.0, b_do)
+            b_ue = _mlp_out(b_x, e1_ptr, e1_ptr + DK * HID, _lq_factor(se1), BK, BV, BE, DK, DV,
+                            HID, DOT)
+            b_xe, b_re = ln_rows(_lq_factor(se2) * b_ue, mask, DV)
+            b_dgamma += tl.sum(b_dol * b_xe, axis=0)
+            b_dze = ln_back_rows(b_dol * gamma, b_xe, b_re, mask, DV)
+            b_dxe, xe1 = _lq_end_read_back(b_x, b_dze, e1_ptr, dw1_ptr, _lq_factor(se1),
+                                           _lq_factor(se2), BK, BV, BE, BT, DK, DV, HID, DOT)
+            xe2 = tl.sum(tl.sum(b_dze * b_ue, axis=1), axis=0)
+            tl.debug_barrier()
+            _lq_settle_pass(dw1_ptr, e1_ptr, _lq_settle(se1, xe1), _lq_settle(se2, xe2), BK, BV,
+                            BE, DK, DV, HID)
+        # A: the surprise at the anchor
+        b_u2 = _mlp_out(b_k, w1_ptr, w2_ptr, r1, BK, BV, BE, DK, DV, HID, DOT)
+        b_z2 = r2 * b_u2
+        b_xh, b_rstd = ln_rows(b_z2, mask, DV)
+        b_y = b_xh * gamma + beta
+        b_y += b_k
+        b_g = _bias_grad_rows(b_y, b_v, mask)
+        b_u = b_g * gamma
+        b_d2 = ln_back_rows(b_u, b_xh, b_rstd, mask, DV)
+        b_xk = mm(b_x, tl.trans(b_k), DOT)
+        b_m = b_dmat * b_xk
+        # B: the reads (their second layer's parts without the gates: UA = H1 W2, UB = H1 S2)
+        b_ua = tl.zeros([BT, BV], dtype=tl.float32)
+        b_ha = tl.zeros([BT, BT], dtype=tl.float32)
+        for e0 in range(0, HID, BE):
+            b_w1, b_z1, b_a1 = _mlp_hidden(b_k, w1_ptr, e0, r1, BK, BE, DK, HID, DOT)
+            b_w2 = load_tile(w2_ptr, e0, 0, BE, BV, HID, DV)
+            b_d1 = r2 * mm(b_d2, tl.trans(b_w2), DOT) * _act_d1(b_z1)
+            b_zq1 = r1 * (b_a * mm(b_x, b_w1, DOT) - mm(b_m, b_d1, DOT))
+            b_h1 = tl.where((e0 + o_e < HID)[None, :], _act(b_zq1), 0.0)
+            b_ua += mm(b_h1, b_w2, DOT)
+            b_ha += mm(b_h1, tl.trans(b_a1), DOT)
+        b_zq2 = b_a * b_ua - mm(b_dmat * b_ha, b_d2, DOT)  # before r2
+        b_xq, b_rq = ln_rows(r2 * b_zq2, mask, DV)
+        b_dgamma += tl.sum(b_dor * b_xq, axis=0)
+        b_dbeta += tl.sum(tl.where(mask, b_do, 0.0), axis=0)
+        b_dzq2 = ln_back_rows(b_dor * gamma, b_xq, b_rq, mask, DV)
+        b_dx = b_do
+        b_dx += b_dxe
+        x1 = 0.0  # the adjoints of r1 and r2
+        x2 = tl.sum(tl.sum(b_dzq2 * b_zq2, axis=1), axis=0)
+        b_da = r2 * tl.sum(b_dzq2 * b_ua, axis=1)
+        b_dzd = r2 * mm(b_dzq2, tl.trans(b_d2), DOT)  # dZq2 D2^T
+        b_dD = -b_dzd * b_ha
+        b_dp = b_dmat * b_dzd
+        b_dd2 = -r2 * mm(tl.trans(b_dmat * b_ha), b_dzq2, DOT)
+        b_r1 = tl.zeros([BT, BT], dtype=tl.float32)  # sum over hidden tiles of dZq1 D1^T
+        b_dk = tl.zeros([BT, BK], dtype=tl.float32)
+        b_ddl = tl.zeros([BT], dtype=tl.float32)
+        b_daC = 0.0
+        # C: per hidden tile, the reverse of the reads, of the update and of D1's making
+        for e0 in range(0, HID, BE):
+            inside = (e0 + o_e < HID)[None, :]
+            b_w1, b_z1, b_a1 = _mlp_hidden(b_k, w1_ptr, e0, r1, BK, BE, DK, HID, DOT)
+            b_w2 = load_tile(w2_ptr, e0, 0, BE, BV, HID, DV)
+            b_b1 = r2 * mm(b_d2, tl.trans(b_w2), DOT)
+            b_d1 = b_b1 * _act_d1(b_z1)
+            b_xw1 = mm(b_x, b_w1, DOT)
+            b_zq1 = b_a * b_xw1 - mm(b_m, b_d1, DOT)  # before r1
+            b_dh1 = r2 * b_a * mm(b_dzq2, tl.trans(b_w2), DOT) - mm(b_dp, b_a1, DOT)
+            b_h1 = tl.where(inside, _act(r1 * b_zq1), 0.0)
+            b_dzq1 = tl.where(inside, b_dh1 * _act_d1(r1 * b_zq1), 0.0)
+            b_dx += r1 * b_a * mm(b_dzq1, tl.trans(b_w1), DOT)
+            b_r1 += mm(b_dzq1, tl.trans(b_d1), DOT)
+            b_da += r1 * tl.sum(b_dzq1 * b_xw1, axis=1)
+            b_dd1 = -r1 * mm(tl.trans(b_m), b_dzq1, DOT)
+            b_da1 = -mm(tl.trans(b_dp), b_h1, DOT)
+            x1 += tl.sum(tl.sum(b_dzq1 * b_zq1, axis=1), axis=0)
+            # the update's reverse: this tile's end-state adjoints, in dst_ptr
+            b_dw1 = load_tile(dw1_ptr, 0, e0, BK, BE, DK, HID)
+            b_dw2 = load_tile(dw2_ptr, e0, 0, BE, BV, HID, DV)
+            b_kdw = mm(b_k, b_dw1, DOT)
+            b_adw = mm(b_a1, b_dw2, DOT)
+            b_dd1 -= b_dl * b_kdw
+            b_dd2 -= b_dl * b_adw
+            b_ddl -= tl.sum(b_d1 * b_kdw, axis=1) + tl.sum(b_d2 * b_adw, axis=1)
+            b_dk -= mm(b_dl * b_d1, tl.trans(b_dw1), DOT)
+            b_da1 -= mm(b_dl * b_d2, tl.trans(b_dw2), DOT)
+            b_daC += tl.sum(tl.sum(b_dw1 * b_w1, axis=1), axis=0)
+            b_daC += tl.sum(tl.sum(b_dw2 * b_w2, axis=1), axis=0)
+            # D1 = B1 * act'(Z1), B1 = D2 W2^T
+            b_db1 = b_dd1 * _act_d1(b_z1)
+            b_dd2 += r2 * mm(b_db1, b_w2, DOT)
+            x2 += tl.sum(tl.sum(b_db1 * b_b1, axis=1), axis=0) / r2
+            # the start state's adjoints so far (Z1 = K W1 and Z2 = A1 W2 add theirs in D)
+            b_dw1 = a_end * b_dw1 + r1 * mm(tl.trans(b_x), b_a * b_dzq1, DOT)
+            b_dw2 = (a_end * b_dw2 + r2 * (mm(tl.trans(b_h1), b_a * b_dzq2, DOT)
+                     + mm(tl.trans(b_db1), b_d2, DOT)))
+            store_tile(dw1_ptr, b_dw1, 0, e0, BK, BE, DK, HID)
+            store_tile(dw2_ptr, b_dw2, e0, 0, BE, BV, HID, DV)
+            store_tile(da1_ptr, b_da1, 0, e0, BT, BE, BT, HID)
+            store_tile(dz1_ptr, b_dd1 * b_b1 * _act_d2(b_z1), 0, e0, BT, BE, BT, HID)
+        b_r1 = r1 * b_r1
+        b_rd = b_dmat * b_r1
+        b_dx -= mm(b_rd, b_k, DOT)
+        b_dk -= mm(tl.trans(b_rd), b_x, DOT)
+        b_dD -= b_r1 * b_xk
+        # the loss's vector-Jacobian product and LayerNorm's backward of its backward
+        b_du, b_dxh, b_drstd = ln_back_rows_vjp(b_dd2, b_u, b_xh, b_rstd, mask, DV)
+        b_dgamma += tl.sum(b_du * b_g, axis=0)
+        b_dg = b_du * gamma
+        b_dy, b_dv = _bias_vjp_rows(b_y, b_v, mask, b_dg)
+        b_dk += b_dy
+        b_dgamma += tl.sum(b_dy * b_xh, axis=0)
+        b_dbeta += tl.sum(b_dy, axis=0)
+        b_dz2 = ln_fwd_back_rows(b_dxh + b_dy * gamma, b_drstd, b_xh, b_rstd, mask, DV)
+        # D: the reverse of the surprise's forward pass, Z1 = K W1, A1 = act(Z1), Z2 = A1 W2
+        tl.debug_barrier()  # the scratch and adjoint tiles C wrote, by other threads
+        for e0 in range(0, HID, BE):
+            b_w1, b_z1, b_a1 = _mlp_hidden(b_k, w1_ptr, e0, r1, BK, BE, DK, HID, DOT)
+            b_w2 = load_tile(w2_ptr, e0, 0, BE, BV, HID, DV)
+            b_da1 = load_tile(da1_ptr, 0, e0, BT, BE, BT, HID) + r2 * mm(b_dz2, tl.trans(b_w2), DOT)
+            b_dz1 = load_tile(dz1_ptr, 0, e0, BT, BE, BT, HID) + b_da1 * _act_d1(b_z1)
+            b_dz1 = tl.where((e0 + o_e < HID)[None, :], b_dz1, 0.0)
+            b_dk += r1 * mm(b_dz1, tl.trans(b_w1), DOT)
+            b_dw1 = load_tile(dw1_ptr, 0, e0, BK, BE, DK, HID) + r1 * mm(tl.trans(b_k), b_dz1, DOT)
+            b_dw2 = load_tile(dw2_ptr, e0, 0, BE, BV, HID, DV) + r2 * mm(tl.trans(b_a1), b_dz2, DOT)
+            store_tile(dw1_ptr, b_dw1, 0, e0, BK, BE, DK, HID)
+            store_tile(dw2_ptr, b_dw2, e0, 0, BE, BV, HID, DV)
+            x1 += tl.sum(tl.sum(b_dz1 * b_z1, axis=1), axis=0) / r1
+        x2 += tl.sum(tl.sum(b_dz2 * b_u2, axis=1), axis=0)
+        tl.debug_barrier()
+        _lq_settle_pass(dw1_ptr, w1_ptr, _lq_settle(s1, x1), _lq_settle(s2, x2), BK, BV, BE, DK,
+                        DV, HID)
+        store_rows(dq_ptr, b_dx * scale, i_b, i_h, t0, 0, T, H, DK, BT, BK)
+        store_rows(dk_ptr, b_dk, i_b, i_h, t0, 0, T, H, DK, BT, BK)
+        store_rows(dv_ptr, b_dv, i_b, i_h, t0, 0, T, H, DV, BT, BV)
+        tl.store(dcoef_ptr + row, b_da)
+        tl.store(dcoef_ptr + 2 * BH * TP + row, b_ddl)
+        tl.store(dends_ptr + i_bh * NT + n, b_daC)
+        tl.store(dd_ptr + row.to(tl.int64)[:, None] * BT + o_t[None, :], b_dD)
+    tl.store(dln_ptr + i_bh * DV + o_v, b_dgamma, mask=o_v < DV)
+    tl.store(dln_ptr + (BH + i_bh) * DV + o_v, b_dbeta, mask=o_v < DV)
+
+
 # ---- the host side: the spec's sizes; the rest is runtime.FusedRecurrent --------------------------
 def _shapes(Dk, Dv):
     return [(Dk, 4 * Dk), (4 * Dk, Dv)]
@@ -487,8 +914,27 @@ fused = runtime.FusedRecurrent(
 unsupported = fused.unsupported
 
 
+mlp = mlp_chunk.MlpChunk(
+    "mirasc_moneta_8f2daa531e17",
+    (_mlp_forward_kernel, _mlp_backward_kernel),
+    shapes=_shapes,
+    chunk=CHUNK,
+    retention="lq",
+    momentum=False,
+    required_state='moneta needs initial_state (an MLP memory)',
+)
+
+
 def forward(q, k, v, gates, **options):
-    """The torch backend's `forward` contract on the fused kernels (see `unsupported`);
-    `options` are the op's keyword arguments (scale, initial_state, output_final_state,
-    ln_weight, ln_bias, anchor_state, chunk_offset)."""
-    return fused.forward(q, k, v, [runtime.gate(gates["eta"], "eta", q), runtime.gate(gates["a"], "a", q)], **options)
+    """The torch backend's `forward` contract: calls the chunked dual-form kernels take
+    (`mlp.unsupported`: at least 64 tokens, starting on a chunk boundary) run on them,
+    the others on the fused recurrent kernels (see `unsupported`); `options` are the op's
+    keyword arguments (scale, initial_state, output_final_state, ln_weight, ln_bias,
+    anchor_state, chunk_offset)."""
+    rows = [runtime.gate(gates["eta"], "eta", q), runtime.gate(gates["a"], "a", q)]
+    if mlp.unsupported(q, v, options.get("chunk_offset", 0)) is None:
+        rate = rows[1]
+        mom = None
+        params = []
+        return mlp.forward(q, k, v, rows[0], rate, mom, params, **options)
+    return fused.forward(q, k, v, rows, **options)

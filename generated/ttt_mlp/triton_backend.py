@@ -440,19 +440,31 @@ def _bias_vjp_rows(y, v, mask, dyb):
 
 
 @triton.jit
-def _mlp_hidden(b_in, w_ptr, e0, BK: tl.constexpr, BE: tl.constexpr, DK: tl.constexpr,
+def _mlp_hidden(b_in, w_ptr, e0, r, BK: tl.constexpr, BE: tl.constexpr, DK: tl.constexpr,
                 HID: tl.constexpr, DOT: tl.constexpr):
-    """Hidden columns e0..e0+BE of the first layer at its weights w_ptr [DK, HID]: the
-    pre-activation b_in W1 and the activation, zero past HID."""
+    """Hidden columns e0..e0+BE of the first layer at its weights r * W1 (W1 at w_ptr
+    [DK, HID]): the tile of W1, the pre-activation r b_in W1 and the activation, zero past HID."""
     b_w1 = load_tile(w_ptr, 0, e0, BK, BE, DK, HID)
-    b_z1 = mm(b_in, b_w1, DOT)
+    b_z1 = mm(b_in, b_w1, DOT) * r
     inside = (e0 + tl.arange(0, BE) < HID)[None, :]
     return b_w1, b_z1, tl.where(inside, _act(b_z1), 0.0)
 
 
 @triton.jit
+def _mlp_out(b_in, w1_ptr, w2_ptr, r1, BK: tl.constexpr, BV: tl.constexpr, BE: tl.constexpr,
+             DK: tl.constexpr, DV: tl.constexpr, HID: tl.constexpr, DOT: tl.constexpr):
+    """act(r1 b_in W1) W2, a hidden tile at a time: the second layer's pre-activation before
+    its own factor."""
+    b_u2 = tl.zeros([b_in.shape[0], BV], dtype=tl.float32)
+    for e0 in range(0, HID, BE):
+        _, _, b_a1 = _mlp_hidden(b_in, w1_ptr, e0, r1, BK, BE, DK, HID, DOT)
+        b_u2 += mm(b_a1, load_tile(w2_ptr, e0, 0, BE, BV, HID, DV), DOT)
+    return b_u2
+
+
+@triton.jit
 def _mlp_forward_kernel(q_ptr, k_ptr, v_ptr, coef_ptr, ends_ptr, d_ptr, params_ptr, st_ptr,
-                        ln_ptr, o_ptr, hs_ptr, scale, T, H, TP, NT, DK: tl.constexpr,
+                        ln_ptr, o_ptr, hs_ptr, ns_ptr, scale, T, H, TP, NT, DK: tl.constexpr,
                         DV: tl.constexpr, HID: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
                         BE: tl.constexpr, BT: tl.constexpr, DOT: tl.constexpr,
                         SAVE: tl.constexpr):
@@ -477,6 +489,7 @@ def _mlp_forward_kernel(q_ptr, k_ptr, v_ptr, coef_ptr, ends_ptr, d_ptr, params_p
     gamma = tl.load(ln_ptr + i_h * DV + o_v, mask=o_v < DV, other=0.0)[None, :]
     beta = tl.load(ln_ptr + (H + i_h) * DV + o_v, mask=o_v < DV, other=0.0)[None, :]
     for n in range(NT):
+        tl.debug_barrier()  # the state the chunk before wrote, by other threads
         t0 = n * BT
         mask = (t0 + o_t < T)[:, None] & (o_v < DV)[None, :]
         b_x = load_rows(q_ptr, i_b, i_h, t0, 0, T, H, DK, BT, BK).to(tl.float32) * scale
@@ -488,10 +501,7 @@ def _mlp_forward_kernel(q_ptr, k_ptr, v_ptr, coef_ptr, ends_ptr, d_ptr, params_p
         b_dl = tl.load(coef_ptr + 2 * BH * TP + row)[:, None]
         a_end = tl.load(ends_ptr + i_bh * NT + n)
         # the surprise at the anchor
-        b_z2 = tl.zeros([BT, BV], dtype=tl.float32)
-        for e0 in range(0, HID, BE):
-            _, _, b_a1 = _mlp_hidden(b_k, w1_ptr, e0, BK, BE, DK, HID, DOT)
-            b_z2 += mm(b_a1, load_tile(w2_ptr, e0, 0, BE, BV, HID, DV), DOT)
+        b_z2 = _mlp_out(b_k, w1_ptr, w2_ptr, 1.0, BK, BV, BE, DK, DV, HID, DOT)
         b_xh, b_rstd = ln_rows(b_z2, mask, DV)
         b_y = b_xh * gamma + beta
         b_y += b_k
@@ -504,13 +514,13 @@ def _mlp_forward_kernel(q_ptr, k_ptr, v_ptr, coef_ptr, ends_ptr, d_ptr, params_p
         hs1_ptr = hs_ptr + (i_bh * NT + n).to(tl.int64) * (size)
         hs2_ptr = hs1_ptr + DK * HID
         for e0 in range(0, HID, BE):  # layer 1's tile, then layer 2's: fewer tiles live at once
-            b_w1, b_z1, b_a1 = _mlp_hidden(b_k, w1_ptr, e0, BK, BE, DK, HID, DOT)
+            b_w1, b_z1, b_a1 = _mlp_hidden(b_k, w1_ptr, e0, 1.0, BK, BE, DK, HID, DOT)
             b_w2 = load_tile(w2_ptr, e0, 0, BE, BV, HID, DV)
             if SAVE:
                 store_tile(hs1_ptr, b_w1, 0, e0, BK, BE, DK, HID)
                 store_tile(hs2_ptr, b_w2, e0, 0, BE, BV, HID, DV)
             b_d1 = mm(b_d2, tl.trans(b_w2), DOT) * _act_d1(b_z1)
-            b_zq1 = b_a * mm(b_x, b_w1, DOT) - mm(b_m, b_d1, DOT)
+            b_zq1 = (b_a * mm(b_x, b_w1, DOT) - mm(b_m, b_d1, DOT))
             b_w1 = a_end * b_w1 - mm(tl.trans(b_k), b_dl * b_d1, DOT)
             store_tile(w1_ptr, b_w1, 0, e0, BK, BE, DK, HID)
             b_h1 = tl.where((e0 + tl.arange(0, BE) < HID)[None, :], _act(b_zq1), 0.0)
@@ -518,7 +528,7 @@ def _mlp_forward_kernel(q_ptr, k_ptr, v_ptr, coef_ptr, ends_ptr, d_ptr, params_p
             b_zq2 += b_a * mm(b_h1, b_w2, DOT)
             b_w2 = a_end * b_w2 - mm(tl.trans(b_a1), b_dl * b_d2, DOT)
             store_tile(w2_ptr, b_w2, e0, 0, BE, BV, HID, DV)
-        b_zq2 -= mm(b_dmat * b_p, b_d2, DOT)
+        b_zq2 = (b_zq2 - mm(b_dmat * b_p, b_d2, DOT))
         b_xq, _ = ln_rows(b_zq2, mask, DV)
         b_o = b_xq * gamma + beta
         b_o += b_x
@@ -527,7 +537,7 @@ def _mlp_forward_kernel(q_ptr, k_ptr, v_ptr, coef_ptr, ends_ptr, d_ptr, params_p
 
 @triton.jit
 def _mlp_backward_kernel(q_ptr, k_ptr, v_ptr, coef_ptr, ends_ptr, d_ptr, params_ptr, hs_ptr,
-                         ln_ptr, do_ptr, dst_ptr, scr_ptr, dq_ptr, dk_ptr, dv_ptr, dcoef_ptr,
+                         ns_ptr, fin_ptr, ln_ptr, do_ptr, dst_ptr, scr_ptr, dq_ptr, dk_ptr, dv_ptr, dcoef_ptr,
                          dends_ptr, dd_ptr, dparams_ptr, dln_ptr, scale, T, H, TP, NT,
                          DK: tl.constexpr, DV: tl.constexpr, HID: tl.constexpr, BK: tl.constexpr,
                          BV: tl.constexpr, BE: tl.constexpr, BT: tl.constexpr,
@@ -555,6 +565,7 @@ def _mlp_backward_kernel(q_ptr, k_ptr, v_ptr, coef_ptr, ends_ptr, d_ptr, params_
     b_dgamma = tl.zeros([BV], dtype=tl.float32)
     b_dbeta = tl.zeros([BV], dtype=tl.float32)
     for i in range(NT):
+        tl.debug_barrier()  # the adjoints the chunk after wrote, by other threads
         n = NT - 1 - i
         t0 = n * BT
         mask = (t0 + o_t < T)[:, None] & (o_v < DV)[None, :]
@@ -570,10 +581,8 @@ def _mlp_backward_kernel(q_ptr, k_ptr, v_ptr, coef_ptr, ends_ptr, d_ptr, params_
         w1_ptr = hs_ptr + (i_bh * NT + n).to(tl.int64) * (size)
         w2_ptr = w1_ptr + DK * HID
         # A: the surprise at the anchor
-        b_z2 = tl.zeros([BT, BV], dtype=tl.float32)
-        for e0 in range(0, HID, BE):
-            _, _, b_a1 = _mlp_hidden(b_k, w1_ptr, e0, BK, BE, DK, HID, DOT)
-            b_z2 += mm(b_a1, load_tile(w2_ptr, e0, 0, BE, BV, HID, DV), DOT)
+        b_u2 = _mlp_out(b_k, w1_ptr, w2_ptr, 1.0, BK, BV, BE, DK, DV, HID, DOT)
+        b_z2 = b_u2
         b_xh, b_rstd = ln_rows(b_z2, mask, DV)
         b_y = b_xh * gamma + beta
         b_y += b_k
@@ -586,10 +595,10 @@ def _mlp_backward_kernel(q_ptr, k_ptr, v_ptr, coef_ptr, ends_ptr, d_ptr, params_
         b_ua = tl.zeros([BT, BV], dtype=tl.float32)
         b_ha = tl.zeros([BT, BT], dtype=tl.float32)
         for e0 in range(0, HID, BE):
-            b_w1, b_z1, b_a1 = _mlp_hidden(b_k, w1_ptr, e0, BK, BE, DK, HID, DOT)
+            b_w1, b_z1, b_a1 = _mlp_hidden(b_k, w1_ptr, e0, 1.0, BK, BE, DK, HID, DOT)
             b_w2 = load_tile(w2_ptr, e0, 0, BE, BV, HID, DV)
             b_d1 = mm(b_d2, tl.trans(b_w2), DOT) * _act_d1(b_z1)
-            b_zq1 = b_a * mm(b_x, b_w1, DOT) - mm(b_m, b_d1, DOT)
+            b_zq1 = (b_a * mm(b_x, b_w1, DOT) - mm(b_m, b_d1, DOT))
             b_h1 = tl.where((e0 + o_e < HID)[None, :], _act(b_zq1), 0.0)
             b_ua += mm(b_h1, b_w2, DOT)
             b_ha += mm(b_h1, tl.trans(b_a1), DOT)
@@ -611,7 +620,7 @@ def _mlp_backward_kernel(q_ptr, k_ptr, v_ptr, coef_ptr, ends_ptr, d_ptr, params_
         # C: per hidden tile, the reverse of the reads, of the update and of D1's making
         for e0 in range(0, HID, BE):
             inside = (e0 + o_e < HID)[None, :]
-            b_w1, b_z1, b_a1 = _mlp_hidden(b_k, w1_ptr, e0, BK, BE, DK, HID, DOT)
+            b_w1, b_z1, b_a1 = _mlp_hidden(b_k, w1_ptr, e0, 1.0, BK, BE, DK, HID, DOT)
             b_w2 = load_tile(w2_ptr, e0, 0, BE, BV, HID, DV)
             b_b1 = mm(b_d2, tl.trans(b_w2), DOT)
             b_d1 = b_b1 * _act_d1(b_z1)
@@ -642,8 +651,8 @@ def _mlp_backward_kernel(q_ptr, k_ptr, v_ptr, coef_ptr, ends_ptr, d_ptr, params_
             b_dd2 += mm(b_db1, b_w2, DOT)
             # the start state's adjoints so far (Z1 = K W1 and Z2 = A1 W2 add theirs in D)
             b_dw1 = a_end * b_dw1 + mm(tl.trans(b_x), b_a * b_dzq1, DOT)
-            b_dw2 = (a_end * b_dw2 + mm(tl.trans(b_h1), b_a * b_dzq2, DOT)
-                     + mm(tl.trans(b_db1), b_d2, DOT))
+            b_dw2 = (a_end * b_dw2 + (mm(tl.trans(b_h1), b_a * b_dzq2, DOT)
+                     + mm(tl.trans(b_db1), b_d2, DOT)))
             store_tile(dw1_ptr, b_dw1, 0, e0, BK, BE, DK, HID)
             store_tile(dw2_ptr, b_dw2, e0, 0, BE, BV, HID, DV)
             store_tile(da1_ptr, b_da1, 0, e0, BT, BE, BT, HID)
@@ -662,8 +671,9 @@ def _mlp_backward_kernel(q_ptr, k_ptr, v_ptr, coef_ptr, ends_ptr, d_ptr, params_
         b_dbeta += tl.sum(b_dy, axis=0)
         b_dz2 = ln_fwd_back_rows(b_dxh + b_dy * gamma, b_drstd, b_xh, b_rstd, mask, DV)
         # D: the reverse of the surprise's forward pass, Z1 = K W1, A1 = act(Z1), Z2 = A1 W2
+        tl.debug_barrier()  # the scratch and adjoint tiles C wrote, by other threads
         for e0 in range(0, HID, BE):
-            b_w1, b_z1, b_a1 = _mlp_hidden(b_k, w1_ptr, e0, BK, BE, DK, HID, DOT)
+            b_w1, b_z1, b_a1 = _mlp_hidden(b_k, w1_ptr, e0, 1.0, BK, BE, DK, HID, DOT)
             b_w2 = load_tile(w2_ptr, e0, 0, BE, BV, HID, DV)
             b_da1 = load_tile(da1_ptr, 0, e0, BT, BE, BT, HID) + mm(b_dz2, tl.trans(b_w2), DOT)
             b_dz1 = load_tile(dz1_ptr, 0, e0, BT, BE, BT, HID) + b_da1 * _act_d1(b_z1)

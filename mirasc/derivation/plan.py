@@ -58,7 +58,8 @@ def dual_chunk_refusal(spec: Spec) -> str:
     lacks = [
         (a.depth > 2, "MLP memories deeper than two layers"),
         (linear and (a.residual or a.norm is not None), "a linear memory's residual or norm"),
-        (ret.kind not in ("none", "decay", "l2"), f"{ret.kind} retention"),
+        (ret.kind not in ("none", "decay", "l2", "lq"), f"{ret.kind} retention"),
+        (ret.kind == "lq" and linear, "lq retention on a linear memory"),
         (ret.first, "retention applied first"),
         (spec.clip is not None, "clip"),
     ]

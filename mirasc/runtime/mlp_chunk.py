@@ -5,7 +5,9 @@ update and their reverses are tensor-core matmuls on [chunk x 64] tiles, with th
 coefficients from the gates as in `dual_chunk` (exact with zero gates; autograd carries their
 adjoints on to the gates). The state stays in global memory and passes through the chip one
 tile of hidden units at a time. Activation memory: the state at each chunk's start
-(ceil(T / C) |state| floats per (batch, head)), saved only when a gradient is needed.
+(ceil(T / C) |state| floats per (batch, head)), saved only when a gradient is needed. With lq
+retention (MONETA) the state is A, read as W = A / ||A||_q^(q-2), and the kernels also keep
+sum |A|^q of every saved state and of the final one (`ns`), which the backward pass reads.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ class MlpChunk:
         self.shapes, self.chunk = shapes, chunk
         self.retention, self.momentum = retention, momentum
         self.n_states = 4 if momentum else 2
+        self.lq = retention == "lq"
         self.required_state = required_state
         self.min_tokens = MIN_TOKENS  # benchmarks raise it to time the recurrent kernels alone
         self.op = custom_op(f"{namespace}_mlp", lambda: self._register(f"{namespace}_mlp"))
@@ -64,19 +67,26 @@ class MlpChunk:
         meta = self.meta(Dk, Dv, dot_dtype(q.dtype), kernel is self.backward_kernel)
         kernel[(BH,)](*args, **meta, **self.launch_options(Dk, Dv), **extra)
 
+    def _sums_shape(self, BH: int, NT: int) -> tuple:
+        """lq: sum |A_l|^q of each layer at every chunk's start and at the end."""
+        return (BH, NT + 1, 2) if self.lq else (1,)
+
     def launch_forward(self, q, k, v, coef, ends, d, params, state, ln, scale: float, save: bool):
         """(o, the final state flat as `state`, the state at each chunk's start [BH, NT, ..]
-        when `save`, else an empty tensor)."""
+        when `save`, else an empty tensor, and the lq sums, see `_sums_shape`)."""
         B, T, H, _ = q.shape
         NT = ends.shape[-1]
         o = torch.empty((B, T, H, v.shape[-1]), dtype=q.dtype, device=q.device)
         final = state.clone()  # the kernel updates the state in place
         hs = state.new_empty((state.shape[0], NT, state.shape[1]) if save else (0,))
-        args = (q, k, v, coef, ends, d, params, final, ln, o, hs, scale, T, H, coef.shape[-1], NT)
+        ns = state.new_zeros(self._sums_shape(state.shape[0], NT))
+        args = (q, k, v, coef, ends, d, params, final, ln, o, hs, ns, scale, T, H, coef.shape[-1],
+                NT)  # fmt: skip
         self._launch(self.forward_kernel, args, q, v, SAVE=save)
-        return o, final, hs
+        return o, final, hs, ns
 
-    def launch_backward(self, q, k, v, coef, ends, d, params, hs, ln, do, dfinal, scale: float):
+    def launch_backward(self, q, k, v, coef, ends, d, params, hs, ns, final, ln, do, dfinal,
+                        scale: float):  # fmt: skip
         """The chunks in reverse, one program per (batch, head): the adjoints of the inputs,
         coefficients, loss gates, initial state and LayerNorm's gain and bias."""
         B, T, H, _ = q.shape
@@ -88,8 +98,8 @@ class MlpChunk:
         dln = torch.zeros((2, B * H, v.shape[-1]), **f32)
         hidden = self.shapes(q.shape[-1], v.shape[-1])[0][1]
         scratch = torch.empty((B * H, 2, self.chunk, hidden), **f32)
-        args = (q, k, v, coef, ends, d, params, hs, ln, do, dstate, scratch, dq, dk, dv, dcoef,
-                dends, dd, dparams, dln, scale, T, H, TP, NT)  # fmt: skip
+        args = (q, k, v, coef, ends, d, params, hs, ns, final, ln, do, dstate, scratch, dq, dk, dv,
+                dcoef, dends, dd, dparams, dln, scale, T, H, TP, NT)  # fmt: skip
         self._launch(self.backward_kernel, args, q, v)
         dln = dln.view(2, B, H, -1).sum(1)
         return (dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), dcoef, dends, dd, dparams,
@@ -103,7 +113,7 @@ class MlpChunk:
         def mlp_forward(
             q: Tensor, k: Tensor, v: Tensor, coef: Tensor, ends: Tensor, d: Tensor,
             params: Tensor, state: Tensor, ln: Tensor, scale: float, save: bool,
-        ) -> tuple[Tensor, Tensor, Tensor]:  # fmt: skip
+        ) -> tuple[Tensor, Tensor, Tensor, Tensor]:  # fmt: skip
             return self.launch_forward(q, k, v, coef, ends, d, params, state, ln, scale, save)
 
         @mlp_forward.register_fake
@@ -111,32 +121,51 @@ class MlpChunk:
             NT = ends.shape[-1]
             hs = (state.shape[0], NT, state.shape[1]) if save else (0,)
             return (q.new_empty((*q.shape[:3], v.shape[-1])), state.new_empty(state.shape),
-                    state.new_empty(hs))  # fmt: skip
+                    state.new_empty(hs), state.new_empty(self._sums_shape(state.shape[0], NT)))  # fmt: skip
 
         @torch.library.custom_op(f"{namespace}::backward", mutates_args=())
         def mlp_backward(
             q: Tensor, k: Tensor, v: Tensor, coef: Tensor, ends: Tensor, d: Tensor,
-            params: Tensor, hs: Tensor, ln: Tensor, do: Tensor, dfinal: Tensor, scale: float,
+            params: Tensor, hs: Tensor, ns: Tensor, final: Tensor, ln: Tensor, do: Tensor,
+            dfinal: Tensor, scale: float,
         ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:  # fmt: skip
-            return self.launch_backward(q, k, v, coef, ends, d, params, hs, ln, do, dfinal, scale)
+            return self.launch_backward(
+                q, k, v, coef, ends, d, params, hs, ns, final, ln, do, dfinal, scale
+            )
 
         @mlp_backward.register_fake
-        def _(q, k, v, coef, ends, d, params, hs, ln, do, dfinal, scale):
+        def _(q, k, v, coef, ends, d, params, hs, ns, final, ln, do, dfinal, scale):
             return (*(t.new_empty(t.shape) for t in (q, k, v, coef, ends, d, params)),
                     dfinal.new_empty(dfinal.shape), ln.new_empty(ln.shape))  # fmt: skip
 
         def setup_context(ctx, inputs, output):
             q, k, v, coef, ends, d, params, _, ln, scale, _ = inputs
-            ctx.save_for_backward(q, k, v, coef, ends, d, params, ln, output[2])
+            _, final, hs, ns = output
+            # the final state: only lq's backward pass reads it (its last chunk's end read)
+            ctx.save_for_backward(q, k, v, coef, ends, d, params, ln, hs, ns,
+                                  final if self.lq else ns)  # fmt: skip
             ctx.scale = scale
 
-        def backward(ctx, do, dfinal, _dhs):
-            q, k, v, coef, ends, d, params, ln, hs = ctx.saved_tensors
+        def backward(ctx, do, dfinal, _dhs, _dns):
+            q, k, v, coef, ends, d, params, ln, hs, ns, final = ctx.saved_tensors
             do = q.new_zeros((*q.shape[:3], v.shape[-1])) if do is None else do.contiguous()
             if dfinal is None:
                 dfinal = hs.new_zeros((hs.shape[0], hs.shape[2]))
             grads = mlp_backward(
-                q, k, v, coef, ends, d, params, hs, ln, do, dfinal.contiguous(), ctx.scale
+                q,
+                k,
+                v,
+                coef,
+                ends,
+                d,
+                params,
+                hs,
+                ns,
+                final,
+                ln,
+                do,
+                dfinal.contiguous(),
+                ctx.scale,
             )
             return (*grads, None, None)
 
@@ -170,7 +199,7 @@ class MlpChunk:
         ]).contiguous()  # fmt: skip
         inputs = (q, k, v, per_token, ends, d, stacked, flat, ln)
         save = torch.is_grad_enabled() and any(t.requires_grad for t in inputs)
-        o, final, _ = self.op(
+        o, final, _, _ = self.op(
             q.contiguous(), k.contiguous(), v.contiguous(), per_token, ends, d, stacked, flat, ln,
             float(scale), save,
         )  # fmt: skip
