@@ -4,7 +4,8 @@ against haystack length for the best few. Writes markdown tables (held-out accur
 the seeds that trained to the end and each seed's value, or the step a run diverged at; seconds
 per run) and plots to `--out`.
 
-Every run keeps its result in `<out>/<run>/result.json`, so an interrupted sweep resumes where it
+Every run keeps its result in `<out>/<run>/result.json` (with the sha256 of its spec's text: a run
+of a spec edited since is trained again), so an interrupted sweep resumes where it
 stopped and a finished one reprints its table at once (`--no-train` reports what is stored, a
 cell not trained yet reads "not run"); `--jobs N` trains N runs at a time, each with its share of
 the CPU threads (one thread per run is fastest on a small machine).
@@ -16,6 +17,7 @@ the CPU threads (one thread per run is fastest on a small machine).
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import statistics
@@ -73,14 +75,23 @@ def train_config(run: Run, args):
     )
 
 
+def spec_digest(spec: str) -> str | None:
+    """sha256 of a spec file's bytes (None for the attention baseline): a run stored for an
+    older text of the same spec file is not reused."""
+    path = Path(spec)
+    return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None
+
+
 def cached(run: Run, args) -> dict | None:
-    """The stored result of `run`, if one was trained with exactly this configuration."""
+    """The stored result of `run`, if one was trained with exactly this configuration and
+    spec text."""
     path = run.folder(Path(args.out)) / "result.json"
     if not path.exists():
         return None
     result = json.loads(path.read_text())
     stored, wanted = result["config"], asdict(train_config(run, args))
     same = all(stored[k] == wanted[k] for k in wanted if k != "out")
+    same = same and result.get("spec_sha256") == spec_digest(run.spec)
     return result if same else None
 
 
@@ -92,6 +103,7 @@ def train(run: Run, args, threads: int) -> dict:
 
     torch.set_num_threads(threads)
     cfg = train_config(run, args)
+    digest = spec_digest(run.spec)  # the text trained on, read before training
     start = time.perf_counter()
     history = Trainer(cfg).run()
     last = history[-1]
@@ -100,6 +112,7 @@ def train(run: Run, args, threads: int) -> dict:
         "diverged_at": last["step"] if last.get("diverged") else None,
         "seconds": time.perf_counter() - start,
         "config": asdict(cfg),
+        "spec_sha256": digest,
     }
     (Path(cfg.out) / "result.json").write_text(json.dumps(result, indent=2) + "\n")
     return result

@@ -44,8 +44,13 @@ def test_learning_diagnosis_reports_yaads_switch_and_gradients(monkeypatch, caps
 
 
 def sweep(recall_table, out: Path, steps: int, *extra: str) -> None:
+    """A toy sweep of out/deltanet.miras (copied from specs/ on first use) and attention."""
+    spec = out / "deltanet.miras"
+    if not spec.exists():
+        out.mkdir(parents=True, exist_ok=True)
+        spec.write_text((ROOT / "specs/deltanet.miras").read_text())
     recall_table.main(
-        ["--specs", str(ROOT / "specs/deltanet.miras"), "--baseline-layers", "1",
+        ["--specs", str(spec), "--baseline-layers", "1",
          "--lengths", "16", "--seeds", "0", "--steps", str(steps), "--batch", "2",
          "--pairs", "2", "--vocab", "16", "--hidden", "16", "--niah-lengths", "64",
          "--niah-best", "1", "--out", str(out), *extra]
@@ -70,6 +75,12 @@ def test_a_sweep_reports_and_resumes(recall_table, tmp_path, capsys):
     sweep(recall_table, tmp_path, 3, "--no-train")  # another budget: nothing stored fits it
     out = capsys.readouterr().out
     assert "0 of 2 runs stored; training 0" in out and "| deltanet | not run |" in out
+
+    spec = tmp_path / "deltanet.miras"  # the spec's text changed: its run is stale
+    spec.write_text(spec.read_text() + "# edited\n")
+    sweep(recall_table, tmp_path, 2, "--no-train")
+    out = capsys.readouterr().out
+    assert "1 of 2 runs stored; training 0" in out and "| deltanet | not run |" in out
 
 
 def test_simplex_read_shows_the_centred_read_memorizes(monkeypatch, capsys):
