@@ -91,7 +91,9 @@ def mlp_spec(activation: str, residual: bool, norm: bool, bias: str, retention: 
     residual=st.booleans(),
     norm=st.booleans(),
     bias=st.sampled_from(["l2", "huber(delta: d)", "yaad(delta: d)", "dot"]),
-    retention=st.sampled_from(["none", "decay(alpha)", "l2(alpha)", "lq(q: 3, keep: alpha)"]),
+    retention=st.sampled_from(
+        ["none", "decay(alpha)", "l2(alpha)", "lq(q: 3, keep: alpha)", "decay(alpha, first: true)"]
+    ),
     momentum=st.booleans(),
     chunk=st.sampled_from([16, 32]),
     T=st.integers(17, 50),
@@ -101,9 +103,10 @@ def test_random_mlp_specs_match_reference(compile_text, activation, residual, no
                                           retention, momentum, chunk, T, seed):  # fmt: skip
     """Drawn activations (sigmoid: act(0) != 0, so padded hidden units must be masked),
     residual and LayerNorm reads or not (without a residual, Dv = 24 != Dk), losses,
-    retentions (MONETA's lq with q = 3 among them), gd or momentum and chunks."""
-    if retention.startswith(("l2", "lq")):
-        momentum = False  # momentum takes none or decay retention
+    retentions (MONETA's lq with q = 3 and decay applied first among them), gd or momentum and
+    chunks."""
+    if retention.startswith(("l2", "lq")) or "first" in retention:
+        momentum = False  # momentum takes none or decay retention, first only gd
     algorithm = "momentum(lr: eta, momentum: beta)" if momentum else "gd(lr: eta)"
     text = mlp_spec(activation, residual, norm, bias, retention, algorithm, chunk)
     module = compile_text(text)

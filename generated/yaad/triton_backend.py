@@ -499,12 +499,14 @@ def _bias_vjp_rows(y, v, mask, dyb, _p0):
 @triton.jit
 def _mlp_hidden(b_in, w_ptr, e0, r, BK: tl.constexpr, BE: tl.constexpr, DK: tl.constexpr,
                 HID: tl.constexpr, DOT: tl.constexpr):
-    """Hidden columns e0..e0+BE of the first layer at its weights r * W1 (W1 at w_ptr
-    [DK, HID]): the tile of W1, the pre-activation r b_in W1 and the activation, zero past HID."""
+    """Hidden columns e0..e0+BE of the first layer at its weights W1 (at w_ptr [DK, HID])
+    scaled by r (a number, or a factor per row of b_in): the tile of W1, the pre-activation
+    r * (b_in W1), the activation (zero past HID) and b_in W1."""
     b_w1 = load_tile(w_ptr, 0, e0, BK, BE, DK, HID)
-    b_z1 = mm(b_in, b_w1, DOT) * r
+    b_u1 = mm(b_in, b_w1, DOT)
+    b_z1 = b_u1 * r
     inside = (e0 + tl.arange(0, BE) < HID)[None, :]
-    return b_w1, b_z1, tl.where(inside, _act(b_z1), 0.0)
+    return b_w1, b_z1, tl.where(inside, _act(b_z1), 0.0), b_u1
 
 
 @triton.jit
@@ -514,7 +516,7 @@ def _mlp_out(b_in, w1_ptr, w2_ptr, r1, BK: tl.constexpr, BV: tl.constexpr, BE: t
     its own factor."""
     b_u2 = tl.zeros([b_in.shape[0], BV], dtype=tl.float32)
     for e0 in range(0, HID, BE):
-        _, _, b_a1 = _mlp_hidden(b_in, w1_ptr, e0, r1, BK, BE, DK, HID, DOT)
+        _, _, b_a1, _ = _mlp_hidden(b_in, w1_ptr, e0, r1, BK, BE, DK, HID, DOT)
         b_u2 += mm(b_a1, load_tile(w2_ptr, e0, 0, BE, BV, HID, DV), DOT)
     return b_u2
 
@@ -572,7 +574,7 @@ def _mlp_forward_kernel(q_ptr, k_ptr, v_ptr, coef_ptr, ends_ptr, d_ptr, params_p
         hs1_ptr = hs_ptr + (i_bh * NT + n).to(tl.int64) * (size)
         hs2_ptr = hs1_ptr + DK * HID
         for e0 in range(0, HID, BE):  # layer 1's tile, then layer 2's: fewer tiles live at once
-            b_w1, b_z1, b_a1 = _mlp_hidden(b_k, w1_ptr, e0, 1.0, BK, BE, DK, HID, DOT)
+            b_w1, b_z1, b_a1, _ = _mlp_hidden(b_k, w1_ptr, e0, 1.0, BK, BE, DK, HID, DOT)
             b_w2 = load_tile(w2_ptr, e0, 0, BE, BV, HID, DV)
             if SAVE:
                 store_tile(hs1_ptr, b_w1, 0, e0, BK, BE, DK, HID)
@@ -654,7 +656,7 @@ def _mlp_backward_kernel(q_ptr, k_ptr, v_ptr, coef_ptr, ends_ptr, d_ptr, params_
         b_ua = tl.zeros([BT, BV], dtype=tl.float32)
         b_ha = tl.zeros([BT, BT], dtype=tl.float32)
         for e0 in range(0, HID, BE):
-            b_w1, b_z1, b_a1 = _mlp_hidden(b_k, w1_ptr, e0, 1.0, BK, BE, DK, HID, DOT)
+            b_w1, b_z1, b_a1, _ = _mlp_hidden(b_k, w1_ptr, e0, 1.0, BK, BE, DK, HID, DOT)
             b_w2 = load_tile(w2_ptr, e0, 0, BE, BV, HID, DV)
             b_d1 = mm(b_d2, tl.trans(b_w2), DOT) * _act_d1(b_z1)
             b_zq1 = (b_a * mm(b_x, b_w1, DOT) - mm(b_m, b_d1, DOT))
@@ -679,9 +681,10 @@ def _mlp_backward_kernel(q_ptr, k_ptr, v_ptr, coef_ptr, ends_ptr, d_ptr, params_
         # C: per hidden tile, the reverse of the reads, of the update and of D1's making
         for e0 in range(0, HID, BE):
             inside = (e0 + o_e < HID)[None, :]
-            b_w1, b_z1, b_a1 = _mlp_hidden(b_k, w1_ptr, e0, 1.0, BK, BE, DK, HID, DOT)
+            b_w1, b_z1, b_a1, _ = _mlp_hidden(b_k, w1_ptr, e0, 1.0, BK, BE, DK, HID, DOT)
             b_w2 = load_tile(w2_ptr, e0, 0, BE, BV, HID, DV)
-            b_b1 = mm(b_d2, tl.trans(b_w2), DOT)
+            b_b1r = mm(b_d2, tl.trans(b_w2), DOT)
+            b_b1 = b_b1r
             b_d1 = b_b1 * _act_d1(b_z1)
             b_xw1 = mm(b_x, b_w1, DOT)
             b_zq1 = b_a * b_xw1 - mm(b_m, b_d1, DOT)
@@ -710,8 +713,8 @@ def _mlp_backward_kernel(q_ptr, k_ptr, v_ptr, coef_ptr, ends_ptr, d_ptr, params_
             b_dd2 += mm(b_db1, b_w2, DOT)
             # the start state's adjoints so far (Z1 = K W1 and Z2 = A1 W2 add theirs in D)
             b_dw1 = a_end * b_dw1 + mm(tl.trans(b_x), b_a * b_dzq1, DOT)
-            b_dw2 = (a_end * b_dw2 + (mm(tl.trans(b_h1), b_a * b_dzq2, DOT)
-                     + mm(tl.trans(b_db1), b_d2, DOT)))
+            b_dw2 = (a_end * b_dw2 + mm(tl.trans(b_h1), b_a * b_dzq2, DOT)
+                     + mm(tl.trans(b_db1), b_d2, DOT))
             store_tile(dw1_ptr, b_dw1, 0, e0, BK, BE, DK, HID)
             store_tile(dw2_ptr, b_dw2, e0, 0, BE, BV, HID, DV)
             store_tile(da1_ptr, b_da1, 0, e0, BT, BE, BT, HID)
@@ -732,7 +735,7 @@ def _mlp_backward_kernel(q_ptr, k_ptr, v_ptr, coef_ptr, ends_ptr, d_ptr, params_
         # D: the reverse of the surprise's forward pass, Z1 = K W1, A1 = act(Z1), Z2 = A1 W2
         tl.debug_barrier()  # the scratch and adjoint tiles C wrote, by other threads
         for e0 in range(0, HID, BE):
-            b_w1, b_z1, b_a1 = _mlp_hidden(b_k, w1_ptr, e0, 1.0, BK, BE, DK, HID, DOT)
+            b_w1, b_z1, b_a1, b_u1 = _mlp_hidden(b_k, w1_ptr, e0, 1.0, BK, BE, DK, HID, DOT)
             b_w2 = load_tile(w2_ptr, e0, 0, BE, BV, HID, DV)
             b_da1 = load_tile(da1_ptr, 0, e0, BT, BE, BT, HID) + mm(b_dz2, tl.trans(b_w2), DOT)
             b_dz1 = load_tile(dz1_ptr, 0, e0, BT, BE, BT, HID) + b_da1 * _act_d1(b_z1)
