@@ -35,7 +35,7 @@ BIASES = [
     "bias(y, v) = sum(log(cosh(y - v)))",
     "dot",
 ]  # yaad: a row sum (the norm of the residual); the rest coordinate-wise
-RETENTIONS = ["none", "decay(alpha)", "l2(alpha)"]
+RETENTIONS = ["none", "decay(alpha)", "l2(alpha)", "decay(alpha, first: true)"]
 ALGORITHMS = ["gd(lr: eta)", "momentum(lr: eta, momentum: beta)"]
 
 
@@ -72,9 +72,11 @@ def counting_chunked_calls(module):
 )
 def test_random_linear_specs_match_reference(compile_text, bias, retention, algorithm, chunk, T,
                                              D, initial, seed):  # fmt: skip
-    """Drawn losses (built-in, a written formula), retentions, gd or momentum and chunks; T
-    past 64, mostly not a multiple of the chunk (a ragged last chunk)."""
-    assume(not (retention.startswith("l2") and "momentum" in algorithm))  # not in the language
+    """Drawn losses (built-in, a written formula), retentions (decay applied first among
+    them), gd or momentum and chunks; T past 64, mostly not a multiple of the chunk (a ragged
+    last chunk)."""
+    # not in the language: momentum with l2 retention, or with decay applied first
+    assume(not ((retention.startswith("l2") or "first" in retention) and "momentum" in algorithm))
     text = linear_spec(bias, retention, chunk, algorithm)
     module = compile_text(text)
     spec = testing.spec_of(module)
@@ -131,7 +133,7 @@ def test_what_the_chunked_kernels_do_not_take(shipped, compile_text):
     assert "chunk_offset" in dual.unsupported(q, q, chunk_offset=3)
     wide = torch.zeros(1, 80, 1, 256, device=DEVICE)
     assert "at most" in dual.unsupported(wide, wide)
-    assert dual_chunk_refusal(testing.spec_of(shipped["moneta"])).endswith("lq retention")
+    assert dual_chunk_refusal(testing.spec_of(shipped["memora"])).endswith("kl retention")
     small = compile_text(linear_spec("l2", "none", 8))
     assert not hasattr(small.triton_backend, "dual")
 
