@@ -70,7 +70,7 @@ def test_shipped_mlp_memories(shipped, name, T, D, dtype):
 
 
 def mlp_spec(activation: str, residual: bool, norm: bool, bias: str, retention: str,
-             algorithm: str, chunk: int) -> str:  # fmt: skip
+             algorithm: str, chunk: int, clip: float | None = None) -> str:  # fmt: skip
     """A two-layer MLP memory the chunked kernels take."""
     arch = (
         f"mlp(depth: 2, expansion: 4, activation: {activation}, residual: {str(residual).lower()}"
@@ -82,6 +82,7 @@ def mlp_spec(activation: str, residual: bool, norm: bool, bias: str, retention: 
     gates += ["gate beta = 0.9 * sigmoid(z)"] if "momentum" in algorithm else []
     lines = [f"architecture = {arch}", f"bias = {bias}", f"retention = {retention}",
              f"algorithm = {algorithm}", f"chunk = {chunk}", *gates]  # fmt: skip
+    lines += [f"clip = {clip}"] if clip is not None else []
     return "memory m {\n    " + "\n    ".join(lines) + "\n}\n"
 
 
@@ -96,19 +97,20 @@ def mlp_spec(activation: str, residual: bool, norm: bool, bias: str, retention: 
     ),
     momentum=st.booleans(),
     chunk=st.sampled_from([16, 32]),
+    clip=st.sampled_from([None, 0.05, 1.0]),
     T=st.integers(17, 50),
     seed=st.integers(0, 2**16),
 )
 def test_random_mlp_specs_match_reference(compile_text, activation, residual, norm, bias,
-                                          retention, momentum, chunk, T, seed):  # fmt: skip
+                                          retention, momentum, chunk, clip, T, seed):  # fmt: skip
     """Drawn activations (sigmoid: act(0) != 0, so padded hidden units must be masked),
     residual and LayerNorm reads or not (without a residual, Dv = 24 != Dk), losses,
-    retentions (MONETA's lq with q = 3 and decay applied first among them), gd or momentum and
-    chunks."""
+    retentions (MONETA's lq with q = 3 and decay applied first among them), gd or momentum,
+    chunks and the soft clip (0.05 clips every token)."""
     if retention.startswith(("l2", "lq")) or "first" in retention:
         momentum = False  # momentum takes none or decay retention, first only gd
     algorithm = "momentum(lr: eta, momentum: beta)" if momentum else "gd(lr: eta)"
-    text = mlp_spec(activation, residual, norm, bias, retention, algorithm, chunk)
+    text = mlp_spec(activation, residual, norm, bias, retention, algorithm, chunk, clip)
     module = compile_text(text)
     case = testing.make_case(testing.spec_of(module), B=1, T=T, H=1, Dk=20, Dv=24, seed=seed,
                              dtype=torch.float32, with_initial_state=True)  # fmt: skip

@@ -526,12 +526,14 @@ def _mlp_hidden(b_in, w_ptr, e0, r, BK: tl.constexpr, BE: tl.constexpr, DK: tl.c
 def _mlp_out(b_in, w1_ptr, w2_ptr, r1, BK: tl.constexpr, BV: tl.constexpr, BE: tl.constexpr,
              DK: tl.constexpr, DV: tl.constexpr, HID: tl.constexpr, DOT: tl.constexpr):
     """act(r1 b_in W1) W2, a hidden tile at a time: the second layer's pre-activation before
-    its own factor."""
+    its own factor, and each row's squared norm of the hidden activations."""
     b_u2 = tl.zeros([b_in.shape[0], BV], dtype=tl.float32)
+    b_na1 = tl.zeros([b_in.shape[0]], dtype=tl.float32)
     for e0 in range(0, HID, BE):
         _, _, b_a1, _ = _mlp_hidden(b_in, w1_ptr, e0, r1, BK, BE, DK, HID, DOT)
         b_u2 += mm(b_a1, load_tile(w2_ptr, e0, 0, BE, BV, HID, DV), DOT)
-    return b_u2
+        b_na1 += tl.sum(b_a1 * b_a1, axis=1)
+    return b_u2, b_na1
 
 
 @triton.jit
@@ -653,7 +655,8 @@ def _mlp_forward_kernel(q_ptr, k_ptr, v_ptr, coef_ptr, ends_ptr, d_ptr, params_p
         s1 = 0.0  # now the end state's sums
         s2 = 0.0
         # the surprise at the anchor
-        b_z2 = r2 * _mlp_out(b_k, w1_ptr, w2_ptr, r1, BK, BV, BE, DK, DV, HID, DOT)
+        b_u2, b_na1 = _mlp_out(b_k, w1_ptr, w2_ptr, r1, BK, BV, BE, DK, DV, HID, DOT)
+        b_z2 = r2 * b_u2
         b_xh, b_rstd = ln_rows(b_z2, mask, DV)
         b_y = b_xh * gamma + beta
         b_y += b_k
@@ -685,7 +688,7 @@ def _mlp_forward_kernel(q_ptr, k_ptr, v_ptr, coef_ptr, ends_ptr, d_ptr, params_p
         b_zq2 = r2 * (b_zq2 - mm(b_dmat * b_p, b_d2, DOT))
         if t0 + BT <= T:  # the chunk's last token reads the exactly normalised end state
             tl.debug_barrier()
-            b_end2 = _mlp_out(b_x, w1_ptr, w2_ptr, _lq_factor(s1), BK, BV, BE, DK, DV, HID, DOT)
+            b_end2, _ = _mlp_out(b_x, w1_ptr, w2_ptr, _lq_factor(s1), BK, BV, BE, DK, DV, HID, DOT)
             b_zq2 = tl.where((o_t == BT - 1)[:, None], _lq_factor(s2) * b_end2, b_zq2)
         b_xq, _ = ln_rows(b_zq2, mask, DV)
         b_o = b_xq * gamma + beta
@@ -760,8 +763,8 @@ def _mlp_backward_kernel(q_ptr, k_ptr, v_ptr, coef_ptr, ends_ptr, d_ptr, params_
             last = (o_t == BT - 1)[:, None]
             b_dol = tl.where(last, b_do, 0.0)
             b_dor = tl.where(last, 0.0, b_do)
-            b_ue = _mlp_out(b_x, e1_ptr, e1_ptr + DK * HID, _lq_factor(se1), BK, BV, BE, DK, DV,
-                            HID, DOT)
+            b_ue, _ = _mlp_out(b_x, e1_ptr, e1_ptr + DK * HID, _lq_factor(se1), BK, BV, BE, DK,
+                               DV, HID, DOT)
             b_xe, b_re = ln_rows(_lq_factor(se2) * b_ue, mask, DV)
             b_dgamma += tl.sum(b_dol * b_xe, axis=0)
             b_dze = ln_back_rows(b_dol * gamma, b_xe, b_re, mask, DV)
@@ -772,7 +775,7 @@ def _mlp_backward_kernel(q_ptr, k_ptr, v_ptr, coef_ptr, ends_ptr, d_ptr, params_
             _lq_settle_pass(dw1_ptr, e1_ptr, _lq_settle(se1, xe1), _lq_settle(se2, xe2), BK, BV,
                             BE, DK, DV, HID)
         # A: the surprise at the anchor
-        b_u2 = _mlp_out(b_k, w1_ptr, w2_ptr, r1, BK, BV, BE, DK, DV, HID, DOT)
+        b_u2, b_na1 = _mlp_out(b_k, w1_ptr, w2_ptr, r1, BK, BV, BE, DK, DV, HID, DOT)
         b_z2 = r2 * b_u2
         b_xh, b_rstd = ln_rows(b_z2, mask, DV)
         b_y = b_xh * gamma + beta

@@ -495,12 +495,14 @@ def _mlp_hidden(b_in, w_ptr, e0, r, BK: tl.constexpr, BE: tl.constexpr, DK: tl.c
 def _mlp_out(b_in, w1_ptr, w2_ptr, r1, BK: tl.constexpr, BV: tl.constexpr, BE: tl.constexpr,
              DK: tl.constexpr, DV: tl.constexpr, HID: tl.constexpr, DOT: tl.constexpr):
     """act(r1 b_in W1) W2, a hidden tile at a time: the second layer's pre-activation before
-    its own factor."""
+    its own factor, and each row's squared norm of the hidden activations."""
     b_u2 = tl.zeros([b_in.shape[0], BV], dtype=tl.float32)
+    b_na1 = tl.zeros([b_in.shape[0]], dtype=tl.float32)
     for e0 in range(0, HID, BE):
         _, _, b_a1, _ = _mlp_hidden(b_in, w1_ptr, e0, r1, BK, BE, DK, HID, DOT)
         b_u2 += mm(b_a1, load_tile(w2_ptr, e0, 0, BE, BV, HID, DV), DOT)
-    return b_u2
+        b_na1 += tl.sum(b_a1 * b_a1, axis=1)
+    return b_u2, b_na1
 
 
 @triton.jit
@@ -549,7 +551,8 @@ def _mlp_forward_kernel(q_ptr, k_ptr, v_ptr, coef_ptr, ends_ptr, d_ptr, params_p
         b_end = tl.load(ends_ptr + (BH + i_bh) * NT + n)
         h_end = tl.load(ends_ptr + (2 * BH + i_bh) * NT + n)
         # the surprise at the anchor
-        b_z2 = _mlp_out(b_k, w1_ptr, w2_ptr, 1.0, BK, BV, BE, DK, DV, HID, DOT)
+        b_u2, b_na1 = _mlp_out(b_k, w1_ptr, w2_ptr, 1.0, BK, BV, BE, DK, DV, HID, DOT)
+        b_z2 = b_u2
         b_xh, b_rstd = ln_rows(b_z2, mask, DV)
         b_y = b_xh * gamma + beta
         b_y += b_k
@@ -651,7 +654,7 @@ def _mlp_backward_kernel(q_ptr, k_ptr, v_ptr, coef_ptr, ends_ptr, d_ptr, params_
         s1_ptr = w1_ptr + size
         s2_ptr = w2_ptr + size
         # A: the surprise at the anchor
-        b_u2 = _mlp_out(b_k, w1_ptr, w2_ptr, 1.0, BK, BV, BE, DK, DV, HID, DOT)
+        b_u2, b_na1 = _mlp_out(b_k, w1_ptr, w2_ptr, 1.0, BK, BV, BE, DK, DV, HID, DOT)
         b_z2 = b_u2
         b_xh, b_rstd = ln_rows(b_z2, mask, DV)
         b_y = b_xh * gamma + beta

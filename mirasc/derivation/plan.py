@@ -60,7 +60,7 @@ def dual_chunk_refusal(spec: Spec) -> str:
         (linear and (a.residual or a.norm is not None), "a linear memory's residual or norm"),
         (ret.kind not in ("none", "decay", "l2", "lq"), f"{ret.kind} retention"),
         (ret.kind == "lq" and linear, "lq retention on a linear memory"),
-        (spec.clip is not None, "clip"),
+        (spec.clip is not None and linear, "clip on a linear memory"),
     ]
     missing = [what for cond, what in lacks if cond]
     if missing:
