@@ -39,7 +39,8 @@ RETENTIONS = ["none", "decay(alpha)", "l2(alpha)", "decay(alpha, first: true)"]
 ALGORITHMS = ["gd(lr: eta)", "momentum(lr: eta, momentum: beta)"]
 
 
-def linear_spec(bias: str, retention: str, chunk: int, algorithm: str = ALGORITHMS[0]) -> str:
+def linear_spec(bias: str, retention: str, chunk: int, algorithm: str = ALGORITHMS[0],
+                arch: str = "linear") -> str:  # fmt: skip
     """A linear memory trained by gd or momentum: what the chunked dual-form kernels take."""
     bias_line = bias if bias.startswith("bias(") else f"bias = {bias}"
     gates = ["gate eta = sigmoid(z)"]
@@ -47,7 +48,7 @@ def linear_spec(bias: str, retention: str, chunk: int, algorithm: str = ALGORITH
     gates += ["gate d = softplus(z)"] if "delta: d" in bias else []
     gates += ["gate beta = 0.9 * sigmoid(z)"] if "momentum" in algorithm else []
     body = "\n    ".join(
-        ["architecture = linear", bias_line, f"retention = {retention}",
+        [f"architecture = {arch}", bias_line, f"retention = {retention}",
          f"algorithm = {algorithm}", f"chunk = {chunk}", *gates]
     )  # fmt: skip
     return f"memory lin {{\n    {body}\n}}\n"
@@ -64,23 +65,32 @@ def counting_chunked_calls(module):
     bias=st.sampled_from(BIASES),
     retention=st.sampled_from(RETENTIONS),
     algorithm=st.sampled_from(ALGORITHMS),
+    arch=st.sampled_from(
+        [
+            "linear",
+            "linear(residual: true)",
+            "linear(norm: layernorm)",
+            "linear(residual: true, norm: layernorm)",
+        ]
+    ),
     chunk=st.sampled_from([16, 32]),
     T=st.integers(64, 100),
     D=st.integers(3, 8),
     initial=st.booleans(),
     seed=st.integers(0, 2**16),
 )
-def test_random_linear_specs_match_reference(compile_text, bias, retention, algorithm, chunk, T,
-                                             D, initial, seed):  # fmt: skip
+def test_random_linear_specs_match_reference(compile_text, bias, retention, algorithm, arch,
+                                             chunk, T, D, initial, seed):  # fmt: skip
     """Drawn losses (built-in, a written formula), retentions (decay applied first among
-    them), gd or momentum and chunks; T past 64, mostly not a multiple of the chunk (a ragged
-    last chunk)."""
+    them), gd or momentum, residual and LayerNorm reads (TTT-Linear's) or not, and chunks; T
+    past 64, mostly not a multiple of the chunk (a ragged last chunk)."""
     # not in the language: momentum with l2 retention, or with decay applied first
     assume(not ((retention.startswith("l2") or "first" in retention) and "momentum" in algorithm))
-    text = linear_spec(bias, retention, chunk, algorithm)
+    text = linear_spec(bias, retention, chunk, algorithm, arch)
     module = compile_text(text)
     spec = testing.spec_of(module)
-    case = testing.make_case(spec, B=2, T=T, H=1, Dk=D, Dv=D + 1, seed=seed,
+    Dv = D if "residual" in arch else D + 1  # a residual read needs Dv = Dk
+    case = testing.make_case(spec, B=2, T=T, H=1, Dk=D, Dv=Dv, seed=seed,
                              dtype=torch.float32, with_initial_state=initial)  # fmt: skip
     o_exact, _ = testing.call(module, case.to(dtype=torch.float64), backend="reference")
     assume(torch.isfinite(o_exact).all())  # l_3 with no retention can blow up within T tokens

@@ -62,7 +62,7 @@ def test_only_needed_sums_are_computed():
         ({"chunk": 8}, "", "chunk 8: the chunked Triton kernels' tiles take chunks of 16, 32, 64, 128"),
         ({"chunk": 16, "arch": "mlp(depth: 2, expansion: 2)"}, "mlp", ""),
         ({"chunk": 16, "arch": "mlp(depth: 3, expansion: 2)"}, "", "deeper than two layers"),
-        ({"chunk": 16, "arch": "linear(norm: layernorm)"}, "", "linear memory's residual or norm"),
+        ({"chunk": 16, "arch": "linear(residual: true, norm: layernorm)"}, "dual", ""),
         ({"chunk": 16, "retention": "decay(eta, first: true)"}, "dual", ""),
         ({"chunk": 16, "arch": "mlp(depth: 2, expansion: 2)", "retention": "decay(eta, first: true)"},
          "mlp", ""),

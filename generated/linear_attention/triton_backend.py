@@ -316,13 +316,13 @@ def _bias_vjp_rows(y, v, mask, dyb):
 
 
 @triton.jit
-def _dual_chunk_pieces(q_ptr, k_ptr, v_ptr, d_ptr, params_ptr, b_w, i_b, i_h, i_bh, n, v0, T, H,
-                       TP, BH, scale, DK: tl.constexpr, DV: tl.constexpr, BK: tl.constexpr,
-                       BV: tl.constexpr, BT: tl.constexpr, DOT: tl.constexpr):
+def _dual_chunk_pieces(q_ptr, k_ptr, v_ptr, d_ptr, params_ptr, ln_ptr, b_w, i_b, i_h, i_bh, n,
+                       v0, T, H, TP, BH, scale, DK: tl.constexpr, DV: tl.constexpr,
+                       BK: tl.constexpr, BV: tl.constexpr, BT: tl.constexpr, DOT: tl.constexpr):
     """Chunk n's tokens, its matrix D (rows of d_ptr [BH, TP, BT]) and loss gates, and what
     every pass computes from them and the chunk's start weights b_w (value columns v0 to
     v0 + BV: all of them, or a tile of them where the loss is coordinate-wise): x = scale q,
-    K, V, Y = K W, G = dl/dy at Y and M = x K^T."""
+    K, V, Y = K W, G = dl/dy at Y, the update's D and M = x K^T."""
     t0 = n * BT
     o_t = tl.arange(0, BT)
     rows = t0 + o_t < T
@@ -334,18 +334,20 @@ def _dual_chunk_pieces(q_ptr, k_ptr, v_ptr, d_ptr, params_ptr, b_w, i_b, i_h, i_
     b_dmat = tl.load(d_ptr + row.to(tl.int64)[:, None] * BT + o_t[None, :])
     b_y = mm(b_k, b_w, DOT)
     b_g = _bias_grad_rows(b_y, b_v, mask)
+    b_d = b_g
     b_m = mm(b_x, tl.trans(b_k), DOT)
-    return b_x, b_k, b_v, b_dmat, b_y, b_g, b_m, mask
+    return b_x, b_k, b_v, b_dmat, b_y, b_g, b_d, b_m, mask
+
 
 
 @triton.jit
-def _dual_forward_kernel(q_ptr, k_ptr, v_ptr, coef_ptr, ends_ptr, d_ptr, params_ptr, h0_ptr,
-                         o_ptr, hs_ptr, final_ptr, scale, T, H, TP, NT, DK: tl.constexpr,
+def _dual_forward_kernel(q_ptr, k_ptr, v_ptr, coef_ptr, ends_ptr, d_ptr, params_ptr, ln_ptr,
+                         h0_ptr, o_ptr, hs_ptr, final_ptr, scale, T, H, TP, NT, DK: tl.constexpr,
                          DV: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
                          BT: tl.constexpr, DOT: tl.constexpr):
     """One program per (value tile, batch and head), its chunks in order: per chunk the
     gradients at the chunk's start state (its anchor), every token's read after its write
-    O = a (x W) - (D * M) G and the end state W' = aC W - K^T (Dl G); the state saved at each chunk's start for the backward
+    O = a (x W) - (D * M) D and the end state W' = aC W - K^T (Dl D); the state saved at each chunk's start for the backward
     pass."""
     i_v, i_bh = tl.program_id(0), tl.program_id(1)
     i_b, i_h = i_bh // H, i_bh % H
@@ -359,33 +361,35 @@ def _dual_forward_kernel(q_ptr, k_ptr, v_ptr, coef_ptr, ends_ptr, d_ptr, params_
         store_tile(hs_ptr + at, b_w, 0, v0, BK, BV, DK, DV)
         row = i_bh * TP + n * BT + o_t
         end = i_bh * NT + n
-        b_x, b_k, b_v, b_dmat, b_y, b_g, b_m, mask = _dual_chunk_pieces(
-            q_ptr, k_ptr, v_ptr, d_ptr, params_ptr, b_w, i_b, i_h, i_bh, n, v0, T, H, TP,
-            BH, scale, DK, DV, BK, BV, BT, DOT)
+        b_x, b_k, b_v, b_dmat, b_y, b_g, b_d, b_m, mask = _dual_chunk_pieces(
+            q_ptr, k_ptr, v_ptr, d_ptr, params_ptr, ln_ptr, b_w, i_b, i_h, i_bh, n, v0, T, H,
+            TP, BH, scale, DK, DV, BK, BV, BT, DOT)
         b_a = tl.load(coef_ptr + row)
         b_dl = tl.load(coef_ptr + 2 * BH * TP + row)
-        b_o = b_a[:, None] * mm(b_x, b_w, DOT) - mm(b_dmat * b_m, b_g, DOT)
-        b_w = tl.load(ends_ptr + end) * b_w - mm(tl.trans(b_k), b_dl[:, None] * b_g, DOT)
+        b_o = b_a[:, None] * mm(b_x, b_w, DOT) - mm(b_dmat * b_m, b_d, DOT)
+        b_w = tl.load(ends_ptr + end) * b_w - mm(tl.trans(b_k), b_dl[:, None] * b_d, DOT)
         store_rows(o_ptr, b_o, i_b, i_h, n * BT, v0, T, H, DV, BT, BV)
     store_tile(final_ptr + i_bh * size, b_w, 0, v0, BK, BV, DK, DV)
 
 
 @triton.jit
-def _dual_surprise_bwd(b_x, b_k, b_v, b_y, b_g, b_m, b_dmat, b_a, b_dl, mask, b_dw, b_do, DOT: tl.constexpr):
+def _dual_surprise_bwd(b_x, b_k, b_v, b_y, b_g, b_d, b_m, b_dmat, b_a, b_dl, mask, b_dw, b_dz, DOT: tl.constexpr, DV: tl.constexpr):
     """The part of a chunk's reverse that the state's adjoint needs: given the adjoints of
-    the chunk's end state (b_dw) and reads (b_do), that of G = dl/dy (through the update
-    and the reads), the loss's vector-Jacobian product, and the part of the start weights'
-    adjoint that does not come straight from the end state's: x^T (a dO) + K^T dY."""
+    the chunk's end state (b_dw) and of its reads' pre-activations (b_dz), that of D
+    (through the update and the reads), the loss's vector-Jacobian
+    product, and the part of the start weights' adjoint that does not come
+    straight from the end state's: x^T (a dZ) + K^T dMk, Mk = K W."""
     b_kdw = mm(b_k, b_dw, DOT)
-    b_dg = -b_dl[:, None] * b_kdw - mm(tl.trans(b_dmat * b_m), b_do, DOT)
+    b_dd = -b_dl[:, None] * b_kdw - mm(tl.trans(b_dmat * b_m), b_dz, DOT)
+    b_dg = b_dd
     b_dy, b_dv = _bias_vjp_rows(b_y, b_v, mask, b_dg)
-    b_dw0 = mm(tl.trans(b_x), b_a[:, None] * b_do, DOT) + mm(tl.trans(b_k), b_dy, DOT)
-    return b_kdw, b_dy, b_dv, b_dw0
-
+    b_dmk = b_dy
+    b_dw0 = mm(tl.trans(b_x), b_a[:, None] * b_dz, DOT) + mm(tl.trans(b_k), b_dmk, DOT)
+    return b_kdw, b_dy, b_dmk, b_dv, b_dw0
 
 @triton.jit
-def _dual_state_bwd_kernel(q_ptr, k_ptr, v_ptr, coef_ptr, ends_ptr, d_ptr, params_ptr, hs_ptr,
-                           do_ptr, dfinal_ptr, dhs_ptr, dh0_ptr, scale, T, H, TP, NT,
+def _dual_state_bwd_kernel(q_ptr, k_ptr, v_ptr, coef_ptr, ends_ptr, d_ptr, params_ptr, ln_ptr,
+                           hs_ptr, do_ptr, dfinal_ptr, dhs_ptr, dh0_ptr, scale, T, H, TP, NT,
                            DK: tl.constexpr, DV: tl.constexpr, BK: tl.constexpr,
                            BV: tl.constexpr, BT: tl.constexpr, DOT: tl.constexpr):
     """One program per (value tile, batch and head), its chunks in reverse: the adjoint of each
@@ -405,27 +409,28 @@ def _dual_state_bwd_kernel(q_ptr, k_ptr, v_ptr, coef_ptr, ends_ptr, d_ptr, param
         end = i_bh * NT + n
         store_tile(dhs_ptr + at, b_dw, 0, v0, BK, BV, DK, DV)
         b_w = load_tile(hs_ptr + at, 0, v0, BK, BV, DK, DV)
-        b_x, b_k, b_v, b_dmat, b_y, b_g, b_m, mask = _dual_chunk_pieces(
-            q_ptr, k_ptr, v_ptr, d_ptr, params_ptr, b_w, i_b, i_h, i_bh, n, v0, T, H, TP,
-            BH, scale, DK, DV, BK, BV, BT, DOT)
+        b_x, b_k, b_v, b_dmat, b_y, b_g, b_d, b_m, mask = _dual_chunk_pieces(
+            q_ptr, k_ptr, v_ptr, d_ptr, params_ptr, ln_ptr, b_w, i_b, i_h, i_bh, n, v0, T, H,
+            TP, BH, scale, DK, DV, BK, BV, BT, DOT)
         b_do = load_rows(do_ptr, i_b, i_h, n * BT, v0, T, H, DV, BT, BV).to(tl.float32)
         b_a = tl.load(coef_ptr + row)
         b_dl = tl.load(coef_ptr + 2 * BH * TP + row)
-        b_kdw, b_dy, b_dv, b_dw0 = _dual_surprise_bwd(
-            b_x, b_k, b_v, b_y, b_g, b_m, b_dmat, b_a, b_dl, mask, b_dw, b_do, DOT)
+        b_dz = b_do
+        b_kdw, b_dy, b_dmk, b_dv, b_dw0 = _dual_surprise_bwd(
+            b_x, b_k, b_v, b_y, b_g, b_d, b_m, b_dmat, b_a, b_dl, mask, b_dw, b_dz, DOT, DV)
         b_dw = tl.load(ends_ptr + end) * b_dw + b_dw0
     store_tile(dh0_ptr + i_bh * size, b_dw, 0, v0, BK, BV, DK, DV)
 
 
 @triton.jit
-def _dual_chunk_bwd_kernel(q_ptr, k_ptr, v_ptr, coef_ptr, ends_ptr, d_ptr, params_ptr, hs_ptr,
-                           dhs_ptr, do_ptr, dq_ptr, dk_ptr, dv_ptr, dcoef_ptr, dends_ptr, dd_ptr,
-                           dparams_ptr, scale, T, H, TP, NT, DK: tl.constexpr, DV: tl.constexpr,
-                           BK: tl.constexpr, BV: tl.constexpr, BT: tl.constexpr,
-                           DOT: tl.constexpr):
+def _dual_chunk_bwd_kernel(q_ptr, k_ptr, v_ptr, coef_ptr, ends_ptr, d_ptr, params_ptr, ln_ptr,
+                           hs_ptr, dhs_ptr, do_ptr, dq_ptr, dk_ptr, dv_ptr, dcoef_ptr, dends_ptr,
+                           dd_ptr, dparams_ptr, dln_ptr, scale, T, H, TP, NT, DK: tl.constexpr,
+                           DV: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+                           BT: tl.constexpr, DOT: tl.constexpr):
     """One program per (chunk, batch and head), all in parallel: the adjoints of the chunk's
     tokens and coefficients from its start state and its end state's adjoint (both saved),
-    through the update, the reads and the inner gradient step G = dl/dy(K W, V)."""
+    through the update, the reads and the inner gradient step G = dl/dy at Y."""
     n, i_bh = tl.program_id(0), tl.program_id(1)
     i_b, i_h = i_bh // H, i_bh % H
     BH = tl.num_programs(1)
@@ -436,24 +441,25 @@ def _dual_chunk_bwd_kernel(q_ptr, k_ptr, v_ptr, coef_ptr, ends_ptr, d_ptr, param
     end = i_bh * NT + n
     b_w = load_tile(hs_ptr + at, 0, 0, BK, BV, DK, DV)
     b_dw = load_tile(dhs_ptr + at, 0, 0, BK, BV, DK, DV)
-    b_x, b_k, b_v, b_dmat, b_y, b_g, b_m, mask = _dual_chunk_pieces(
-        q_ptr, k_ptr, v_ptr, d_ptr, params_ptr, b_w, i_b, i_h, i_bh, n, 0, T, H, TP, BH,
-        scale, DK, DV, BK, BV, BT, DOT)
+    b_x, b_k, b_v, b_dmat, b_y, b_g, b_d, b_m, mask = _dual_chunk_pieces(
+        q_ptr, k_ptr, v_ptr, d_ptr, params_ptr, ln_ptr, b_w, i_b, i_h, i_bh, n, 0, T, H, TP,
+        BH, scale, DK, DV, BK, BV, BT, DOT)
     b_do = load_rows(do_ptr, i_b, i_h, n * BT, 0, T, H, DV, BT, BV).to(tl.float32)
     b_a = tl.load(coef_ptr + row)
     b_dl = tl.load(coef_ptr + 2 * BH * TP + row)
-    b_kdw, b_dy, b_dv, b_dw0 = _dual_surprise_bwd(
-        b_x, b_k, b_v, b_y, b_g, b_m, b_dmat, b_a, b_dl, mask, b_dw, b_do, DOT)
+    b_dz = b_do
+    b_kdw, b_dy, b_dmk, b_dv, b_dw0 = _dual_surprise_bwd(
+        b_x, b_k, b_v, b_y, b_g, b_d, b_m, b_dmat, b_a, b_dl, mask, b_dw, b_dz, DOT, DV)
     # the coefficients: D and M through the reads, a, b, Dl, Dm and the end's aC, bC, hC
-    b_dog = mm(b_do, tl.trans(b_g), DOT)
+    b_dog = mm(b_dz, tl.trans(b_d), DOT)
     tl.store(dd_ptr + row.to(tl.int64)[:, None] * BT + o_t[None, :], -b_dog * b_m)
     b_dmm = -b_dog * b_dmat
-    tl.store(dcoef_ptr + row, tl.sum(mm(b_x, b_w, DOT) * b_do, axis=1))
-    tl.store(dcoef_ptr + 2 * BH * TP + row, -tl.sum(b_g * b_kdw, axis=1))
+    tl.store(dcoef_ptr + row, tl.sum(mm(b_x, b_w, DOT) * b_dz, axis=1))
+    tl.store(dcoef_ptr + 2 * BH * TP + row, -tl.sum(b_d * b_kdw, axis=1))
     tl.store(dends_ptr + end, tl.sum(tl.sum(b_dw * b_w, axis=1), axis=0))
-    # the tokens, through M = x K^T, x W, Y = K W and the update's K^T
-    b_dx = b_a[:, None] * mm(b_do, tl.trans(b_w), DOT) + mm(b_dmm, b_k, DOT)
-    b_dk = mm(b_dy, tl.trans(b_w), DOT) - mm(b_dl[:, None] * b_g, tl.trans(b_dw), DOT)
+    # the tokens, through M = x K^T, x W, Y = f(K W) and the update's K^T
+    b_dx = b_a[:, None] * mm(b_dz, tl.trans(b_w), DOT) + mm(b_dmm, b_k, DOT)
+    b_dk = mm(b_dmk, tl.trans(b_w), DOT) - mm(b_dl[:, None] * b_d, tl.trans(b_dw), DOT)
     b_dk += mm(tl.trans(b_dmm), b_x, DOT)
     store_rows(dq_ptr, b_dx * scale, i_b, i_h, n * BT, 0, T, H, DK, BT, BK)
     store_rows(dk_ptr, b_dk, i_b, i_h, n * BT, 0, T, H, DK, BT, BK)

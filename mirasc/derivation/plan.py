@@ -57,7 +57,6 @@ def dual_chunk_refusal(spec: Spec) -> str:
     linear = a.depth == 1
     lacks = [
         (a.depth > 2, "MLP memories deeper than two layers"),
-        (linear and (a.residual or a.norm is not None), "a linear memory's residual or norm"),
         (ret.kind not in ("none", "decay", "l2", "lq"), f"{ret.kind} retention"),
         (ret.kind == "lq" and linear, "lq retention on a linear memory"),
         (spec.clip is not None and linear, "clip on a linear memory"),

@@ -89,6 +89,16 @@ def pack_coefficients(retention: str, momentum: bool, C: int, lr, rate, mom, par
     return per_token.contiguous(), ends.contiguous(), d.contiguous(), stacked.contiguous()
 
 
+def layer_norm_params(weight, bias, H: int, Dv: int, device) -> Tensor:
+    """LayerNorm's gain and bias as the chunked kernels read them, [2, H, Dv] fp32 (1 and 0
+    when not given: a memory without LayerNorm ignores them)."""
+    f32 = dict(dtype=torch.float32, device=device)
+    return torch.stack([
+        torch.ones(H, Dv, **f32) if weight is None else weight.float(),
+        torch.zeros(H, Dv, **f32) if bias is None else bias.float(),
+    ]).contiguous()  # fmt: skip
+
+
 class DualChunk:
     """The chunked dual-form kernels of one spec as a `torch.library` op pair with an autograd
     formula; the generated backend passes its three kernels (forward, the reverse state pass,
@@ -136,20 +146,21 @@ class DualChunk:
         kernel[grid](*args, **self.meta(kernel, Dk, Dv, dot_dtype(q.dtype)),
                      **self.launch_options(Dk, Dv))  # fmt: skip
 
-    def launch_forward(self, q, k, v, coef, ends, d, params, h0, scale: float):
+    def launch_forward(self, q, k, v, coef, ends, d, params, ln, h0, scale: float):
         B, T, H, Dk = q.shape
         Dv, (_, BH, TP), NT = v.shape[-1], coef.shape, ends.shape[-1]
         f32 = dict(dtype=torch.float32, device=q.device)
         o = torch.empty((B, T, H, Dv), dtype=q.dtype, device=q.device)
         hs = torch.empty((self.n_states, BH, NT, Dk, Dv), **f32)
         final = torch.empty((self.n_states, BH, Dk, Dv), **f32)
-        args = (q, k, v, coef, ends, d, params, h0, o, hs, final, scale, T, H, TP, NT)
+        args = (q, k, v, coef, ends, d, params, ln, h0, o, hs, final, scale, T, H, TP, NT)
         self._launch(self.forward_kernel, (BH,), args, q, v)
         return o, final, hs
 
-    def launch_backward(self, q, k, v, coef, ends, d, params, hs, do, dfinal, scale: float):
+    def launch_backward(self, q, k, v, coef, ends, d, params, ln, hs, do, dfinal, scale: float):
         """The reverse state pass (sequential over chunks: each chunk end's state adjoint),
-        then every chunk's token and coefficient adjoints in parallel."""
+        then every chunk's token and coefficient adjoints (and LayerNorm's gain and bias
+        adjoints, summed here over chunks and batch) in parallel."""
         T, H, Dk = q.shape[1:]
         Dv, (_, BH, TP), NT = v.shape[-1], coef.shape, ends.shape[-1]
         f32 = dict(dtype=torch.float32, device=q.device)
@@ -158,13 +169,16 @@ class DualChunk:
         dcoef, dends, dd = torch.zeros_like(coef), torch.zeros_like(ends), torch.empty_like(d)
         dparams, dhs = torch.empty_like(params), torch.empty_like(hs)
         dh0 = torch.empty((self.n_states, BH, Dk, Dv), **f32)
+        dln = torch.zeros((2, NT, BH, Dv), **f32)  # per chunk; untouched without a LayerNorm
         self._launch(self.state_bwd_kernel, (BH,),
-                     (q, k, v, coef, ends, d, params, hs, do, dfinal, dhs, dh0, scale, T, H, TP,
-                      NT), q, v)  # fmt: skip
+                     (q, k, v, coef, ends, d, params, ln, hs, do, dfinal, dhs, dh0, scale, T, H,
+                      TP, NT), q, v)  # fmt: skip
         self._launch(self.chunk_bwd_kernel, (NT, BH),
-                     (q, k, v, coef, ends, d, params, hs, dhs, do, dq, dk, dv, dcoef, dends, dd,
-                      dparams, scale, T, H, TP, NT), q, v)  # fmt: skip
-        return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), dcoef, dends, dd, dparams, dh0
+                     (q, k, v, coef, ends, d, params, ln, hs, dhs, do, dq, dk, dv, dcoef, dends,
+                      dd, dparams, dln, scale, T, H, TP, NT), q, v)  # fmt: skip
+        dln = dln.sum(1).view(2, q.shape[0], H, Dv).sum(1)
+        return (dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), dcoef, dends, dd, dparams, dh0,
+                dln)  # fmt: skip
 
     def _register(self, namespace: str):
         """The pair as torch.library custom ops (fake kernels included, so that torch.compile
@@ -173,12 +187,12 @@ class DualChunk:
         @torch.library.custom_op(f"{namespace}::forward", mutates_args=())
         def dual_forward(
             q: Tensor, k: Tensor, v: Tensor, coef: Tensor, ends: Tensor, d: Tensor,
-            params: Tensor, h0: Tensor, scale: float,
+            params: Tensor, ln: Tensor, h0: Tensor, scale: float,
         ) -> tuple[Tensor, Tensor, Tensor]:  # fmt: skip
-            return self.launch_forward(q, k, v, coef, ends, d, params, h0, scale)
+            return self.launch_forward(q, k, v, coef, ends, d, params, ln, h0, scale)
 
         @dual_forward.register_fake
-        def _(q, k, v, coef, ends, d, params, h0, scale):
+        def _(q, k, v, coef, ends, d, params, ln, h0, scale):
             B, T, H, _ = q.shape
             n, BH, *state = h0.shape
             return (q.new_empty((B, T, H, v.shape[-1])), h0.new_empty(h0.shape),
@@ -187,28 +201,28 @@ class DualChunk:
         @torch.library.custom_op(f"{namespace}::backward", mutates_args=())
         def dual_backward(
             q: Tensor, k: Tensor, v: Tensor, coef: Tensor, ends: Tensor, d: Tensor,
-            params: Tensor, hs: Tensor, do: Tensor, dfinal: Tensor, scale: float,
-        ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:  # fmt: skip
-            return self.launch_backward(q, k, v, coef, ends, d, params, hs, do, dfinal, scale)
+            params: Tensor, ln: Tensor, hs: Tensor, do: Tensor, dfinal: Tensor, scale: float,
+        ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:  # fmt: skip
+            return self.launch_backward(q, k, v, coef, ends, d, params, ln, hs, do, dfinal, scale)
 
         @dual_backward.register_fake
-        def _(q, k, v, coef, ends, d, params, hs, do, dfinal, scale):
+        def _(q, k, v, coef, ends, d, params, ln, hs, do, dfinal, scale):
             return (*(t.new_empty(t.shape) for t in (q, k, v, coef, ends, d, params)),
-                    dfinal.new_empty(dfinal.shape))  # fmt: skip
+                    dfinal.new_empty(dfinal.shape), ln.new_empty(ln.shape))  # fmt: skip
 
         def setup_context(ctx, inputs, output):
-            q, k, v, coef, ends, d, params, _, scale = inputs
-            ctx.save_for_backward(q, k, v, coef, ends, d, params, output[2])
+            q, k, v, coef, ends, d, params, ln, _, scale = inputs
+            ctx.save_for_backward(q, k, v, coef, ends, d, params, ln, output[2])
             ctx.scale = scale
 
         def backward(ctx, do, dfinal, _dhs):
-            q, k, v, coef, ends, d, params, hs = ctx.saved_tensors
+            q, k, v, coef, ends, d, params, ln, hs = ctx.saved_tensors
             do = q.new_zeros((*q.shape[:3], v.shape[-1])) if do is None else do.contiguous()
             dfinal = hs.new_zeros((*hs.shape[:2], *hs.shape[3:])) if dfinal is None else dfinal
-            grads = dual_backward(
-                q, k, v, coef, ends, d, params, hs, do, dfinal.contiguous(), ctx.scale
+            dq, dk, dv, dcoef, dends, dd, dparams, dh0, dln = dual_backward(
+                q, k, v, coef, ends, d, params, ln, hs, do, dfinal.contiguous(), ctx.scale
             )
-            return (*grads, None)
+            return dq, dk, dv, dcoef, dends, dd, dparams, dln, dh0, None
 
         dual_forward.register_autograd(backward, setup_context=setup_context)
         return dual_forward
@@ -219,14 +233,12 @@ class DualChunk:
     ):  # fmt: skip
         """The op contract (o [B, T, H, Dv], final state tuple or None) on the chunked
         kernels, for gates lr, rate (None without a retention gate), mom (None without
-        momentum) and the loss's gate parameters, each [B, H, T]. A linear memory has no
-        LayerNorm; a call continuing a chunk (chunk_offset > 0) is not taken (`unsupported`),
-        so `anchor_state` plays no part."""
+        momentum) and the loss's gate parameters, each [B, H, T]; `ln_weight`, `ln_bias`
+        [H, Dv] (default 1 and 0) when the memory has a LayerNorm. A call continuing a chunk
+        (chunk_offset > 0) is not taken (`unsupported`), so `anchor_state` plays no part."""
         reason = self.unsupported(q, v, chunk_offset)
         if reason is not None:
             raise BackendError(reason)
-        if ln_weight is not None or ln_bias is not None:
-            raise BackendError("a linear memory has no LayerNorm")
         B, _, H, Dk = q.shape
         Dv = v.shape[-1]
         states = initial_weights(initial_state, [(Dk, Dv)], self.n_states, q, "")
@@ -234,8 +246,9 @@ class DualChunk:
             self.retention, self.momentum, self.chunk, lr, rate, mom, params
         )
         h0 = torch.stack([s.reshape(B * H, Dk, Dv).float() for s in states])
+        ln = layer_norm_params(ln_weight, ln_bias, H, Dv, q.device)
         o, final, _ = self.op(
-            q.contiguous(), k.contiguous(), v.contiguous(), per_token, ends, d, stacked,
+            q.contiguous(), k.contiguous(), v.contiguous(), per_token, ends, d, stacked, ln,
             h0.contiguous(), float(scale),
         )  # fmt: skip
         if not output_final_state:

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from ..errors import BackendError
-from .dual_chunk import MIN_TOKENS, _pow2, pack_coefficients, refusal
+from .dual_chunk import MIN_TOKENS, _pow2, layer_norm_params, pack_coefficients, refusal
 from .inputs import initial_weights
 from .triton_host import custom_op, split_state
 from .wy_chunk import dot_dtype
@@ -192,11 +192,7 @@ class MlpChunk:
             self.retention, self.momentum, self.chunk, lr, rate, mom, params
         )
         flat = torch.cat([s.reshape(B * H, -1).float() for s in states], dim=-1).contiguous()
-        f32 = dict(dtype=torch.float32, device=q.device)
-        ln = torch.stack([
-            torch.ones(H, Dv, **f32) if ln_weight is None else ln_weight.float(),
-            torch.zeros(H, Dv, **f32) if ln_bias is None else ln_bias.float(),
-        ]).contiguous()  # fmt: skip
+        ln = layer_norm_params(ln_weight, ln_bias, H, Dv, q.device)
         inputs = (q, k, v, per_token, ends, d, stacked, flat, ln)
         save = torch.is_grad_enabled() and any(t.requires_grad for t in inputs)
         o, final, _, _ = self.op(
