@@ -40,7 +40,7 @@ ALGORITHMS = ["gd(lr: eta)", "momentum(lr: eta, momentum: beta)"]
 
 
 def linear_spec(bias: str, retention: str, chunk: int, algorithm: str = ALGORITHMS[0],
-                arch: str = "linear") -> str:  # fmt: skip
+                arch: str = "linear", clip: float | None = None) -> str:  # fmt: skip
     """A linear memory trained by gd or momentum: what the chunked dual-form kernels take."""
     bias_line = bias if bias.startswith("bias(") else f"bias = {bias}"
     gates = ["gate eta = sigmoid(z)"]
@@ -49,7 +49,8 @@ def linear_spec(bias: str, retention: str, chunk: int, algorithm: str = ALGORITH
     gates += ["gate beta = 0.9 * sigmoid(z)"] if "momentum" in algorithm else []
     body = "\n    ".join(
         [f"architecture = {arch}", bias_line, f"retention = {retention}",
-         f"algorithm = {algorithm}", f"chunk = {chunk}", *gates]
+         f"algorithm = {algorithm}", f"chunk = {chunk}", *gates,
+         *([f"clip = {clip}"] if clip is not None else [])]
     )  # fmt: skip
     return f"memory lin {{\n    {body}\n}}\n"
 
@@ -73,6 +74,7 @@ def counting_chunked_calls(module):
             "linear(residual: true, norm: layernorm)",
         ]
     ),
+    clip=st.sampled_from([None, 1.0]),
     chunk=st.sampled_from([16, 32]),
     T=st.integers(64, 100),
     D=st.integers(3, 8),
@@ -80,13 +82,13 @@ def counting_chunked_calls(module):
     seed=st.integers(0, 2**16),
 )
 def test_random_linear_specs_match_reference(compile_text, bias, retention, algorithm, arch,
-                                             chunk, T, D, initial, seed):  # fmt: skip
+                                             clip, chunk, T, D, initial, seed):  # fmt: skip
     """Drawn losses (built-in, a written formula), retentions (decay applied first among
-    them), gd or momentum, residual and LayerNorm reads (TTT-Linear's) or not, and chunks; T
-    past 64, mostly not a multiple of the chunk (a ragged last chunk)."""
+    them), gd or momentum, residual and LayerNorm reads (TTT-Linear's) or not, the soft clip
+    or not, and chunks; T past 64, mostly not a multiple of the chunk (a ragged last chunk)."""
     # not in the language: momentum with l2 retention, or with decay applied first
     assume(not ((retention.startswith("l2") or "first" in retention) and "momentum" in algorithm))
-    text = linear_spec(bias, retention, chunk, algorithm, arch)
+    text = linear_spec(bias, retention, chunk, algorithm, arch, clip)
     module = compile_text(text)
     spec = testing.spec_of(module)
     Dv = D if "residual" in arch else D + 1  # a residual read needs Dv = Dk

@@ -66,7 +66,7 @@ def test_only_needed_sums_are_computed():
         ({"chunk": 16, "retention": "decay(eta, first: true)"}, "dual", ""),
         ({"chunk": 16, "arch": "mlp(depth: 2, expansion: 2)", "retention": "decay(eta, first: true)"},
          "mlp", ""),
-        ({"chunk": 16, "extra": "clip = 1.0"}, "", "clip on a linear memory"),
+        ({"chunk": 16, "extra": "clip = 1.0"}, "dual", ""),
         ({"chunk": 16, "arch": "mlp(depth: 2, expansion: 2)", "extra": "clip = 1.0"}, "mlp", ""),
         ({"chunk": 16, "retention": "kl(keep: eta)"}, "", "kl retention"),
         ({"chunk": 16, "arch": "mlp(depth: 2, expansion: 2)", "retention": "lq(q: 4, keep: eta)"},

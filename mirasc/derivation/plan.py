@@ -59,7 +59,6 @@ def dual_chunk_refusal(spec: Spec) -> str:
         (a.depth > 2, "MLP memories deeper than two layers"),
         (ret.kind not in ("none", "decay", "l2", "lq"), f"{ret.kind} retention"),
         (ret.kind == "lq" and linear, "lq retention on a linear memory"),
-        (spec.clip is not None and linear, "clip on a linear memory"),
     ]
     missing = [what for cond, what in lacks if cond]
     if missing:
