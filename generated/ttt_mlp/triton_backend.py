@@ -460,7 +460,7 @@ def _mlp_out(b_in, w1_ptr, w2_ptr, r1, BK: tl.constexpr, BV: tl.constexpr, BE: t
     b_u2 = tl.zeros([b_in.shape[0], BV], dtype=tl.float32)
     b_na1 = tl.zeros([b_in.shape[0]], dtype=tl.float32)
     for e0 in range(0, HID, BE):
-        _, _, b_a1, _ = _mlp_hidden(b_in, w1_ptr, e0, r1, BK, BE, DK, HID, DOT)
+        b_a1 = _mlp_hidden(b_in, w1_ptr, e0, r1, BK, BE, DK, HID, DOT)[2]
         b_u2 += mm(b_a1, load_tile(w2_ptr, e0, 0, BE, BV, HID, DV), DOT)
         b_na1 += tl.sum(b_a1 * b_a1, axis=1)
     return b_u2, b_na1
@@ -519,7 +519,7 @@ def _mlp_forward_kernel(q_ptr, k_ptr, v_ptr, coef_ptr, ends_ptr, d_ptr, params_p
         hs1_ptr = hs_ptr + (i_bh * NT + n).to(tl.int64) * (size)
         hs2_ptr = hs1_ptr + DK * HID
         for e0 in range(0, HID, BE):  # layer 1's tile, then layer 2's: fewer tiles live at once
-            b_w1, b_z1, b_a1, _ = _mlp_hidden(b_k, w1_ptr, e0, 1.0, BK, BE, DK, HID, DOT)
+            b_w1, b_z1, b_a1, b_u1 = _mlp_hidden(b_k, w1_ptr, e0, 1.0, BK, BE, DK, HID, DOT)
             b_w2 = load_tile(w2_ptr, e0, 0, BE, BV, HID, DV)
             if SAVE:
                 store_tile(hs1_ptr, b_w1, 0, e0, BK, BE, DK, HID)
@@ -534,7 +534,7 @@ def _mlp_forward_kernel(q_ptr, k_ptr, v_ptr, coef_ptr, ends_ptr, d_ptr, params_p
             b_w2 = a_end * b_w2 - mm(tl.trans(b_a1), b_dl * b_d2, DOT)
             store_tile(w2_ptr, b_w2, e0, 0, BE, BV, HID, DV)
         b_zq2 = (b_zq2 - mm(b_dmat * b_p, b_d2, DOT))
-        b_xq, _ = ln_rows(b_zq2, mask, DV)
+        b_xq = ln_rows(b_zq2, mask, DV)[0]
         b_o = b_xq * gamma + beta
         b_o += b_x
         store_rows(o_ptr, b_o, i_b, i_h, t0, 0, T, H, DV, BT, BV)
@@ -600,7 +600,7 @@ def _mlp_backward_kernel(q_ptr, k_ptr, v_ptr, coef_ptr, ends_ptr, d_ptr, params_
         b_ua = tl.zeros([BT, BV], dtype=tl.float32)
         b_ha = tl.zeros([BT, BT], dtype=tl.float32)
         for e0 in range(0, HID, BE):
-            b_w1, b_z1, b_a1, _ = _mlp_hidden(b_k, w1_ptr, e0, 1.0, BK, BE, DK, HID, DOT)
+            b_w1, b_z1, b_a1, b_u1 = _mlp_hidden(b_k, w1_ptr, e0, 1.0, BK, BE, DK, HID, DOT)
             b_w2 = load_tile(w2_ptr, e0, 0, BE, BV, HID, DV)
             b_d1 = mm(b_d2, tl.trans(b_w2), DOT) * _act_d1(b_z1)
             b_zq1 = (b_a * mm(b_x, b_w1, DOT) - mm(b_m, b_d1, DOT))
@@ -625,7 +625,7 @@ def _mlp_backward_kernel(q_ptr, k_ptr, v_ptr, coef_ptr, ends_ptr, d_ptr, params_
         # C: per hidden tile, the reverse of the reads, of the update and of D1's making
         for e0 in range(0, HID, BE):
             inside = (e0 + o_e < HID)[None, :]
-            b_w1, b_z1, b_a1, _ = _mlp_hidden(b_k, w1_ptr, e0, 1.0, BK, BE, DK, HID, DOT)
+            b_w1, b_z1, b_a1, b_u1 = _mlp_hidden(b_k, w1_ptr, e0, 1.0, BK, BE, DK, HID, DOT)
             b_w2 = load_tile(w2_ptr, e0, 0, BE, BV, HID, DV)
             b_b1r = mm(b_d2, tl.trans(b_w2), DOT)
             b_b1 = b_b1r
