@@ -35,7 +35,13 @@ BIASES = [
     "bias(y, v) = sum(log(cosh(y - v)))",
     "dot",
 ]  # yaad: a row sum (the norm of the residual); the rest coordinate-wise
-RETENTIONS = ["none", "decay(alpha)", "l2(alpha)", "decay(alpha, first: true)"]
+RETENTIONS = [
+    "none",
+    "decay(alpha)",
+    "l2(alpha)",
+    "decay(alpha, first: true)",
+    "lq(q: 3, keep: alpha)",
+]
 ALGORITHMS = ["gd(lr: eta)", "momentum(lr: eta, momentum: beta)"]
 
 
@@ -83,11 +89,12 @@ def counting_chunked_calls(module):
 )
 def test_random_linear_specs_match_reference(compile_text, bias, retention, algorithm, arch,
                                              clip, chunk, T, D, initial, seed):  # fmt: skip
-    """Drawn losses (built-in, a written formula), retentions (decay applied first among
-    them), gd or momentum, residual and LayerNorm reads (TTT-Linear's) or not, the soft clip
+    """Drawn losses (built-in, a written formula), retentions (decay applied first and
+    MONETA's lq among them), gd or momentum, residual and LayerNorm reads (TTT-Linear's) or not, the soft clip
     or not, and chunks; T past 64, mostly not a multiple of the chunk (a ragged last chunk)."""
-    # not in the language: momentum with l2 retention, or with decay applied first
-    assume(not ((retention.startswith("l2") or "first" in retention) and "momentum" in algorithm))
+    # not in the language: momentum with l2 or lq retention, or with decay applied first
+    gd_only = retention.startswith(("l2", "lq")) or "first" in retention
+    assume(not (gd_only and "momentum" in algorithm))
     text = linear_spec(bias, retention, chunk, algorithm, arch, clip)
     module = compile_text(text)
     spec = testing.spec_of(module)

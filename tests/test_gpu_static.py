@@ -115,12 +115,22 @@ SPEC_VARIANTS = {  # the chunked kernels' optional features, which no shipped sp
     gate d = softplus(z)
 }
 """,
+    "linear_lq": """memory linear_lq {
+    architecture = linear(residual: true, norm: layernorm)
+    bias = lp(p: 3)
+    retention = lq(q: 4, keep: a)
+    algorithm = gd(lr: eta)
+    chunk = 16
+    gate eta = 0.1 * sigmoid(z)
+    gate a = sigmoid(z)
+}
+""",
 }
 
 
 def test_the_chunked_kernels_compile_with_every_feature(tmp_path):
     """The interpreter runs code that Triton's compiler can still reject (a variable changing
-    shape across a loop, say), so the chunked kernels of two specs with every optional feature
+    shape across a loop, say), so the chunked kernels of three specs with every optional feature
     (lq, clip, decay applied first, residual and LayerNorm reads, a loss gate) are compiled for
     sm_90 as training-length calls launch them: they compile and use tensor cores."""
     if "nvidia" not in triton.backends.backends:
@@ -133,9 +143,8 @@ def test_the_chunked_kernels_compile_with_every_feature(tmp_path):
                     str(tmp_path / "generated")], check=True, capture_output=True)  # fmt: skip
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     jobs = [("moneta_clip", "mlp:forward", 64), ("moneta_clip", "mlp:backward", 64)]
-    jobs += [
-        ("ttt_linear_first_clip", f"dual:{k}", 64) for k in ("forward", "state_bwd", "chunk_bwd")
-    ]
+    jobs += [(spec, f"dual:{k}", 64) for spec in ("ttt_linear_first_clip", "linear_lq")
+             for k in ("forward", "state_bwd", "chunk_bwd")]  # fmt: skip
     code = (
         "import dataclasses, json, sys; sys.path[:0] = sys.argv[1:]; import gpu_static; "
         f"rows = gpu_static.compile_all({jobs!r}, 2); "

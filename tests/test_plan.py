@@ -71,7 +71,7 @@ def test_only_needed_sums_are_computed():
         ({"chunk": 16, "retention": "kl(keep: eta)"}, "", "kl retention"),
         ({"chunk": 16, "arch": "mlp(depth: 2, expansion: 2)", "retention": "lq(q: 4, keep: eta)"},
          "mlp", ""),
-        ({"chunk": 16, "retention": "lq(q: 4, keep: eta)"}, "", "lq retention on a linear memory"),
+        ({"chunk": 16, "retention": "lq(q: 4, keep: eta)"}, "dual", ""),
     ],
 )  # fmt: skip
 def test_which_chunked_triton_kernels(kwargs, chunked, why):

@@ -510,6 +510,31 @@ def _bias_vjp_rows(y, v, mask, dyb):
 
 
 @triton.jit
+def _lq_sum(x):
+    """sum |x|^q over a tile (q = 4.0)."""
+    return tl.sum(tl.sum(tl.where(x != 0, (x*x*x*x), 0.0), axis=1), axis=0)
+
+
+@triton.jit
+def _lq_factor(s):
+    """r = 1 / ||A||_q^(q-2) from s = sum |A|^q; 1 for a zero matrix."""
+    return tl.where(s > 0, tl.exp(-0.5 * tl.log(tl.where(s > 0, s, 1.0))), 1.0)
+
+
+@triton.jit
+def _lq_settle(s, dr):
+    """The factor of |A|^(q-2) A in A's adjoint, given dr, the adjoint of r = _lq_factor(s):
+    dr * dr/dA = -(q - 2) r / s |A|^(q-2) A dr."""
+    return tl.where(s > 0, -(4.0 - 2.0) * _lq_factor(s) / tl.where(s > 0, s, 1.0), 0.0) * dr
+
+
+@triton.jit
+def _lq_grad(x):
+    """|x|^(q-2) x over a tile, the direction of ||A||_q^(q-2)'s gradient."""
+    return tl.where(x != 0, (x*x*x), 0.0)
+
+
+@triton.jit
 def _mlp_hidden(b_in, w_ptr, e0, r, BK: tl.constexpr, BE: tl.constexpr, DK: tl.constexpr,
                 HID: tl.constexpr, DOT: tl.constexpr):
     """Hidden columns e0..e0+BE of the first layer at its weights W1 (at w_ptr [DK, HID])
@@ -537,25 +562,6 @@ def _mlp_out(b_in, w1_ptr, w2_ptr, r1, BK: tl.constexpr, BV: tl.constexpr, BE: t
 
 
 @triton.jit
-def _lq_sum(x):
-    """sum |x|^q over a tile (q = 4.0)."""
-    return tl.sum(tl.sum(tl.where(x != 0, (x*x*x*x), 0.0), axis=1), axis=0)
-
-
-@triton.jit
-def _lq_factor(s):
-    """r = 1 / ||A||_q^(q-2) from s = sum |A|^q; 1 for a zero matrix."""
-    return tl.where(s > 0, tl.exp(-0.5 * tl.log(tl.where(s > 0, s, 1.0))), 1.0)
-
-
-@triton.jit
-def _lq_settle(s, dr):
-    """The factor of |A|^(q-2) A in A's adjoint, given dr, the adjoint of r = _lq_factor(s):
-    dr * dr/dA = -(q - 2) r / s |A|^(q-2) A dr."""
-    return tl.where(s > 0, -(4.0 - 2.0) * _lq_factor(s) / tl.where(s > 0, s, 1.0), 0.0) * dr
-
-
-@triton.jit
 def _lq_settle_pass(dw1_ptr, w1_ptr, k1, k2, BK: tl.constexpr, BV: tl.constexpr,
                     BE: tl.constexpr, DK: tl.constexpr, DV: tl.constexpr, HID: tl.constexpr):
     """Adds k_l |A_l|^(q-2) A_l into the adjoint of each layer's A_l (at dw1_ptr; A at w1_ptr),
@@ -563,12 +569,10 @@ def _lq_settle_pass(dw1_ptr, w1_ptr, k1, k2, BK: tl.constexpr, BV: tl.constexpr,
     dw2_ptr = dw1_ptr + DK * HID
     w2_ptr = w1_ptr + DK * HID
     for e0 in range(0, HID, BE):
-        x = load_tile(w1_ptr, 0, e0, BK, BE, DK, HID)
-        g = tl.where(x != 0, (x*x*x), 0.0)
+        g = _lq_grad(load_tile(w1_ptr, 0, e0, BK, BE, DK, HID))
         store_tile(dw1_ptr, load_tile(dw1_ptr, 0, e0, BK, BE, DK, HID) + k1 * g, 0, e0, BK, BE,
                    DK, HID)
-        x = load_tile(w2_ptr, e0, 0, BE, BV, HID, DV)
-        g = tl.where(x != 0, (x*x*x), 0.0)
+        g = _lq_grad(load_tile(w2_ptr, e0, 0, BE, BV, HID, DV))
         store_tile(dw2_ptr, load_tile(dw2_ptr, e0, 0, BE, BV, HID, DV) + k2 * g, e0, 0, BE, BV,
                    HID, DV)
 

@@ -87,7 +87,7 @@ class TritonContext:
     wy_scale: Code  # c in dl/dy = c (y - v), for those kernels
     dual: bool  # the plan's chunked dual-form kernels for training-length calls
     mlp: bool  # the plan's chunked dual-form kernels of a two-layer MLP memory
-    coordinatewise: bool  # each value column on its own: no loss sum, LayerNorm or clip
+    coordinatewise: bool  # each value column on its own: no loss sum, LayerNorm, clip or lq
     loss_grad_rows_lines: list  # the loss pieces for a chunk's tiles, for those kernels
     loss_vjp_rows_lines: list
 
@@ -219,7 +219,12 @@ def triton_context(spec: Spec, derived: Derived, plan: Plan, source_text: str) -
         wy_scale=Code(repr(plan.wy_scale or 0.0)),
         dual=plan.triton_chunked == "dual",
         mlp=plan.triton_chunked == "mlp",
-        coordinatewise=not plan.sums and spec.architecture.norm is None and spec.clip is None,
+        coordinatewise=not (
+            plan.sums
+            or spec.architecture.norm
+            or spec.clip is not None
+            or spec.retention.kind == "lq"
+        ),
         loss_grad_rows_lines=[Code(line) for line in tiles.grad_lines],
         loss_vjp_rows_lines=[Code(line) for line in tiles.vjp_lines],
     )

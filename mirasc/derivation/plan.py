@@ -54,11 +54,9 @@ def dual_chunk_refusal(spec: Spec) -> str:
     memory or a two-layer MLP) do not take the spec; "" if they do. What they lack runs on the
     recurrent kernels."""
     a, ret = spec.architecture, spec.retention
-    linear = a.depth == 1
     lacks = [
         (a.depth > 2, "MLP memories deeper than two layers"),
         (ret.kind not in ("none", "decay", "l2", "lq"), f"{ret.kind} retention"),
-        (ret.kind == "lq" and linear, "lq retention on a linear memory"),
     ]
     missing = [what for cond, what in lacks if cond]
     if missing:
