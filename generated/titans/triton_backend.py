@@ -571,7 +571,7 @@ def _mlp_forward_kernel(q_ptr, k_ptr, v_ptr, coef_ptr, ends_ptr, d_ptr, params_p
                 store_tile(hs1_ptr, b_w1, 0, e0, BK, BE, DK, HID)
                 store_tile(hs2_ptr, b_w2, e0, 0, BE, BV, HID, DV)
             b_d1 = mm(b_d2, tl.trans(b_w2), DOT) * _act_d1(b_z1)
-            b_zq1 = (b_a * mm(b_x, b_w1, DOT) - mm(b_m, b_d1, DOT))
+            b_zq1 = b_a * mm(b_x, b_w1, DOT) - mm(b_m, b_d1, DOT)
             b_w1 = a_end * b_w1 - mm(tl.trans(b_k), b_dl * b_d1, DOT)
             b_s1 = load_tile(s1_ptr, 0, e0, BK, BE, DK, HID)
             if SAVE:
@@ -593,7 +593,7 @@ def _mlp_forward_kernel(q_ptr, k_ptr, v_ptr, coef_ptr, ends_ptr, d_ptr, params_p
             b_s2 = h_end * b_s2 - mm(tl.trans(b_a1), b_dmo * b_d2, DOT)
             store_tile(s2_ptr, b_s2, e0, 0, BE, BV, HID, DV)
             store_tile(w2_ptr, b_w2, e0, 0, BE, BV, HID, DV)
-        b_zq2 = (b_zq2 - mm(b_dmat * b_p, b_d2, DOT))
+        b_zq2 = b_zq2 - mm(b_dmat * b_p, b_d2, DOT)
         b_xq = ln_rows(b_zq2, mask, DV)[0]
         b_o = b_xq * gamma + beta
         b_o += b_x
@@ -672,7 +672,7 @@ def _mlp_backward_kernel(q_ptr, k_ptr, v_ptr, coef_ptr, ends_ptr, d_ptr, params_
             b_w1, b_z1, b_a1, b_u1 = _mlp_hidden(b_k, w1_ptr, e0, 1.0, BK, BE, DK, HID, DOT)
             b_w2 = load_tile(w2_ptr, e0, 0, BE, BV, HID, DV)
             b_d1 = mm(b_d2, tl.trans(b_w2), DOT) * _act_d1(b_z1)
-            b_zq1 = (b_a * mm(b_x, b_w1, DOT) - mm(b_m, b_d1, DOT))
+            b_zq1 = b_a * mm(b_x, b_w1, DOT) - mm(b_m, b_d1, DOT)
             b_zq1 += b_b * mm(b_x, load_tile(s1_ptr, 0, e0, BK, BE, DK, HID), DOT)
             b_h1 = tl.where((e0 + o_e < HID)[None, :], _act(b_zq1), 0.0)
             b_ua += mm(b_h1, b_w2, DOT)
