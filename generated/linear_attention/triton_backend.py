@@ -493,6 +493,7 @@ dual = dual_chunk.DualChunk(
     retention="none",
     momentum=False,
     coordinatewise=True,
+    layer_norm=False,
 )
 
 

@@ -590,12 +590,10 @@ def _lq_end_read_back(b_x, b_dz2, e1_ptr, dw1_ptr, r1, r2, BK: tl.constexpr, BV:
     b_dx = tl.zeros([BT, BK], dtype=tl.float32)
     x1 = 0.0
     for e0 in range(0, HID, BE):
-        b_w1 = load_tile(e1_ptr, 0, e0, BK, BE, DK, HID)
-        b_u1 = mm(b_x, b_w1, DOT)
+        b_w1, b_z1, b_h1, b_u1 = _mlp_hidden(b_x, e1_ptr, e0, r1, BK, BE, DK, HID, DOT)
         inside = (e0 + tl.arange(0, BE) < HID)[None, :]
-        b_h1 = tl.where(inside, _act(r1 * b_u1), 0.0)
         b_w2 = load_tile(e2_ptr, e0, 0, BE, BV, HID, DV)
-        b_dz1 = tl.where(inside, r2 * mm(b_dz2, tl.trans(b_w2), DOT) * _act_d1(r1 * b_u1), 0.0)
+        b_dz1 = tl.where(inside, r2 * mm(b_dz2, tl.trans(b_w2), DOT) * _act_d1(b_z1), 0.0)
         b_dx += r1 * mm(b_dz1, tl.trans(b_w1), DOT)
         x1 += tl.sum(tl.sum(b_dz1 * b_u1, axis=1), axis=0)
         b_dw1 = load_tile(dw1_ptr, 0, e0, BK, BE, DK, HID) + r1 * mm(tl.trans(b_x), b_dz1, DOT)

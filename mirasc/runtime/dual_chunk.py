@@ -102,14 +102,14 @@ def layer_norm_params(weight, bias, H: int, Dv: int, device) -> Tensor:
 class DualChunk:
     """The chunked dual-form kernels of one spec as a `torch.library` op pair with an autograd
     formula; the generated backend passes its three kernels (forward, the reverse state pass,
-    the chunks' adjoints), chunk, retention kind, whether it has momentum and whether the loss
-    is coordinate-wise (dl/dy_j depends on y_j and
-    v_j alone): then the two sequential kernels split the value columns across programs."""
+    the chunks' adjoints), chunk, retention kind, whether it has momentum, whether each value
+    column stands on its own (a coordinate-wise loss, no LayerNorm, clip or lq: then the two
+    sequential kernels split the value columns across programs) and whether it has a LayerNorm."""
 
     def __init__(self, namespace: str, kernels: tuple, *, chunk: int, retention: str,
-                 momentum: bool, coordinatewise: bool):  # fmt: skip
+                 momentum: bool, coordinatewise: bool, layer_norm: bool):  # fmt: skip
         self.forward_kernel, self.state_bwd_kernel, self.chunk_bwd_kernel = kernels
-        self.chunk, self.retention = chunk, retention
+        self.chunk, self.retention, self.layer_norm = chunk, retention, layer_norm
         self.momentum, self.n_states = momentum, 2 if momentum else 1
         self.coordinatewise = coordinatewise
         self.min_tokens = MIN_TOKENS  # benchmarks raise it to time the recurrent kernels alone
@@ -169,14 +169,18 @@ class DualChunk:
         dcoef, dends, dd = torch.zeros_like(coef), torch.zeros_like(ends), torch.empty_like(d)
         dparams, dhs = torch.empty_like(params), torch.empty_like(hs)
         dh0 = torch.empty((self.n_states, BH, Dk, Dv), **f32)
-        dln = torch.zeros((2, NT, BH, Dv), **f32)  # per chunk; untouched without a LayerNorm
+        dln = torch.zeros((2, NT, BH, Dv) if self.layer_norm else (1,), **f32)  # per chunk
         self._launch(self.state_bwd_kernel, (BH,),
                      (q, k, v, coef, ends, d, params, ln, hs, do, dfinal, dhs, dh0, scale, T, H,
                       TP, NT), q, v)  # fmt: skip
         self._launch(self.chunk_bwd_kernel, (NT, BH),
                      (q, k, v, coef, ends, d, params, ln, hs, dhs, do, dq, dk, dv, dcoef, dends,
                       dd, dparams, dln, scale, T, H, TP, NT), q, v)  # fmt: skip
-        dln = dln.sum(1).view(2, q.shape[0], H, Dv).sum(1)
+        dln = (
+            dln.sum(1).view(2, q.shape[0], H, Dv).sum(1)
+            if self.layer_norm
+            else torch.zeros_like(ln)
+        )
         return (dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), dcoef, dends, dd, dparams, dh0,
                 dln)  # fmt: skip
 
