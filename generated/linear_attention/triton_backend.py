@@ -407,6 +407,7 @@ def _dual_state_bwd_kernel(q_ptr, k_ptr, v_ptr, coef_ptr, ends_ptr, d_ptr, param
         at = (i_bh * NT + n).to(tl.int64) * size
         row = i_bh * TP + n * BT + o_t
         end = i_bh * NT + n
+        store_tile(dhs_ptr + at, b_dw, 0, v0, BK, BV, DK, DV)
         b_w = load_tile(hs_ptr + at, 0, v0, BK, BV, DK, DV)
         b_x, b_k, b_v, b_dmat, b_y, b_g, b_d, b_m, mask = _dual_chunk_pieces(
             q_ptr, k_ptr, v_ptr, d_ptr, params_ptr, ln_ptr, b_w, i_b, i_h, i_bh, n, v0, T, H,
@@ -414,7 +415,6 @@ def _dual_state_bwd_kernel(q_ptr, k_ptr, v_ptr, coef_ptr, ends_ptr, d_ptr, param
         b_do = load_rows(do_ptr, i_b, i_h, n * BT, v0, T, H, DV, BT, BV).to(tl.float32)
         b_a = tl.load(coef_ptr + row)
         b_dl = tl.load(coef_ptr + 2 * BH * TP + row)
-        store_tile(dhs_ptr + at, b_dw, 0, v0, BK, BV, DK, DV)
         b_dz = b_do
         b_kdw, b_dy, b_dmk, b_dv, b_dw0 = _dual_surprise_bwd(
             b_x, b_k, b_v, b_y, b_g, b_d, b_m, b_dmat, b_a, b_dl, mask, b_dw, b_dz, DOT, DV)
