@@ -33,6 +33,13 @@ def test_explain_shows_rule_and_code(capsys):
     assert "S_t = eta_t S_(t-1) - theta_t g_t" in out and "def bias_grad" in out
 
 
+def test_explain_states_memoras_mirror_step_on_every_token(capsys):
+    assert main(["explain", "specs/memora.miras"]) == 0
+    out = capsys.readouterr().out
+    assert "W_t = softmax_row(a_t log W_(t-1) - eta_t g_t) (the mirror step, on every token" in out
+    assert "first token" not in out
+
+
 def test_check_passes_on_a_shipped_spec(capsys):
     assert main(["check", "specs/gated_deltanet.miras", "-n", "3"]) == 0
     out = capsys.readouterr().out

@@ -97,7 +97,7 @@ def update_rule(spec) -> str:
         )
     else:
         rule = (
-            f"W_t = softmax({rate}_t log W_(t-1) - {lr}_t g_t) on a chunk's first token, "
-            f"W_t = {rate}_t W_(t-1) - {lr}_t g_t on the rest"
+            f"W_t = softmax_row({rate}_t log W_(t-1) - {lr}_t g_t)"
+            " (the mirror step, on every token; rows of each matrix on the simplex)"
         )
     return f"{g}\n{rule}\no_t = f(W_t; scale * q_t)  (read after write)"
