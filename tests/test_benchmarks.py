@@ -124,3 +124,22 @@ def test_mirasc_never_imports_titans_pytorch():
                 else []
             )
             assert not any(n.split(".")[0] == "titans_pytorch" for n in names), path
+
+
+def test_plot_recall_draws_the_recorded_table(monkeypatch, tmp_path, capsys):
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    plot_recall = importlib.import_module("plot_recall")
+    table = tmp_path / "table.md"
+    table.write_text(
+        "MQAR (toy)\n\n| model | L = 128 | L = 256 | s/run (by L) |\n| --- | --- | --- | --- |\n"
+        "| a | 96.9% (97.1%, 96.7%) | diverged at step 3, 40.0% | 1, 2 |\n"
+        "| b | 12.0% | not run | –, – |\n\nS-NIAH (toy)\n\n"
+        "| model | L = 128 | s/run (by L) |\n| --- | --- | --- |\n| a | 50.0% | 3 |\n"
+    )
+    (mqar, lengths, rows), (niah, _, niah_rows) = plot_recall.tables_of(table.read_text())
+    assert mqar == "MQAR (toy)" and niah == "S-NIAH (toy)" and lengths == [128, 256]
+    assert [r["accuracy"] for r in rows["a"][128]] == pytest.approx([0.971, 0.967])
+    assert [r["accuracy"] for r in rows["a"][256]] == [0.4]  # the diverged seed is not drawn
+    assert rows["b"][256] == [] and niah_rows["a"][128] == [{"accuracy": 0.5}]
+    assert plot_recall.main([str(table), "-o", str(tmp_path)]) == 0
+    assert (tmp_path / "mqar.png").stat().st_size > 0 and (tmp_path / "niah.png").exists()
