@@ -3,7 +3,7 @@
 For every shipped spec: tokens/s of forward+backward (all inputs require grad) for each of the
 torch backend's strategies (the recurrent per-chunk loop; the chunked dual form with its
 explicit backward pass, "chunked", and differentiated by autograd, "chunked_autograd"; the WY
-form where the spec allows it) and for the float64 reference oracle; the bytes each strategy's
+form where the spec allows it; MEMORA's chunked mirror steps, "kl") and for the float64 reference oracle; the bytes each strategy's
 forward pass keeps for its backward pass (distinct storages seen by
 `torch.autograd.graph.saved_tensors_hooks`); and the ratios of the default strategy against
 the reference and the recurrent loop, and of the explicit backward against autograd's.
@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT))
 
 from mirasc import testing  # noqa: E402
 
-STRATEGIES = ("recurrent", "chunked_autograd", "chunked", "wy")
+STRATEGIES = ("recurrent", "chunked_autograd", "chunked", "wy", "chunked_kl")
 
 
 def timed(fn, repeats: int) -> float:
@@ -115,7 +115,7 @@ def main(argv=None) -> int:
         "the backward pass\n"
     )
     header = f"{'spec':17s} {'chunk':>5s} " + " ".join(
-        f"{c:>9s}" for c in ("reference", "recurrent", "autograd", "chunked", "wy")
+        f"{c:>9s}" for c in ("reference", "recurrent", "autograd", "chunked", "wy", "kl")
     )
     header += f" {'default':>9s} {'def/ref':>8s} {'def/recur':>10s} {'chk/autog':>9s}"
     header += f" {'saved:ag':>9s} {'saved:chk':>9s}"

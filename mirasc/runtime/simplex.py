@@ -30,7 +30,10 @@ class _MirrorRead(torch.autograd.Function):
         keep, log_w, P, d, x, W = ctx.saved_tensors
         r = W @ gy.unsqueeze(-1)  # [.., c, in, 1]: row i's mean of gy under W_t, and dy/dx
         # through the read and the row softmax: dZ[i, j] = x_i W_ij (gy_j - r_i)
-        gZ = (gy.unsqueeze(-2) - r).mul_(W).mul_(x.unsqueeze(-1))
+        # in W's (contiguous) layout: a broadcast result may come out permuted, and every
+        # flatten below would then copy the [c, in, out] tensor
+        gZ = torch.sub(gy.unsqueeze(-2), r, out=torch.empty_like(W))
+        gZ.mul_(W).mul_(x.unsqueeze(-1))
         w = W[..., -1, :, :]  # the last state is an output too
         gZ[..., -1, :, :] += w * (g_last - (g_last * w).sum(-1, keepdim=True))
         flat = gZ.flatten(-2)  # [.., c, in * out]
