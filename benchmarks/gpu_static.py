@@ -233,6 +233,22 @@ def mlp_measure(spec: str, name: str, D: int, dtype: str = "bf16") -> Figures:
     return chunked_figures(spec, f"mlp:{name}", D, kernel, meta, mlp.launch_options(D, D), dtype)
 
 
+def kl_measure(spec: str, name: str, D: int, dtype: str = "bf16") -> Figures:
+    """The chunked forward kernel of an MLP memory under kl retention at head size D, as a
+    long call without gradients launches it."""
+    backend = importlib.import_module(f"generated.{spec}.triton_backend")
+    tl = importlib.import_module("triton.language")
+    kl = backend.kl
+    meta = kl.meta(D, D, tl.float32 if dtype == "fp32" else tl.bfloat16)
+    kernel = backend._kl_forward_kernel
+    return chunked_figures(spec, f"kl:{name}", D, kernel, meta, kl.launch_options(D, D), dtype)
+
+
+def has_kl(spec: str) -> bool:
+    """The spec's Triton backend has the chunked forward kernel of a kl memory."""
+    return hasattr(importlib.import_module(f"generated.{spec}.triton_backend"), "kl")
+
+
 def has_mlp(spec: str) -> bool:
     """The spec's Triton backend has the chunked dual-form kernels of an MLP memory."""
     return hasattr(importlib.import_module(f"generated.{spec}.triton_backend"), "mlp")
@@ -263,18 +279,23 @@ def jobs(specs: list[str], sizes: list[int] | None, kernels: str) -> list[tuple[
             names += ["dual:forward", "dual:state_bwd", "dual:chunk_bwd"]
         if kernels != "fused" and has_mlp(spec):
             names += ["mlp:forward", "mlp:backward"]
+        if kernels != "fused" and has_kl(spec):
+            names += ["kl:forward"]
         work += [(spec, name, D) for D in (sizes or WIDE.get(spec, (64,))) for name in names]
     return work
 
 
 def compile_job(spec: str, kernel: str, D: int) -> Figures:
-    """One row: a fused kernel, a chunked WY kernel (`wy:<name>`) or dual-form one."""
+    """One row: a fused kernel, a chunked WY kernel (`wy:<name>`), a dual-form one (`dual:`,
+    `mlp:`) or a kl memory's chunked forward kernel (`kl:`)."""
     if kernel.startswith("wy:"):
         return wy_measure(spec, kernel[3:], D)
     if kernel.startswith("dual:"):
         return dual_measure(spec, kernel[5:], D)
     if kernel.startswith("mlp:"):
         return mlp_measure(spec, kernel[4:], D)
+    if kernel.startswith("kl:"):
+        return kl_measure(spec, kernel[3:], D)
     return measure(spec, kernel, D)
 
 

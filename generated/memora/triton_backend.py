@@ -13,6 +13,13 @@ pieces of the derivation: the loss's vector-Jacobian product, act'', LayerNorm's
 Activation memory: (ceil((T + offset) / 16) + 16 + 1) * |state| floats per (batch, head),
 |state| = Dk * 4*Dk + 4*Dk * Dv; not O(T * |state|).
 Inputs may be fp32, bf16 or fp16; everything is computed in fp32; fp64 is refused.
+
+Calls of at least 64 tokens that start on a chunk boundary and need no gradient (inference,
+evaluation, prefill) run instead on the chunked forward kernel below (mirasc.runtime.kl_chunk,
+the torch backend's `chunked_kl`): per chunk of 16 tokens the surprise at the anchor is a
+tensor-core pass, and each token's own state, a row softmax of the anchor's logits plus
+tensor-core products of the chunk's rank-one factors, is formed a tile of hidden units at a
+time in global memory. Calls that need a gradient keep the fused recurrent kernels.
 """
 
 import torch
@@ -20,7 +27,9 @@ import triton
 import triton.language as tl
 
 from mirasc import runtime
-from mirasc.runtime.triton_lib import ln_bwd, ln_bwd_bwd, ln_fwd, ln_fwd_bwd, matvec, outer, softmax_rows, vecmat
+from mirasc.runtime import kl_chunk
+from mirasc.runtime.triton_lib import ln_back_rows, ln_bwd, ln_bwd_bwd, ln_fwd, ln_fwd_bwd, ln_rows, matvec, outer, softmax_rows, vecmat
+from mirasc.runtime.wy_kernels import load_rows, mm, store_rows, store_tile, tile_ptrs
 
 CHUNK = 16
 SEGMENT = 16  # tokens between saved states: a multiple of CHUNK
@@ -432,6 +441,144 @@ def _backward_kernel(
     tl.store(dln_ptr + (i_bh * 2 + 1) * DV + rv, beta_acc, mask=mv)
 
 
+@triton.jit
+def _bias_grad_rows(y, v, mask):
+    """dl/dy for every token of a chunk (tiles [C, Dv], gates [C, 1]), zero outside `mask`."""
+    _dphi0 = -2.0*v + 2.0*y
+    _dphi0 = tl.where(mask, _dphi0, 0.0)
+    _g0 = 0.5
+    return _g0 * _dphi0 + y * 0.0
+
+
+@triton.jit
+def _kl_weights(w_ptr, r0, c0, BR: tl.constexpr, BC: tl.constexpr, NR, NC):
+    """A [BR, BC] tile of a weight matrix on the simplex (each of its NR rows sums to one over
+    NC columns): the weights the memory reads (centred: NC W - 1), zero outside the matrix, and log W,
+    -1e30 outside it (no row softmax counts those entries)."""
+    p, mask = tile_ptrs(w_ptr, r0, c0, BR, BC, NR, NC)
+    b_w = tl.load(p, mask=mask, other=1.0)
+    b_r = tl.where(mask, NC * b_w - 1.0, 0.0)
+    return b_r, tl.where(mask, tl.log(b_w), -1.0e30)
+
+
+@triton.jit
+def _kl_layer1(b_k, b_d2, w1_ptr, w2_ptr, e0, BK: tl.constexpr, BV: tl.constexpr,
+               BE: tl.constexpr, DK: tl.constexpr, DV: tl.constexpr, HID: tl.constexpr,
+               DOT: tl.constexpr):
+    """Hidden columns e0..e0+BE at the anchor: log W1's tile, the surprise's hidden activations
+    A1 = act(K R1) and its layer-1 factors G1 = out_1 (D2 R2^T) act'(K R1) (zero past HID),
+    and log W2's tile of rows."""
+    b_r1, b_l1 = _kl_weights(w1_ptr, 0, e0, BK, BE, DK, HID)
+    b_r2, b_l2 = _kl_weights(w2_ptr, e0, 0, BE, BV, HID, DV)
+    b_z1 = mm(b_k, b_r1, DOT)
+    inside = (e0 + tl.arange(0, BE) < HID)[None, :]
+    b_a1 = tl.where(inside, _act(b_z1), 0.0)
+    b_g1 = tl.where(inside, HID * mm(b_d2, tl.trans(b_r2), DOT) * _act_d1(b_z1), 0.0)
+    return b_l1, b_a1, b_g1, b_l2
+
+
+@triton.jit
+def _kl_forward_kernel(q_ptr, k_ptr, v_ptr, coef_ptr, d_ptr, params_ptr, st_ptr, ln_ptr, o_ptr,
+                       scale, T, H, TP, NT, DK: tl.constexpr, DV: tl.constexpr,
+                       HID: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, BE: tl.constexpr,
+                       BT: tl.constexpr, DOT: tl.constexpr):
+    """One program per (batch, head), its chunks in order; the state (st_ptr, updated in place)
+    stays in global memory and passes through the chip a tile of BE hidden units at a time.
+    Per chunk, with every gradient at the chunk's start state W (read as R = out W - 1):
+      surprise: Z1 = K R1, A1 = act(Z1), Y = K + LN(A1 R2), G = dl/dy(Y, V),
+                D2 = LN's backward of G, G1 = HID * (D2 R2^T) * act'(Z1), G2 = DV * D2
+      token t:  W1_t = softmax_rows(A_t log W1 - K^T diag(D[t]) G1), the same for W2 with A1,
+                O_t = x_t + LN(f(W_t; x_t)) (read after write)
+    Three passes over the hidden tiles: Y needs all of them before D2 exists, and each row of
+    W1_t is normalised over all hidden units (the first token loop gathers its log-sum-exp).
+    The state at the chunk's last token is its end state (padding past T repeats the last real
+    token's, as its gates are no-ops)."""
+    i_bh = tl.program_id(0)
+    i_b, i_h = i_bh // H, i_bh % H
+    BH = tl.num_programs(0)
+    w1_ptr = st_ptr + i_bh.to(tl.int64) * (DK * HID + HID * DV)
+    w2_ptr = w1_ptr + DK * HID
+    o_t = tl.arange(0, BT)
+    o_v = tl.arange(0, BV)
+    gamma = tl.load(ln_ptr + i_h * DV + o_v, mask=o_v < DV, other=0.0)[None, :]
+    beta = tl.load(ln_ptr + (H + i_h) * DV + o_v, mask=o_v < DV, other=0.0)[None, :]
+    for n in range(NT):
+        tl.debug_barrier()  # the state the chunk before wrote, by other threads
+        t0 = n * BT
+        mask = (t0 + o_t < T)[:, None] & (o_v < DV)[None, :]
+        b_x = load_rows(q_ptr, i_b, i_h, t0, 0, T, H, DK, BT, BK).to(tl.float32) * scale
+        b_k = load_rows(k_ptr, i_b, i_h, t0, 0, T, H, DK, BT, BK).to(tl.float32)
+        b_v = load_rows(v_ptr, i_b, i_h, t0, 0, T, H, DV, BT, BV).to(tl.float32)
+        row = i_bh * TP + t0 + o_t
+        b_dmat = tl.load(d_ptr + row.to(tl.int64)[:, None] * BT + o_t[None, :])
+        b_a = tl.load(coef_ptr + row)
+        # the surprise at the anchor
+        b_u2 = tl.zeros([BT, BV], dtype=tl.float32)
+        for e0 in range(0, HID, BE):
+            b_r1 = _kl_weights(w1_ptr, 0, e0, BK, BE, DK, HID)[0]
+            b_a1 = tl.where((e0 + tl.arange(0, BE) < HID)[None, :], _act(mm(b_k, b_r1, DOT)), 0.0)
+            b_u2 += mm(b_a1, _kl_weights(w2_ptr, e0, 0, BE, BV, HID, DV)[0], DOT)
+        b_xh, b_rstd = ln_rows(b_u2, mask, DV)
+        b_y = b_xh * gamma + beta
+        b_y += b_k
+        b_g = _bias_grad_rows(b_y, b_v, mask)
+        b_d2 = ln_back_rows(b_g * gamma, b_xh, b_rstd, mask, DV)
+        b_g2 = DV * b_d2
+        # each token's log-sum-exp of every row of W1_t, over all hidden tiles (online)
+        b_m = tl.full([BT, BK], -1.0e30, dtype=tl.float32)
+        b_s = tl.zeros([BT, BK], dtype=tl.float32)
+        for e0 in range(0, HID, BE):
+            b_l1, b_a1, b_g1, b_l2 = _kl_layer1(b_k, b_d2, w1_ptr, w2_ptr, e0, BK, BV, BE, DK,
+                                                DV, HID, DOT)
+            for t in range(BT):
+                at = (o_t == t)[:, None]
+                a_t = tl.sum(tl.where(o_t == t, b_a, 0.0), axis=0)
+                d_t = tl.sum(tl.where(at, b_dmat, 0.0), axis=0)
+                b_z = a_t * b_l1 - mm(tl.trans(b_k * d_t[:, None]), b_g1, DOT)
+                m_old = tl.sum(tl.where(at, b_m, 0.0), axis=0)
+                m_new = tl.maximum(m_old, tl.max(b_z, axis=1))
+                s_new = (tl.sum(tl.where(at, b_s, 0.0), axis=0) * tl.exp(m_old - m_new)
+                         + tl.sum(tl.exp(b_z - m_new[:, None]), axis=1))
+                b_m = tl.where(at, m_new[None, :], b_m)
+                b_s = tl.where(at, s_new[None, :], b_s)
+        b_lse = b_m + tl.log(b_s)
+        # the reads through every token's own state; the chunk's last token's is the end state
+        b_zq2 = tl.zeros([BT, BV], dtype=tl.float32)
+        for e0 in range(0, HID, BE):
+            inside = (e0 + tl.arange(0, BE) < HID)[None, :]
+            b_l1, b_a1, b_g1, b_l2 = _kl_layer1(b_k, b_d2, w1_ptr, w2_ptr, e0, BK, BV, BE, DK,
+                                                DV, HID, DOT)
+            b_zq1 = tl.zeros([BT, BE], dtype=tl.float32)
+            b_p1 = tl.zeros([BK, BE], dtype=tl.float32)
+            for t in range(BT):
+                at = (o_t == t)[:, None]
+                a_t = tl.sum(tl.where(o_t == t, b_a, 0.0), axis=0)
+                d_t = tl.sum(tl.where(at, b_dmat, 0.0), axis=0)
+                x_t = tl.sum(tl.where(at, b_x, 0.0), axis=0)
+                lse_t = tl.sum(tl.where(at, b_lse, 0.0), axis=0)
+                b_z = a_t * b_l1 - mm(tl.trans(b_k * d_t[:, None]), b_g1, DOT)
+                b_p1 = tl.exp(b_z - lse_t[:, None])
+                zq_t = HID * tl.sum(x_t[:, None] * b_p1, axis=0) - tl.sum(x_t, axis=0)
+                b_zq1 = tl.where(at, zq_t[None, :], b_zq1)
+            store_tile(w1_ptr, b_p1, 0, e0, BK, BE, DK, HID)
+            b_h1 = tl.where(inside, _act(b_zq1), 0.0)
+            b_p2 = tl.zeros([BE, BV], dtype=tl.float32)
+            for t in range(BT):
+                at = (o_t == t)[:, None]
+                a_t = tl.sum(tl.where(o_t == t, b_a, 0.0), axis=0)
+                d_t = tl.sum(tl.where(at, b_dmat, 0.0), axis=0)
+                h_t = tl.sum(tl.where(at, b_h1, 0.0), axis=0)
+                b_z = a_t * b_l2 - mm(tl.trans(b_a1 * d_t[:, None]), b_g2, DOT)
+                b_e = tl.exp(b_z - tl.max(b_z, axis=1)[:, None])
+                b_p2 = b_e / tl.sum(b_e, axis=1)[:, None]
+                zq_t = DV * tl.sum(h_t[:, None] * b_p2, axis=0) - tl.sum(h_t, axis=0)
+                b_zq2 += tl.where(at & (o_v < DV)[None, :], zq_t[None, :], 0.0)
+            store_tile(w2_ptr, b_p2, e0, 0, BE, BV, HID, DV)
+        b_o = ln_rows(b_zq2, mask, DV)[0] * gamma + beta
+        b_o += b_x
+        store_rows(o_ptr, b_o, i_b, i_h, t0, 0, T, H, DV, BT, BV)
+
+
 # ---- the host side: the spec's sizes; the rest is runtime.FusedRecurrent --------------------------
 def _shapes(Dk, Dv):
     return [(Dk, 4 * Dk), (4 * Dk, Dv)]
@@ -452,8 +599,25 @@ fused = runtime.FusedRecurrent(
 unsupported = fused.unsupported
 
 
+kl = kl_chunk.KlChunk(
+    "mirasc_memora_95178b29b06a",
+    _kl_forward_kernel,
+    shapes=_shapes,
+    chunk=CHUNK,
+    required_state='memora needs initial_state (an MLP memory)',
+)
+
+
 def forward(q, k, v, gates, **options):
-    """The torch backend's `forward` contract on the fused kernels (see `unsupported`);
-    `options` are the op's keyword arguments (scale, initial_state, output_final_state,
-    ln_weight, ln_bias, anchor_state, chunk_offset)."""
-    return fused.forward(q, k, v, [runtime.gate(gates["eta"], "eta", q), runtime.gate(gates["a"], "a", q)], **options)
+    """The torch backend's `forward` contract: calls the chunked kl kernel takes
+    (`kl.unsupported`: at least 64 tokens, starting on a chunk boundary, no gradient needed)
+    run on it, the others on the fused recurrent kernels (see `unsupported`); `options` are
+    the op's keyword arguments (scale, initial_state, output_final_state, ln_weight, ln_bias,
+    anchor_state, chunk_offset)."""
+    rows = [runtime.gate(gates["eta"], "eta", q), runtime.gate(gates["a"], "a", q)]
+    state = options.get("initial_state") or ()
+    others = (k, *rows, *state, options.get("ln_weight"), options.get("ln_bias"))
+    if kl.unsupported(q, v, options.get("chunk_offset", 0), others) is None:
+        params = []
+        return kl.forward(q, k, v, rows[0], rows[1], params, **options)
+    return fused.forward(q, k, v, rows, **options)

@@ -87,6 +87,7 @@ class TritonContext:
     wy_scale: Code  # c in dl/dy = c (y - v), for those kernels
     dual: bool  # the plan's chunked dual-form kernels for training-length calls
     mlp: bool  # the plan's chunked dual-form kernels of a two-layer MLP memory
+    kl_chunk: bool  # the plan's chunked forward kernel of a two-layer MLP under kl retention
     coordinatewise: bool  # each value column on its own: no loss sum, LayerNorm, clip or lq
     loss_grad_rows_lines: list  # the loss pieces for a chunk's tiles, for those kernels
     loss_vjp_rows_lines: list
@@ -219,6 +220,7 @@ def triton_context(spec: Spec, derived: Derived, plan: Plan, source_text: str) -
         wy_scale=Code(repr(plan.wy_scale or 0.0)),
         dual=plan.triton_chunked == "dual",
         mlp=plan.triton_chunked == "mlp",
+        kl_chunk=plan.triton_chunked == "kl",
         coordinatewise=not (
             plan.sums
             or spec.architecture.norm

@@ -22,7 +22,8 @@ class Plan:
     sums: tuple  # indices of the loss's sums S_i that dl/dy needs
     segment: int  # Triton: tokens between the states the forward pass saves (chunk multiple)
     # Triton's chunked kernels for training-length calls: "wy", "dual" (a linear memory),
-    # "mlp" (a two-layer MLP memory) or ""
+    # "mlp" (a two-layer MLP memory), "kl" (a two-layer MLP memory under kl retention: a
+    # forward kernel only, for calls that need no gradient) or ""
     triton_chunked: str
     triton_chunked_why: str  # why training-length calls take no chunked Triton kernels, or ""
 
@@ -54,9 +55,11 @@ def dual_chunk_refusal(spec: Spec) -> str:
     memory or a two-layer MLP) do not take the spec; "" if they do. What they lack runs on the
     recurrent kernels."""
     a, ret = spec.architecture, spec.retention
+    kl = ret.kind == "kl"
     lacks = [
         (a.depth > 2, "MLP memories deeper than two layers"),
-        (ret.kind not in ("none", "decay", "l2", "lq"), f"{ret.kind} retention"),
+        (kl and a.depth == 1, "kl retention on a linear memory"),
+        (kl and spec.clip is not None, "clip with kl retention"),
     ]
     missing = [what for cond, what in lacks if cond]
     if missing:
@@ -93,6 +96,8 @@ def make_plan(spec: Spec, derived: Derived) -> Plan:
     why = "" if c is not None else dual_chunk_refusal(spec)
     if c is not None or why:
         chunked = "wy" if c is not None else ""
+    elif spec.retention.kind == "kl":
+        chunked = "kl"
     elif spec.depth == 1:
         chunked = "dual"
     else:
