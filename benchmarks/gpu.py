@@ -7,8 +7,8 @@
    tests/test_triton_backend.py on CUDA (the interpreter's property tests, unchanged).
 2. Speed: forward and forward+backward of the triton and torch backends for every shipped spec
    (for specs with chunked kernels, "triton" is those at these lengths, the WY form for deltanet
-   and gated_deltanet, the dual form for linear_attention, titans, ttt_mlp and yaad, and
-   "triton recurrent" their fused recurrent kernels)
+   and gated_deltanet, the dual form for linear_attention, titans, ttt_mlp, yaad and moneta,
+   the kl kernels for memora, and "triton recurrent" their fused recurrent kernels)
    at B=8, T=4096, H=16, D=64 and D=128, bf16 inputs: ms, tokens/s, achieved GB/s (the bytes of
    the inputs, outputs and gradients: the least any implementation must move) and each row's
    speed-up over the torch backend (its fwd+bwd time / the row's), measured in the same run. Where flash-linear-attention is importable, its
@@ -169,14 +169,14 @@ def fla_rows(spec_module, q, k, v, gates, device):
 
 def recurrent_only(module, gates: dict, initial):
     """The op on its fused recurrent kernels at any length, for a spec whose Triton backend
-    sends training-length calls to chunked kernels (WY or dual form, linear or MLP memory):
+    sends training-length calls to chunked kernels (WY, dual form or kl):
     the chunked-against-recurrent comparison, measured in the same run; None for a spec
     without chunked kernels."""
     backend = module.triton_backend
     if hasattr(backend, "WY_MIN_TOKENS"):
         holder, name = backend, "WY_MIN_TOKENS"
-    elif hasattr(backend, "dual") or hasattr(backend, "mlp"):
-        holder = backend.dual if hasattr(backend, "dual") else backend.mlp
+    elif any(hasattr(backend, kind) for kind in ("dual", "mlp", "kl")):
+        holder = next(getattr(backend, k) for k in ("dual", "mlp", "kl") if hasattr(backend, k))
         name = "min_tokens"
     else:
         return None

@@ -234,18 +234,20 @@ def mlp_measure(spec: str, name: str, D: int, dtype: str = "bf16") -> Figures:
 
 
 def kl_measure(spec: str, name: str, D: int, dtype: str = "bf16") -> Figures:
-    """The chunked forward kernel of an MLP memory under kl retention at head size D, as a
-    long call without gradients launches it."""
+    """A chunked kernel of an MLP memory under kl retention (`name`: forward, backward) at
+    head size D, as a training-length call launches it."""
     backend = importlib.import_module(f"generated.{spec}.triton_backend")
     tl = importlib.import_module("triton.language")
     kl = backend.kl
-    meta = kl.meta(D, D, tl.float32 if dtype == "fp32" else tl.bfloat16)
-    kernel = backend._kl_forward_kernel
+    meta = kl.meta(D, D, tl.float32 if dtype == "fp32" else tl.bfloat16, name == "backward")
+    if name == "forward":
+        meta["SAVE"] = True
+    kernel = getattr(backend, f"_kl_{name}_kernel")
     return chunked_figures(spec, f"kl:{name}", D, kernel, meta, kl.launch_options(D, D), dtype)
 
 
 def has_kl(spec: str) -> bool:
-    """The spec's Triton backend has the chunked forward kernel of a kl memory."""
+    """The spec's Triton backend has the chunked kernels of a kl memory."""
     return hasattr(importlib.import_module(f"generated.{spec}.triton_backend"), "kl")
 
 
@@ -280,14 +282,14 @@ def jobs(specs: list[str], sizes: list[int] | None, kernels: str) -> list[tuple[
         if kernels != "fused" and has_mlp(spec):
             names += ["mlp:forward", "mlp:backward"]
         if kernels != "fused" and has_kl(spec):
-            names += ["kl:forward"]
+            names += ["kl:forward", "kl:backward"]
         work += [(spec, name, D) for D in (sizes or WIDE.get(spec, (64,))) for name in names]
     return work
 
 
 def compile_job(spec: str, kernel: str, D: int) -> Figures:
     """One row: a fused kernel, a chunked WY kernel (`wy:<name>`), a dual-form one (`dual:`,
-    `mlp:`) or a kl memory's chunked forward kernel (`kl:`)."""
+    `mlp:`) or a kl memory's chunked one (`kl:`)."""
     if kernel.startswith("wy:"):
         return wy_measure(spec, kernel[3:], D)
     if kernel.startswith("dual:"):

@@ -14,12 +14,13 @@ Activation memory: (ceil((T + offset) / 16) + 16 + 1) * |state| floats per (batc
 |state| = Dk * 4*Dk + 4*Dk * Dv; not O(T * |state|).
 Inputs may be fp32, bf16 or fp16; everything is computed in fp32; fp64 is refused.
 
-Calls of at least 64 tokens that start on a chunk boundary and need no gradient (inference,
-evaluation, prefill) run instead on the chunked forward kernel below (mirasc.runtime.kl_chunk,
-the torch backend's `chunked_kl`): per chunk of 16 tokens the surprise at the anchor is a
-tensor-core pass, and each token's own state, a row softmax of the anchor's logits plus
-tensor-core products of the chunk's rank-one factors, is formed a tile of hidden units at a
-time in global memory. Calls that need a gradient keep the fused recurrent kernels.
+Calls of at least 64 tokens that start on a chunk boundary (training, prefill) run instead on
+the chunked kl kernels below (mirasc.runtime.kl_chunk, the torch backend's `chunked_kl`): per
+chunk of 16 tokens the surprise at the anchor is a tensor-core pass, each token's own state, a
+row softmax of the anchor's logits plus tensor-core products of the chunk's rank-one factors,
+is formed a tile of hidden units at a time in global memory, and only the state at each
+chunk's start is saved. Shorter calls (decoding) and calls continuing a chunk keep the fused
+recurrent kernels.
 """
 
 import torch
@@ -28,8 +29,8 @@ import triton.language as tl
 
 from mirasc import runtime
 from mirasc.runtime import kl_chunk
-from mirasc.runtime.triton_lib import ln_back_rows, ln_bwd, ln_bwd_bwd, ln_fwd, ln_fwd_bwd, ln_rows, matvec, outer, softmax_rows, vecmat
-from mirasc.runtime.wy_kernels import load_rows, mm, store_rows, store_tile, tile_ptrs
+from mirasc.runtime.triton_lib import ln_back_rows, ln_back_rows_vjp, ln_bwd, ln_bwd_bwd, ln_fwd, ln_fwd_bwd, ln_fwd_back_rows, ln_rows, matvec, outer, softmax_rows, vecmat
+from mirasc.runtime.wy_kernels import load_rows, load_tile, mm, store_rows, store_tile, tile_ptrs
 
 CHUNK = 16
 SEGMENT = 16  # tokens between saved states: a multiple of CHUNK
@@ -451,6 +452,23 @@ def _bias_grad_rows(y, v, mask):
 
 
 @triton.jit
+def _bias_vjp_rows(y, v, mask, dyb):
+    """_bias_vjp for every token of a chunk: the adjoints of y, v given that of dl/dy."""
+    _S_zero = tl.sum(y * 0.0, axis=1, keep_dims=True)
+    _dphi0 = -2.0*v + 2.0*y
+    _d2phi0 = 2.0
+    _dphiv0 = -2.0
+    _dphi0 = tl.where(mask, _dphi0, 0.0)
+    _d2phi0 = tl.where(mask, _d2phi0, 0.0)
+    _dphiv0 = tl.where(mask, _dphiv0, 0.0)
+    _g0 = 0.5
+    _P0 = tl.sum(dyb * _dphi0, axis=1, keep_dims=True)
+    yb = tl.where(mask, dyb * (_g0 * _d2phi0), 0.0)
+    vb = tl.where(mask, dyb * (_g0 * _dphiv0), 0.0)
+    return yb, vb
+
+
+@triton.jit
 def _kl_weights(w_ptr, r0, c0, BR: tl.constexpr, BC: tl.constexpr, NR, NC):
     """A [BR, BC] tile of a weight matrix on the simplex (each of its NR rows sums to one over
     NC columns): the weights the memory reads (centred: NC W - 1), zero outside the matrix, and log W,
@@ -478,10 +496,113 @@ def _kl_layer1(b_k, b_d2, w1_ptr, w2_ptr, e0, BK: tl.constexpr, BV: tl.constexpr
 
 
 @triton.jit
+def _kl_surprise_out(b_k, w1_ptr, w2_ptr, BK: tl.constexpr, BV: tl.constexpr, BE: tl.constexpr,
+                     DK: tl.constexpr, DV: tl.constexpr, HID: tl.constexpr, DOT: tl.constexpr):
+    """act(K R1) R2 at the anchor, a hidden tile at a time: the surprise's second layer's
+    pre-activation."""
+    b_u2 = tl.zeros([b_k.shape[0], BV], dtype=tl.float32)
+    for e0 in range(0, HID, BE):
+        b_r1 = _kl_weights(w1_ptr, 0, e0, BK, BE, DK, HID)[0]
+        b_a1 = tl.where((e0 + tl.arange(0, BE) < HID)[None, :], _act(mm(b_k, b_r1, DOT)), 0.0)
+        b_u2 += mm(b_a1, _kl_weights(w2_ptr, e0, 0, BE, BV, HID, DV)[0], DOT)
+    return b_u2
+
+
+@triton.jit
+def _kl_logits1(b_l1, b_k, b_g1, a_t, d_t, DOT: tl.constexpr):
+    """Token t's logits of W1 over a hidden tile: A_t log W1 - K^T diag(D[t]) G1."""
+    return a_t * b_l1 - mm(tl.trans(b_k * d_t[:, None]), b_g1, DOT)
+
+
+@triton.jit
+def _kl_row(b, at):
+    """Row t of a [BT, N] tile (`at`: the [BT, 1] mask of row t), as a vector."""
+    return tl.sum(tl.where(at, b, 0.0), axis=0)
+
+
+@triton.jit
+def _kl_lse1(b_k, b_d2, b_a, b_dmat, w1_ptr, w2_ptr, BK: tl.constexpr, BV: tl.constexpr,
+             BE: tl.constexpr, BT: tl.constexpr, DK: tl.constexpr, DV: tl.constexpr,
+             HID: tl.constexpr, DOT: tl.constexpr):
+    """[BT, BK]: each token's log-sum-exp of every row of its W1_t's logits, over all hidden
+    tiles (online: a running maximum and sum per row)."""
+    o_t = tl.arange(0, BT)
+    b_m = tl.full([BT, BK], -1.0e30, dtype=tl.float32)
+    b_s = tl.zeros([BT, BK], dtype=tl.float32)
+    for e0 in range(0, HID, BE):
+        b_l1, b_a1, b_g1, b_l2 = _kl_layer1(b_k, b_d2, w1_ptr, w2_ptr, e0, BK, BV, BE, DK, DV,
+                                            HID, DOT)
+        for t in range(BT):
+            at = (o_t == t)[:, None]
+            b_z = _kl_logits1(b_l1, b_k, b_g1, tl.sum(tl.where(o_t == t, b_a, 0.0), axis=0),
+                              _kl_row(b_dmat, at), DOT)
+            m_old = _kl_row(b_m, at)
+            m_new = tl.maximum(m_old, tl.max(b_z, axis=1))
+            s_new = (_kl_row(b_s, at) * tl.exp(m_old - m_new)
+                     + tl.sum(tl.exp(b_z - m_new[:, None]), axis=1))
+            b_m = tl.where(at, m_new[None, :], b_m)
+            b_s = tl.where(at, s_new[None, :], b_s)
+    return b_m + tl.log(b_s)
+
+
+@triton.jit
+def _kl_probs2(b_l2, b_a1, b_g2, a_t, d_t, DOT: tl.constexpr):
+    """Token t's W2_t over a tile of rows (each row whole within it): the row softmax of
+    A_t log W2 - A1^T diag(D[t]) G2."""
+    b_z = a_t * b_l2 - mm(tl.trans(b_a1 * d_t[:, None]), b_g2, DOT)
+    b_e = tl.exp(b_z - tl.max(b_z, axis=1)[:, None])
+    return b_e / tl.sum(b_e, axis=1)[:, None]
+
+
+@triton.jit
+def _kl_reads(b_x, b_k, b_d2, b_g2, b_a, b_dmat, b_lse, w1_ptr, w2_ptr, out_ptr,
+              BK: tl.constexpr, BV: tl.constexpr, BE: tl.constexpr, BT: tl.constexpr,
+              DK: tl.constexpr, DV: tl.constexpr, HID: tl.constexpr, DOT: tl.constexpr,
+              END: tl.constexpr):
+    """Every token's read through its own state, a hidden tile at a time: the second layer's
+    pre-activation Zq2 [BT, BV] (zero past DV). With END the chunk's last state (its end
+    state) goes to out_ptr as the state's layout; without, the first layer's pre-activations
+    Zq1 go to out_ptr [BT, HID] (the backward pass reads them)."""
+    o_t = tl.arange(0, BT)
+    o_v = tl.arange(0, BV)
+    b_zq2 = tl.zeros([BT, BV], dtype=tl.float32)
+    for e0 in range(0, HID, BE):
+        inside = (e0 + tl.arange(0, BE) < HID)[None, :]
+        b_l1, b_a1, b_g1, b_l2 = _kl_layer1(b_k, b_d2, w1_ptr, w2_ptr, e0, BK, BV, BE, DK, DV,
+                                            HID, DOT)
+        b_zq1 = tl.zeros([BT, BE], dtype=tl.float32)
+        b_p1 = tl.zeros([BK, BE], dtype=tl.float32)
+        for t in range(BT):
+            at = (o_t == t)[:, None]
+            a_t = tl.sum(tl.where(o_t == t, b_a, 0.0), axis=0)
+            x_t = _kl_row(b_x, at)
+            b_z = _kl_logits1(b_l1, b_k, b_g1, a_t, _kl_row(b_dmat, at), DOT)
+            b_p1 = tl.exp(b_z - _kl_row(b_lse, at)[:, None])
+            zq_t = HID * tl.sum(x_t[:, None] * b_p1, axis=0) - tl.sum(x_t, axis=0)
+            b_zq1 = tl.where(at, zq_t[None, :], b_zq1)
+        if END:
+            store_tile(out_ptr, b_p1, 0, e0, BK, BE, DK, HID)
+        else:
+            store_tile(out_ptr, b_zq1, 0, e0, BT, BE, BT, HID)
+        b_h1 = tl.where(inside, _act(b_zq1), 0.0)
+        b_p2 = tl.zeros([BE, BV], dtype=tl.float32)
+        for t in range(BT):
+            at = (o_t == t)[:, None]
+            h_t = _kl_row(b_h1, at)
+            b_p2 = _kl_probs2(b_l2, b_a1, b_g2, tl.sum(tl.where(o_t == t, b_a, 0.0), axis=0),
+                              _kl_row(b_dmat, at), DOT)
+            zq_t = DV * tl.sum(h_t[:, None] * b_p2, axis=0) - tl.sum(h_t, axis=0)
+            b_zq2 += tl.where(at & (o_v < DV)[None, :], zq_t[None, :], 0.0)
+        if END:
+            store_tile(out_ptr + DK * HID, b_p2, e0, 0, BE, BV, HID, DV)
+    return b_zq2
+
+
+@triton.jit
 def _kl_forward_kernel(q_ptr, k_ptr, v_ptr, coef_ptr, d_ptr, params_ptr, st_ptr, ln_ptr, o_ptr,
-                       scale, T, H, TP, NT, DK: tl.constexpr, DV: tl.constexpr,
+                       hs_ptr, scale, T, H, TP, NT, DK: tl.constexpr, DV: tl.constexpr,
                        HID: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, BE: tl.constexpr,
-                       BT: tl.constexpr, DOT: tl.constexpr):
+                       BT: tl.constexpr, DOT: tl.constexpr, SAVE: tl.constexpr):
     """One program per (batch, head), its chunks in order; the state (st_ptr, updated in place)
     stays in global memory and passes through the chip a tile of BE hidden units at a time.
     Per chunk, with every gradient at the chunk's start state W (read as R = out W - 1):
@@ -492,7 +613,8 @@ def _kl_forward_kernel(q_ptr, k_ptr, v_ptr, coef_ptr, d_ptr, params_ptr, st_ptr,
     Three passes over the hidden tiles: Y needs all of them before D2 exists, and each row of
     W1_t is normalised over all hidden units (the first token loop gathers its log-sum-exp).
     The state at the chunk's last token is its end state (padding past T repeats the last real
-    token's, as its gates are no-ops)."""
+    token's, as its gates are no-ops). With SAVE, the state at each chunk's start goes to
+    hs_ptr for the backward pass."""
     i_bh = tl.program_id(0)
     i_b, i_h = i_bh // H, i_bh % H
     BH = tl.num_programs(0)
@@ -513,70 +635,222 @@ def _kl_forward_kernel(q_ptr, k_ptr, v_ptr, coef_ptr, d_ptr, params_ptr, st_ptr,
         b_dmat = tl.load(d_ptr + row.to(tl.int64)[:, None] * BT + o_t[None, :])
         b_a = tl.load(coef_ptr + row)
         # the surprise at the anchor
-        b_u2 = tl.zeros([BT, BV], dtype=tl.float32)
-        for e0 in range(0, HID, BE):
-            b_r1 = _kl_weights(w1_ptr, 0, e0, BK, BE, DK, HID)[0]
-            b_a1 = tl.where((e0 + tl.arange(0, BE) < HID)[None, :], _act(mm(b_k, b_r1, DOT)), 0.0)
-            b_u2 += mm(b_a1, _kl_weights(w2_ptr, e0, 0, BE, BV, HID, DV)[0], DOT)
+        if SAVE:
+            hs1_ptr = hs_ptr + (i_bh * NT + n).to(tl.int64) * (DK * HID + HID * DV)
+            for e0 in range(0, HID, BE):
+                store_tile(hs1_ptr, load_tile(w1_ptr, 0, e0, BK, BE, DK, HID), 0, e0, BK, BE, DK,
+                           HID)
+                store_tile(hs1_ptr + DK * HID, load_tile(w2_ptr, e0, 0, BE, BV, HID, DV), e0, 0,
+                           BE, BV, HID, DV)
+        b_u2 = _kl_surprise_out(b_k, w1_ptr, w2_ptr, BK, BV, BE, DK, DV, HID, DOT)
         b_xh, b_rstd = ln_rows(b_u2, mask, DV)
         b_y = b_xh * gamma + beta
         b_y += b_k
         b_g = _bias_grad_rows(b_y, b_v, mask)
         b_d2 = ln_back_rows(b_g * gamma, b_xh, b_rstd, mask, DV)
         b_g2 = DV * b_d2
-        # each token's log-sum-exp of every row of W1_t, over all hidden tiles (online)
-        b_m = tl.full([BT, BK], -1.0e30, dtype=tl.float32)
-        b_s = tl.zeros([BT, BK], dtype=tl.float32)
-        for e0 in range(0, HID, BE):
-            b_l1, b_a1, b_g1, b_l2 = _kl_layer1(b_k, b_d2, w1_ptr, w2_ptr, e0, BK, BV, BE, DK,
-                                                DV, HID, DOT)
-            for t in range(BT):
-                at = (o_t == t)[:, None]
-                a_t = tl.sum(tl.where(o_t == t, b_a, 0.0), axis=0)
-                d_t = tl.sum(tl.where(at, b_dmat, 0.0), axis=0)
-                b_z = a_t * b_l1 - mm(tl.trans(b_k * d_t[:, None]), b_g1, DOT)
-                m_old = tl.sum(tl.where(at, b_m, 0.0), axis=0)
-                m_new = tl.maximum(m_old, tl.max(b_z, axis=1))
-                s_new = (tl.sum(tl.where(at, b_s, 0.0), axis=0) * tl.exp(m_old - m_new)
-                         + tl.sum(tl.exp(b_z - m_new[:, None]), axis=1))
-                b_m = tl.where(at, m_new[None, :], b_m)
-                b_s = tl.where(at, s_new[None, :], b_s)
-        b_lse = b_m + tl.log(b_s)
+        b_lse = _kl_lse1(b_k, b_d2, b_a, b_dmat, w1_ptr, w2_ptr, BK, BV, BE, BT, DK, DV, HID, DOT)
         # the reads through every token's own state; the chunk's last token's is the end state
-        b_zq2 = tl.zeros([BT, BV], dtype=tl.float32)
+        b_zq2 = _kl_reads(b_x, b_k, b_d2, b_g2, b_a, b_dmat, b_lse, w1_ptr, w2_ptr, w1_ptr, BK,
+                          BV, BE, BT, DK, DV, HID, DOT, True)
+        b_o = ln_rows(b_zq2, mask, DV)[0] * gamma + beta
+        b_o += b_x
+        store_rows(o_ptr, b_o, i_b, i_h, t0, 0, T, H, DV, BT, BV)
+
+
+@triton.jit
+def _kl_backward_kernel(q_ptr, k_ptr, v_ptr, coef_ptr, d_ptr, params_ptr, hs_ptr, ln_ptr, do_ptr,
+                        dst_ptr, scr_ptr, dq_ptr, dk_ptr, dv_ptr, dcoef_ptr, dd_ptr, dparams_ptr,
+                        dln_ptr, scale, T, H, TP, NT, DK: tl.constexpr, DV: tl.constexpr,
+                        HID: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, BE: tl.constexpr,
+                        BT: tl.constexpr, DOT: tl.constexpr):
+    """One program per (batch, head), its chunks in reverse, each recomputed from its saved
+    start state W (hs_ptr). dst_ptr holds the end state's adjoint on entry and the initial
+    state's on exit, updated in place a hidden tile at a time. Per chunk, after the forward's
+    three passes again (the reads' Zq1 kept in scr_ptr) and the output's reverse, with
+    dW_t = P_t * (dP_t - rowsum(P_t * dP_t)) the adjoint of token t's logits:
+      B1, per tile of W2's rows (whole rows): layer 2's reads and logits reversed, W2's start
+          adjoint dL2 / W2 (the logits hold A_t log W2), and Zq1's adjoint kept; the row sums
+          of every token's W1_t against it gathered (a row of W1_t spans all tiles);
+      B2, per tile of W1's columns: layer 1's logits reversed, W1's start adjoint, and
+          G1 = out_1 (D2 R2^T) act'(K R1) reversed;
+      C, after the loss's vector-Jacobian product and LayerNorm's backward of its backward: the
+          surprise's forward pass reversed."""
+    i_bh = tl.program_id(0)
+    i_b, i_h = i_bh // H, i_bh % H
+    BH = tl.num_programs(0)
+    size = DK * HID + HID * DV
+    dw1_ptr = dst_ptr + i_bh.to(tl.int64) * size
+    dw2_ptr = dw1_ptr + DK * HID
+    zq_ptr = scr_ptr + i_bh.to(tl.int64) * (4 * BT * HID)  # per chunk: Zq1 and, below, adjoints
+    dzq_ptr = zq_ptr + BT * HID  # of Zq1
+    da1_ptr = dzq_ptr + BT * HID  # of the surprise's A1 so far
+    dz1_ptr = da1_ptr + BT * HID  # of the surprise's Z1 so far
+    o_t = tl.arange(0, BT)
+    o_v = tl.arange(0, BV)
+    gamma = tl.load(ln_ptr + i_h * DV + o_v, mask=o_v < DV, other=0.0)[None, :]
+    beta = tl.load(ln_ptr + (H + i_h) * DV + o_v, mask=o_v < DV, other=0.0)[None, :]
+    b_dgamma = tl.zeros([BV], dtype=tl.float32)
+    b_dbeta = tl.zeros([BV], dtype=tl.float32)
+    for i in range(NT):
+        tl.debug_barrier()  # the adjoints the chunk after wrote, by other threads
+        n = NT - 1 - i
+        t0 = n * BT
+        mask = (t0 + o_t < T)[:, None] & (o_v < DV)[None, :]
+        b_x = load_rows(q_ptr, i_b, i_h, t0, 0, T, H, DK, BT, BK).to(tl.float32) * scale
+        b_k = load_rows(k_ptr, i_b, i_h, t0, 0, T, H, DK, BT, BK).to(tl.float32)
+        b_v = load_rows(v_ptr, i_b, i_h, t0, 0, T, H, DV, BT, BV).to(tl.float32)
+        b_do = load_rows(do_ptr, i_b, i_h, t0, 0, T, H, DV, BT, BV).to(tl.float32)
+        row = i_bh * TP + t0 + o_t
+        b_dmat = tl.load(d_ptr + row.to(tl.int64)[:, None] * BT + o_t[None, :])
+        b_a = tl.load(coef_ptr + row)
+        w1_ptr = hs_ptr + (i_bh * NT + n).to(tl.int64) * size
+        w2_ptr = w1_ptr + DK * HID
+        # the forward pass again: the surprise, the log-sum-exps, the reads
+        b_u2 = _kl_surprise_out(b_k, w1_ptr, w2_ptr, BK, BV, BE, DK, DV, HID, DOT)
+        b_xh, b_rstd = ln_rows(b_u2, mask, DV)
+        b_y = b_xh * gamma + beta
+        b_y += b_k
+        b_g = _bias_grad_rows(b_y, b_v, mask)
+        b_u = b_g * gamma
+        b_d2 = ln_back_rows(b_u, b_xh, b_rstd, mask, DV)
+        b_g2 = DV * b_d2
+        b_lse = _kl_lse1(b_k, b_d2, b_a, b_dmat, w1_ptr, w2_ptr, BK, BV, BE, BT, DK, DV, HID, DOT)
+        b_zq2 = _kl_reads(b_x, b_k, b_d2, b_g2, b_a, b_dmat, b_lse, w1_ptr, w2_ptr, zq_ptr, BK,
+                          BV, BE, BT, DK, DV, HID, DOT, False)
+        # the output's reverse
+        b_xq, b_rq = ln_rows(b_zq2, mask, DV)
+        b_dgamma += tl.sum(b_do * b_xq, axis=0)
+        b_dbeta += tl.sum(tl.where(mask, b_do, 0.0), axis=0)
+        b_dzq2 = ln_back_rows(b_do * gamma, b_xq, b_rq, mask, DV)
+        b_dx = b_do
+        b_dA = tl.zeros([BT], dtype=tl.float32)
+        b_dD = tl.zeros([BT, BT], dtype=tl.float32)
+        b_dg2 = tl.zeros([BT, BV], dtype=tl.float32)
+        b_rd = tl.zeros([BT, BK], dtype=tl.float32)  # per token, row i: sum_j W1_t[i, j] dZq1_t[j]
+        b_e1 = tl.zeros([BK], dtype=tl.float32)  # per row i: sum_j W1_end[i, j] dW1_end[i, j]
+        tl.debug_barrier()  # the Zq1 tiles the reads wrote
+        # B1: per tile of W2's rows
         for e0 in range(0, HID, BE):
             inside = (e0 + tl.arange(0, BE) < HID)[None, :]
             b_l1, b_a1, b_g1, b_l2 = _kl_layer1(b_k, b_d2, w1_ptr, w2_ptr, e0, BK, BV, BE, DK,
                                                 DV, HID, DOT)
-            b_zq1 = tl.zeros([BT, BE], dtype=tl.float32)
-            b_p1 = tl.zeros([BK, BE], dtype=tl.float32)
-            for t in range(BT):
-                at = (o_t == t)[:, None]
-                a_t = tl.sum(tl.where(o_t == t, b_a, 0.0), axis=0)
-                d_t = tl.sum(tl.where(at, b_dmat, 0.0), axis=0)
-                x_t = tl.sum(tl.where(at, b_x, 0.0), axis=0)
-                lse_t = tl.sum(tl.where(at, b_lse, 0.0), axis=0)
-                b_z = a_t * b_l1 - mm(tl.trans(b_k * d_t[:, None]), b_g1, DOT)
-                b_p1 = tl.exp(b_z - lse_t[:, None])
-                zq_t = HID * tl.sum(x_t[:, None] * b_p1, axis=0) - tl.sum(x_t, axis=0)
-                b_zq1 = tl.where(at, zq_t[None, :], b_zq1)
-            store_tile(w1_ptr, b_p1, 0, e0, BK, BE, DK, HID)
+            b_zq1 = load_tile(zq_ptr, 0, e0, BT, BE, BT, HID)
             b_h1 = tl.where(inside, _act(b_zq1), 0.0)
-            b_p2 = tl.zeros([BE, BV], dtype=tl.float32)
+            b_dw2e = load_tile(dw2_ptr, e0, 0, BE, BV, HID, DV)  # the end state's adjoint
+            b_dl2 = tl.zeros([BE, BV], dtype=tl.float32)
+            b_da1 = tl.zeros([BT, BE], dtype=tl.float32)
+            b_dh1 = tl.zeros([BT, BE], dtype=tl.float32)
             for t in range(BT):
                 at = (o_t == t)[:, None]
                 a_t = tl.sum(tl.where(o_t == t, b_a, 0.0), axis=0)
-                d_t = tl.sum(tl.where(at, b_dmat, 0.0), axis=0)
-                h_t = tl.sum(tl.where(at, b_h1, 0.0), axis=0)
-                b_z = a_t * b_l2 - mm(tl.trans(b_a1 * d_t[:, None]), b_g2, DOT)
-                b_e = tl.exp(b_z - tl.max(b_z, axis=1)[:, None])
-                b_p2 = b_e / tl.sum(b_e, axis=1)[:, None]
-                zq_t = DV * tl.sum(h_t[:, None] * b_p2, axis=0) - tl.sum(h_t, axis=0)
-                b_zq2 += tl.where(at & (o_v < DV)[None, :], zq_t[None, :], 0.0)
-            store_tile(w2_ptr, b_p2, e0, 0, BE, BV, HID, DV)
-        b_o = ln_rows(b_zq2, mask, DV)[0] * gamma + beta
-        b_o += b_x
-        store_rows(o_ptr, b_o, i_b, i_h, t0, 0, T, H, DV, BT, BV)
+                d_t = _kl_row(b_dmat, at)
+                h_t = _kl_row(b_h1, at)
+                dz_t = _kl_row(b_dzq2, at)
+                b_p2 = _kl_probs2(b_l2, b_a1, b_g2, a_t, d_t, DOT)
+                b_pz = tl.sum(b_p2 * dz_t[None, :], axis=1)  # W2_t dZq2_t
+                b_dh1 = tl.where(at, (DV * b_pz - tl.sum(dz_t, axis=0))[None, :], b_dh1)
+                b_dz = DV * h_t[:, None] * b_p2 * (dz_t[None, :] - b_pz[:, None])
+                end = tl.where(t == BT - 1, 1.0, 0.0)  # the chunk's last state is its end state
+                b_dz += end * b_p2 * (b_dw2e - tl.sum(b_p2 * b_dw2e, axis=1)[:, None])
+                b_dl2 += a_t * b_dz
+                b_dA += tl.where(o_t == t, tl.sum(tl.sum(b_dz * b_l2, axis=1), axis=0), 0.0)
+                b_q = mm(b_dz, tl.trans(b_g2), DOT)  # [BE, BT]
+                b_dD += tl.where(at, -tl.sum(tl.trans(b_a1) * b_q, axis=0)[None, :], 0.0)
+                b_da1 -= d_t[:, None] * tl.trans(b_q)
+                b_dg2 -= d_t[:, None] * mm(b_a1, b_dz, DOT)
+            b_dzq1 = tl.where(inside, b_dh1 * _act_d1(b_zq1), 0.0)
+            store_tile(dzq_ptr, b_dzq1, 0, e0, BT, BE, BT, HID)
+            store_tile(da1_ptr, b_da1, 0, e0, BT, BE, BT, HID)
+            p2, m2 = tile_ptrs(w2_ptr, e0, 0, BE, BV, HID, DV)
+            store_tile(dw2_ptr, tl.where(m2, b_dl2 / tl.load(p2, mask=m2, other=1.0), 0.0), e0, 0,
+                       BE, BV, HID, DV)
+            # the row sums of layer 1 against this tile's dZq1, and the read's adjoint of x
+            b_dw1e = load_tile(dw1_ptr, 0, e0, BK, BE, DK, HID)
+            for t in range(BT):
+                at = (o_t == t)[:, None]
+                b_z = _kl_logits1(b_l1, b_k, b_g1, tl.sum(tl.where(o_t == t, b_a, 0.0), axis=0),
+                                  _kl_row(b_dmat, at), DOT)
+                b_p1 = tl.exp(b_z - _kl_row(b_lse, at)[:, None])
+                dzq_t = _kl_row(b_dzq1, at)
+                b_r = tl.sum(b_p1 * dzq_t[None, :], axis=1)
+                b_rd += tl.where(at, b_r[None, :], 0.0)
+                b_dx += tl.where(at, (HID * b_r - tl.sum(dzq_t, axis=0))[None, :], 0.0)
+                b_e1 += tl.where(t == BT - 1, 1.0, 0.0) * tl.sum(b_p1 * b_dw1e, axis=1)
+        tl.debug_barrier()  # the scratch and adjoint tiles B1 wrote
+        # B2: per tile of W1's columns
+        b_dk = tl.zeros([BT, BK], dtype=tl.float32)
+        b_dd2 = DV * b_dg2
+        for e0 in range(0, HID, BE):
+            inside = (e0 + tl.arange(0, BE) < HID)[None, :]
+            b_r1, b_l1 = _kl_weights(w1_ptr, 0, e0, BK, BE, DK, HID)
+            b_r2 = _kl_weights(w2_ptr, e0, 0, BE, BV, HID, DV)[0]
+            b_z1 = mm(b_k, b_r1, DOT)
+            b_b1 = mm(b_d2, tl.trans(b_r2), DOT)
+            b_g1 = tl.where(inside, HID * b_b1 * _act_d1(b_z1), 0.0)
+            b_dzq1 = load_tile(dzq_ptr, 0, e0, BT, BE, BT, HID)
+            b_dw1e = load_tile(dw1_ptr, 0, e0, BK, BE, DK, HID)
+            b_dl1 = tl.zeros([BK, BE], dtype=tl.float32)
+            b_dg1 = tl.zeros([BT, BE], dtype=tl.float32)
+            for t in range(BT):
+                at = (o_t == t)[:, None]
+                a_t = tl.sum(tl.where(o_t == t, b_a, 0.0), axis=0)
+                d_t = _kl_row(b_dmat, at)
+                b_p1 = tl.exp(_kl_logits1(b_l1, b_k, b_g1, a_t, d_t, DOT)
+                              - _kl_row(b_lse, at)[:, None])
+                x_t = _kl_row(b_x, at)
+                b_dz = HID * x_t[:, None] * b_p1 * (_kl_row(b_dzq1, at)[None, :]
+                                                 - _kl_row(b_rd, at)[:, None])
+                end = tl.where(t == BT - 1, 1.0, 0.0)
+                b_dz += end * b_p1 * (b_dw1e - b_e1[:, None])
+                b_dl1 += a_t * b_dz
+                b_dA += tl.where(o_t == t, tl.sum(tl.sum(b_dz * b_l1, axis=1), axis=0), 0.0)
+                b_q = mm(b_dz, tl.trans(b_g1), DOT)  # [BK, BT]
+                b_dD += tl.where(at, -tl.sum(tl.trans(b_k) * b_q, axis=0)[None, :], 0.0)
+                b_dk -= d_t[:, None] * tl.trans(b_q)
+                b_dg1 -= d_t[:, None] * mm(b_k, b_dz, DOT)
+            p1, m1 = tile_ptrs(w1_ptr, 0, e0, BK, BE, DK, HID)
+            store_tile(dw1_ptr, tl.where(m1, b_dl1 / tl.load(p1, mask=m1, other=1.0), 0.0), 0, e0,
+                       BK, BE, DK, HID)
+            # G1 = out_1 B1 act'(Z1), B1 = D2 R2^T: into D2, R2 and Z1
+            b_db1 = tl.where(inside, HID * b_dg1 * _act_d1(b_z1), 0.0)
+            b_dd2 += mm(b_db1, b_r2, DOT)
+            b_dw2 = load_tile(dw2_ptr, e0, 0, BE, BV, HID, DV) + DV * mm(tl.trans(b_db1), b_d2, DOT)
+            store_tile(dw2_ptr, b_dw2, e0, 0, BE, BV, HID, DV)
+            store_tile(dz1_ptr, tl.where(inside, HID * b_dg1 * b_b1 * _act_d2(b_z1), 0.0), 0, e0,
+                       BT, BE, BT, HID)
+        # the loss's vector-Jacobian product and LayerNorm's backward of its backward
+        b_du, b_dxh, b_drstd = ln_back_rows_vjp(b_dd2, b_u, b_xh, b_rstd, mask, DV)
+        b_dgamma += tl.sum(b_du * b_g, axis=0)
+        b_dg = b_du * gamma
+        b_dy, b_dv = _bias_vjp_rows(b_y, b_v, mask, b_dg)
+        b_dk += b_dy
+        b_dgamma += tl.sum(b_dy * b_xh, axis=0)
+        b_dbeta += tl.sum(b_dy, axis=0)
+        b_dz2 = ln_fwd_back_rows(b_dxh + b_dy * gamma, b_drstd, b_xh, b_rstd, mask, DV)
+        # C: the surprise's forward pass reversed, Z1 = K R1, A1 = act(Z1), U2 = A1 R2
+        tl.debug_barrier()  # the scratch and adjoint tiles B2 wrote
+        for e0 in range(0, HID, BE):
+            inside = (e0 + tl.arange(0, BE) < HID)[None, :]
+            b_r1 = _kl_weights(w1_ptr, 0, e0, BK, BE, DK, HID)[0]
+            b_r2 = _kl_weights(w2_ptr, e0, 0, BE, BV, HID, DV)[0]
+            b_z1 = mm(b_k, b_r1, DOT)
+            b_a1 = tl.where(inside, _act(b_z1), 0.0)
+            b_da1 = load_tile(da1_ptr, 0, e0, BT, BE, BT, HID) + mm(b_dz2, tl.trans(b_r2), DOT)
+            b_dz1 = tl.where(inside, load_tile(dz1_ptr, 0, e0, BT, BE, BT, HID)
+                             + b_da1 * _act_d1(b_z1), 0.0)
+            b_dk += mm(b_dz1, tl.trans(b_r1), DOT)
+            b_dw1 = load_tile(dw1_ptr, 0, e0, BK, BE, DK, HID) + HID * mm(tl.trans(b_k), b_dz1, DOT)
+            b_dw2 = load_tile(dw2_ptr, e0, 0, BE, BV, HID, DV) + DV * mm(tl.trans(b_a1), b_dz2, DOT)
+            store_tile(dw1_ptr, b_dw1, 0, e0, BK, BE, DK, HID)
+            store_tile(dw2_ptr, b_dw2, e0, 0, BE, BV, HID, DV)
+        store_rows(dq_ptr, b_dx * scale, i_b, i_h, t0, 0, T, H, DK, BT, BK)
+        store_rows(dk_ptr, b_dk, i_b, i_h, t0, 0, T, H, DK, BT, BK)
+        store_rows(dv_ptr, b_dv, i_b, i_h, t0, 0, T, H, DV, BT, BV)
+        tl.store(dcoef_ptr + row, b_dA)
+        tl.store(dd_ptr + row.to(tl.int64)[:, None] * BT + o_t[None, :], b_dD)
+    tl.store(dln_ptr + i_bh * DV + o_v, b_dgamma, mask=o_v < DV)
+    tl.store(dln_ptr + (BH + i_bh) * DV + o_v, b_dbeta, mask=o_v < DV)
 
 
 # ---- the host side: the spec's sizes; the rest is runtime.FusedRecurrent --------------------------
@@ -601,7 +875,7 @@ unsupported = fused.unsupported
 
 kl = kl_chunk.KlChunk(
     "mirasc_memora_95178b29b06a",
-    _kl_forward_kernel,
+    (_kl_forward_kernel, _kl_backward_kernel),
     shapes=_shapes,
     chunk=CHUNK,
     required_state='memora needs initial_state (an MLP memory)',
@@ -609,15 +883,13 @@ kl = kl_chunk.KlChunk(
 
 
 def forward(q, k, v, gates, **options):
-    """The torch backend's `forward` contract: calls the chunked kl kernel takes
-    (`kl.unsupported`: at least 64 tokens, starting on a chunk boundary, no gradient needed)
-    run on it, the others on the fused recurrent kernels (see `unsupported`); `options` are
-    the op's keyword arguments (scale, initial_state, output_final_state, ln_weight, ln_bias,
-    anchor_state, chunk_offset)."""
+    """The torch backend's `forward` contract: calls the chunked kl kernels take
+    (`kl.unsupported`: at least 64 tokens, starting on a chunk boundary) run on them, the
+    others on the fused recurrent kernels (see `unsupported`); `options` are the op's keyword
+    arguments (scale, initial_state, output_final_state, ln_weight, ln_bias, anchor_state,
+    chunk_offset)."""
     rows = [runtime.gate(gates["eta"], "eta", q), runtime.gate(gates["a"], "a", q)]
-    state = options.get("initial_state") or ()
-    others = (k, *rows, *state, options.get("ln_weight"), options.get("ln_bias"))
-    if kl.unsupported(q, v, options.get("chunk_offset", 0), others) is None:
+    if kl.unsupported(q, v, options.get("chunk_offset", 0)) is None:
         params = []
         return kl.forward(q, k, v, rows[0], rows[1], params, **options)
     return fused.forward(q, k, v, rows, **options)

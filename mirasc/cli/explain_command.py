@@ -57,11 +57,10 @@ def run(args) -> int:
         "mlp": f"calls of at least 64 tokens starting on a chunk boundary run on the chunked "
         f"dual-form kernels (tensor-core matmuls per chunk of {spec.chunk}, the state in global "
         "memory a tile of hidden units at a time, saved per chunk)",
-        "kl": f"calls of at least 64 tokens starting on a chunk boundary that need no gradient "
-        f"(inference, evaluation, prefill) run on the chunked kl forward kernel (per chunk of "
-        f"{spec.chunk}, the surprise and each token's logits as tensor-core matmuls, the state in "
-        "global memory a tile of hidden units at a time); calls that need a gradient keep the "
-        "recurrent kernels (the chunked kl kernels have no backward pass yet)",
+        "kl": f"calls of at least 64 tokens starting on a chunk boundary run on the chunked kl "
+        f"kernels (per chunk of {spec.chunk}, the surprise and each token's logits as tensor-core "
+        "matmuls, each token's state a row softmax formed in global memory a tile of hidden units "
+        "at a time, the state saved per chunk)",
     }.get(plan.triton_chunked, f"no chunked kernels ({plan.triton_chunked_why})")
     print(f"triton backend, training-length calls: {chunked}")
     print("\n# emitted element-wise code (elementwise.py)\n")

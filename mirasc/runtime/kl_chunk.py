@@ -1,12 +1,15 @@
-"""The host side of the chunked forward kernel of a two-layer MLP memory under kl retention
-(MEMORA; a generated `triton_backend.py` supplies the kernel, printed with its loss and
-activation). Per chunk every gradient is taken at the chunk's start state, so each layer's
+"""The host side of the chunked kernels of a two-layer MLP memory under kl retention
+(MEMORA; a generated `triton_backend.py` supplies the forward and backward kernels, printed
+with its loss and activation). Per chunk every gradient is taken at the chunk's start state, so each layer's
 logits are the anchor's plus tensor-core products of the chunk's rank-one factors, and every
 token's own state is a row softmax of them (the torch backend's `chunked_kl`). The state stays
 in global memory and passes through the chip a tile of hidden units at a time.
 
-Forward only: calls that need a gradient (training) keep the fused recurrent kernels, whose
-backward pass covers kl; these take inference, evaluation and prefill.
+The backward kernel walks the chunks in reverse from the state saved at each chunk's start
+(ceil(T / C) |state| floats per (batch, head), saved only when a gradient is needed),
+recomputing each chunk's passes, and goes back through every token's row softmax, the logits'
+rank-one factors and the surprise's second-order pieces to the inputs, the coefficients
+(autograd takes them on to the gates), the initial state and LayerNorm's gain and bias.
 """
 
 from __future__ import annotations
@@ -22,34 +25,33 @@ from .inputs import initial_weights
 from .triton_host import custom_op, split_state
 from .wy_chunk import dot_dtype
 
-HIDDEN_TILE = 32  # hidden units per pass through the chip: six [64 x 32] tiles live at once
+HIDDEN_TILE = 32  # hidden units per pass through the chip; half that in the backward kernel
 
 
 class KlChunk:
-    """The kernel of one spec as a `torch.library` op without an autograd formula; the
-    generated backend passes its forward kernel, the memory's weight shapes, its chunk and
-    what a missing initial state means."""
+    """The kernels of one spec as a `torch.library` op pair with an autograd formula; the
+    generated backend passes its forward and backward kernels, the memory's weight shapes, its
+    chunk and what a missing initial state means."""
 
-    def __init__(self, namespace: str, kernel, *, shapes: Callable, chunk: int,
+    def __init__(self, namespace: str, kernels: tuple, *, shapes: Callable, chunk: int,
                  required_state: str):  # fmt: skip
-        self.kernel, self.shapes, self.chunk = kernel, shapes, chunk
+        self.forward_kernel, self.backward_kernel = kernels
+        self.shapes, self.chunk = shapes, chunk
         self.required_state = required_state
-        self.min_tokens = MIN_TOKENS
+        self.min_tokens = MIN_TOKENS  # benchmarks raise it to time the recurrent kernels alone
         self.op = custom_op(f"{namespace}_kl", lambda: self._register(f"{namespace}_kl"))
 
-    def unsupported(self, q: Tensor, v: Tensor, chunk_offset: int, tensors) -> str | None:
-        """Why this call does not run on the chunked kernel, or None; `tensors` are every
-        other input a gradient could flow to (gates, initial state, LayerNorm's parameters)."""
-        if torch.is_grad_enabled() and any(
-            isinstance(t, Tensor) and t.requires_grad for t in (q, v, *tensors)
-        ):
-            return "a gradient is needed: the chunked kl kernel has no backward pass yet"
+    def unsupported(self, q: Tensor, v: Tensor, chunk_offset: int = 0) -> str | None:
+        """Why this call does not run on the chunked kernels, or None."""
         return refusal(q, v, chunk_offset, self.min_tokens)
 
-    def meta(self, Dk: int, Dv: int, dot) -> dict:
-        """The kernel's compile-time constants (`dot`: the matmul operands' dtype)."""
+    def meta(self, Dk: int, Dv: int, dot, backward: bool = False) -> dict:
+        """A kernel's compile-time constants (`dot`: the matmul operands' dtype); the backward
+        kernel holds more tiles per hidden tile, so its tiles are half as wide (on sm_90 at
+        D = 64: 560 B of spills per thread with 32, 260 B with 16; the forward kernel spills
+        nothing with 32)."""
         hidden = self.shapes(Dk, Dv)[0][1]
-        BE = max(16, min(HIDDEN_TILE, _pow2(hidden)))
+        BE = max(16, min(HIDDEN_TILE // (2 if backward else 1), _pow2(hidden)))
         return dict(DK=Dk, DV=Dv, HID=hidden, BK=_pow2(Dk), BV=_pow2(Dv), BE=BE, BT=self.chunk,
                     DOT=dot)  # fmt: skip
 
@@ -58,47 +60,97 @@ class KlChunk:
         """8 warps, as the MLP memories' chunked kernels."""
         return dict(num_warps=8, num_stages=1)
 
-    def launch(self, q, k, v, coef, d, params, state, ln, scale: float) -> tuple[Tensor, Tensor]:
-        """(o, the final state flat as `state`)."""
-        B, T, H, Dk = q.shape
-        Dv = v.shape[-1]
-        o = torch.empty((B, T, H, Dv), dtype=q.dtype, device=q.device)
-        final = state.clone()  # the kernel updates the state in place
+    def _launch(self, kernel, args: tuple, q: Tensor, v: Tensor, **extra) -> None:
+        Dk, Dv, BH = q.shape[-1], v.shape[-1], q.shape[0] * q.shape[2]
+        meta = self.meta(Dk, Dv, dot_dtype(q.dtype), kernel is self.backward_kernel)
+        kernel[(BH,)](*args, **meta, **self.launch_options(Dk, Dv), **extra)
+
+    def launch_forward(self, q, k, v, coef, d, params, state, ln, scale: float, save: bool):
+        """(o, the final state flat as `state`, the state at each chunk's start [BH, NT, ..]
+        when `save`, else an empty tensor)."""
+        B, T, H, _ = q.shape
         NT = coef.shape[-1] // self.chunk
-        meta = self.meta(Dk, Dv, dot_dtype(q.dtype))
-        self.kernel[(B * H,)](
-            q, k, v, coef, d, params, final, ln, o, scale, T, H, coef.shape[-1], NT,
-            **meta, **self.launch_options(Dk, Dv),
-        )  # fmt: skip
-        return o, final
+        o = torch.empty((B, T, H, v.shape[-1]), dtype=q.dtype, device=q.device)
+        final = state.clone()  # the kernel updates the state in place
+        hs = state.new_empty((state.shape[0], NT, state.shape[1]) if save else (0,))
+        args = (q, k, v, coef, d, params, final, ln, o, hs, scale, T, H, coef.shape[-1], NT)
+        self._launch(self.forward_kernel, args, q, v, SAVE=save)
+        return o, final, hs
+
+    def launch_backward(self, q, k, v, coef, d, params, hs, ln, do, dfinal, scale: float):
+        """The chunks in reverse, one program per (batch, head): the adjoints of the inputs,
+        the coefficients, the loss's gates, the initial state and LayerNorm's gain and bias."""
+        B, T, H, _ = q.shape
+        TP, NT, f32 = coef.shape[-1], hs.shape[1], dict(dtype=torch.float32, device=q.device)
+        dq, dk, dv = (torch.empty(t.shape, **f32) for t in (q, k, v))
+        dcoef, dd, dparams = torch.empty_like(coef), torch.empty_like(d), torch.empty_like(params)
+        dstate = dfinal.clone()  # updated in place
+        dln = torch.zeros((2, B * H, v.shape[-1]), **f32)
+        hidden = self.shapes(q.shape[-1], v.shape[-1])[0][1]
+        scratch = torch.empty((B * H, 4, self.chunk, hidden), **f32)
+        args = (q, k, v, coef, d, params, hs, ln, do, dstate, scratch, dq, dk, dv, dcoef, dd,
+                dparams, dln, scale, T, H, TP, NT)  # fmt: skip
+        self._launch(self.backward_kernel, args, q, v)
+        dln = dln.view(2, B, H, -1).sum(1)
+        return (dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), dcoef, dd, dparams, dstate, dln)
 
     def _register(self, namespace: str):
-        """The kernel as a torch.library custom op (with a fake kernel, so that torch.compile
-        traces through it)."""
+        """The pair as torch.library custom ops (fake kernels included, so that torch.compile
+        traces through them) with a registered autograd formula."""
 
         @torch.library.custom_op(f"{namespace}::forward", mutates_args=())
         def kl_forward(
             q: Tensor, k: Tensor, v: Tensor, coef: Tensor, d: Tensor, params: Tensor,
-            state: Tensor, ln: Tensor, scale: float,
-        ) -> tuple[Tensor, Tensor]:  # fmt: skip
-            return self.launch(q, k, v, coef, d, params, state, ln, scale)
+            state: Tensor, ln: Tensor, scale: float, save: bool,
+        ) -> tuple[Tensor, Tensor, Tensor]:  # fmt: skip
+            return self.launch_forward(q, k, v, coef, d, params, state, ln, scale, save)
 
         @kl_forward.register_fake
-        def _(q, k, v, coef, d, params, state, ln, scale):
-            return q.new_empty((*q.shape[:3], v.shape[-1])), state.new_empty(state.shape)
+        def _(q, k, v, coef, d, params, state, ln, scale, save):
+            NT = coef.shape[-1] // self.chunk
+            hs = (state.shape[0], NT, state.shape[1]) if save else (0,)
+            return (q.new_empty((*q.shape[:3], v.shape[-1])), state.new_empty(state.shape),
+                    state.new_empty(hs))  # fmt: skip
 
+        @torch.library.custom_op(f"{namespace}::backward", mutates_args=())
+        def kl_backward(
+            q: Tensor, k: Tensor, v: Tensor, coef: Tensor, d: Tensor, params: Tensor,
+            hs: Tensor, ln: Tensor, do: Tensor, dfinal: Tensor, scale: float,
+        ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:  # fmt: skip
+            return self.launch_backward(q, k, v, coef, d, params, hs, ln, do, dfinal, scale)
+
+        @kl_backward.register_fake
+        def _(q, k, v, coef, d, params, hs, ln, do, dfinal, scale):
+            return (*(t.new_empty(t.shape) for t in (q, k, v, coef, d, params)),
+                    dfinal.new_empty(dfinal.shape), ln.new_empty(ln.shape))  # fmt: skip
+
+        def setup_context(ctx, inputs, output):
+            q, k, v, coef, d, params, _, ln, scale, _ = inputs
+            ctx.save_for_backward(q, k, v, coef, d, params, ln, output[2])
+            ctx.scale = scale
+
+        def backward(ctx, do, dfinal, _dhs):
+            q, k, v, coef, d, params, ln, hs = ctx.saved_tensors
+            do = q.new_zeros((*q.shape[:3], v.shape[-1])) if do is None else do.contiguous()
+            if dfinal is None:
+                dfinal = hs.new_zeros((hs.shape[0], hs.shape[2]))
+            grads = kl_backward(q, k, v, coef, d, params, hs, ln, do, dfinal.contiguous(),
+                                ctx.scale)  # fmt: skip
+            return (*grads, None, None)
+
+        kl_forward.register_autograd(backward, setup_context=setup_context)
         return kl_forward
 
     def forward(
         self, q, k, v, lr, rate, params: list, *, scale, initial_state, output_final_state,
         ln_weight=None, ln_bias=None, anchor_state=None, chunk_offset: int = 0,
     ):  # fmt: skip
-        """The op contract (o [B, T, H, Dv], final state tuple or None) on the chunked kernel,
-        for gates lr, rate (the keep gate) and the loss's gate parameters, each [B, H, T];
-        `ln_weight`, `ln_bias` [H, Dv] (default 1 and 0) when the memory has a LayerNorm. A
-        call continuing a chunk, or one that needs a gradient, is not taken (`unsupported`)."""
-        others = (k, lr, rate, *params, *(initial_state or ()), ln_weight, ln_bias)
-        reason = self.unsupported(q, v, chunk_offset, others)
+        """The op contract (o [B, T, H, Dv], final state tuple or None) on the chunked
+        kernels, for gates lr, rate (the keep gate) and the loss's gate parameters, each
+        [B, H, T]; `ln_weight`, `ln_bias` [H, Dv] (default 1 and 0) when the memory has a
+        LayerNorm. A call continuing a chunk is not taken (`unsupported`), so `anchor_state`
+        plays no part."""
+        reason = self.unsupported(q, v, chunk_offset)
         if reason is not None:
             raise BackendError(reason)
         B, _, H, Dk = q.shape
@@ -110,9 +162,12 @@ class KlChunk:
         )
         flat = torch.cat([s.reshape(B * H, -1).float() for s in states], dim=-1).contiguous()
         ln = layer_norm_params(ln_weight, ln_bias, H, Dv, q.device)
-        o, final = self.op(
-            q.contiguous(), k.contiguous(), v.contiguous(), per_token[0].contiguous(), d,
-            stacked, flat, ln, float(scale),
+        coef = per_token[0].contiguous()
+        inputs = (q, k, v, coef, d, stacked, flat, ln)
+        save = torch.is_grad_enabled() and any(t.requires_grad for t in inputs)
+        o, final, _ = self.op(
+            q.contiguous(), k.contiguous(), v.contiguous(), coef, d, stacked, flat, ln,
+            float(scale), save,
         )  # fmt: skip
         if not output_final_state:
             return o, None
