@@ -1,4 +1,4 @@
-"""The chunked kernels of two-layer MLP memories under kl retention (MEMORA;
+"""The chunked kernels of linear and two-layer MLP memories under kl retention (MEMORA;
 mirasc.runtime.kl_chunk, printed per spec with its loss and activation), which the Triton
 backend runs for training-length calls, against the float64 autograd reference: outputs, final
 states and the gradients of q, k, v, every gate (the loss's parameters included), the initial
@@ -76,6 +76,27 @@ def test_a_plain_kl_memory_with_a_loss_gate(compile_text):
     assert_close(errors, TOL32, "plain kl T=41")
 
 
+def test_a_linear_kl_memory(compile_text):
+    """A linear memory on the simplex (each row of W [Dk, Dv] over Dv, whole in one tile) with
+    the centred read, LayerNorm and residual, and Huber's gate."""
+    text = (
+        PLAIN_KL.replace("plain_kl", "linear_kl")
+        .replace(
+            "mlp(depth: 2, expansion: 4, activation: silu)",
+            "linear(residual: true, norm: layernorm)",
+        )
+        .replace("kl(keep: a)", "kl(keep: a, centred: true)")
+        .replace("chunk        = 32", "chunk        = 16")
+    )
+    module = compile_text(text)
+    case = testing.make_case(testing.spec_of(module), B=1, T=37, H=1, Dk=12, seed=6,
+                             dtype=torch.float32, with_initial_state=True)  # fmt: skip
+    with short_calls_chunked(module) as calls:
+        errors = testing.compare(module, case.to(DEVICE), "triton")
+    assert calls[0] == 1
+    assert_close(errors, TOL32, "linear kl T=37")
+
+
 def test_a_long_bf16_call_without_gradients(shipped):
     """At the default threshold, a 64-token no-grad call on bf16 inputs (evaluation, prefill;
     two sequences) takes the chunked forward kernel, which then saves no states."""
@@ -106,6 +127,7 @@ def test_prefill_on_the_chunked_kernels_then_decoding_on_the_recurrent_ones(ship
 
 @settings(max_examples=1, deadline=None)  # ~20 s each in the interpreter; more by hand
 @given(
+    depth=st.sampled_from([1, 2]),
     activation=st.sampled_from(["silu", "gelu", "sigmoid", "tanh"]),
     residual=st.booleans(),
     norm=st.booleans(),
@@ -115,15 +137,13 @@ def test_prefill_on_the_chunked_kernels_then_decoding_on_the_recurrent_ones(ship
     T=st.integers(17, 50),
     seed=st.integers(0, 2**16),
 )
-def test_random_kl_specs_match_reference(compile_text, activation, residual, norm, centred, bias,
-                                         chunk, T, seed):  # fmt: skip
-    """Drawn activations (sigmoid: act(0) != 0, so padded hidden units must be masked),
-    residual and LayerNorm reads or not (without a residual, Dv = 16 != Dk), centred reads or
-    not, losses and chunks."""
-    arch = (
-        f"mlp(depth: 2, expansion: 4, activation: {activation}, residual: {str(residual).lower()}"
-    )
-    arch += ", norm: layernorm)" if norm else ")"
+def test_random_kl_specs_match_reference(compile_text, depth, activation, residual, norm, centred,
+                                         bias, chunk, T, seed):  # fmt: skip
+    """Drawn linear or two-layer memories, activations (sigmoid: act(0) != 0, so padded hidden
+    units must be masked), residual and LayerNorm reads or not (without a residual,
+    Dv = 16 != Dk), centred reads or not, losses and chunks."""
+    arch = "linear(" if depth == 1 else f"mlp(depth: 2, expansion: 4, activation: {activation}, "
+    arch += f"residual: {str(residual).lower()}" + (", norm: layernorm)" if norm else ")")
     gates = ["gate eta = 0.05 * sigmoid(z)", "gate a = sigmoid(z)"]
     gates += ["gate d = softplus(z)"] if "delta: d" in bias else []
     retention = "kl(keep: a, centred: true)" if centred else "kl(keep: a)"

@@ -68,7 +68,7 @@ def test_only_needed_sums_are_computed():
          "mlp", ""),
         ({"chunk": 16, "extra": "clip = 1.0"}, "dual", ""),
         ({"chunk": 16, "arch": "mlp(depth: 2, expansion: 2)", "extra": "clip = 1.0"}, "mlp", ""),
-        ({"chunk": 16, "retention": "kl(keep: eta)"}, "", "kl retention on a linear memory"),
+        ({"chunk": 16, "retention": "kl(keep: eta)"}, "kl", ""),
         ({"chunk": 16, "arch": "mlp(depth: 2, expansion: 2)", "retention": "kl(keep: eta)"},
          "kl", ""),
         ({"chunk": 16, "arch": "mlp(depth: 2, expansion: 2)", "retention": "kl(keep: eta)",

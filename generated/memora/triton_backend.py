@@ -480,6 +480,21 @@ def _kl_weights(w_ptr, r0, c0, BR: tl.constexpr, BC: tl.constexpr, NR, NC):
 
 
 @triton.jit
+def _kl_row(b, at):
+    """Row t of a [BT, N] tile (`at`: the [BT, 1] mask of row t), as a vector."""
+    return tl.sum(tl.where(at, b, 0.0), axis=0)
+
+
+@triton.jit
+def _kl_probs(b_l, b_in, b_g, a_t, d_t, DOT: tl.constexpr):
+    """Token t's state over a tile of whole rows (log W's tile b_l): the row softmax of
+    A_t log W - In^T diag(D[t]) G, for the layer's chunk inputs In and factors G."""
+    b_z = a_t * b_l - mm(tl.trans(b_in * d_t[:, None]), b_g, DOT)
+    b_e = tl.exp(b_z - tl.max(b_z, axis=1)[:, None])
+    return b_e / tl.sum(b_e, axis=1)[:, None]
+
+
+@triton.jit
 def _kl_layer1(b_k, b_d2, w1_ptr, w2_ptr, e0, BK: tl.constexpr, BV: tl.constexpr,
                BE: tl.constexpr, DK: tl.constexpr, DV: tl.constexpr, HID: tl.constexpr,
                DOT: tl.constexpr):
@@ -515,12 +530,6 @@ def _kl_logits1(b_l1, b_k, b_g1, a_t, d_t, DOT: tl.constexpr):
 
 
 @triton.jit
-def _kl_row(b, at):
-    """Row t of a [BT, N] tile (`at`: the [BT, 1] mask of row t), as a vector."""
-    return tl.sum(tl.where(at, b, 0.0), axis=0)
-
-
-@triton.jit
 def _kl_lse1(b_k, b_d2, b_a, b_dmat, w1_ptr, w2_ptr, BK: tl.constexpr, BV: tl.constexpr,
              BE: tl.constexpr, BT: tl.constexpr, DK: tl.constexpr, DV: tl.constexpr,
              HID: tl.constexpr, DOT: tl.constexpr):
@@ -543,15 +552,6 @@ def _kl_lse1(b_k, b_d2, b_a, b_dmat, w1_ptr, w2_ptr, BK: tl.constexpr, BV: tl.co
             b_m = tl.where(at, m_new[None, :], b_m)
             b_s = tl.where(at, s_new[None, :], b_s)
     return b_m + tl.log(b_s)
-
-
-@triton.jit
-def _kl_probs2(b_l2, b_a1, b_g2, a_t, d_t, DOT: tl.constexpr):
-    """Token t's W2_t over a tile of rows (each row whole within it): the row softmax of
-    A_t log W2 - A1^T diag(D[t]) G2."""
-    b_z = a_t * b_l2 - mm(tl.trans(b_a1 * d_t[:, None]), b_g2, DOT)
-    b_e = tl.exp(b_z - tl.max(b_z, axis=1)[:, None])
-    return b_e / tl.sum(b_e, axis=1)[:, None]
 
 
 @triton.jit
@@ -589,7 +589,7 @@ def _kl_reads(b_x, b_k, b_d2, b_g2, b_a, b_dmat, b_lse, w1_ptr, w2_ptr, out_ptr,
         for t in range(BT):
             at = (o_t == t)[:, None]
             h_t = _kl_row(b_h1, at)
-            b_p2 = _kl_probs2(b_l2, b_a1, b_g2, tl.sum(tl.where(o_t == t, b_a, 0.0), axis=0),
+            b_p2 = _kl_probs(b_l2, b_a1, b_g2, tl.sum(tl.where(o_t == t, b_a, 0.0), axis=0),
                               _kl_row(b_dmat, at), DOT)
             zq_t = DV * tl.sum(h_t[:, None] * b_p2, axis=0) - tl.sum(h_t, axis=0)
             b_zq2 += tl.where(at & (o_v < DV)[None, :], zq_t[None, :], 0.0)
@@ -747,7 +747,7 @@ def _kl_backward_kernel(q_ptr, k_ptr, v_ptr, coef_ptr, d_ptr, params_ptr, hs_ptr
                 d_t = _kl_row(b_dmat, at)
                 h_t = _kl_row(b_h1, at)
                 dz_t = _kl_row(b_dzq2, at)
-                b_p2 = _kl_probs2(b_l2, b_a1, b_g2, a_t, d_t, DOT)
+                b_p2 = _kl_probs(b_l2, b_a1, b_g2, a_t, d_t, DOT)
                 b_pz = tl.sum(b_p2 * dz_t[None, :], axis=1)  # W2_t dZq2_t
                 b_dh1 = tl.where(at, (DV * b_pz - tl.sum(dz_t, axis=0))[None, :], b_dh1)
                 b_dz = DV * h_t[:, None] * b_p2 * (dz_t[None, :] - b_pz[:, None])

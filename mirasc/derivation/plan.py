@@ -57,7 +57,6 @@ def dual_chunk_refusal(spec: Spec) -> str:
     kl = ret.kind == "kl"
     lacks = [
         (a.depth > 2, "MLP memories deeper than two layers"),
-        (kl and a.depth == 1, "kl retention on a linear memory"),
         (kl and spec.clip is not None, "clip with kl retention"),
     ]
     missing = [what for cond, what in lacks if cond]

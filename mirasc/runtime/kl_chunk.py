@@ -156,7 +156,7 @@ class KlChunk:
         B, _, H, Dk = q.shape
         Dv = v.shape[-1]
         shapes = self.shapes(Dk, Dv)
-        states = initial_weights(initial_state, shapes, 2, q, self.required_state)
+        states = initial_weights(initial_state, shapes, len(shapes), q, self.required_state)
         per_token, _, d, stacked = pack_coefficients(
             "kl", False, self.chunk, lr, rate, None, params
         )
@@ -171,4 +171,4 @@ class KlChunk:
         )  # fmt: skip
         if not output_final_state:
             return o, None
-        return o, split_state(final, shapes, 2, B, H)
+        return o, split_state(final, shapes, len(shapes), B, H)
