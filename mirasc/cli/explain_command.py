@@ -59,8 +59,8 @@ def run(args) -> int:
         "memory a tile of hidden units at a time, saved per chunk)",
         "kl": f"calls of at least 64 tokens starting on a chunk boundary run on the chunked kl "
         f"kernels (per chunk of {spec.chunk}, the surprise and each token's logits as tensor-core "
-        "matmuls, each token's state a row softmax formed in global memory a tile of hidden units "
-        "at a time, the state saved per chunk)",
+        "matmuls, each token's state a row softmax (an MLP's a tile of hidden units at a time), "
+        "the state saved per chunk)",
     }.get(plan.triton_chunked, f"no chunked kernels ({plan.triton_chunked_why})")
     print(f"triton backend, training-length calls: {chunked}")
     print("\n# emitted element-wise code (elementwise.py)\n")
