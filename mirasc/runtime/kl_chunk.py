@@ -1,9 +1,10 @@
-"""The host side of the chunked kernels of a two-layer MLP memory under kl retention
+"""The host side of the chunked kernels of a linear or two-layer MLP memory under kl retention
 (MEMORA; a generated `triton_backend.py` supplies the forward and backward kernels, printed
-with its loss and activation). Per chunk every gradient is taken at the chunk's start state, so each layer's
-logits are the anchor's plus tensor-core products of the chunk's rank-one factors, and every
-token's own state is a row softmax of them (the torch backend's `chunked_kl`). The state stays
-in global memory and passes through the chip a tile of hidden units at a time.
+with its loss and activation). Per chunk every gradient is taken at the chunk's start state,
+so each layer's logits are the anchor's plus tensor-core products of the chunk's rank-one
+factors, and every token's own state is a row softmax of them (the torch backend's
+`chunked_kl`). An MLP's state stays in global memory and passes through the chip a tile of
+hidden units at a time; a linear memory's is one tile.
 
 The backward kernel walks the chunks in reverse from the state saved at each chunk's start
 (ceil(T / C) |state| floats per (batch, head), saved only when a gradient is needed),
