@@ -115,17 +115,6 @@ SPEC_VARIANTS = {  # the chunked kernels' optional features, which no shipped sp
     gate d = softplus(z)
 }
 """,
-    "linear_kl": """memory linear_kl {
-    architecture = linear(residual: true, norm: layernorm)
-    bias = huber(delta: d)
-    retention = kl(keep: a, centred: true)
-    algorithm = gd(lr: eta)
-    chunk = 16
-    gate eta = 0.05 * sigmoid(z)
-    gate a = sigmoid(z)
-    gate d = softplus(z)
-}
-""",
     "linear_lq": """memory linear_lq {
     architecture = linear(residual: true, norm: layernorm)
     bias = lp(p: 3)
@@ -142,8 +131,8 @@ SPEC_VARIANTS = {  # the chunked kernels' optional features, which no shipped sp
 def test_the_chunked_kernels_compile_with_every_feature(tmp_path):
     """The interpreter runs code that Triton's compiler can still reject (a variable changing
     shape across a loop, say), so the chunked kernels of three specs with every optional feature
-    (lq, clip, decay applied first, residual and LayerNorm reads, a loss gate) and the kl pairs
-    of MEMORA and of a linear kl memory are compiled for sm_90 as training-length calls launch them: they compile and use
+    (lq, clip, decay applied first, residual and LayerNorm reads, a loss gate) and MEMORA's kl
+    pair are compiled for sm_90 as training-length calls launch them: they compile and use
     tensor cores, and MEMORA's forward kernel spills nothing."""
     if "nvidia" not in triton.backends.backends:
         pytest.skip("this triton has no NVIDIA backend")
@@ -155,7 +144,7 @@ def test_the_chunked_kernels_compile_with_every_feature(tmp_path):
                     str(tmp_path / "generated")], check=True, capture_output=True)  # fmt: skip
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     jobs = [("moneta_clip", "mlp:forward", 64), ("moneta_clip", "mlp:backward", 64)]
-    jobs += [(s, f"kl:{k}", 64) for s in ("memora", "linear_kl") for k in ("forward", "backward")]
+    jobs += [("memora", "kl:forward", 64), ("memora", "kl:backward", 64)]
     jobs += [(spec, f"dual:{k}", 64) for spec in ("ttt_linear_first_clip", "linear_lq")
              for k in ("forward", "state_bwd", "chunk_bwd")]  # fmt: skip
     code = (
