@@ -316,6 +316,14 @@ def _bias_vjp_rows(y, v, mask, dyb):
 
 
 @triton.jit
+def _surprise_rows_back(b_dd, b_y, b_v, b_g, mask,
+                        DV: tl.constexpr):
+    """The reverse of a chunk's surprise past its output Z: D = G, G = dl/dy(Y, V),
+    Y = Z. From D's adjoint: Z's, Y's (which the residual passes on to K), V's."""
+    b_dy, b_dv = _bias_vjp_rows(b_y, b_v, mask, b_dd)
+    return b_dy, b_dy, b_dv, b_dd
+
+@triton.jit
 def _dual_chunk_pieces(q_ptr, k_ptr, v_ptr, d_ptr, params_ptr, ln_ptr, b_w, i_b, i_h, i_bh, n,
                        v0, T, H, TP, BH, scale, DK: tl.constexpr, DV: tl.constexpr,
                        BK: tl.constexpr, BV: tl.constexpr, BT: tl.constexpr, DOT: tl.constexpr):
@@ -381,9 +389,8 @@ def _dual_surprise_bwd(b_x, b_k, b_v, b_y, b_g, b_d, b_m, b_dmat, b_a, b_dl, mas
     straight from the end state's: x^T (a dZ) + K^T dMk, Mk = K W."""
     b_kdw = mm(b_k, b_dw, DOT)
     b_dd = -b_dl[:, None] * b_kdw - mm(tl.trans(b_dmat * b_m), b_dz, DOT)
-    b_dg = b_dd
-    b_dy, b_dv = _bias_vjp_rows(b_y, b_v, mask, b_dg)
-    b_dmk = b_dy
+    b_dmk, b_dy, b_dv, b_du = _surprise_rows_back(
+        b_dd, b_y, b_v, b_g, mask, DV)
     b_dw0 = mm(tl.trans(b_x), b_a[:, None] * b_dz, DOT) + mm(tl.trans(b_k), b_dmk, DOT)
     return b_kdw, b_dy, b_dmk, b_dv, b_dw0
 

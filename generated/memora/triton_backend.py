@@ -469,6 +469,17 @@ def _bias_vjp_rows(y, v, mask, dyb):
 
 
 @triton.jit
+def _surprise_rows_back(b_dd, b_y, b_v, b_g, mask, b_xh, b_rstd, gamma,
+                        DV: tl.constexpr):
+    """The reverse of a chunk's surprise past its output Z: D = LN's backward of G, G = dl/dy(Y, V),
+    Y = LN(Z) + K. From D's adjoint: Z's, Y's (which the residual passes on to K), V's and du, the adjoint of LayerNorm's backward's input G * gamma (the gain's
+    adjoint is sum(du G) + sum(dY x_hat))."""
+    b_du, b_dxh, b_drstd = ln_back_rows_vjp(b_dd, b_g * gamma, b_xh, b_rstd, mask, DV)
+    b_dy, b_dv = _bias_vjp_rows(b_y, b_v, mask, b_du * gamma)
+    b_dz = ln_fwd_back_rows(b_dxh + b_dy * gamma, b_drstd, b_xh, b_rstd, mask, DV)
+    return b_dz, b_dy, b_dv, b_du
+
+@triton.jit
 def _kl_weights(w_ptr, r0, c0, BR: tl.constexpr, BC: tl.constexpr, NR, NC):
     """A [BR, BC] tile of a weight matrix on the simplex (each of its NR rows sums to one over
     NC columns): the weights the memory reads (centred: NC W - 1), zero outside the matrix, and log W,
@@ -712,8 +723,7 @@ def _kl_backward_kernel(q_ptr, k_ptr, v_ptr, coef_ptr, d_ptr, params_ptr, hs_ptr
         b_y = b_xh * gamma + beta
         b_y += b_k
         b_g = _bias_grad_rows(b_y, b_v, mask)
-        b_u = b_g * gamma
-        b_d2 = ln_back_rows(b_u, b_xh, b_rstd, mask, DV)
+        b_d2 = ln_back_rows(b_g * gamma, b_xh, b_rstd, mask, DV)
         b_g2 = DV * b_d2
         b_lse = _kl_lse1(b_k, b_d2, b_a, b_dmat, w1_ptr, w2_ptr, BK, BV, BE, BT, DK, DV, HID, DOT)
         b_zq2 = _kl_reads(b_x, b_k, b_d2, b_g2, b_a, b_dmat, b_lse, w1_ptr, w2_ptr, zq_ptr, BK,
@@ -820,14 +830,11 @@ def _kl_backward_kernel(q_ptr, k_ptr, v_ptr, coef_ptr, d_ptr, params_ptr, hs_ptr
             store_tile(dz1_ptr, tl.where(inside, HID * b_dg1 * b_b1 * _act_d2(b_z1), 0.0), 0, e0,
                        BT, BE, BT, HID)
         # the loss's vector-Jacobian product and LayerNorm's backward of its backward
-        b_du, b_dxh, b_drstd = ln_back_rows_vjp(b_dd2, b_u, b_xh, b_rstd, mask, DV)
-        b_dgamma += tl.sum(b_du * b_g, axis=0)
-        b_dg = b_du * gamma
-        b_dy, b_dv = _bias_vjp_rows(b_y, b_v, mask, b_dg)
+        b_dz2, b_dy, b_dv, b_du = _surprise_rows_back(
+            b_dd2, b_y, b_v, b_g, mask, b_xh, b_rstd, gamma, DV)
         b_dk += b_dy
-        b_dgamma += tl.sum(b_dy * b_xh, axis=0)
+        b_dgamma += tl.sum(b_du * b_g + b_dy * b_xh, axis=0)
         b_dbeta += tl.sum(b_dy, axis=0)
-        b_dz2 = ln_fwd_back_rows(b_dxh + b_dy * gamma, b_drstd, b_xh, b_rstd, mask, DV)
         # C: the surprise's forward pass reversed, Z1 = K R1, A1 = act(Z1), U2 = A1 R2
         tl.debug_barrier()  # the scratch and adjoint tiles B2 wrote
         for e0 in range(0, HID, BE):

@@ -479,6 +479,17 @@ def _bias_vjp_rows(y, v, mask, dyb):
 
 
 @triton.jit
+def _surprise_rows_back(b_dd, b_y, b_v, b_g, mask, b_xh, b_rstd, gamma,
+                        DV: tl.constexpr):
+    """The reverse of a chunk's surprise past its output Z: D = LN's backward of G, G = dl/dy(Y, V),
+    Y = LN(Z) + K. From D's adjoint: Z's, Y's (which the residual passes on to K), V's and du, the adjoint of LayerNorm's backward's input G * gamma (the gain's
+    adjoint is sum(du G) + sum(dY x_hat))."""
+    b_du, b_dxh, b_drstd = ln_back_rows_vjp(b_dd, b_g * gamma, b_xh, b_rstd, mask, DV)
+    b_dy, b_dv = _bias_vjp_rows(b_y, b_v, mask, b_du * gamma)
+    b_dz = ln_fwd_back_rows(b_dxh + b_dy * gamma, b_drstd, b_xh, b_rstd, mask, DV)
+    return b_dz, b_dy, b_dv, b_du
+
+@triton.jit
 def _mlp_hidden(b_in, w_ptr, e0, r, BK: tl.constexpr, BE: tl.constexpr, DK: tl.constexpr,
                 HID: tl.constexpr, DOT: tl.constexpr):
     """Hidden columns e0..e0+BE of the first layer at its weights W1 (at w_ptr [DK, HID])
@@ -660,8 +671,7 @@ def _mlp_backward_kernel(q_ptr, k_ptr, v_ptr, coef_ptr, ends_ptr, d_ptr, params_
         b_y = b_xh * gamma + beta
         b_y += b_k
         b_g = _bias_grad_rows(b_y, b_v, mask)
-        b_u = b_g * gamma
-        b_d2 = ln_back_rows(b_u, b_xh, b_rstd, mask, DV)
+        b_d2 = ln_back_rows(b_g * gamma, b_xh, b_rstd, mask, DV)
         b_xk = mm(b_x, tl.trans(b_k), DOT)
         b_m = b_dmat * b_xk
         # B: the reads (their second layer's parts without the gates: UA = H1 W2, UB = H1 S2)
@@ -767,14 +777,11 @@ def _mlp_backward_kernel(q_ptr, k_ptr, v_ptr, coef_ptr, ends_ptr, d_ptr, params_
         b_dk -= mm(tl.trans(b_rd), b_x, DOT)
         b_dD -= b_r1 * b_xk
         # the loss's vector-Jacobian product and LayerNorm's backward of its backward
-        b_du, b_dxh, b_drstd = ln_back_rows_vjp(b_dd2, b_u, b_xh, b_rstd, mask, DV)
-        b_dgamma += tl.sum(b_du * b_g, axis=0)
-        b_dg = b_du * gamma
-        b_dy, b_dv = _bias_vjp_rows(b_y, b_v, mask, b_dg)
+        b_dz2, b_dy, b_dv, b_du = _surprise_rows_back(
+            b_dd2, b_y, b_v, b_g, mask, b_xh, b_rstd, gamma, DV)
         b_dk += b_dy
-        b_dgamma += tl.sum(b_dy * b_xh, axis=0)
+        b_dgamma += tl.sum(b_du * b_g + b_dy * b_xh, axis=0)
         b_dbeta += tl.sum(b_dy, axis=0)
-        b_dz2 = ln_fwd_back_rows(b_dxh + b_dy * gamma, b_drstd, b_xh, b_rstd, mask, DV)
         # D: the reverse of the surprise's forward pass, Z1 = K W1, A1 = act(Z1), Z2 = A1 W2
         tl.debug_barrier()  # the scratch and adjoint tiles C wrote, by other threads
         for e0 in range(0, HID, BE):
