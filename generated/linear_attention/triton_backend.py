@@ -505,7 +505,7 @@ dual = dual_chunk.DualChunk(
 
 
 def forward(q, k, v, gates, **options):
-    """The torch backend's `forward` contract: calls the chunked dual-form kernels take
+    """The torch backend's `forward` contract: calls the chunked kernels take
     (`dual.unsupported`: at least 64 tokens, starting on a chunk boundary) run on them,
     the others on the fused recurrent kernels (see `unsupported`); `options` are the op's
     keyword arguments (scale, initial_state, output_final_state, ln_weight, ln_bias,

@@ -890,13 +890,15 @@ kl = kl_chunk.KlChunk(
 
 
 def forward(q, k, v, gates, **options):
-    """The torch backend's `forward` contract: calls the chunked kl kernels take
-    (`kl.unsupported`: at least 64 tokens, starting on a chunk boundary) run on them, the
-    others on the fused recurrent kernels (see `unsupported`); `options` are the op's keyword
-    arguments (scale, initial_state, output_final_state, ln_weight, ln_bias, anchor_state,
-    chunk_offset)."""
+    """The torch backend's `forward` contract: calls the chunked kernels take
+    (`kl.unsupported`: at least 64 tokens, starting on a chunk boundary) run on them,
+    the others on the fused recurrent kernels (see `unsupported`); `options` are the op's
+    keyword arguments (scale, initial_state, output_final_state, ln_weight, ln_bias,
+    anchor_state, chunk_offset)."""
     rows = [runtime.gate(gates["eta"], "eta", q), runtime.gate(gates["a"], "a", q)]
     if kl.unsupported(q, v, options.get("chunk_offset", 0)) is None:
+        rate = rows[1]
+        mom = None
         params = []
-        return kl.forward(q, k, v, rows[0], rows[1], params, **options)
+        return kl.forward(q, k, v, rows[0], rate, mom, params, **options)
     return fused.forward(q, k, v, rows, **options)

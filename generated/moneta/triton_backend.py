@@ -941,7 +941,7 @@ mlp = mlp_chunk.MlpChunk(
 
 
 def forward(q, k, v, gates, **options):
-    """The torch backend's `forward` contract: calls the chunked dual-form kernels take
+    """The torch backend's `forward` contract: calls the chunked kernels take
     (`mlp.unsupported`: at least 64 tokens, starting on a chunk boundary) run on them,
     the others on the fused recurrent kernels (see `unsupported`); `options` are the op's
     keyword arguments (scale, initial_state, output_final_state, ln_weight, ln_bias,

@@ -21,18 +21,19 @@ import torch
 from torch import Tensor
 
 from ..errors import BackendError
-from .dual_chunk import MIN_TOKENS, _pow2, layer_norm_params, pack_coefficients, refusal
+from .dual_chunk import MIN_TOKENS, _pow2, layer_norm_params, pack_coefficients
 from .inputs import initial_weights
+from .mlp_chunk import MlpChunk
 from .triton_host import custom_op, split_state
-from .wy_chunk import dot_dtype
 
 HIDDEN_TILE = 32  # hidden units per pass through the chip; half that in the backward kernel
 
 
-class KlChunk:
+class KlChunk(MlpChunk):
     """The kernels of one spec as a `torch.library` op pair with an autograd formula; the
     generated backend passes its forward and backward kernels, the memory's weight shapes, its
-    chunk and what a missing initial state means."""
+    chunk and what a missing initial state means. The limits, launch settings and launches are
+    MlpChunk's; kl retention has no momentum."""
 
     def __init__(self, namespace: str, kernels: tuple, *, shapes: Callable, chunk: int,
                  required_state: str):  # fmt: skip
@@ -41,10 +42,6 @@ class KlChunk:
         self.required_state = required_state
         self.min_tokens = MIN_TOKENS  # benchmarks raise it to time the recurrent kernels alone
         self.op = custom_op(f"{namespace}_kl", lambda: self._register(f"{namespace}_kl"))
-
-    def unsupported(self, q: Tensor, v: Tensor, chunk_offset: int = 0) -> str | None:
-        """Why this call does not run on the chunked kernels, or None."""
-        return refusal(q, v, chunk_offset, self.min_tokens)
 
     def meta(self, Dk: int, Dv: int, dot, backward: bool = False) -> dict:
         """A kernel's compile-time constants (`dot`: the matmul operands' dtype); the backward
@@ -55,16 +52,6 @@ class KlChunk:
         BE = max(16, min(HIDDEN_TILE // (2 if backward else 1), _pow2(hidden)))
         return dict(DK=Dk, DV=Dv, HID=hidden, BK=_pow2(Dk), BV=_pow2(Dv), BE=BE, BT=self.chunk,
                     DOT=dot)  # fmt: skip
-
-    @staticmethod
-    def launch_options(Dk: int, Dv: int) -> dict:
-        """8 warps, as the MLP memories' chunked kernels."""
-        return dict(num_warps=8, num_stages=1)
-
-    def _launch(self, kernel, args: tuple, q: Tensor, v: Tensor, **extra) -> None:
-        Dk, Dv, BH = q.shape[-1], v.shape[-1], q.shape[0] * q.shape[2]
-        meta = self.meta(Dk, Dv, dot_dtype(q.dtype), kernel is self.backward_kernel)
-        kernel[(BH,)](*args, **meta, **self.launch_options(Dk, Dv), **extra)
 
     def launch_forward(self, q, k, v, coef, d, params, state, ln, scale: float, save: bool):
         """(o, the final state flat as `state`, the state at each chunk's start [BH, NT, ..]
@@ -143,12 +130,12 @@ class KlChunk:
         return kl_forward
 
     def forward(
-        self, q, k, v, lr, rate, params: list, *, scale, initial_state, output_final_state,
+        self, q, k, v, lr, rate, mom, params: list, *, scale, initial_state, output_final_state,
         ln_weight=None, ln_bias=None, anchor_state=None, chunk_offset: int = 0,
     ):  # fmt: skip
         """The op contract (o [B, T, H, Dv], final state tuple or None) on the chunked
-        kernels, for gates lr, rate (the keep gate) and the loss's gate parameters, each
-        [B, H, T]; `ln_weight`, `ln_bias` [H, Dv] (default 1 and 0) when the memory has a
+        kernels, for gates lr, rate (the keep gate), mom (None: kl takes no momentum) and the
+        loss's gate parameters, each [B, H, T]; `ln_weight`, `ln_bias` [H, Dv] (default 1 and 0) when the memory has a
         LayerNorm. A call continuing a chunk is not taken (`unsupported`), so `anchor_state`
         plays no part."""
         reason = self.unsupported(q, v, chunk_offset)
