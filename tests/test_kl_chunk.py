@@ -52,16 +52,22 @@ def short_calls_chunked(module):
         kl.min_tokens = threshold
 
 
+def assert_chunked_matches_reference(module, case, context: str) -> None:
+    """One call through the chunked kernels, its forward and backward pass held to the
+    reference at the fp32 tolerance."""
+    with short_calls_chunked(module) as calls:
+        errors = testing.compare(module, case.to(DEVICE), "triton")
+    assert calls[0] == 1
+    assert_close(errors, TOL32, context)
+
+
 def test_shipped_memora(shipped):
     """MEMORA (centred read, LayerNorm and residual, chunk 16) over three chunks, the last
     ragged, with a learned initial state."""
     module = shipped["memora"]
     case = testing.make_case(testing.spec_of(module), B=1, T=37, H=1, Dk=12, seed=3,
                              dtype=torch.float32, with_initial_state=True)  # fmt: skip
-    with short_calls_chunked(module) as calls:
-        errors = testing.compare(module, case.to(DEVICE), "triton")
-    assert calls[0] == 1
-    assert_close(errors, TOL32, "memora T=37")
+    assert_chunked_matches_reference(module, case, "memora T=37")
 
 
 def test_a_plain_kl_memory_with_a_loss_gate(compile_text):
@@ -70,10 +76,7 @@ def test_a_plain_kl_memory_with_a_loss_gate(compile_text):
     module = compile_text(PLAIN_KL)
     case = testing.make_case(testing.spec_of(module), B=1, T=41, H=1, Dk=8, seed=5,
                              dtype=torch.float32, with_initial_state=True)  # fmt: skip
-    with short_calls_chunked(module) as calls:
-        errors = testing.compare(module, case.to(DEVICE), "triton")
-    assert calls[0] == 1
-    assert_close(errors, TOL32, "plain kl T=41")
+    assert_chunked_matches_reference(module, case, "plain kl T=41")
 
 
 def test_a_linear_kl_memory(compile_text):
@@ -91,10 +94,7 @@ def test_a_linear_kl_memory(compile_text):
     module = compile_text(text)
     case = testing.make_case(testing.spec_of(module), B=1, T=37, H=1, Dk=12, seed=6,
                              dtype=torch.float32, with_initial_state=True)  # fmt: skip
-    with short_calls_chunked(module) as calls:
-        errors = testing.compare(module, case.to(DEVICE), "triton")
-    assert calls[0] == 1
-    assert_close(errors, TOL32, "linear kl T=37")
+    assert_chunked_matches_reference(module, case, "linear kl T=37")
 
 
 def test_a_long_bf16_call_without_gradients(shipped):
@@ -154,7 +154,4 @@ def test_random_kl_specs_match_reference(compile_text, depth, activation, residu
     case = testing.make_case(testing.spec_of(module), B=1, T=T, H=1, Dk=12,
                              Dv=12 if residual else 16, seed=seed, dtype=torch.float32,
                              with_initial_state=True)  # fmt: skip
-    with short_calls_chunked(module) as calls:
-        errors = testing.compare(module, case.to(DEVICE), "triton")
-    assert calls[0] == 1
-    assert_close(errors, TOL32, f"{text} T={T}")
+    assert_chunked_matches_reference(module, case, f"{text} T={T}")
