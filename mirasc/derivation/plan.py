@@ -22,7 +22,7 @@ class Plan:
     sums: tuple  # indices of the loss's sums S_i that dl/dy needs
     segment: int  # Triton: tokens between the states the forward pass saves (chunk multiple)
     # Triton's chunked kernels for training-length calls: "wy", "dual" (a linear memory),
-    # "mlp" (a two-layer MLP memory), "kl" (a two-layer MLP memory under kl retention) or ""
+    # "mlp" (a two-layer MLP memory), "kl" (a linear or two-layer MLP memory under kl) or ""
     triton_chunked: str
     triton_chunked_why: str  # why training-length calls take no chunked Triton kernels, or ""
 
@@ -51,8 +51,8 @@ def wy_scale(spec: Spec, derived: Derived) -> float | None:
 
 def dual_chunk_refusal(spec: Spec) -> str:
     """Why the chunked Triton kernels (every gradient at the chunk's anchor; the dual form of a
-    linear memory or a two-layer MLP, or a two-layer MLP's row softmaxes under kl) do not take
-    the spec; "" if they do. What they lack runs on the recurrent kernels."""
+    linear memory or a two-layer MLP, or their row softmaxes under kl) do not take the spec;
+    "" if they do. What they lack runs on the recurrent kernels."""
     a, ret = spec.architecture, spec.retention
     kl = ret.kind == "kl"
     lacks = [
