@@ -5,8 +5,7 @@ torch backend's strategies (the recurrent per-chunk loop; the chunked dual form 
 explicit backward pass, "chunked", and differentiated by autograd, "chunked_autograd"; the WY
 form where the spec allows it; MEMORA's chunked mirror steps, "kl") and for the float64
 reference oracle; the bytes each strategy's forward pass keeps for its backward pass (distinct
-storages seen by
-`torch.autograd.graph.saved_tensors_hooks`); and the ratios of the default strategy against
+storages seen by `torch.autograd.graph.saved_tensors_hooks`); and the ratios of the default strategy against
 the reference and the recurrent loop, and of the explicit backward against autograd's.
 Default shape: B=2, T=1024, H=4, D=64.
 
