@@ -9,6 +9,8 @@ import torch
 
 if not torch.cuda.is_available():  # Triton kernels run in its interpreter on CPU tensors
     os.environ.setdefault("TRITON_INTERPRET", "1")
+if os.environ.get("PYTEST_XDIST_WORKER"):  # one core per worker: pytest -n splits the cores
+    torch.set_num_threads(1)
 
 import pytest
 from hypothesis import HealthCheck, settings
