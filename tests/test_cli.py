@@ -40,6 +40,13 @@ def test_explain_states_memoras_mirror_step_on_every_token(capsys):
     assert "first token" not in out
 
 
+@pytest.mark.parametrize(("spec", "split"), [("gated_deltanet", True), ("titans", False)])
+def test_explain_states_whether_the_recurrent_kernels_split_value_columns(capsys, spec, split):
+    assert main(["explain", f"specs/{spec}.miras"]) == 0
+    out = capsys.readouterr().out
+    assert ("(batch, head) and tile of value columns" in out) is split
+
+
 def test_check_passes_on_a_shipped_spec(capsys):
     assert main(["check", "specs/gated_deltanet.miras", "-n", "3"]) == 0
     out = capsys.readouterr().out

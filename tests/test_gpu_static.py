@@ -44,6 +44,26 @@ def test_the_static_table_parses(tmp_path):
     ]
 
 
+def test_the_recurrent_kernels_of_a_wide_linear_memory_do_not_spill(tmp_path):
+    """gated_deltanet's recurrent pair at D = 128, as decoding launches it: with the value
+    columns split across programs (plan.recurrent_value_tiles) each holds a [128, 32] slice of
+    the state, and neither kernel spills (holding all of it, the backward spilled 2 KB)."""
+    if "nvidia" not in triton.backends.backends:
+        pytest.skip("this triton has no NVIDIA backend")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    out = tmp_path / "fused.json"
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "gpu_static.py"), "--specs", "gated_deltanet",
+         "--D", "128", "--kernels", "fused", "--json", str(out)],
+        env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    rows = json.loads(out.read_text())
+    assert [r["kernel"] for r in rows] == ["_forward_kernel", "_backward_kernel"]
+    for r in rows:
+        assert r["spill_stores"] == r["spill_loads"] == 0, r
+
+
 def test_the_chunked_wy_kernels_use_tensor_cores_and_do_not_spill(tmp_path):
     """gated_deltanet's chunked WY kernels (the decay-gated variant; deltanet's differ only by
     a constexpr) at D = 64 and 128, bf16 inputs, as its training-length calls launch them: each

@@ -144,15 +144,16 @@ def _forward_kernel(
     BK: tl.constexpr, BV: tl.constexpr, BH: tl.constexpr,
     CH: tl.constexpr, SEG: tl.constexpr, CONTINUING: tl.constexpr,
 ):
-    """One (batch, head): the whole sequence with the state on chip; saves the state at the
-    start of every segment of SEG tokens (positions counted from the chunk's start, offset)."""
+    """One (batch, head) and tile of value columns: the whole
+    sequence with the state on chip; saves the state at the start of every segment of SEG tokens
+    (positions counted from the chunk's start, offset)."""
     i_bh = tl.program_id(0).to(tl.int64)
     i_b = i_bh // H
     i_h = i_bh % H
     GS = tl.num_programs(0).to(tl.int64) * T  # stride between gate rows
     rk = tl.arange(0, BK)
     mk = rk < DK
-    rv = tl.arange(0, BV)
+    rv = tl.program_id(1) * BV + tl.arange(0, BV)  # this program's value columns
     mv = rv < DV
     o_w1 = 0
     i_w1 = rk[:, None] * DV + rv[None, :]
@@ -199,21 +200,26 @@ def _backward_kernel(
     BK: tl.constexpr, BV: tl.constexpr, BH: tl.constexpr,
     CH: tl.constexpr, SEG: tl.constexpr, CONTINUING: tl.constexpr,
 ):
-    """One (batch, head), segments in reverse: recompute the segment's per-token states from
-    its saved start into scratch, then walk its tokens backwards."""
+    """One (batch, head) and tile of value columns, segments in reverse:
+    recompute the segment's per-token states from its saved start into scratch, then walk its
+    tokens backwards. Each value tile's program writes its share of dq, dk and the
+    gates' adjoints (sums over the value columns) to its own slice; the host adds them."""
     i_bh = tl.program_id(0).to(tl.int64)
     i_b = i_bh // H
     i_h = i_bh % H
     GS = tl.num_programs(0).to(tl.int64) * T  # stride between gate rows
     rk = tl.arange(0, BK)
     mk = rk < DK
-    rv = tl.arange(0, BV)
+    rv = tl.program_id(1) * BV + tl.arange(0, BV)  # this program's value columns
     mv = rv < DV
     o_w1 = 0
     i_w1 = rk[:, None] * DV + rv[None, :]
     m_w1 = mk[:, None] & mv[None, :]
     WSIZE = (DK * DV)
     STATE = (DK * DV)
+    dq_ptr += tl.program_id(1) * GS * DK
+    dk_ptr += tl.program_id(1) * GS * DK
+    dg_ptr += tl.program_id(1) * GS * 2
     scr = scratch_ptr + i_bh * (SEG + 1) * STATE
     b_dw1 = tl.load(dfinal_ptr + i_bh * STATE + o_w1 + i_w1, mask=m_w1, other=0.0)
     b_dpa1 = b_dw1 * 0.0  # the chunk's anchor adjoint
@@ -315,6 +321,7 @@ fused = runtime.FusedRecurrent(
     n_states=1,
     required_state='',
     layer_norm=False,
+    value_tiles=True,
 )
 unsupported = fused.unsupported
 

@@ -234,15 +234,16 @@ def _forward_kernel(
     BK: tl.constexpr, BV: tl.constexpr, BH: tl.constexpr,
     CH: tl.constexpr, SEG: tl.constexpr, CONTINUING: tl.constexpr,
 ):
-    """One (batch, head): the whole sequence with the state on chip; saves the state at the
-    start of every segment of SEG tokens (positions counted from the chunk's start, offset)."""
+    """One (batch, head): the whole
+    sequence with the state on chip; saves the state at the start of every segment of SEG tokens
+    (positions counted from the chunk's start, offset)."""
     i_bh = tl.program_id(0).to(tl.int64)
     i_b = i_bh // H
     i_h = i_bh % H
     GS = tl.num_programs(0).to(tl.int64) * T  # stride between gate rows
     rk = tl.arange(0, BK)
     mk = rk < DK
-    rv = tl.arange(0, BV)
+    rv = tl.program_id(1) * BV + tl.arange(0, BV)  # this program's value columns
     mv = rv < DV
     rh = tl.arange(0, BH)
     mh = rh < HID
@@ -304,15 +305,16 @@ def _backward_kernel(
     BK: tl.constexpr, BV: tl.constexpr, BH: tl.constexpr,
     CH: tl.constexpr, SEG: tl.constexpr, CONTINUING: tl.constexpr,
 ):
-    """One (batch, head), segments in reverse: recompute the segment's per-token states from
-    its saved start into scratch, then walk its tokens backwards."""
+    """One (batch, head), segments in reverse:
+    recompute the segment's per-token states from its saved start into scratch, then walk its
+    tokens backwards."""
     i_bh = tl.program_id(0).to(tl.int64)
     i_b = i_bh // H
     i_h = i_bh % H
     GS = tl.num_programs(0).to(tl.int64) * T  # stride between gate rows
     rk = tl.arange(0, BK)
     mk = rk < DK
-    rv = tl.arange(0, BV)
+    rv = tl.program_id(1) * BV + tl.arange(0, BV)  # this program's value columns
     mv = rv < DV
     rh = tl.arange(0, BH)
     mh = rh < HID
@@ -784,6 +786,7 @@ fused = runtime.FusedRecurrent(
     n_states=2,
     required_state='yaad needs initial_state (an MLP memory)',
     layer_norm=True,
+    value_tiles=False,
 )
 unsupported = fused.unsupported
 

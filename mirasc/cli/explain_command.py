@@ -42,9 +42,14 @@ def run(args) -> int:
     print(update_rule(spec))
     print("\n# plan\n")
     print(f"torch backend: {', '.join(plan.strategies)} (default {plan.strategies[0]})")
+    tiles = (
+        " and tile of value columns (each column of this memory updates on its own)"
+        if plan.recurrent_value_tiles
+        else ""
+    )
     print(
         f"triton backend: fused recurrent forward and backward kernels, one program per "
-        f"(batch, head); state saved every {plan.segment} tokens, the backward pass recomputes "
+        f"(batch, head){tiles}; state saved every {plan.segment} tokens, the backward pass recomputes "
         f"each segment: activation memory (ceil(T / {plan.segment}) + {plan.segment + 1}) x |state| "
         "per (batch, head)"
     )

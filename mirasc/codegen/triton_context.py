@@ -89,6 +89,8 @@ class TritonContext:
     mlp: bool  # the plan's chunked dual-form kernels of a two-layer MLP memory
     kl_chunk: bool  # the plan's chunked forward kernel of a two-layer MLP under kl retention
     coordinatewise: bool  # each value column on its own: no loss sum, LayerNorm, clip or lq
+    value_tiles: bool  # the recurrent kernels' programs each take a tile of value columns
+    n_gate_rows: int  # rows of the gate tensor the kernels load
     loss_grad_rows_lines: list  # the loss pieces for a chunk's tiles, for those kernels
     loss_vjp_rows_lines: list
 
@@ -221,12 +223,9 @@ def triton_context(spec: Spec, derived: Derived, plan: Plan, source_text: str) -
         dual=plan.triton_chunked == "dual",
         mlp=plan.triton_chunked == "mlp",
         kl_chunk=plan.triton_chunked == "kl",
-        coordinatewise=not (
-            plan.sums
-            or spec.architecture.norm
-            or spec.clip is not None
-            or spec.retention.kind == "lq"
-        ),
+        coordinatewise=plan.coordinatewise,
+        value_tiles=plan.recurrent_value_tiles,
+        n_gate_rows=len(row_code),
         loss_grad_rows_lines=[Code(line) for line in tiles.grad_lines],
         loss_vjp_rows_lines=[Code(line) for line in tiles.vjp_lines],
     )

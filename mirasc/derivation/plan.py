@@ -25,6 +25,8 @@ class Plan:
     # "mlp" (a two-layer MLP memory), "kl" (a linear or two-layer MLP memory under kl) or ""
     triton_chunked: str
     triton_chunked_why: str  # why training-length calls take no chunked Triton kernels, or ""
+    coordinatewise: bool  # each value column updates on its own (see `coordinatewise`)
+    recurrent_value_tiles: bool  # the recurrent kernels split the value columns across programs
 
 
 def wy_scale(spec: Spec, derived: Derived) -> float | None:
@@ -68,6 +70,27 @@ def dual_chunk_refusal(spec: Spec) -> str:
     return ""
 
 
+def coordinatewise(spec: Spec, sums: tuple) -> bool:
+    """Each value column of the state updates on its own: dl/dy_j needs no sum over the
+    columns, and no LayerNorm, clip or lq normaliser couples them. The sequential kernels may
+    then give each program a tile of value columns."""
+    return not (
+        sums or spec.architecture.norm or spec.clip is not None or spec.retention.kind == "lq"
+    )
+
+
+def recurrent_value_tiles(spec: Spec, sums: tuple) -> bool:
+    """The recurrent kernels give each program a tile of value columns: a coordinate-wise
+    linear memory whose read adds no residual (which would need the key's columns) under a
+    retention other than kl (whose row softmax spans the columns)."""
+    return (
+        coordinatewise(spec, sums)
+        and spec.depth == 1
+        and not spec.architecture.residual
+        and spec.retention.kind != "kl"
+    )
+
+
 def make_plan(spec: Spec, derived: Derived) -> Plan:
     """The WY form for the chunk-1 delta rule; the chunked dual form where every state is
     linear in the chunk's gradients, the default from chunk 2 on (at chunk 1 it is a slower
@@ -100,4 +123,7 @@ def make_plan(spec: Spec, derived: Derived) -> Plan:
         chunked = "dual"
     else:
         chunked = "mlp"
-    return Plan(strategies, c, sums, segment, chunked, why)
+    return Plan(
+        strategies, c, sums, segment, chunked, why,
+        coordinatewise(spec, sums), recurrent_value_tiles(spec, sums),
+    )  # fmt: skip

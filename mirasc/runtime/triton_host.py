@@ -47,6 +47,7 @@ class FusedRecurrent:
     kernels take the arguments in the order the launches below pass them."""
 
     MAX_TILE = 1 << 16  # elements of one on-chip weight tile ([in, out] padded to powers of 2)
+    VALUE_TILE = 32  # value columns per program where the plan splits them (`value_tiles`)
 
     def __init__(
         self,
@@ -61,25 +62,40 @@ class FusedRecurrent:
         n_states: int,
         required_state: str,
         layer_norm: bool,
+        value_tiles: bool = False,
     ):
         self.forward_kernel, self.backward_kernel = forward_kernel, backward_kernel
         self.shapes, self.hidden_factor = shapes, hidden_factor
         self.chunk, self.segment = chunk, segment  # segment: tokens between saved states
         self.n_states, self.required_state, self.layer_norm = n_states, required_state, layer_norm
+        self.value_tiles = value_tiles  # a linear memory whose value columns update on their own
         self.op = custom_op(namespace, lambda: self._register(namespace))
+
+    def value_tile(self, Dv: int) -> int:
+        """Value columns per program: VALUE_TILE where the plan splits them, else all."""
+        whole = _pow2(Dv)
+        return min(self.VALUE_TILE, whole) if self.value_tiles else whole
+
+    def value_programs(self, Dv: int) -> int:
+        return -(-Dv // self.value_tile(Dv))
+
+    def tiles(self, Dk: int, Dv: int) -> list:
+        """Elements of each weight tile a program holds (padded to powers of 2)."""
+        if self.value_tiles:  # a linear memory: one [Dk, value tile] tile
+            return [_pow2(Dk) * self.value_tile(Dv)]
+        return [_pow2(i) * _pow2(o) for i, o in self.shapes(Dk, Dv)]
 
     def meta(self, Dk: int, Dv: int, offset: int) -> dict:
         """The kernels' compile-time constants."""
         hidden = self.hidden_factor * Dk
         return dict(
-            DK=Dk, DV=Dv, HID=hidden, BK=_pow2(Dk), BV=_pow2(Dv), BH=_pow2(hidden),
+            DK=Dk, DV=Dv, HID=hidden, BK=_pow2(Dk), BV=self.value_tile(Dv), BH=_pow2(hidden),
             CH=self.chunk, SEG=self.segment, CONTINUING=offset > 0,
         )  # fmt: skip
 
     def launch_options(self, Dk: int, Dv: int) -> dict:
         """More warps for larger tiles, so each thread holds fewer of the state's elements."""
-        largest = max(_pow2(i) * _pow2(o) for i, o in self.shapes(Dk, Dv))
-        return dict(num_warps=4 if largest <= 4096 else 8)
+        return dict(num_warps=4 if max(self.tiles(Dk, Dv)) <= 4096 else 8)
 
     def segments(self, T: int, offset: int) -> int:
         return (T + offset + self.segment - 1) // self.segment
@@ -90,10 +106,11 @@ class FusedRecurrent:
             return f"the Triton backend takes fp32, bf16 or fp16 inputs, not {q.dtype}"
         if not (q.is_cuda or triton_interpreted()):
             return "the Triton backend needs CUDA tensors (or TRITON_INTERPRET=1 for its CPU interpreter)"
-        for i, o in self.shapes(q.shape[-1], v.shape[-1]):
-            if _pow2(i) * _pow2(o) > self.MAX_TILE:
+        Dk, Dv = q.shape[-1], v.shape[-1]
+        for (i, o), tile in zip(self.shapes(Dk, Dv), self.tiles(Dk, Dv), strict=True):
+            if tile > self.MAX_TILE:
                 return (
-                    f"a {i} x {o} weight matrix needs a {_pow2(i)} x {_pow2(o)} on-chip tile, over the "
+                    f"a {i} x {o} weight matrix needs an on-chip tile of {tile} elements, over the "
                     f"{self.MAX_TILE}-element limit of this fused kernel (smaller head_dim, or backend='torch')"
                 )
         return None
@@ -105,7 +122,7 @@ class FusedRecurrent:
         o = torch.full((B, T, H, Dv), float("nan"), dtype=q.dtype, device=q.device)
         final = torch.full_like(state, float("nan"))
         ckpt = torch.empty((B, H, nseg, state.shape[-1]), dtype=torch.float32, device=q.device)
-        self.forward_kernel[(B * H,)](
+        self.forward_kernel[(B * H, self.value_programs(Dv))](
             q, k, v, gates, state, anchor, ln, o, final, ckpt, T, H, offset, nseg, scale,
             **self.meta(Dk, Dv, offset), **self.launch_options(Dk, Dv),
         )  # fmt: skip
@@ -116,20 +133,22 @@ class FusedRecurrent:
         Dv = v.shape[-1]
         nan = float("nan")
         f32 = dict(dtype=torch.float32, device=q.device)
-        dq = torch.full((B, T, H, Dk), nan, **f32)
-        dk = torch.full((B, T, H, Dk), nan, **f32)
+        NV = self.value_programs(Dv)  # each value tile's program adds its share of dq, dk, dg
+        dq = torch.full((NV, B, T, H, Dk), nan, **f32)
+        dk = torch.full((NV, B, T, H, Dk), nan, **f32)
         dv = torch.full((B, T, H, Dv), nan, **f32)
-        dgates = torch.full_like(gates, nan)
+        dgates = torch.full((NV, *gates.shape), nan, dtype=gates.dtype, device=gates.device)
         dstate = torch.full_like(state, nan)
         danchor = torch.zeros_like(anchor)
         dln = torch.zeros((B, H, 2, Dv), **f32)
         scratch = torch.empty((B * H * (self.segment + 1) * state.shape[-1],), **f32)
-        self.backward_kernel[(B * H,)](
+        self.backward_kernel[(B * H, NV)](
             q, k, v, gates, state, anchor, ln, ckpt, do.contiguous(), dfinal.contiguous(), scratch,
             dq, dk, dv, dgates, dstate, danchor, dln, T, H, offset, ckpt.shape[2], scale,
             **self.meta(Dk, Dv, offset), **self.launch_options(Dk, Dv),
         )  # fmt: skip
         dln = dln.sum(0).transpose(0, 1).contiguous() if ln.numel() else torch.zeros_like(ln)
+        dq, dk, dgates = dq.sum(0), dk.sum(0), dgates.sum(0)
         return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), dgates, dstate, danchor, dln
 
     def _register(self, namespace: str):
