@@ -281,7 +281,7 @@ def test_clear_errors_and_the_fallback_of_auto(shipped, monkeypatch):
     gates = {n: torch.rand(1, 4, 2, dtype=torch.float64) for n in module.GATE_NAMES}
     with pytest.raises(BackendError, match="fp32, bf16 or fp16"):
         module.op(q, q, q, **gates, backend="triton")
-    big = torch.randn(1, 2, 1, 512)
+    big = torch.randn(1, 2, 1, 4096)  # even one [4096, 32] value tile is over the limit
     with pytest.raises(BackendError, match="on-chip tile"):
         module.op(big, big, big, beta=torch.rand(1, 2, 1), backend="triton")
     # `auto` falls back to the torch backend, with a warning, where the kernels cannot run
