@@ -97,6 +97,36 @@ def test_a_linear_kl_memory(compile_text):
     assert_chunked_matches_reference(module, case, "linear kl T=37")
 
 
+CLIPPED_KL = """memory clipped_kl {
+    architecture = MEMORY
+    bias         = l2
+    retention    = kl(keep: a, centred: true)
+    algorithm    = gd(lr: eta)
+    chunk        = 16
+    clip         = 0.1
+    gate eta = 0.05 * sigmoid(z)
+    gate a   = sigmoid(z)
+}
+"""
+
+
+@pytest.mark.parametrize("arch", ["mlp", "linear"])
+def test_clip_with_kl(compile_text, arch):
+    """MEMORA's memory (or a linear one), with each token's gradient soft-clamped to norm 0.1,
+    well below its size here, so that the clamp and its reverse (through |G1|^2 and |A1|^2 of
+    the surprise's forward pass) carry weight."""
+    memory = (
+        "mlp(depth: 2, expansion: 4, activation: gelu, residual: true, norm: layernorm)"
+        if arch == "mlp"
+        else "linear(residual: true, norm: layernorm)"
+    )
+    text = CLIPPED_KL.replace("MEMORY", memory)
+    module = compile_text(text)
+    case = testing.make_case(testing.spec_of(module), B=1, T=37, H=1, Dk=12, seed=7,
+                             dtype=torch.float32, with_initial_state=True)  # fmt: skip
+    assert_chunked_matches_reference(module, case, f"{arch} kl with clip T=37")
+
+
 def test_a_long_bf16_call_without_gradients(shipped):
     """At the default threshold, a 64-token no-grad call on bf16 inputs (evaluation, prefill;
     two sequences) takes the chunked forward kernel, which then saves no states."""
@@ -134,14 +164,15 @@ def test_prefill_on_the_chunked_kernels_then_decoding_on_the_recurrent_ones(ship
     centred=st.booleans(),
     bias=st.sampled_from(["l2", "huber(delta: d)", "yaad(delta: d)", "dot"]),
     chunk=st.sampled_from([16, 32]),
+    clip=st.sampled_from([None, 0.2]),
     T=st.integers(17, 50),
     seed=st.integers(0, 2**16),
 )
 def test_random_kl_specs_match_reference(compile_text, depth, activation, residual, norm, centred,
-                                         bias, chunk, T, seed):  # fmt: skip
+                                         bias, chunk, clip, T, seed):  # fmt: skip
     """Drawn linear or two-layer memories, activations (sigmoid: act(0) != 0, so padded hidden
     units must be masked), residual and LayerNorm reads or not (without a residual,
-    Dv = 16 != Dk), centred reads or not, losses and chunks."""
+    Dv = 16 != Dk), centred reads or not, losses, chunks and clip."""
     arch = "linear(" if depth == 1 else f"mlp(depth: 2, expansion: 4, activation: {activation}, "
     arch += f"residual: {str(residual).lower()}" + (", norm: layernorm)" if norm else ")")
     gates = ["gate eta = 0.05 * sigmoid(z)", "gate a = sigmoid(z)"]
@@ -149,6 +180,7 @@ def test_random_kl_specs_match_reference(compile_text, depth, activation, residu
     retention = "kl(keep: a, centred: true)" if centred else "kl(keep: a)"
     lines = [f"architecture = {arch}", f"bias = {bias}", f"retention = {retention}",
              "algorithm = gd(lr: eta)", f"chunk = {chunk}", *gates]  # fmt: skip
+    lines += [f"clip = {clip}"] if clip is not None else []
     text = "memory m {\n    " + "\n    ".join(lines) + "\n}\n"
     module = compile_text(text)
     case = testing.make_case(testing.spec_of(module), B=1, T=T, H=1, Dk=12,

@@ -72,7 +72,7 @@ def test_only_needed_sums_are_computed():
         ({"chunk": 16, "arch": "mlp(depth: 2, expansion: 2)", "retention": "kl(keep: eta)"},
          "kl", ""),
         ({"chunk": 16, "arch": "mlp(depth: 2, expansion: 2)", "retention": "kl(keep: eta)",
-          "extra": "clip = 1.0"}, "", "clip with kl retention"),
+          "extra": "clip = 1.0"}, "kl", ""),
         ({"chunk": 16, "arch": "mlp(depth: 2, expansion: 2)", "retention": "lq(q: 4, keep: eta)"},
          "mlp", ""),
         ({"chunk": 16, "retention": "lq(q: 4, keep: eta)"}, "dual", ""),
