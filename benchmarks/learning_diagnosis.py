@@ -16,8 +16,11 @@ Per spec it prints
   bound shows there;
 - with `--steps`: the read weights' Frobenius norm per matrix, and the effective step size, the
   relative change ||W_after - W_before|| / ||W_before|| of each read matrix over the first chunk
-  (its 16 tokens' writes), at the starting gates, and the median per-token gradient norm of
-  each matrix at the starting memory (the size of the step before the learning rate).
+  (its 16 tokens' writes), at the starting gates, the median per-token gradient norm of
+  each matrix at the starting memory (the size of the step before the learning rate), and
+  which way the first chunk's writes move each read matrix's norm, the step taken on W itself
+  against the step taken on the state and read back (they differ only under lq: MONETA's
+  normaliser reverses the direction for q > 3).
 
 `--standard-start` (lq retention, q != 3) starts each A at c R, with c = N(R)^(1/(3-q)), so that
 the read weights W = A / N(A) begin at R, the l2 models' starting weights, instead of R / N(R):
@@ -154,6 +157,35 @@ def relative_steps(module, spec, layer, seen) -> list:
     return steps
 
 
+def radial_steps(module, spec, layer, seen) -> list:
+    """Per read matrix, ||W'|| / ||W|| after the first chunk's writes with the retention gate
+    kept at 1, two ways: the step applied to W itself (plain gradient descent) and the step
+    applied to the state A, read back as W (lq: A / ||A||_q^(q-2)); mean over the batch and
+    heads. For q > 3 the normaliser has negative degree in A (W scales as 1 / c when A scales by
+    c), so a step that grows the state shrinks what the memory reads with: the two disagree."""
+    from mirasc.ir.spec import GateRef
+
+    C, ret = spec.chunk, spec.retention
+    gates = {g: t[:, :C] for g, t in seen["gates"].items()}
+    if isinstance(ret.gate, GateRef):  # keep 1 (lq, kl) or forget 0 (decay, l2)
+        kept = ret.kind in ("lq", "kl")
+        gates[ret.gate.name] = torch.full_like(gates[ret.gate.name], float(kept))
+    start = layer.starting_memory(seen["k"].shape[0], seen["k"])
+    q, k, v = (seen[n][:, :C] for n in ("q", "k", "v"))
+    with torch.no_grad():
+        _, final = module.op(
+            q, k, v, **gates, initial_state=start, output_final_state=True,
+            scale=layer.scale, **layer.norm_args(),
+        )  # fmt: skip
+    read_before, read_after = read_weights(spec, start), read_weights(spec, final)
+    ratios = []
+    for w, a0, a1, w1 in zip(read_before, start, final, read_after, strict=False):
+        norm = w.flatten(-2).norm(dim=-1)
+        plain = (w + (a1 - a0)).flatten(-2).norm(dim=-1) / norm  # the same step taken in W
+        ratios.append((plain.mean().item(), (w1.flatten(-2).norm(dim=-1) / norm).mean().item()))
+    return ratios
+
+
 def token_gradients(module, spec, layer, seen, tokens: int = 16) -> list:
     """Median over tokens, batch and heads of each state matrix's gradient norm, ||g_t||, for
     each of the first `tokens` tokens written alone at the starting memory (what `clip` bounds).
@@ -252,9 +284,11 @@ def diagnose(path: str, seq_len: int, seed: int, args) -> str:
         norms = read_norms(spec, start)
         moved = relative_steps(module, spec, layer, seen)
         grads = token_gradients(module, spec, layer, seen)
+        radial = radial_steps(module, spec, layer, seen)
         row += (
             f" {', '.join(f'{n:.3g}' for n in norms)} | {', '.join(f'{m:.3g}' for m in moved)} "
-            f"| {', '.join(f'{g:.3g}' for g in grads) or '-'} |"
+            f"| {', '.join(f'{g:.3g}' for g in grads) or '-'} "
+            f"| {', '.join(f'{p:.3f} / {r:.3f}' for p, r in radial)} |"
         )
     return row
 
@@ -277,7 +311,8 @@ def main(argv=None) -> int:
     if args.steps:
         header += (
             " read weights' norm per matrix | relative change over the first chunk "
-            "| per-token gradient norm per matrix (median) |"
+            "| per-token gradient norm per matrix (median) "
+            "| ||W'|| / ||W|| per matrix after the first chunk, step on W / on A read as W |"
         )
     print(header)
     print("| --- " * header.count(" |") + "|")

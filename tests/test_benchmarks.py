@@ -43,6 +43,23 @@ def test_learning_diagnosis_reports_yaads_switch_and_gradients(monkeypatch, caps
     assert float(grads.split("v ")[1].split(",")[0]) > 0  # so v gets a gradient
 
 
+def test_learning_diagnosis_shows_monetas_normaliser_reversing_the_step(monkeypatch, capsys):
+    """Under lq with q = 4 the first chunk's writes shrink the read weights where the same step
+    taken on W grows them; without the normaliser (ttt_mlp) the two agree."""
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    diagnosis = importlib.import_module("learning_diagnosis")
+    specs = [str(ROOT / "specs" / f"{n}.miras") for n in ("moneta", "ttt_mlp")]
+    diagnosis.main([*specs, "--seq-len", "32", "--steps"])
+    rows = [r for r in capsys.readouterr().out.splitlines() if r.startswith("| ")][2:]
+    radial = {}
+    for row in rows:
+        pairs = row.strip().strip("|").split("|")[-1].split(",")
+        radial[row.split("|")[1].strip()] = [tuple(map(float, p.split("/"))) for p in pairs]
+    (plain1, read1), (plain2, read2) = radial["moneta"]
+    assert plain1 > 1.0 > read1 and plain2 > 1.0 > read2
+    assert all(abs(p - r) < 1e-6 for p, r in radial["ttt_mlp"])
+
+
 def sweep(recall_table, out: Path, steps: int, *extra: str) -> None:
     """A toy sweep of out/deltanet.miras (copied from specs/ on first use) and attention."""
     spec = out / "deltanet.miras"
