@@ -712,6 +712,9 @@ def _mlp_backward_kernel(q_ptr, k_ptr, v_ptr, coef_ptr, ends_ptr, d_ptr, params_
         # C: per hidden tile, the reverse of the reads, of the update and of D1's making
         for e0 in range(0, HID, BE):
             inside = (e0 + o_e < HID)[None, :]
+            # loaded again per tile, not kept across the loop: fewer registers held (spills)
+            b_x = load_rows(q_ptr, i_b, i_h, t0, 0, T, H, DK, BT, BK).to(tl.float32) * scale
+            b_k = load_rows(k_ptr, i_b, i_h, t0, 0, T, H, DK, BT, BK).to(tl.float32)
             b_w1, b_z1, b_a1, b_u1 = _mlp_hidden(b_k, w1_ptr, e0, 1.0, BK, BE, DK, HID, DOT)
             b_w2 = load_tile(w2_ptr, e0, 0, BE, BV, HID, DV)
             b_b1r = mm(b_d2, tl.trans(b_w2), DOT)
