@@ -4,7 +4,7 @@ with its loss and activation). Per chunk every gradient is taken at the chunk's 
 so each layer's logits are the anchor's plus tensor-core products of the chunk's rank-one
 factors, and every token's own state is a row softmax of them (the torch backend's
 `chunked_kl`). An MLP's state stays in global memory and passes through the chip a tile of
-hidden units at a time; a linear memory's is one tile.
+hidden units at a time; a linear memory's a tile of whole rows at a time (BE rows).
 
 The backward kernel walks the chunks in reverse from the state saved at each chunk's start
 (ceil(T / C) |state| floats per (batch, head), saved only when a gradient is needed),
@@ -47,7 +47,7 @@ class KlChunk(MlpChunk):
         """A kernel's compile-time constants (`dot`: the matmul operands' dtype); the backward
         kernel holds more tiles per hidden tile, so its tiles are half as wide (on sm_90 at
         D = 64: 560 B of spills per thread with 32, 260 B with 16; the forward kernel spills
-        nothing with 32)."""
+        nothing with 32). A linear memory's kernels take BE rows of the state per tile."""
         hidden = self.shapes(Dk, Dv)[0][1]
         BE = max(16, min(HIDDEN_TILE // (2 if backward else 1), _pow2(hidden)))
         return dict(DK=Dk, DV=Dv, HID=hidden, BK=_pow2(Dk), BV=_pow2(Dv), BE=BE, BT=self.chunk,
