@@ -138,18 +138,35 @@ def read_norms(spec, state: tuple) -> list:
     return [w.flatten(-2).norm(dim=-1).mean().item() for w in read_weights(spec, state)]
 
 
-def relative_steps(module, spec, layer, seen) -> list:
-    """Per read matrix, ||W_after - W_before|| / ||W_before|| over the first chunk's writes
-    (mean over the batch and heads): how far one chunk moves the memory, whatever its scale."""
+def without_retention(spec, gates: dict) -> dict:
+    """`gates` with the retention gate, if any, at its no-op: keep 1 (lq, kl) or forget 0."""
+    from mirasc.ir.spec import GateRef
+
+    ret = spec.retention
+    if isinstance(ret.gate, GateRef):
+        kept = ret.kind in ("lq", "kl")
+        gates[ret.gate.name] = torch.full_like(gates[ret.gate.name], float(kept))
+    return gates
+
+
+def first_chunk(module, spec, layer, seen, gates: dict) -> tuple:
+    """The starting memory and the memory after the first chunk's writes under `gates`."""
     C = spec.chunk
     start = layer.starting_memory(seen["k"].shape[0], seen["k"])
-    piece = {g: t[:, :C] for g, t in seen["gates"].items()}
+    piece = {g: t[:, :C] for g, t in gates.items()}
     q, k, v = (seen[n][:, :C] for n in ("q", "k", "v"))
     with torch.no_grad():
         _, final = module.op(
             q, k, v, **piece, initial_state=start, output_final_state=True,
             scale=layer.scale, **layer.norm_args(),
         )  # fmt: skip
+    return start, final
+
+
+def relative_steps(module, spec, layer, seen) -> list:
+    """Per read matrix, ||W_after - W_before|| / ||W_before|| over the first chunk's writes
+    (mean over the batch and heads): how far one chunk moves the memory, whatever its scale."""
+    start, final = first_chunk(module, spec, layer, seen, seen["gates"])
     steps = []
     for before, after in zip(read_weights(spec, start), read_weights(spec, final), strict=True):
         change = (after - before).flatten(-2).norm(dim=-1) / before.flatten(-2).norm(dim=-1)
@@ -163,20 +180,8 @@ def radial_steps(module, spec, layer, seen) -> list:
     applied to the state A, read back as W (lq: A / ||A||_q^(q-2)); mean over the batch and
     heads. For q > 3 the normaliser has negative degree in A (W scales as 1 / c when A scales by
     c), so a step that grows the state shrinks what the memory reads with: the two disagree."""
-    from mirasc.ir.spec import GateRef
-
-    C, ret = spec.chunk, spec.retention
-    gates = {g: t[:, :C] for g, t in seen["gates"].items()}
-    if isinstance(ret.gate, GateRef):  # keep 1 (lq, kl) or forget 0 (decay, l2)
-        kept = ret.kind in ("lq", "kl")
-        gates[ret.gate.name] = torch.full_like(gates[ret.gate.name], float(kept))
-    start = layer.starting_memory(seen["k"].shape[0], seen["k"])
-    q, k, v = (seen[n][:, :C] for n in ("q", "k", "v"))
-    with torch.no_grad():
-        _, final = module.op(
-            q, k, v, **gates, initial_state=start, output_final_state=True,
-            scale=layer.scale, **layer.norm_args(),
-        )  # fmt: skip
+    gates = without_retention(spec, dict(seen["gates"]))
+    start, final = first_chunk(module, spec, layer, seen, gates)
     read_before, read_after = read_weights(spec, start), read_weights(spec, final)
     ratios = []
     for w, a0, a1, w1 in zip(read_before, start, final, read_after, strict=False):
@@ -193,13 +198,11 @@ def token_gradients(module, spec, layer, seen, tokens: int = 16) -> list:
     from mirasc.ir.spec import GateRef
 
     gates = dict(seen["gates"])
-    lr, ret = spec.algorithm.lr, spec.retention
+    lr = spec.algorithm.lr
     if spec.algorithm.kind != "gd" or not isinstance(lr, GateRef):
         return []
     gates[lr.name] = torch.ones_like(gates[lr.name])
-    if isinstance(ret.gate, GateRef):  # keep 1 (lq, kl) or forget 0 (decay, l2)
-        kept = ret.kind in ("lq", "kl")
-        gates[ret.gate.name] = torch.full_like(gates[ret.gate.name], float(kept))
+    gates = without_retention(spec, gates)
     start = layer.starting_memory(seen["k"].shape[0], seen["k"])
     norms = [[] for _ in spec.weight_names]
     with torch.no_grad():

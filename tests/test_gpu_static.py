@@ -14,22 +14,31 @@ import pytest
 import triton
 
 ROOT = Path(__file__).resolve().parents[1]
+needs_nvidia = pytest.mark.skipif(
+    "nvidia" not in triton.backends.backends, reason="this triton has no NVIDIA backend"
+)
 
 
-def test_the_static_table_parses(tmp_path):
-    """deltanet at D=16: both kernels, every column a number, and the JSON says the same. In a
-    fresh process without TRITON_INTERPRET: the interpreter's functions cannot be compiled."""
-    if "nvidia" not in triton.backends.backends:
-        pytest.skip("this triton has no NVIDIA backend")
+def static_rows(tmp_path: Path, *args: str) -> tuple[list, str]:
+    """benchmarks/gpu_static.py with `args` in a fresh process without TRITON_INTERPRET (the
+    interpreter's functions cannot be compiled): its JSON rows and its standard output."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     out = tmp_path / "static.json"
     done = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "gpu_static.py"), "--specs", "deltanet",
-         "--D", "16", "--kernels", "fused", "--markdown", "--json", str(out)],
-        env=env, capture_output=True, text=True, timeout=600,
+        [sys.executable, str(ROOT / "benchmarks" / "gpu_static.py"), *args, "--json", str(out)],
+        env=env, capture_output=True, text=True, timeout=900,
     )  # fmt: skip
     assert done.returncode == 0, done.stdout + done.stderr
-    lines = [line for line in done.stdout.splitlines() if line.startswith("|")]
+    return json.loads(out.read_text()), done.stdout
+
+
+@needs_nvidia
+def test_the_static_table_parses(tmp_path):
+    """deltanet at D=16: both kernels, every column a number, and the JSON says the same."""
+    json_rows, stdout = static_rows(
+        tmp_path, "--specs", "deltanet", "--D", "16", "--kernels", "fused", "--markdown"
+    )
+    lines = [line for line in stdout.splitlines() if line.startswith("|")]
     header = [c.strip() for c in lines[0].strip("|").split("|")]
     assert header[:4] == ["spec", "kernel", "D", "warps"] and "registers" in header
     rows = [dict(zip(header, (c.strip() for c in line.strip("|").split("|")), strict=True))
@@ -39,47 +48,30 @@ def test_the_static_table_parses(tmp_path):
         numbers = {k: float(v) for k, v in row.items() if k not in ("spec", "kernel")}
         assert 0 < numbers["registers"] <= 255 and numbers["D"] == 16
         assert min(numbers.values()) >= 0
-    assert [r["registers"] for r in json.loads(out.read_text())] == [
-        int(r["registers"]) for r in rows
-    ]
+    assert [r["registers"] for r in json_rows] == [int(r["registers"]) for r in rows]
 
 
+@needs_nvidia
 def test_the_recurrent_kernels_of_a_wide_linear_memory_do_not_spill(tmp_path):
     """gated_deltanet's recurrent pair at D = 128, as decoding launches it: with the value
     columns split across programs (plan.recurrent_value_tiles) each holds a [128, 32] slice of
     the state, and neither kernel spills (holding all of it, the backward spilled 2 KB)."""
-    if "nvidia" not in triton.backends.backends:
-        pytest.skip("this triton has no NVIDIA backend")
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    out = tmp_path / "fused.json"
-    done = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "gpu_static.py"), "--specs", "gated_deltanet",
-         "--D", "128", "--kernels", "fused", "--json", str(out)],
-        env=env, capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stdout + done.stderr
-    rows = json.loads(out.read_text())
+    rows = static_rows(tmp_path, "--specs", "gated_deltanet", "--D", "128", "--kernels", "fused")[0]
     assert [r["kernel"] for r in rows] == ["_forward_kernel", "_backward_kernel"]
     for r in rows:
         assert r["spill_stores"] == r["spill_loads"] == 0, r
 
 
+@needs_nvidia
 def test_the_chunked_wy_kernels_use_tensor_cores_and_do_not_spill(tmp_path):
     """gated_deltanet's chunked WY kernels (the decay-gated variant; deltanet's differ only by
     a constexpr) at D = 64 and 128, bf16 inputs, as its training-length calls launch them: each
     issues wgmma or mma and spills no byte (wy_chunk.launch_options and VALUE_TILE are tuned for
     this). Only these kernels are compiled."""
-    if "nvidia" not in triton.backends.backends:
-        pytest.skip("this triton has no NVIDIA backend")
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    out = tmp_path / "wy.json"
-    done = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "gpu_static.py"), "--specs", "gated_deltanet",
-         "--D", "64", "128", "--kernels", "chunked", "--jobs", "2", "--json", str(out)],
-        env=env, capture_output=True, text=True, timeout=900,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stdout + done.stderr
-    rows = json.loads(out.read_text())
+    rows = static_rows(
+        tmp_path, "--specs", "gated_deltanet", "--D", "64", "128", "--kernels", "chunked",
+        "--jobs", "2",
+    )[0]  # fmt: skip
     assert len(rows) == 12 and all(r["kernel"].startswith("wy:") for r in rows)
     for r in rows:
         where = f"{r['kernel']} D={r['D']}"
@@ -87,23 +79,17 @@ def test_the_chunked_wy_kernels_use_tensor_cores_and_do_not_spill(tmp_path):
         assert r["spill_stores"] == r["spill_loads"] == 0, f"{where} spills: {r}"
 
 
+@needs_nvidia
 def test_the_chunked_dual_form_kernels_use_tensor_cores(tmp_path):
     """linear_attention's chunked dual-form kernels at D = 64, bf16 inputs, as its
     training-length calls launch them: each issues wgmma or mma; the forward kernel and the
     reverse state pass spill nothing. The parallel per-chunk adjoint kernel still spills
     (~0.5 KB per thread at D = 64, chunk 64: it holds W, its adjoint and eight chunk tiles), a
     figure README states; this test keeps it from growing past 1 KB."""
-    if "nvidia" not in triton.backends.backends:
-        pytest.skip("this triton has no NVIDIA backend")
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    out = tmp_path / "dual.json"
-    done = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "gpu_static.py"), "--specs",
-         "linear_attention", "--D", "64", "--kernels", "chunked", "--json", str(out)],
-        env=env, capture_output=True, text=True, timeout=900,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stdout + done.stderr
-    rows = {r["kernel"]: r for r in json.loads(out.read_text())}
+    found = static_rows(
+        tmp_path, "--specs", "linear_attention", "--D", "64", "--kernels", "chunked"
+    )
+    rows = {r["kernel"]: r for r in found[0]}
     assert set(rows) == {"dual:forward", "dual:state_bwd", "dual:chunk_bwd"}
     for name, r in rows.items():
         assert r["mma"] + r["wgmma"] > 0 and r["sass_mma"] > 0, f"{name}: no tensor-core op"
@@ -159,14 +145,13 @@ SPEC_VARIANTS = {  # the chunked kernels' optional features, which no shipped sp
 }
 
 
+@needs_nvidia
 def test_the_chunked_kernels_compile_with_every_feature(tmp_path):
     """The interpreter runs code that Triton's compiler can still reject (a variable changing
     shape across a loop, say), so the chunked kernels of three specs with every optional feature
     (lq, clip, decay applied first, residual and LayerNorm reads, a loss gate) and MEMORA's kl
     pair with clip are compiled for sm_90 as training-length calls launch them: they compile
     and use tensor cores, and the kl forward kernel spills nothing."""
-    if "nvidia" not in triton.backends.backends:
-        pytest.skip("this triton has no NVIDIA backend")
     specs = []
     for name, text in SPEC_VARIANTS.items():
         (tmp_path / f"{name}.miras").write_text(text)
