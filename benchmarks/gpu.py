@@ -14,6 +14,11 @@
    speed-up over the torch backend (its fwd+bwd time / the row's), measured in the same run. Where flash-linear-attention is importable, its
    chunk_gated_delta_rule and fused_recurrent_gated_delta_rule run beside gated_deltanet, and
    chunk_linear_attn beside linear_attention (their outputs compared with ours).
+3. Decoding: one token per call with the state carried in and out (no gradient), B=8, H=16,
+   D=64 and 128: microseconds per step of the triton backend (its recurrent kernels; linear
+   memories with coordinate-wise updates split the value columns across programs) and the
+   torch backend, measured in the same run; fla's fused_recurrent_gated_delta_rule beside
+   gated_deltanet where it is importable.
 
     python benchmarks/gpu.py [--specs ...] [--D 64 128] [--budget 420] [--pytest]
     python benchmarks/gpu.py --smoke     # tiny shapes on CPU under TRITON_INTERPRET=1 (CI)
@@ -270,12 +275,76 @@ def timings(args, device, deadline: float) -> None:
         print("\nskipped (deadline):", ", ".join(skipped))
 
 
+def decoding(args, device, deadline: float) -> None:
+    """Microseconds per decoding step (one token, the state in and out, no gradient)."""
+    B, H = (1, 2) if args.smoke else (8, 16)
+    dims = [8] if args.smoke else args.D
+    dtype = torch.float32 if args.smoke else torch.bfloat16
+    print(f"\n== decoding: one token per call, B={B} H={H}, {str(dtype)[6:]} inputs")
+    print(f"{'spec':16s} {'D':>4s} {'impl':22s} {'us/step':>9s} {'torch/it':>9s}")
+    skipped = []
+    depth = {name: testing.spec_of(importlib.import_module(f"generated.{name}")).depth
+             for name in args.specs}  # fmt: skip
+    # linear memories first: their kernels compile in seconds, an MLP memory's in minutes
+    for name, D in sorted(itertools.product(args.specs, dims), key=lambda nd: depth[nd[0]] > 1):
+        if time.monotonic() > deadline:
+            skipped.append(f"{name} D={D}")
+            continue
+        module = importlib.import_module(f"generated.{name}")
+        q, k, v, gates, initial = inputs(testing.spec_of(module), B, 1, H, D, dtype, device)
+        if initial is None:  # a linear memory's state, for every implementation alike
+            initial = (torch.zeros(B, H, D, D, device=device),)
+        impls = [(b, op_step(module, b, q, k, v, gates, initial)) for b in ("triton", "torch")]
+        if name == "gated_deltanet":
+            impls += fla_decoding(q, k, v, gates, initial[0])
+        measured = [(label, 1e3 * bench(step, device, args.repeats)) for label, step in impls]
+        torch_us = dict(measured).get("torch")
+        for label, us in measured:
+            ratio = f"{torch_us / us:8.2f}x" if torch_us else f"{'-':>9s}"
+            print(f"{name:16s} {D:4d} {label:22s} {us:9.1f} {ratio}")
+    if skipped:
+        print("\nskipped (deadline):", ", ".join(skipped))
+
+
+def op_step(module, backend: str, q, k, v, gates: dict, initial):
+    """One decoding step of the op on `backend`: the state in and out, no gradient."""
+
+    def step():
+        with torch.no_grad():
+            module.op(q, k, v, **gates, initial_state=initial, output_final_state=True,
+                      backend=backend)  # fmt: skip
+
+    return step
+
+
+def fla_decoding(q, k, v, gates, state) -> list:
+    """fla's fused recurrent gated delta rule on one token with a state ([B, H, Dk, Dv], as
+    ours), where it is importable."""
+    try:
+        from fla.ops.gated_delta_rule import fused_recurrent_gated_delta_rule
+    except ImportError:
+        return []
+    log_keep, beta = torch.log1p(-gates["alpha"]), gates["beta"]
+
+    def step():
+        with torch.no_grad():
+            fused_recurrent_gated_delta_rule(q, k, v, g=log_keep, beta=beta, scale=1.0,
+                                             initial_state=state, output_final_state=True)  # fmt: skip
+
+    return [("fla fused_recurrent", step)]
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--specs", nargs="*", default=SHIPPED)
     p.add_argument("--D", nargs="*", type=int, default=[64, 128])
     p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--budget", type=float, default=420.0, help="seconds for the timing sweep")
+    p.add_argument(
+        "--budget",
+        type=float,
+        default=420.0,
+        help="seconds for the timing sweeps (four fifths for training, the rest decoding)",
+    )
     p.add_argument("--pytest", action="store_true", help="also run the Triton test file")
     p.add_argument("--skip-correctness", action="store_true")
     p.add_argument("--smoke", action="store_true", help="tiny shapes, CPU interpreter")
@@ -286,7 +355,9 @@ def main(argv=None) -> int:
         return 2
     torch.manual_seed(0)
     ok = True if args.skip_correctness else correctness(args, device)
-    timings(args, device, time.monotonic() + args.budget)
+    start = time.monotonic()
+    timings(args, device, start + 0.8 * args.budget)
+    decoding(args, device, start + args.budget)
     return 0 if ok else 1
 
 

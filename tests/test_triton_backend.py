@@ -324,3 +324,4 @@ def test_the_gpu_script_runs(tmp_path):
     )
     assert done.returncode == 0, done.stdout + done.stderr
     assert "linear_attention" in done.stdout and " ok " in done.stdout and "triton" in done.stdout
+    assert "== decoding" in done.stdout and "us/step" in done.stdout
