@@ -77,6 +77,7 @@ class FusedRecurrent:
         return min(self.VALUE_TILE, whole) if self.value_tiles else whole
 
     def value_programs(self, Dv: int) -> int:
+        """Programs per (batch, head), one per tile of value columns."""
         return -(-Dv // self.value_tile(Dv))
 
     def tiles(self, Dk: int, Dv: int) -> list:
