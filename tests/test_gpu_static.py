@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import triton
+from test_kl_chunk import CLIPPED_KL, MEMORA_ARCH
 
 ROOT = Path(__file__).resolve().parents[1]
 needs_nvidia = pytest.mark.skipif(
@@ -131,17 +132,7 @@ SPEC_VARIANTS = {  # the chunked kernels' optional features, which no shipped sp
     gate a = sigmoid(z)
 }
 """,
-    "memora_clip": """memory memora_clip {
-    architecture = mlp(depth: 2, expansion: 4, activation: gelu, residual: true, norm: layernorm)
-    bias = l2
-    retention = kl(keep: a, centred: true)
-    algorithm = gd(lr: eta)
-    chunk = 16
-    clip = 1.0
-    gate eta = 0.01 * sigmoid(z)
-    gate a = sigmoid(z)
-}
-""",
+    "clipped_kl": CLIPPED_KL.replace("MEMORY", MEMORA_ARCH),  # MEMORA with clip
 }
 
 
@@ -160,7 +151,7 @@ def test_the_chunked_kernels_compile_with_every_feature(tmp_path):
                     str(tmp_path / "generated")], check=True, capture_output=True)  # fmt: skip
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     jobs = [("moneta_clip", "mlp:forward", 64), ("moneta_clip", "mlp:backward", 64)]
-    jobs += [("memora_clip", "kl:forward", 64), ("memora_clip", "kl:backward", 64)]
+    jobs += [("clipped_kl", "kl:forward", 64), ("clipped_kl", "kl:backward", 64)]
     jobs += [(spec, f"dual:{k}", 64) for spec in ("ttt_linear_first_clip", "linear_lq")
              for k in ("forward", "state_bwd", "chunk_bwd")]  # fmt: skip
     code = (
@@ -177,7 +168,7 @@ def test_the_chunked_kernels_compile_with_every_feature(tmp_path):
     assert len(rows) == len(jobs)
     for row in rows:
         assert row["sass_mma"] > 0 and 0 < row["registers"] <= 255, row
-    kl = {row["kernel"]: row for row in rows if row["spec"] == "memora_clip"}
+    kl = {row["kernel"]: row for row in rows if row["spec"] == "clipped_kl"}
     # MEMORA's recurrent pair spills 2.6 and 27 KB per thread; README states these figures
     # (its chunked backward: 260 B, with clip 452 B)
     assert kl["kl:forward"]["spill_stores"] == kl["kl:forward"]["spill_loads"] == 0, kl

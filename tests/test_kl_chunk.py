@@ -97,6 +97,7 @@ def test_a_linear_kl_memory(compile_text):
     assert_chunked_matches_reference(module, case, "linear kl T=37")
 
 
+MEMORA_ARCH = "mlp(depth: 2, expansion: 4, activation: gelu, residual: true, norm: layernorm)"
 CLIPPED_KL = """memory clipped_kl {
     architecture = MEMORY
     bias         = l2
@@ -115,11 +116,7 @@ def test_clip_with_kl(compile_text, arch):
     """MEMORA's memory (or a linear one), with each token's gradient soft-clamped to norm 0.1,
     well below its size here, so that the clamp and its reverse (through |G1|^2 and |A1|^2 of
     the surprise's forward pass) carry weight."""
-    memory = (
-        "mlp(depth: 2, expansion: 4, activation: gelu, residual: true, norm: layernorm)"
-        if arch == "mlp"
-        else "linear(residual: true, norm: layernorm)"
-    )
+    memory = MEMORA_ARCH if arch == "mlp" else "linear(residual: true, norm: layernorm)"
     text = CLIPPED_KL.replace("MEMORY", memory)
     module = compile_text(text)
     # the linear memory's Dk = 40 crosses three tiles of rows in the backward kernel (16 each),
