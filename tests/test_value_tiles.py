@@ -8,8 +8,12 @@ narrowed to 8 columns and Dv = 20: three programs per (batch, head), the last on
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from test_backend import TOL32, assert_close
 from test_dual_chunk import linear_spec
 
@@ -23,10 +27,20 @@ triton = pytest.importorskip("triton")
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 
+@contextlib.contextmanager
+def value_tiles_of(columns: int):
+    """The recurrent kernels' value tiles narrowed, so that small test shapes cross several."""
+    wide, FusedRecurrent.VALUE_TILE = FusedRecurrent.VALUE_TILE, columns
+    try:
+        yield
+    finally:
+        FusedRecurrent.VALUE_TILE = wide
+
+
 @pytest.fixture
-def narrow_tiles(monkeypatch):
-    """Value tiles of 8 columns, so that small test shapes cross several."""
-    monkeypatch.setattr(FusedRecurrent, "VALUE_TILE", 8)
+def narrow_tiles():
+    with value_tiles_of(8):
+        yield
 
 
 def value_tiles(text: str) -> bool:
@@ -89,3 +103,28 @@ def test_a_call_continuing_a_chunk_over_value_tiles(compile_text, narrow_tiles):
     case = testing.make_case(testing.spec_of(module), B=1, T=13, H=2, Dk=12, Dv=20, seed=2,
                              dtype=torch.float32, with_initial_state=True)  # fmt: skip
     assert testing.continuation_error(module, case.to(DEVICE), 6, backend="triton") < TOL32
+
+
+@settings(max_examples=1, deadline=None)  # ~30 s each in the interpreter; more by hand
+@given(
+    bias=st.sampled_from(["l2", "huber(delta: d)", "lp(p: 3)", "dot",
+                          "bias(y, v) = sum(log(cosh(y - v)))"]),
+    retention=st.sampled_from(["none", "decay(alpha)", "l2(alpha)", "decay(alpha, first: true)"]),
+    momentum=st.booleans(),
+    chunk=st.sampled_from([1, 2, 3, 5]),
+    Dv=st.integers(9, 26),
+    T=st.integers(1, 24),
+    seed=st.integers(0, 2**16),
+)  # fmt: skip
+def test_drawn_coordinatewise_memories_over_value_tiles(compile_text, bias, retention, momentum,
+                                                        chunk, Dv, T, seed):  # fmt: skip
+    """Drawn losses, retentions, algorithms and chunks over two to four value tiles of 8."""
+    momentum &= "first" not in retention  # decay(first: true) is defined for gd only
+    algorithm = "momentum(lr: eta, momentum: beta)" if momentum else "gd(lr: eta)"
+    module = compile_text(linear_spec(bias, retention, chunk, algorithm))
+    assert module.triton_backend.fused.value_tiles
+    case = testing.make_case(testing.spec_of(module), B=1, T=T, H=2, Dk=12, Dv=Dv, seed=seed,
+                             dtype=torch.float32, with_initial_state=True)  # fmt: skip
+    with value_tiles_of(8):
+        errors = testing.compare(module, case.to(DEVICE), "triton")
+    assert_close(errors, TOL32, f"{bias} {retention} {algorithm} chunk {chunk} Dv={Dv} T={T}")
