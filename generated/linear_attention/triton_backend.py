@@ -322,6 +322,15 @@ def _bias_vjp_rows(y, v, mask, dyb):
 
 
 @triton.jit
+def _surprise_rows(b_z, b_k, b_v, mask, DV: tl.constexpr):
+    """A chunk's surprise past its output Z: Y = Z, G = dl/dy(Y, V), D = G:
+    (Y, G, D), what _surprise_rows_back reverses."""
+    b_y = b_z
+    b_g = _bias_grad_rows(b_y, b_v, mask)
+    return b_y, b_g, b_g
+
+
+@triton.jit
 def _surprise_rows_back(b_dd, b_y, b_v, b_g, mask,
                         DV: tl.constexpr):
     """The reverse of a chunk's surprise past its output Z: D = G, G = dl/dy(Y, V),
@@ -346,9 +355,8 @@ def _dual_chunk_pieces(q_ptr, k_ptr, v_ptr, d_ptr, params_ptr, ln_ptr, b_w, i_b,
     b_v = load_rows(v_ptr, i_b, i_h, t0, v0, T, H, DV, BT, BV).to(tl.float32)
     row = i_bh * TP + t0 + o_t
     b_dmat = tl.load(d_ptr + row.to(tl.int64)[:, None] * BT + o_t[None, :])
-    b_y = mm(b_k, b_w, DOT)
-    b_g = _bias_grad_rows(b_y, b_v, mask)
-    b_d = b_g
+    b_z = mm(b_k, b_w, DOT)
+    b_y, b_g, b_d = _surprise_rows(b_z, b_k, b_v, mask, DV)
     b_m = mm(b_x, tl.trans(b_k), DOT)
     return b_x, b_k, b_v, b_dmat, b_y, b_g, b_d, b_m, mask
 

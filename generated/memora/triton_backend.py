@@ -471,6 +471,17 @@ def _bias_vjp_rows(y, v, mask, dyb):
 
 
 @triton.jit
+def _surprise_rows(b_z, b_k, b_v, mask, gamma, beta, DV: tl.constexpr):
+    """A chunk's surprise past its output Z: Y = LN(Z) + K, G = dl/dy(Y, V), D = LN's backward of G:
+    (Y, G, D, LayerNorm's x_hat and rstd), what _surprise_rows_back reverses."""
+    b_xh, b_rstd = ln_rows(b_z, mask, DV)
+    b_y = b_xh * gamma + beta
+    b_y += b_k
+    b_g = _bias_grad_rows(b_y, b_v, mask)
+    return b_y, b_g, ln_back_rows(b_g * gamma, b_xh, b_rstd, mask, DV), b_xh, b_rstd
+
+
+@triton.jit
 def _surprise_rows_back(b_dd, b_y, b_v, b_g, mask, b_xh, b_rstd, gamma,
                         DV: tl.constexpr):
     """The reverse of a chunk's surprise past its output Z: D = LN's backward of G, G = dl/dy(Y, V),
@@ -656,11 +667,8 @@ def _kl_forward_kernel(q_ptr, k_ptr, v_ptr, coef_ptr, d_ptr, params_ptr, st_ptr,
                 store_tile(hs1_ptr + DK * HID, load_tile(w2_ptr, e0, 0, BE, BV, HID, DV), e0, 0,
                            BE, BV, HID, DV)
         b_u2 = _kl_surprise_out(b_k, w1_ptr, w2_ptr, BK, BV, BE, DK, DV, HID, DOT)
-        b_xh, b_rstd = ln_rows(b_u2, mask, DV)
-        b_y = b_xh * gamma + beta
-        b_y += b_k
-        b_g = _bias_grad_rows(b_y, b_v, mask)
-        b_d2 = ln_back_rows(b_g * gamma, b_xh, b_rstd, mask, DV)
+        b_y, b_g, b_d2, b_xh, b_rstd = _surprise_rows(
+            b_u2, b_k, b_v, mask, gamma, beta, DV)
         b_g2 = DV * b_d2
         b_lse = _kl_lse1(b_k, b_d2, b_a, b_dmat, w1_ptr, w2_ptr, BK, BV, BE, BT, DK, DV, HID, DOT)
         # the reads through every token's own state; the chunk's last token's is the end state
@@ -721,11 +729,8 @@ def _kl_backward_kernel(q_ptr, k_ptr, v_ptr, coef_ptr, d_ptr, params_ptr, hs_ptr
         w2_ptr = w1_ptr + DK * HID
         # the forward pass again: the surprise, the log-sum-exps, the reads
         b_u2 = _kl_surprise_out(b_k, w1_ptr, w2_ptr, BK, BV, BE, DK, DV, HID, DOT)
-        b_xh, b_rstd = ln_rows(b_u2, mask, DV)
-        b_y = b_xh * gamma + beta
-        b_y += b_k
-        b_g = _bias_grad_rows(b_y, b_v, mask)
-        b_d2 = ln_back_rows(b_g * gamma, b_xh, b_rstd, mask, DV)
+        b_y, b_g, b_d2, b_xh, b_rstd = _surprise_rows(
+            b_u2, b_k, b_v, mask, gamma, beta, DV)
         b_g2 = DV * b_d2
         b_lse = _kl_lse1(b_k, b_d2, b_a, b_dmat, w1_ptr, w2_ptr, BK, BV, BE, BT, DK, DV, HID, DOT)
         b_zq2 = _kl_reads(b_x, b_k, b_d2, b_g2, b_a, b_dmat, b_lse, w1_ptr, w2_ptr, zq_ptr, BK,

@@ -481,6 +481,17 @@ def _bias_vjp_rows(y, v, mask, dyb):
 
 
 @triton.jit
+def _surprise_rows(b_z, b_k, b_v, mask, gamma, beta, DV: tl.constexpr):
+    """A chunk's surprise past its output Z: Y = LN(Z) + K, G = dl/dy(Y, V), D = LN's backward of G:
+    (Y, G, D, LayerNorm's x_hat and rstd), what _surprise_rows_back reverses."""
+    b_xh, b_rstd = ln_rows(b_z, mask, DV)
+    b_y = b_xh * gamma + beta
+    b_y += b_k
+    b_g = _bias_grad_rows(b_y, b_v, mask)
+    return b_y, b_g, ln_back_rows(b_g * gamma, b_xh, b_rstd, mask, DV), b_xh, b_rstd
+
+
+@triton.jit
 def _surprise_rows_back(b_dd, b_y, b_v, b_g, mask, b_xh, b_rstd, gamma,
                         DV: tl.constexpr):
     """The reverse of a chunk's surprise past its output Z: D = LN's backward of G, G = dl/dy(Y, V),
@@ -566,11 +577,8 @@ def _mlp_forward_kernel(q_ptr, k_ptr, v_ptr, coef_ptr, ends_ptr, d_ptr, params_p
         # the surprise at the anchor
         b_u2, b_na1 = _mlp_out(b_k, w1_ptr, w2_ptr, 1.0, BK, BV, BE, DK, DV, HID, DOT)
         b_z2 = b_u2
-        b_xh, b_rstd = ln_rows(b_z2, mask, DV)
-        b_y = b_xh * gamma + beta
-        b_y += b_k
-        b_g = _bias_grad_rows(b_y, b_v, mask)
-        b_d2 = ln_back_rows(b_g * gamma, b_xh, b_rstd, mask, DV)
+        b_y, b_g, b_d2, b_xh, b_rstd = _surprise_rows(
+            b_z2, b_k, b_v, mask, gamma, beta, DV)
         # per hidden tile: layer 1's deltas and reads, layer 2's reads, the update
         b_m = b_dmat * mm(b_x, tl.trans(b_k), DOT)
         b_zq2 = tl.zeros([BT, BV], dtype=tl.float32)
@@ -669,11 +677,8 @@ def _mlp_backward_kernel(q_ptr, k_ptr, v_ptr, coef_ptr, ends_ptr, d_ptr, params_
         # A: the surprise at the anchor
         b_u2, b_na1 = _mlp_out(b_k, w1_ptr, w2_ptr, 1.0, BK, BV, BE, DK, DV, HID, DOT)
         b_z2 = b_u2
-        b_xh, b_rstd = ln_rows(b_z2, mask, DV)
-        b_y = b_xh * gamma + beta
-        b_y += b_k
-        b_g = _bias_grad_rows(b_y, b_v, mask)
-        b_d2 = ln_back_rows(b_g * gamma, b_xh, b_rstd, mask, DV)
+        b_y, b_g, b_d2, b_xh, b_rstd = _surprise_rows(
+            b_z2, b_k, b_v, mask, gamma, beta, DV)
         b_xk = mm(b_x, tl.trans(b_k), DOT)
         b_m = b_dmat * b_xk
         # B: the reads (their second layer's parts without the gates: UA = H1 W2, UB = H1 S2)
