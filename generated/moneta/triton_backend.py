@@ -837,14 +837,14 @@ def _mlp_backward_kernel(q_ptr, k_ptr, v_ptr, coef_ptr, ends_ptr, d_ptr, params_
         for e0 in range(0, HID, BE):
             inside = (e0 + o_e < HID)[None, :]
             # loaded again per tile, not kept across the loop: fewer registers held (spills)
-            b_x = load_rows(q_ptr, i_b, i_h, t0, 0, T, H, DK, BT, BK).to(tl.float32) * scale
-            b_k = load_rows(k_ptr, i_b, i_h, t0, 0, T, H, DK, BT, BK).to(tl.float32)
-            b_w1, b_z1, b_a1, b_u1 = _mlp_hidden(b_k, w1_ptr, e0, r1, BK, BE, DK, HID, DOT)
+            b_xc = load_rows(q_ptr, i_b, i_h, t0, 0, T, H, DK, BT, BK).to(tl.float32) * scale
+            b_kc = load_rows(k_ptr, i_b, i_h, t0, 0, T, H, DK, BT, BK).to(tl.float32)
+            b_w1, b_z1, b_a1, b_u1 = _mlp_hidden(b_kc, w1_ptr, e0, r1, BK, BE, DK, HID, DOT)
             b_w2 = load_tile(w2_ptr, e0, 0, BE, BV, HID, DV)
             b_b1r = mm(b_d2, tl.trans(b_w2), DOT)
             b_b1 = r2 * b_b1r
             b_d1 = b_b1 * _act_d1(b_z1)
-            b_xw1 = mm(b_x, b_w1, DOT)
+            b_xw1 = mm(b_xc, b_w1, DOT)
             b_zq1 = b_a * b_xw1 - mm(b_m, b_d1, DOT)  # before r1
             b_dh1 = r2 * b_a * mm(b_dzq2, tl.trans(b_w2), DOT) - mm(b_dp, b_a1, DOT)
             b_h1 = tl.where(inside, _act(r1 * b_zq1), 0.0)
@@ -858,7 +858,7 @@ def _mlp_backward_kernel(q_ptr, k_ptr, v_ptr, coef_ptr, ends_ptr, d_ptr, params_
             # the update's reverse: this tile's end-state adjoints, in dst_ptr
             b_dw1 = load_tile(dw1_ptr, 0, e0, BK, BE, DK, HID)
             b_dw2 = load_tile(dw2_ptr, e0, 0, BE, BV, HID, DV)
-            b_kdw = mm(b_k, b_dw1, DOT)
+            b_kdw = mm(b_kc, b_dw1, DOT)
             b_adw = mm(b_a1, b_dw2, DOT)
             b_dd1 -= b_dl * b_kdw
             b_dd2 -= b_dl * b_adw
@@ -872,18 +872,26 @@ def _mlp_backward_kernel(q_ptr, k_ptr, v_ptr, coef_ptr, ends_ptr, d_ptr, params_
             b_dd2 += r2 * mm(b_db1, b_w2, DOT)
             x2 += tl.sum(tl.sum(b_db1 * b_b1r, axis=1), axis=0)
             # the start state's adjoints so far (Z1 = K W1 and Z2 = A1 W2 add theirs in D)
-            b_dw1 = a_end * b_dw1 + r1 * mm(tl.trans(b_x), b_a * b_dzq1, DOT)
+            b_dw1 = a_end * b_dw1 + r1 * mm(tl.trans(b_xc), b_a * b_dzq1, DOT)
             b_dw2 = (a_end * b_dw2 + r2 * mm(tl.trans(b_h1), b_a * b_dzq2, DOT)
                      + mm(tl.trans(b_db1), r2 * b_d2, DOT))
             store_tile(dw1_ptr, b_dw1, 0, e0, BK, BE, DK, HID)
             store_tile(dw2_ptr, b_dw2, e0, 0, BE, BV, HID, DV)
             store_tile(da1_ptr, b_da1, 0, e0, BT, BE, BT, HID)
             store_tile(dz1_ptr, b_dd1 * b_b1 * _act_d2(b_z1), 0, e0, BT, BE, BT, HID)
+        # x and k again: held across C they would be live through all of it (registers)
+        b_x = load_rows(q_ptr, i_b, i_h, t0, 0, T, H, DK, BT, BK).to(tl.float32) * scale
+        b_k = load_rows(k_ptr, i_b, i_h, t0, 0, T, H, DK, BT, BK).to(tl.float32)
         b_r1 = r1 * b_r1
         b_rd = b_dmat * b_r1
         b_dx -= mm(b_rd, b_k, DOT)
         b_dk -= mm(tl.trans(b_rd), b_x, DOT)
         b_dD -= b_r1 * b_xk
+        # A again: the surprise's rows, made anew rather than held across C (registers)
+        b_v = load_rows(v_ptr, i_b, i_h, t0, 0, T, H, DV, BT, BV).to(tl.float32)
+        b_u2 = _mlp_out(b_k, w1_ptr, w2_ptr, r1, BK, BV, BE, DK, DV, HID, DOT)[0]
+        b_y, b_g, _, b_xh, b_rstd = _surprise_rows(
+            r2 * b_u2, b_k, b_v, mask, gamma, beta, DV)
         # the loss's vector-Jacobian product and LayerNorm's backward of its backward
         b_dz2, b_dy, b_dv, b_du = _surprise_rows_back(
             b_dd2, b_y, b_v, b_g, mask, b_xh, b_rstd, gamma, DV)
