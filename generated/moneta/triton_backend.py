@@ -750,12 +750,14 @@ def _mlp_backward_kernel(q_ptr, k_ptr, v_ptr, coef_ptr, ends_ptr, d_ptr, params_
     o_t = tl.arange(0, BT)
     o_v = tl.arange(0, BV)
     o_e = tl.arange(0, BE)
-    gamma = tl.load(ln_ptr + i_h * DV + o_v, mask=o_v < DV, other=0.0)[None, :]
-    beta = tl.load(ln_ptr + (H + i_h) * DV + o_v, mask=o_v < DV, other=0.0)[None, :]
-    b_dgamma = tl.zeros([BV], dtype=tl.float32)
-    b_dbeta = tl.zeros([BV], dtype=tl.float32)
     for i in range(NT):
         tl.debug_barrier()  # the adjoints the chunk after wrote, by other threads
+        # LayerNorm's gain and bias, and their adjoints' sums, per chunk: nothing is held
+        # across chunks (registers)
+        gamma = tl.load(ln_ptr + i_h * DV + o_v, mask=o_v < DV, other=0.0)[None, :]
+        beta = tl.load(ln_ptr + (H + i_h) * DV + o_v, mask=o_v < DV, other=0.0)[None, :]
+        b_dgamma = tl.zeros([BV], dtype=tl.float32)
+        b_dbeta = tl.zeros([BV], dtype=tl.float32)
         n = NT - 1 - i
         t0 = n * BT
         mask = (t0 + o_t < T)[:, None] & (o_v < DV)[None, :]
@@ -888,6 +890,8 @@ def _mlp_backward_kernel(q_ptr, k_ptr, v_ptr, coef_ptr, ends_ptr, d_ptr, params_
         b_dk -= mm(tl.trans(b_rd), b_x, DOT)
         b_dD -= b_r1 * b_xk
         # A again: the surprise's rows, made anew rather than held across C (registers)
+        gamma = tl.load(ln_ptr + i_h * DV + o_v, mask=o_v < DV, other=0.0)[None, :]
+        beta = tl.load(ln_ptr + (H + i_h) * DV + o_v, mask=o_v < DV, other=0.0)[None, :]
         b_v = load_rows(v_ptr, i_b, i_h, t0, 0, T, H, DV, BT, BV).to(tl.float32)
         b_u2 = _mlp_out(b_k, w1_ptr, w2_ptr, r1, BK, BV, BE, DK, DV, HID, DOT)[0]
         b_y, b_g, _, b_xh, b_rstd = _surprise_rows(
@@ -923,8 +927,10 @@ def _mlp_backward_kernel(q_ptr, k_ptr, v_ptr, coef_ptr, ends_ptr, d_ptr, params_
         tl.store(dcoef_ptr + 2 * BH * TP + row, b_ddl)
         tl.store(dends_ptr + i_bh * NT + n, b_daC)
         tl.store(dd_ptr + row.to(tl.int64)[:, None] * BT + o_t[None, :], b_dD)
-    tl.store(dln_ptr + i_bh * DV + o_v, b_dgamma, mask=o_v < DV)
-    tl.store(dln_ptr + (BH + i_bh) * DV + o_v, b_dbeta, mask=o_v < DV)
+        dln_ptrs = dln_ptr + i_bh * DV + o_v
+        tl.store(dln_ptrs, tl.load(dln_ptrs, mask=o_v < DV) + b_dgamma, mask=o_v < DV)
+        tl.store(dln_ptrs + BH * DV, tl.load(dln_ptrs + BH * DV, mask=o_v < DV) + b_dbeta,
+                 mask=o_v < DV)
 
 
 # ---- the host side: the spec's sizes; the rest is runtime.FusedRecurrent --------------------------
