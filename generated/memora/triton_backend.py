@@ -709,12 +709,14 @@ def _kl_backward_kernel(q_ptr, k_ptr, v_ptr, coef_ptr, d_ptr, params_ptr, hs_ptr
     dz1_ptr = da1_ptr + BT * HID  # of the surprise's Z1 so far
     o_t = tl.arange(0, BT)
     o_v = tl.arange(0, BV)
-    gamma = tl.load(ln_ptr + i_h * DV + o_v, mask=o_v < DV, other=0.0)[None, :]
-    beta = tl.load(ln_ptr + (H + i_h) * DV + o_v, mask=o_v < DV, other=0.0)[None, :]
-    b_dgamma = tl.zeros([BV], dtype=tl.float32)
-    b_dbeta = tl.zeros([BV], dtype=tl.float32)
     for i in range(NT):
         tl.debug_barrier()  # the adjoints the chunk after wrote, by other threads
+        # LayerNorm's gain and bias, and their adjoints' sums, per chunk: nothing is held
+        # across chunks (registers)
+        gamma = tl.load(ln_ptr + i_h * DV + o_v, mask=o_v < DV, other=0.0)[None, :]
+        beta = tl.load(ln_ptr + (H + i_h) * DV + o_v, mask=o_v < DV, other=0.0)[None, :]
+        b_dgamma = tl.zeros([BV], dtype=tl.float32)
+        b_dbeta = tl.zeros([BV], dtype=tl.float32)
         n = NT - 1 - i
         t0 = n * BT
         mask = (t0 + o_t < T)[:, None] & (o_v < DV)[None, :]
@@ -836,6 +838,13 @@ def _kl_backward_kernel(q_ptr, k_ptr, v_ptr, coef_ptr, d_ptr, params_ptr, hs_ptr
             store_tile(dw2_ptr, b_dw2, e0, 0, BE, BV, HID, DV)
             store_tile(dz1_ptr, tl.where(inside, HID * b_dg1 * b_b1 * _act_d2(b_z1), 0.0), 0, e0,
                        BT, BE, BT, HID)
+        # the surprise's rows again, made anew rather than held across B1 and B2 (registers)
+        gamma = tl.load(ln_ptr + i_h * DV + o_v, mask=o_v < DV, other=0.0)[None, :]
+        beta = tl.load(ln_ptr + (H + i_h) * DV + o_v, mask=o_v < DV, other=0.0)[None, :]
+        b_v = load_rows(v_ptr, i_b, i_h, t0, 0, T, H, DV, BT, BV).to(tl.float32)
+        b_u2 = _kl_surprise_out(b_k, w1_ptr, w2_ptr, BK, BV, BE, DK, DV, HID, DOT)
+        b_y, b_g, _, b_xh, b_rstd = _surprise_rows(
+            b_u2, b_k, b_v, mask, gamma, beta, DV)
         # the loss's vector-Jacobian product and LayerNorm's backward of its backward
         b_dz2, b_dy, b_dv, b_du = _surprise_rows_back(
             b_dd2, b_y, b_v, b_g, mask, b_xh, b_rstd, gamma, DV)
@@ -863,8 +872,10 @@ def _kl_backward_kernel(q_ptr, k_ptr, v_ptr, coef_ptr, d_ptr, params_ptr, hs_ptr
         store_rows(dv_ptr, b_dv, i_b, i_h, t0, 0, T, H, DV, BT, BV)
         tl.store(dcoef_ptr + row, b_dA)
         tl.store(dd_ptr + row.to(tl.int64)[:, None] * BT + o_t[None, :], b_dD)
-    tl.store(dln_ptr + i_bh * DV + o_v, b_dgamma, mask=o_v < DV)
-    tl.store(dln_ptr + (BH + i_bh) * DV + o_v, b_dbeta, mask=o_v < DV)
+        dln_ptrs = dln_ptr + i_bh * DV + o_v
+        tl.store(dln_ptrs, tl.load(dln_ptrs, mask=o_v < DV) + b_dgamma, mask=o_v < DV)
+        tl.store(dln_ptrs + BH * DV, tl.load(dln_ptrs + BH * DV, mask=o_v < DV) + b_dbeta,
+                 mask=o_v < DV)
 
 
 # ---- the host side: the spec's sizes; the rest is runtime.FusedRecurrent --------------------------
