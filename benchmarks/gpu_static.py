@@ -59,8 +59,8 @@ PTXAS = {
     "stack": r"(\d+) bytes stack frame",
 }
 COLUMNS = (
-    "spec", "kernel", "D", "warps", "registers", "spill_stores", "spill_loads", "stack", "shared",
-    "mma", "wgmma", "sass_mma", "seconds",
+    "spec", "kernel", "D", "warps", "registers", "spill_stores", "spill_loads", "loop_spills",
+    "stack", "shared", "mma", "wgmma", "sass_mma", "seconds",
 )  # fmt: skip
 
 
@@ -75,6 +75,7 @@ class Figures:
     registers: int
     spill_stores: int
     spill_loads: int
+    loop_spills: int  # SASS spill instructions (STL, LDL) inside innermost loops: the hot ones
     stack: int
     shared: int
     mma: int  # PTX mma.sync instructions (Ampere-style tensor-core ops)
@@ -137,25 +138,50 @@ def ptxas_figures(log: str) -> dict:
     return figures
 
 
-def sass_tensor_ops(cubin: bytes) -> int:
-    """HMMA and HGMMA instructions in the cubin's SASS (the bundled cuobjdump disassembles it)."""
+def sass_of(cubin: bytes) -> str:
+    """The cubin's SASS listing (the bundled cuobjdump disassembles it)."""
     from triton import knobs
 
     with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
         f.write(cubin)
         f.flush()
-        sass = subprocess.run(
+        return subprocess.run(
             [knobs.nvidia.cuobjdump.path, "-sass", f.name],
             check=True,
             capture_output=True,
             text=True,
         ).stdout
+
+
+def sass_tensor_ops(sass: str) -> int:
+    """HMMA and HGMMA instructions: the tensor-core operations the GPU runs."""
     return len(re.findall(r"\b(?:HMMA|HGMMA)\.", sass))
+
+
+def loop_spills(sass: str) -> int:
+    """Spill instructions (STL, LDL) inside the innermost loops of a SASS listing, where a kernel
+    spends its time: ptxas's spill bytes also count values reloaded once per outer iteration,
+    which cost next to nothing. A loop runs from a backward branch's target to the branch."""
+    code = [(int(a, 16), op) for a, op in re.findall(r"/\*([0-9a-f]+)\*/\s+([^;]*);", sass)]
+    loops = []
+    for at, op in code:
+        branch = re.search(r"\bBRA(?:\.\w+)*\s+(0x[0-9a-f]+)", op)
+        if branch and int(branch.group(1), 16) < at:
+            loops.append((int(branch.group(1), 16), at))
+    innermost = [
+        (lo, hi) for lo, hi in loops
+        if not any(lo <= a and b <= hi and (a, b) != (lo, hi) for a, b in loops)
+    ]  # fmt: skip
+    spills = re.compile(r"^(?:@!?U?P\w+\s+)?(?:STL|LDL)\b")
+    return sum(
+        1 for at, op in code if spills.match(op) and any(lo <= at <= hi for lo, hi in innermost)
+    )
 
 
 def figures_of(spec: str, name: str, D: int, compiled, log: str, seconds: float) -> Figures:
     """A row from one compiled kernel and its ptxas log."""
     ptx = compiled.asm["ptx"]
+    sass = sass_of(compiled.asm["cubin"])
     return Figures(
         spec=spec,
         kernel=name,
@@ -164,7 +190,8 @@ def figures_of(spec: str, name: str, D: int, compiled, log: str, seconds: float)
         shared=compiled.metadata.shared,
         mma=len(re.findall(r"^\s*mma\.", ptx, re.MULTILINE)),
         wgmma=len(re.findall(r"^\s*wgmma\.mma_async", ptx, re.MULTILINE)),
-        sass_mma=sass_tensor_ops(compiled.asm["cubin"]),
+        sass_mma=sass_tensor_ops(sass),
+        loop_spills=loop_spills(sass),
         seconds=round(seconds, 1),
         **ptxas_figures(log),
     )
