@@ -29,6 +29,8 @@ from mirasc import testing
 triton = pytest.importorskip("triton")
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 TOL_HALF = 3e-2  # bf16 inputs and outputs
+TOL_SHIPPED32 = 1e-4  # fp32 shipped cases: worst measured 7e-6; TOL32 would miss a dropped
+# end-coefficient term (titans' momentum gate off by 1.9e-3)
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -66,7 +68,7 @@ def test_shipped_mlp_memories(shipped, name, T, D, dtype):
     with counting_chunked_calls(module) as calls, short_calls_chunked(module):
         errors = testing.compare(module, case.to(DEVICE), "triton")
     assert calls[0] == 1
-    assert_close(errors, TOL32 if dtype == torch.float32 else TOL_HALF, f"{name} T={T}")
+    assert_close(errors, TOL_SHIPPED32 if dtype == torch.float32 else TOL_HALF, f"{name} T={T}")
 
 
 def mlp_spec(activation: str, residual: bool, norm: bool, bias: str, retention: str,

@@ -640,7 +640,14 @@ def _mlp_backward_kernel(q_ptr, k_ptr, v_ptr, coef_ptr, ends_ptr, d_ptr, params_
         b_r1 = tl.zeros([BT, BT], dtype=tl.float32)  # sum over hidden tiles of dZq1 D1^T
         b_dk = tl.zeros([BT, BK], dtype=tl.float32)
         b_ddl = tl.zeros([BT], dtype=tl.float32)
+        # the end coefficients' adjoints: the end state's adjoints against the start state, in a
+        # pass of their own before C overwrites them (fewer values held in C)
         b_daC = 0.0
+        for e0 in range(0, HID, BE):
+            b_dw1 = load_tile(dw1_ptr, 0, e0, BK, BE, DK, HID)
+            b_dw2 = load_tile(dw2_ptr, e0, 0, BE, BV, HID, DV)
+            b_daC += tl.sum(tl.sum(b_dw1 * load_tile(w1_ptr, 0, e0, BK, BE, DK, HID), axis=1), axis=0)
+            b_daC += tl.sum(tl.sum(b_dw2 * load_tile(w2_ptr, e0, 0, BE, BV, HID, DV), axis=1), axis=0)
         # C: per hidden tile, the reverse of the reads, of the update and of D1's making
         for e0 in range(0, HID, BE):
             inside = (e0 + o_e < HID)[None, :]
@@ -662,26 +669,25 @@ def _mlp_backward_kernel(q_ptr, k_ptr, v_ptr, coef_ptr, ends_ptr, d_ptr, params_
             b_da += tl.sum(b_dzq1 * b_xw1, axis=1)
             b_dd1 = -mm(tl.trans(b_m), b_dzq1, DOT)
             b_da1 = -mm(tl.trans(b_dp), b_h1, DOT)
-            # the update's reverse: this tile's end-state adjoints, in dst_ptr
+            # the update's reverse, a layer at a time: this tile's end-state adjoints (dst_ptr)
             b_dw1 = load_tile(dw1_ptr, 0, e0, BK, BE, DK, HID)
-            b_dw2 = load_tile(dw2_ptr, e0, 0, BE, BV, HID, DV)
             b_kdw = mm(b_kc, b_dw1, DOT)
-            b_adw = mm(b_a1, b_dw2, DOT)
             b_dd1 -= b_dl * b_kdw
-            b_dd2 -= b_dl * b_adw
-            b_ddl -= tl.sum(b_d1 * b_kdw, axis=1) + tl.sum(b_d2 * b_adw, axis=1)
+            b_ddl -= tl.sum(b_d1 * b_kdw, axis=1)
             b_dk -= mm(b_dl * b_d1, tl.trans(b_dw1), DOT)
+            # the start state's adjoints so far (Z1 = K W1 and Z2 = A1 W2 add theirs in D)
+            b_dw1 = a_end * b_dw1 + mm(tl.trans(b_xc), b_a * b_dzq1, DOT)
+            store_tile(dw1_ptr, b_dw1, 0, e0, BK, BE, DK, HID)
+            b_dw2 = load_tile(dw2_ptr, e0, 0, BE, BV, HID, DV)
+            b_adw = mm(b_a1, b_dw2, DOT)
+            b_dd2 -= b_dl * b_adw
+            b_ddl -= tl.sum(b_d2 * b_adw, axis=1)
             b_da1 -= mm(b_dl * b_d2, tl.trans(b_dw2), DOT)
-            b_daC += tl.sum(tl.sum(b_dw1 * b_w1, axis=1), axis=0)
-            b_daC += tl.sum(tl.sum(b_dw2 * b_w2, axis=1), axis=0)
             # D1 = B1 * act'(Z1), B1 = D2 W2^T
             b_db1 = b_dd1 * _act_d1(b_z1)
             b_dd2 += mm(b_db1, b_w2, DOT)
-            # the start state's adjoints so far (Z1 = K W1 and Z2 = A1 W2 add theirs in D)
-            b_dw1 = a_end * b_dw1 + mm(tl.trans(b_xc), b_a * b_dzq1, DOT)
             b_dw2 = (a_end * b_dw2 + mm(tl.trans(b_h1), b_a * b_dzq2, DOT)
                      + mm(tl.trans(b_db1), b_d2, DOT))
-            store_tile(dw1_ptr, b_dw1, 0, e0, BK, BE, DK, HID)
             store_tile(dw2_ptr, b_dw2, e0, 0, BE, BV, HID, DV)
             store_tile(da1_ptr, b_da1, 0, e0, BT, BE, BT, HID)
             store_tile(dz1_ptr, b_dd1 * b_b1 * _act_d2(b_z1), 0, e0, BT, BE, BT, HID)
