@@ -214,6 +214,6 @@ def test_the_chunked_kernels_compile_with_every_feature(tmp_path):
         assert row["sass_mma"] > 0 and 0 < row["registers"] <= 255, row
     kl = {row["kernel"]: row for row in rows if row["spec"] == "clipped_kl"}
     # MEMORA's recurrent pair spills 2.6 and 27 KB per thread; README states these figures
-    # (its chunked backward: 260 B, with clip 452 B)
+    # (its chunked backward: 152 B, with clip 336 B)
     assert kl["kl:forward"]["spill_stores"] == kl["kl:forward"]["spill_loads"] == 0, kl
-    assert kl["kl:backward"]["spill_stores"] <= 512, kl
+    assert kl["kl:backward"]["spill_stores"] <= 384, kl
