@@ -751,6 +751,8 @@ def _mlp_backward_kernel(q_ptr, k_ptr, v_ptr, coef_ptr, ends_ptr, d_ptr, params_
             b_h1 = tl.where(inside, _act(b_zq1), 0.0)
             b_dzq1 = tl.where(inside, b_dh1 * _act_d1(b_zq1), 0.0)
             b_dx += b_a * mm(b_dzq1, tl.trans(b_w1), DOT)
+            b_dx += b_b * mm(b_dzq1, tl.trans(b_s1), DOT)  # S1 and X S1 are done with here
+            b_db += tl.sum(b_dzq1 * b_xs1, axis=1)
             b_r1 += mm(b_dzq1, tl.trans(b_d1), DOT)
             b_da += tl.sum(b_dzq1 * b_xw1, axis=1)
             b_dd1 = -mm(tl.trans(b_m), b_dzq1, DOT)
@@ -761,8 +763,6 @@ def _mlp_backward_kernel(q_ptr, k_ptr, v_ptr, coef_ptr, ends_ptr, d_ptr, params_
             b_dd1 -= b_dl * b_kdw
             b_ddl -= tl.sum(b_d1 * b_kdw, axis=1)
             b_dk -= mm(b_dl * b_d1, tl.trans(b_dw1), DOT)
-            b_dx += b_b * mm(b_dzq1, tl.trans(b_s1), DOT)
-            b_db += tl.sum(b_dzq1 * b_xs1, axis=1)
             b_ds1 = load_tile(ds1_ptr, 0, e0, BK, BE, DK, HID)
             b_kds = mm(b_kc, b_ds1, DOT)
             b_dd1 -= b_dmo * b_kds
