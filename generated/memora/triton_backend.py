@@ -695,8 +695,9 @@ def _kl_backward_kernel(q_ptr, k_ptr, v_ptr, coef_ptr, d_ptr, params_ptr, hs_ptr
           of every token's W1_t against it gathered (a row of W1_t spans all tiles);
       B2, per tile of W1's columns: layer 1's logits reversed, W1's start adjoint, and
           G1 = out_1 (D2 R2^T) act'(K R1) reversed;
-      C, after the loss's vector-Jacobian product and LayerNorm's backward of its backward: the
-          surprise's forward pass reversed."""
+      C, after the surprise's rows are made anew (not held across B1 and B2) and the loss's
+          vector-Jacobian product and LayerNorm's backward of its backward: the surprise's forward pass
+          reversed. LayerNorm's adjoints are added into dln_ptr per chunk."""
     i_bh = tl.program_id(0)
     i_b, i_h = i_bh // H, i_bh % H
     BH = tl.num_programs(0)

@@ -629,11 +629,13 @@ def _mlp_backward_kernel(q_ptr, k_ptr, v_ptr, coef_ptr, ends_ptr, d_ptr, params_
                          DOT: tl.constexpr):
     """One program per (batch, head), its chunks in reverse, each recomputed from its saved
     start state (hs_ptr). dst_ptr holds the final state's adjoint on entry and the initial
-    state's on exit, updated in place a hidden tile at a time. Per chunk, four passes over the
-    hidden tiles: the surprise's Y (A), the reads (B), the reverse of the reads, of the update
-    and of Delta1 = (D2 W2^T) * act'(Z1) (C; what needs the whole of dD2 waits in scr_ptr),
-    then, after the loss's vector-Jacobian product and LayerNorm's backward of its backward, the
-    reverse of the surprise's forward pass (D)."""
+    state's on exit, updated in place a hidden tile at a time. Per chunk, passes over the
+    hidden tiles: the surprise's Y (A), the reads (B), the end coefficients' adjoints, the
+    reverse of the reads, of the update (a layer at a time) and of Delta1 = (D2 W2^T) * act'(Z1)
+    (C; what needs the whole of dD2 waits in scr_ptr), A again (its rows are made anew rather
+    than held across C), then, after the loss's vector-Jacobian product and LayerNorm's backward of its backward,
+    the reverse of the surprise's forward pass (D). Nothing but the state's adjoints in dst_ptr
+    passes from one chunk to the next (LayerNorm's adjoints are added into dln_ptr per chunk)."""
     i_bh = tl.program_id(0)
     i_b, i_h = i_bh // H, i_bh % H
     BH = tl.num_programs(0)
