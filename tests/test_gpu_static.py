@@ -124,7 +124,7 @@ def test_the_mlp_chunked_kernels_use_tensor_cores_and_keep_spills_out_of_their_l
     """Titans' and TTT-MLP's chunked pairs at D = 64, bf16 inputs, as training-length calls
     launch them: every kernel issues tensor-core instructions; the forward kernels spill
     nothing; TTT-MLP's backward has no spill instruction inside its hidden-tile loops (ptxas
-    reports 16 B, values reloaded once per chunk); titans' backward, with its momentum tiles
+    reports 24 B, values reloaded once per chunk); titans' backward, with its momentum tiles
     too, has 5 there, a figure README states, which this test keeps from growing."""
     found = static_rows(
         tmp_path, "--specs", "titans", "ttt_mlp", "--D", "64", "--kernels", "chunked", "--jobs",

@@ -28,7 +28,7 @@ import triton.language as tl
 
 from mirasc import runtime
 from mirasc.runtime import mlp_chunk
-from mirasc.runtime.triton_lib import ln_back_rows, ln_back_rows_vjp, ln_bwd, ln_bwd_bwd, ln_fwd, ln_fwd_bwd, ln_fwd_back_rows, ln_rows, matvec, outer, vecmat
+from mirasc.runtime.triton_lib import add_ln_adjoints, ln_back_rows, ln_back_rows_vjp, ln_bwd, ln_bwd_bwd, ln_fwd, ln_fwd_bwd, ln_fwd_back_rows, ln_params, ln_rows, matvec, outer, vecmat
 from mirasc.runtime.wy_kernels import load_rows, load_tile, mm, store_rows, store_tile
 
 CHUNK = 16
@@ -514,8 +514,7 @@ def _mlp_forward_kernel(q_ptr, k_ptr, v_ptr, coef_ptr, ends_ptr, d_ptr, params_p
     w2_ptr = w1_ptr + DK * HID
     o_t = tl.arange(0, BT)
     o_v = tl.arange(0, BV)
-    gamma = tl.load(ln_ptr + i_h * DV + o_v, mask=o_v < DV, other=0.0)[None, :]
-    beta = tl.load(ln_ptr + (H + i_h) * DV + o_v, mask=o_v < DV, other=0.0)[None, :]
+    gamma, beta = ln_params(ln_ptr, i_h, H, o_v, DV)
     for n in range(NT):
         tl.debug_barrier()  # the state the chunk before wrote, by other threads
         t0 = n * BT
@@ -592,8 +591,7 @@ def _mlp_backward_kernel(q_ptr, k_ptr, v_ptr, coef_ptr, ends_ptr, d_ptr, params_
         tl.debug_barrier()  # the adjoints the chunk after wrote, by other threads
         # LayerNorm's gain and bias, and their adjoints' sums, per chunk: nothing is held
         # across chunks (registers)
-        gamma = tl.load(ln_ptr + i_h * DV + o_v, mask=o_v < DV, other=0.0)[None, :]
-        beta = tl.load(ln_ptr + (H + i_h) * DV + o_v, mask=o_v < DV, other=0.0)[None, :]
+        gamma, beta = ln_params(ln_ptr, i_h, H, o_v, DV)
         b_dgamma = tl.zeros([BV], dtype=tl.float32)
         b_dbeta = tl.zeros([BV], dtype=tl.float32)
         n = NT - 1 - i
@@ -701,8 +699,7 @@ def _mlp_backward_kernel(q_ptr, k_ptr, v_ptr, coef_ptr, ends_ptr, d_ptr, params_
         b_dk -= mm(tl.trans(b_rd), b_x, DOT)
         b_dD -= b_r1 * b_xk
         # A again: the surprise's rows, made anew rather than held across C (registers)
-        gamma = tl.load(ln_ptr + i_h * DV + o_v, mask=o_v < DV, other=0.0)[None, :]
-        beta = tl.load(ln_ptr + (H + i_h) * DV + o_v, mask=o_v < DV, other=0.0)[None, :]
+        gamma, beta = ln_params(ln_ptr, i_h, H, o_v, DV)
         b_v = load_rows(v_ptr, i_b, i_h, t0, 0, T, H, DV, BT, BV).to(tl.float32)
         b_u2 = _mlp_out(b_k, w1_ptr, w2_ptr, 1.0, BK, BV, BE, DK, DV, HID, DOT)[0]
         b_y, b_g, _, b_xh, b_rstd = _surprise_rows(
@@ -733,10 +730,7 @@ def _mlp_backward_kernel(q_ptr, k_ptr, v_ptr, coef_ptr, ends_ptr, d_ptr, params_
         tl.store(dcoef_ptr + 2 * BH * TP + row, b_ddl)
         tl.store(dends_ptr + i_bh * NT + n, b_daC)
         tl.store(dd_ptr + row.to(tl.int64)[:, None] * BT + o_t[None, :], b_dD)
-        dln_ptrs = dln_ptr + i_bh * DV + o_v
-        tl.store(dln_ptrs, tl.load(dln_ptrs, mask=o_v < DV) + b_dgamma, mask=o_v < DV)
-        tl.store(dln_ptrs + BH * DV, tl.load(dln_ptrs + BH * DV, mask=o_v < DV) + b_dbeta,
-                 mask=o_v < DV)
+        add_ln_adjoints(dln_ptr, b_dgamma, b_dbeta, i_bh, BH, DV, BV)
 
 
 # ---- the host side: the spec's sizes; the rest is runtime.FusedRecurrent --------------------------

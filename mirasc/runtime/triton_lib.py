@@ -81,6 +81,25 @@ def softmax_rows(z, m, mi):
 
 
 @triton.jit
+def ln_params(ln_ptr, i_h, H, o_v, DV: tl.constexpr):
+    """LayerNorm's gain and bias of head i_h (ln_ptr [2, H, DV]) at columns o_v as rows, zero
+    past DV."""
+    gamma = tl.load(ln_ptr + i_h * DV + o_v, mask=o_v < DV, other=0.0)[None, :]
+    beta = tl.load(ln_ptr + (H + i_h) * DV + o_v, mask=o_v < DV, other=0.0)[None, :]
+    return gamma, beta
+
+
+@triton.jit
+def add_ln_adjoints(dln_ptr, dgamma, dbeta, i_bh, BH, DV: tl.constexpr, BV: tl.constexpr):
+    """Adds a program's sums of LayerNorm's gain and bias adjoints ([BV] each) into its rows of
+    dln_ptr [2, BH, DV]: a kernel that adds them per chunk holds none across its chunks."""
+    o_v = tl.arange(0, BV)
+    p = dln_ptr + i_bh * DV + o_v
+    tl.store(p, tl.load(p, mask=o_v < DV) + dgamma, mask=o_v < DV)
+    tl.store(p + BH * DV, tl.load(p + BH * DV, mask=o_v < DV) + dbeta, mask=o_v < DV)
+
+
+@triton.jit
 def ln_rows(m, mask, N: tl.constexpr):
     """(x_hat, rstd) of LayerNorm over the first N columns of each row of m [R, C] (eps 1e-5);
     x_hat is zero outside `mask`, rstd a column [R, 1]."""
