@@ -4,8 +4,9 @@ Every shipped spec's `_forward_kernel` and `_backward_kernel` (generated/<spec>/
 is compiled ahead of time for a Hopper GPU (sm_90), bf16 inputs, with the compile-time constants
 and warps the runtime launches it with (FusedRecurrent.meta and launch_options). For each kernel
 it reports what decides how well it can run before any GPU is lent: registers per thread, spill
-stores and loads, stack frame (local memory), shared memory, and the tensor-core instructions in
-its PTX (`mma`, `wgmma`) and SASS (`HMMA`, `HGMMA`). A kernel with 255 registers and spills, or
+stores and loads, spill instructions inside its innermost loops (`loop_spills`, from the SASS:
+where the time goes), stack frame (local memory), shared memory, and the tensor-core instructions
+in its PTX (`mma`, `wgmma`) and SASS (`HMMA`, `HGMMA`). A kernel with 255 registers and spills, or
 with no tensor-core instruction, will be slow on any GPU. Register and spill figures are ptxas's
 own (`-v`, the log of the compile Triton runs); nothing is cached, so every row is a fresh compile.
 
