@@ -33,10 +33,10 @@ def static_rows(tmp_path: Path, *args: str) -> tuple[list, str]:
     return json.loads(out.read_text()), done.stdout
 
 
-def test_loop_spills_counts_spill_instructions_in_innermost_loops_only():
+def test_loop_spills_counts_spill_instructions_in_innermost_loops_only(monkeypatch):
     """A listing with a prologue spill, an outer loop with a reload in its own body and an inner
     loop with a predicated reload and a 64-bit store: only the inner loop's two count."""
-    sys.path.insert(0, str(ROOT / "benchmarks"))
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
     import gpu_static
 
     sass = """

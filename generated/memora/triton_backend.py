@@ -730,7 +730,7 @@ def _kl_backward_kernel(q_ptr, k_ptr, v_ptr, coef_ptr, d_ptr, params_ptr, hs_ptr
         w2_ptr = w1_ptr + DK * HID
         # the forward pass again: the surprise, the log-sum-exps, the reads
         b_u2 = _kl_surprise_out(b_k, w1_ptr, w2_ptr, BK, BV, BE, DK, DV, HID, DOT)
-        b_y, b_g, b_d2, b_xh, b_rstd = _surprise_rows(
+        _, _, b_d2, _, _ = _surprise_rows(  # D2; the rest is made anew later
             b_u2, b_k, b_v, mask, gamma, beta, DV)
         b_g2 = DV * b_d2
         b_lse = _kl_lse1(b_k, b_d2, b_a, b_dmat, w1_ptr, w2_ptr, BK, BV, BE, BT, DK, DV, HID, DOT)

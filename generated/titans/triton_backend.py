@@ -679,7 +679,7 @@ def _mlp_backward_kernel(q_ptr, k_ptr, v_ptr, coef_ptr, ends_ptr, d_ptr, params_
         # A: the surprise at the anchor
         b_u2, b_na1 = _mlp_out(b_k, w1_ptr, w2_ptr, 1.0, BK, BV, BE, DK, DV, HID, DOT)
         b_z2 = b_u2
-        b_y, b_g, b_d2, b_xh, b_rstd = _surprise_rows(
+        _, _, b_d2, _, _ = _surprise_rows(  # D2; the rest is made anew after C
             b_z2, b_k, b_v, mask, gamma, beta, DV)
         b_xk = mm(b_x, tl.trans(b_k), DOT)
         b_m = b_dmat * b_xk
