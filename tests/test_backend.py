@@ -19,6 +19,11 @@ TOL64 = 1e-9
 # fp32 backend vs fp64 oracle: ~6e-8 per rounding, amplified through T sequential rank-one
 # updates and LayerNorm; 2e-3 is far above that and far below an O(1) bug.
 TOL32 = 2e-3
+# fp32 on a fixed case (seeded shape, shipped or written spec): the worst error measured on
+# the cases held to it is 6.8e-6 (titans' theta gradient on the torch backend; the Triton
+# kernels' worst is 7.2e-6). 1e-4 catches a dropped term of a few 1e-4 that TOL32 lets pass
+# (a dropped momentum term gave 1.9e-3). Drawn specs keep TOL32: their conditioning varies.
+TOL_CASE32 = 1e-4
 SHIPPED = [
     "deltanet",
     "gated_deltanet",
@@ -78,7 +83,7 @@ def test_float32_inputs(shipped, name):
     case = testing.make_case(spec, B=2, T=21, H=2, Dk=6, dtype=torch.float32, seed=3)
     o, state, _ = testing.run(module, case, "torch")
     assert o.dtype == torch.float32 and all(s.dtype == torch.float32 for s in state)
-    assert_close(testing.compare(module, case, "torch"), TOL32, name)
+    assert_close(testing.compare(module, case, "torch"), TOL_CASE32, name)
 
 
 # ---- randomly drawn specs ---------------------------------------------------------------

@@ -3,7 +3,7 @@ deltanet and gated_deltanet run for training-length calls, against the float64 a
 reference: outputs, final states and the gradients of q, k, v, both gates and the initial state.
 Without a GPU the kernels run in Triton's interpreter (conftest sets TRITON_INTERPRET=1), so the
 shapes are small, with chunks of 16 tokens where a test sets them and T never a multiple of the
-chunk (a ragged last chunk). Tolerances as in test_triton_backend: TOL32 for fp32 inputs, 3e-2
+chunk (a ragged last chunk). Tolerances: TOL_CASE32 (test_backend) for fp32 inputs, 3e-2
 for bf16 (inputs rounded to 8 bits; the state stays fp32).
 """
 
@@ -13,7 +13,7 @@ import contextlib
 
 import pytest
 import torch
-from test_backend import TOL32, assert_close
+from test_backend import TOL_CASE32, assert_close
 
 from mirasc import testing
 from mirasc.errors import BackendError
@@ -77,7 +77,7 @@ def test_chunked_kernels_match_reference(shipped, name, B, H, T, Dk, Dv, initial
     with chunked(module), counting_chunked_calls(module) as calls:
         errors = testing.compare(module, case.to(DEVICE), "triton")
     assert calls[0] == 1
-    tol = TOL32 if dtype == torch.float32 else TOL_HALF
+    tol = TOL_CASE32 if dtype == torch.float32 else TOL_HALF
     assert_close(errors, tol, f"{name} B={B} H={H} T={T} Dk={Dk} Dv={Dv} {initial=} {dtype}")
 
 
@@ -89,7 +89,7 @@ def test_the_shipped_chunk_of_64_on_a_training_length_call(shipped):
     with counting_chunked_calls(module) as calls:
         errors = testing.compare(module, case.to(DEVICE), "triton")
     assert calls[0] == 1
-    assert_close(errors, TOL32, "gated_deltanet T=70 chunk 64")
+    assert_close(errors, TOL_CASE32, "gated_deltanet T=70 chunk 64")
 
 
 def test_prefill_on_the_chunked_kernels_then_decoding_on_the_recurrent_ones(shipped):
@@ -109,8 +109,8 @@ def test_prefill_on_the_chunked_kernels_then_decoding_on_the_recurrent_ones(ship
             pieces.append(o)
     assert calls[0] == 1
     o_ref, state_ref = testing.call(module, case, backend="reference")
-    assert testing.relative_error(torch.cat(pieces, dim=1), o_ref) < TOL32
-    assert testing.relative_error(state[0], state_ref[0]) < TOL32
+    assert testing.relative_error(torch.cat(pieces, dim=1), o_ref) < TOL_CASE32
+    assert testing.relative_error(state[0], state_ref[0]) < TOL_CASE32
 
 
 def test_short_calls_keep_the_recurrent_kernels(shipped):
