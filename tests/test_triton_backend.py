@@ -6,7 +6,8 @@ drawn specs and fuzzed loss formulas. Without a GPU the kernels run in Triton's 
 The interpreter is lenient about types a GPU compiler is not, so every shipped spec's kernels
 are also compiled ahead of time for a Hopper GPU (sm_90), which needs no GPU.
 
-Tolerances: fp32 kernels vs the fp64 oracle as in test_backend (TOL32); bf16/fp16 inputs 3e-2
+Tolerances: fp32 kernels vs the fp64 oracle as in test_backend (TOL32 on drawn specs and shapes,
+TOL_CASE32 on fixed cases); bf16/fp16 inputs 3e-2
 (the inputs themselves are rounded to 8 or 11 bits; the state stays fp32).
 """
 
