@@ -172,8 +172,12 @@ def test_fuzzed_losses_agree_where_fp32_is_accurate(compile_text, outer, phi, da
     assert_close(triton_errors(module, case), 5 * TOL32, text)
 
 
-@pytest.mark.parametrize("name,offset", [("titans", 5), ("moneta", 11), ("ttt_mlp", 15)])
-def test_a_call_continuing_a_chunk_matches_reference(shipped, name, offset):
+# MONETA's lq normaliser amplifies rounding on its case (its state: 5.7e-4 measured)
+@pytest.mark.parametrize(
+    "name,offset,tol",
+    [("titans", 5, TOL_CASE32), ("moneta", 11, TOL32), ("ttt_mlp", 15, TOL_CASE32)],
+)
+def test_a_call_continuing_a_chunk_matches_reference(shipped, name, offset, tol):
     """anchor_state / chunk_offset (decoding): outputs and gradients, the anchor's included."""
     module = shipped[name]
     spec = testing.spec_of(module)
@@ -211,8 +215,7 @@ def test_a_call_continuing_a_chunk_matches_reference(shipped, name, offset):
             for i, (a, b) in enumerate(zip(ga, rga, strict=True))
         }
     )
-    # MONETA's lq normaliser amplifies rounding on this case (state: 5.7e-4 measured)
-    assert_close(errors, TOL32 if name == "moneta" else TOL_CASE32, name)
+    assert_close(errors, tol, name)
 
 
 @pytest.mark.parametrize("name,split", [("titans", 5), ("yaad", 9), ("gated_deltanet", 7)])
