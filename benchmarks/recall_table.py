@@ -8,7 +8,8 @@ Every run keeps its result in `<out>/<run>/result.json` (with the sha256 of its 
 of a spec edited since is trained again), so an interrupted sweep resumes where it
 stopped and a finished one reprints its table at once (`--no-train` reports what is stored, a
 cell not trained yet reads "not run"); `--jobs N` trains N runs at a time, each with its share of
-the CPU threads (one thread per run is fastest on a small machine).
+the CPU threads (one thread per run is fastest on a small machine). `--lengths` with no value
+trains no MQAR run and gives S-NIAH for every model named, the same runs a full sweep makes.
 
     python benchmarks/recall_table.py [--specs ...] [--lengths 128 256 512] [--seeds 0 1]
         [--baseline-layers 1 2] [--jobs 2] [--out runs/recall_table]
@@ -260,13 +261,15 @@ def main(argv=None) -> int:
         Run(s, n, "mqar", L, seed) for s, n in models for L in args.lengths for seed in args.seeds
     ]
     mqar = rows_of(mqar_runs, sweep(mqar_runs, args))
-    report = [
-        f"MQAR ({args.pairs} pairs, vocabulary {args.vocab}): held-out accuracy after {args.steps} "
-        f"steps of batch {args.batch}, memory models {args.layers} layer(s) of width {args.hidden}; "
-        f"mean over seeds {args.seeds} (each seed's value in brackets)\n",
-        table(mqar, args.lengths),
-    ]
-    plot(mqar, args.lengths, out / "mqar.png", "MQAR")
+    report = []
+    if mqar_runs:  # `--lengths` with no value: S-NIAH only, for the models given
+        report += [
+            f"MQAR ({args.pairs} pairs, vocabulary {args.vocab}): held-out accuracy after "
+            f"{args.steps} steps of batch {args.batch}, memory models {args.layers} layer(s) of "
+            f"width {args.hidden}; mean over seeds {args.seeds} (each seed's value in brackets)\n",
+            table(mqar, args.lengths),
+        ]
+        plot(mqar, args.lengths, out / "mqar.png", "MQAR")
     if args.niah_best and args.niah_lengths:
         by_mean = {
             (s, n): statistics.mean(
@@ -287,14 +290,15 @@ def main(argv=None) -> int:
             for seed in args.niah_seeds or args.seeds
         ]
         niah = rows_of(niah_runs, sweep(niah_runs, args))
+        chosen = f"the best {args.niah_best} on MQAR" if mqar_runs else "the models given"
         report += [
             "\nS-NIAH (niah_single_1, repeated haystack): held-out accuracy on the needle's "
-            f"digits by context length, the best {args.niah_best} on MQAR, seeds "
+            f"digits by context length after {args.steps} steps, {chosen}, seeds "
             f"{args.niah_seeds or args.seeds}\n",
             table(niah, args.niah_lengths),
         ]
         plot(niah, args.niah_lengths, out / "niah.png", "S-NIAH")
-    text = "\n".join(report)
+    text = "\n".join(report).lstrip("\n")
     print("\n" + text)
     (out / "table.md").write_text(text + "\n")
     (out / "args.json").write_text(json.dumps(vars(args), indent=2) + "\n")
