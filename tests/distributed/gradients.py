@@ -47,6 +47,7 @@ def main() -> None:
         grads = {n: p.grad.full_tensor() for n, p in model.named_parameters() if p.grad is not None}
     if rank == 0:
         torch.save(grads, out)
+    dist.barrier()  # no rank tears gloo down while the other still uses it (an abort, at times)
     dist.destroy_process_group()
 
 
