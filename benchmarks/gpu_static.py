@@ -23,7 +23,8 @@ length TP, which Triton specialises on at launch (torch allocations are 16-byte 
 Specs whose Triton backend has the chunked dual-form kernels (a linear memory trained by gd:
 linear_attention) get rows `dual:forward`, `dual:state_bwd` and `dual:chunk_bwd` the same way (mirasc.runtime.dual_chunk);
 those of a two-layer MLP memory (titans, ttt_mlp, yaad) rows `mlp:forward` and `mlp:backward`
-(mirasc.runtime.mlp_chunk).
+(mirasc.runtime.mlp_chunk), those of a deeper one `deep:forward` and `deep:backward`
+(mirasc.runtime.deep_chunk).
 
 Where flash-linear-attention (`fla`) is importable, its chunk_gated_delta_rule state and output
 kernels are compiled the same way beside gated_deltanet's (when that spec is among --specs); it is
@@ -257,8 +258,9 @@ def mlp_measure(spec: str, name: str, D: int, dtype: str = "bf16") -> Figures:
     meta = mlp.meta(D, D, tl.float32 if dtype == "fp32" else tl.bfloat16, name == "backward")
     if name == "forward":
         meta["SAVE"] = True
-    kernel = getattr(backend, f"_mlp_{name}_kernel")
-    return chunked_figures(spec, f"mlp:{name}", D, kernel, meta, mlp.launch_options(D, D), dtype)
+    kind = "deep" if has_deep(spec) else "mlp"
+    kernel = getattr(backend, f"_{kind}_{name}_kernel")
+    return chunked_figures(spec, f"{kind}:{name}", D, kernel, meta, mlp.launch_options(D, D), dtype)
 
 
 def kl_measure(spec: str, name: str, D: int, dtype: str = "bf16") -> Figures:
@@ -282,6 +284,12 @@ def has_kl(spec: str) -> bool:
 def has_mlp(spec: str) -> bool:
     """The spec's Triton backend has the chunked dual-form kernels of an MLP memory."""
     return hasattr(importlib.import_module(f"generated.{spec}.triton_backend"), "mlp")
+
+
+def has_deep(spec: str) -> bool:
+    """The spec's Triton backend has the chunked kernels of an MLP of three or more layers."""
+    backend = importlib.import_module(f"generated.{spec}.triton_backend")
+    return hasattr(backend, "_deep_forward_kernel")
 
 
 def has_dual(spec: str) -> bool:
@@ -308,7 +316,8 @@ def jobs(specs: list[str], sizes: list[int] | None, kernels: str) -> list[tuple[
         if kernels != "fused" and has_dual(spec):
             names += ["dual:forward", "dual:state_bwd", "dual:chunk_bwd"]
         if kernels != "fused" and has_mlp(spec):
-            names += ["mlp:forward", "mlp:backward"]
+            kind = "deep" if has_deep(spec) else "mlp"
+            names += [f"{kind}:forward", f"{kind}:backward"]
         if kernels != "fused" and has_kl(spec):
             names += ["kl:forward", "kl:backward"]
         work += [(spec, name, D) for D in (sizes or WIDE.get(spec, (64,))) for name in names]
@@ -317,13 +326,13 @@ def jobs(specs: list[str], sizes: list[int] | None, kernels: str) -> list[tuple[
 
 def compile_job(spec: str, kernel: str, D: int) -> Figures:
     """One row: a fused kernel, a chunked WY kernel (`wy:<name>`), a dual-form one (`dual:`,
-    `mlp:`) or a kl memory's chunked one (`kl:`)."""
+    `mlp:`, `deep:`) or a kl memory's chunked one (`kl:`)."""
     if kernel.startswith("wy:"):
         return wy_measure(spec, kernel[3:], D)
     if kernel.startswith("dual:"):
         return dual_measure(spec, kernel[5:], D)
-    if kernel.startswith("mlp:"):
-        return mlp_measure(spec, kernel[4:], D)
+    if kernel.startswith(("mlp:", "deep:")):
+        return mlp_measure(spec, kernel.split(":")[1], D)
     if kernel.startswith("kl:"):
         return kl_measure(spec, kernel[3:], D)
     return measure(spec, kernel, D)

@@ -177,6 +177,28 @@ SPEC_VARIANTS = {  # the chunked kernels' optional features, which no shipped sp
 }
 """,
     "clipped_kl": CLIPPED_KL.replace("MEMORY", MEMORA_ARCH),  # MEMORA with clip
+    "deep_first": """memory deep_first {
+    architecture = mlp(depth: 3, expansion: 4, activation: silu, residual: true, norm: layernorm)
+    bias = huber(delta: d)
+    retention = decay(alpha, first: true)
+    algorithm = gd(lr: eta)
+    chunk = 16
+    gate eta = 0.1 * sigmoid(z)
+    gate alpha = 0.01 * sigmoid(z)
+    gate d = softplus(z)
+}
+""",
+    "deep_momentum": """memory deep_momentum {
+    architecture = mlp(depth: 3, expansion: 4, activation: silu, residual: true, norm: layernorm)
+    bias = l2
+    retention = decay(alpha)
+    algorithm = momentum(lr: eta, momentum: beta)
+    chunk = 16
+    gate eta = 0.1 * sigmoid(z)
+    gate alpha = 0.01 * sigmoid(z)
+    gate beta = 0.9 * sigmoid(z)
+}
+""",
 }
 
 
@@ -184,9 +206,10 @@ SPEC_VARIANTS = {  # the chunked kernels' optional features, which no shipped sp
 def test_the_chunked_kernels_compile_with_every_feature(tmp_path):
     """The interpreter runs code that Triton's compiler can still reject (a variable changing
     shape across a loop, say), so the chunked kernels of three specs with every optional feature
-    (lq, clip, decay applied first, residual and LayerNorm reads, a loss gate) and MEMORA's kl
-    pair with clip are compiled for sm_90 as training-length calls launch them: they compile
-    and use tensor cores, and the kl forward kernel spills nothing."""
+    (lq, clip, decay applied first, residual and LayerNorm reads, a loss gate), MEMORA's kl
+    pair with clip and two three-layer MLPs are compiled for sm_90 as training-length calls
+    launch them: they compile and use tensor cores, the kl forward kernel spills nothing, and
+    the deep kernels spill nothing inside their loops."""
     specs = []
     for name, text in SPEC_VARIANTS.items():
         (tmp_path / f"{name}.miras").write_text(text)
@@ -198,6 +221,8 @@ def test_the_chunked_kernels_compile_with_every_feature(tmp_path):
     jobs += [("clipped_kl", "kl:forward", 64), ("clipped_kl", "kl:backward", 64)]
     jobs += [(spec, f"dual:{k}", 64) for spec in ("ttt_linear_first_clip", "linear_lq")
              for k in ("forward", "state_bwd", "chunk_bwd")]  # fmt: skip
+    jobs += [(spec, f"deep:{k}", 64) for spec in ("deep_first", "deep_momentum")
+             for k in ("forward", "backward")]  # fmt: skip
     code = (
         "import dataclasses, json, sys; sys.path[:0] = sys.argv[1:]; import gpu_static; "
         f"rows = gpu_static.compile_all({jobs!r}, 2); "
@@ -217,3 +242,7 @@ def test_the_chunked_kernels_compile_with_every_feature(tmp_path):
     # (its chunked backward: 152 B, with clip 336 B)
     assert kl["kl:forward"]["spill_stores"] == kl["kl:forward"]["spill_loads"] == 0, kl
     assert kl["kl:backward"]["spill_stores"] <= 384, kl
+    # three-layer MLPs (Titans' memory with momentum; with decay applied first and a loss
+    # gate): their intermediates live in scratch buffers, so nothing spills inside a loop
+    deep = [row for row in rows if row["kernel"].startswith("deep:")]
+    assert len(deep) == 4 and all(row["loop_spills"] == 0 for row in deep), deep

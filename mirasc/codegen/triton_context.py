@@ -87,6 +87,9 @@ class TritonContext:
     wy_scale: Code  # c in dl/dy = c (y - v), for those kernels
     dual: bool  # the plan's chunked dual-form kernels for training-length calls
     mlp: bool  # the plan's chunked dual-form kernels of a two-layer MLP memory
+    deep: bool  # the plan's chunked dual-form kernels of an MLP of three or more layers
+    deep_scratch: list  # (buffer, its offset in a program's scratch) for those kernels
+    deep_scratch_size: Code  # a program's scratch, in floats
     kl_chunk: bool  # the plan's chunked forward kernel of a two-layer MLP under kl retention
     coordinatewise: bool  # each value column on its own: no loss sum, LayerNorm, clip or lq
     value_tiles: bool  # the recurrent kernels' programs each take a tile of value columns
@@ -159,6 +162,36 @@ def _kernel_names(spec: Spec) -> KernelNames:
     )
 
 
+def _deep_scratch(spec: Spec) -> tuple[list, Code]:
+    """The scratch buffers of the deep MLP kernels (templates/triton/deep_chunk.py.j2), each
+    [BT, width], as (name, offset) and the total, in the kernels' constants: per layer l its
+    inputs and pre-activations for the surprise (a, z, and u before rho with `first`), the
+    deltas (r) and the deltas' chain (bk), the reads' (hq, zq) and token-pair matrices (m, md),
+    and the backward pass's adjoints (ab, db, yb, hb, sz); then shared work buffers."""
+    L, first = spec.depth, spec.retention.first
+    ins, outs = ["DK"] + ["HID"] * (L - 1), ["HID"] * (L - 1) + ["DV"]
+    buffers = []
+    for li, (i, o) in enumerate(zip(ins, outs, strict=True)):
+        names = [("a", i), ("z", o), ("r", o), ("hq", i), ("zq", o), ("m", "BT"), ("md", "BT")]
+        names += [("ab", i), ("db", o), ("yb", o), ("hb", i), ("sz", o)]
+        names += [("u", o)] if first else []
+        names += [("bk", o)] if li < L - 1 else []
+        buffers += [(f"{n}{li}", w) for n, w in names]
+    wide = ["DK", "HID", "DV"]  # a work buffer takes any layer's rows
+    buffers += [("tmp", wide), ("xw", wide), ("eb", wide), ("gm", "BT"), ("gmd", "BT")]
+
+    def widths(counts: dict) -> str:
+        return " + ".join(f"{c} * {w}" for w, c in counts.items() if c) or "0"
+
+    counts = dict.fromkeys(["DK", "HID", "DV", "BT"], 0)
+    offsets = []
+    for name, width in buffers:
+        offsets.append((name, Code(f"BT * ({widths(counts)})")))
+        for w in width if isinstance(width, list) else [width]:
+            counts[w] += 1
+    return offsets, Code(f"BT * ({widths(counts)})")
+
+
 def _lq_pieces(spec: Spec) -> tuple[dict, set]:
     """|x|^q, |x|^(q-2) x and (q - 2) / q printed for lq retention's normaliser."""
     if spec.retention.kind != "lq":
@@ -193,6 +226,7 @@ def triton_context(spec: Spec, derived: Derived, plan: Plan, source_text: str) -
         act = activation_bodies(derived)
     lq, lq_helpers = _lq_pieces(spec)
     row_code, rows = _gate_rows(spec)
+    deep_scratch, deep_scratch_size = _deep_scratch(spec)
     return TritonContext(
         layers=layers,
         weight_size=weight_size,
@@ -222,6 +256,9 @@ def triton_context(spec: Spec, derived: Derived, plan: Plan, source_text: str) -
         wy_scale=Code(repr(plan.wy_scale or 0.0)),
         dual=plan.triton_chunked == "dual",
         mlp=plan.triton_chunked == "mlp",
+        deep=plan.triton_chunked == "deep",
+        deep_scratch=deep_scratch,
+        deep_scratch_size=deep_scratch_size,
         kl_chunk=plan.triton_chunked == "kl",
         coordinatewise=plan.coordinatewise,
         value_tiles=plan.recurrent_value_tiles,

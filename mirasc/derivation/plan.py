@@ -22,7 +22,8 @@ class Plan:
     sums: tuple  # indices of the loss's sums S_i that dl/dy needs
     segment: int  # Triton: tokens between the states the forward pass saves (chunk multiple)
     # Triton's chunked kernels for training-length calls: "wy", "dual" (a linear memory),
-    # "mlp" (a two-layer MLP memory), "kl" (a linear or two-layer MLP memory under kl) or ""
+    # "mlp" (a two-layer MLP memory), "deep" (an MLP of three or more layers), "kl" (a linear
+    # or two-layer MLP memory under kl) or ""
     triton_chunked: str
     triton_chunked_why: str  # why training-length calls take no chunked Triton kernels, or ""
     coordinatewise: bool  # each value column updates on its own (see `coordinatewise`)
@@ -55,8 +56,13 @@ def dual_chunk_refusal(spec: Spec) -> str:
     """Why the chunked Triton kernels (every gradient at the chunk's anchor; the dual form of a
     linear memory or a two-layer MLP, or their row softmaxes under kl) do not take the spec;
     "" if they do. What they lack runs on the recurrent kernels."""
-    if spec.depth > 2:
-        return "the chunked Triton kernels do not yet cover MLP memories deeper than two layers"
+    if spec.depth > 2 and spec.retention.kind in ("lq", "kl"):
+        return (
+            f"{spec.retention.kind} retention on an MLP memory of {spec.depth} layers: the "
+            "chunked Triton kernels of MLPs deeper than two layers do not cover it"
+        )
+    if spec.depth > 2 and spec.clip is not None:
+        return "clip on an MLP memory deeper than two layers: its chunked Triton kernels lack it"
     if spec.chunk not in DUAL_CHUNK_SIZES:
         sizes = ", ".join(map(str, DUAL_CHUNK_SIZES))
         return f"chunk {spec.chunk}: the chunked Triton kernels' tiles take chunks of {sizes}"
@@ -115,7 +121,7 @@ def make_plan(spec: Spec, derived: Derived) -> Plan:
     elif spec.depth == 1:
         chunked = "dual"
     else:
-        chunked = "mlp"
+        chunked = "mlp" if spec.depth == 2 else "deep"
     return Plan(
         strategies, c, sums, segment, chunked, why,
         coordinatewise(spec, sums), recurrent_value_tiles(spec, sums),

@@ -1,0 +1,91 @@
+"""The host side of the chunked dual-form kernels of an MLP memory of three or more layers (a
+generated `triton_backend.py` supplies the forward and backward kernels, printed per spec and
+unrolled over its layers). The math is `mlp_chunk`'s: per chunk every gradient is taken at the
+chunk's start state, with the same coefficients; what differs is where a chunk's
+intermediates live. A two-layer memory's fit in registers a tile of hidden units at a time; a
+deeper one's (each hidden layer [chunk x hidden], its deltas, its reads and, backward, their
+adjoints) go through a scratch buffer per program, in global memory (L2-resident: a few
+hundred KB at chunk 16), every product a tensor-core gemm over its tiles. Activation memory
+is `mlp_chunk`'s: the state at each chunk's start, saved only when a gradient is needed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from .dual_chunk import _pow2
+from .mlp_chunk import MlpChunk
+
+GEMM_TILE = 64  # the widest tile of the kernels' products in any dimension
+
+
+def _tile(n: int) -> int:
+    """A gemm tile for a dimension of n: a power of two from 16 (tl.dot's least) to GEMM_TILE."""
+    return min(GEMM_TILE, _pow2(n))
+
+
+class DeepChunk(MlpChunk):
+    """`MlpChunk`'s op pair, autograd formula and contract for the deep kernels; `scratch`
+    gives a program's scratch floats from (DK, DV, HID, BT), as the generated backend prints
+    it from the kernels' buffer list."""
+
+    def __init__(self, namespace: str, kernels: tuple, *, shapes: Callable, chunk: int,
+                 retention: str, momentum: bool, required_state: str,
+                 scratch: Callable):  # fmt: skip
+        super().__init__(namespace, kernels, shapes=shapes, chunk=chunk, retention=retention,
+                         momentum=momentum, required_state=required_state)  # fmt: skip
+        depth = len(shapes(1, 1))
+        self.n_states = 2 * depth if momentum else depth
+        self.scratch = scratch
+
+    def meta(self, Dk: int, Dv: int, dot, backward: bool = False) -> dict:
+        """The kernels' compile-time constants: sizes, the loss's row tiles (BK, BV) and the
+        products' tiles per width (TK, TV, TH, TT)."""
+        hidden = self.shapes(Dk, Dv)[0][1]
+        C = self.chunk
+        return dict(DK=Dk, DV=Dv, HID=hidden, BK=_pow2(Dk), BV=_pow2(Dv), BT=C, TK=_tile(Dk),
+                    TV=_tile(Dv), TH=_tile(hidden), TT=_tile(C), DOT=dot)  # fmt: skip
+
+    @staticmethod
+    def launch_options(Dk: int, Dv: int) -> dict:
+        """8 warps: fewer spill bytes than 4 at Dk = Dv = 64, none in loops (gpu_static.py)."""
+        return dict(num_warps=8, num_stages=1)
+
+    def _scratch(self, q, v) -> torch.Tensor:
+        Dk, Dv = q.shape[-1], v.shape[-1]
+        floats = self.scratch(Dk, Dv, self.shapes(Dk, Dv)[0][1], self.chunk)
+        return torch.empty((q.shape[0] * q.shape[2], floats), dtype=torch.float32, device=q.device)
+
+    def launch_forward(self, q, k, v, coef, ends, d, params, state, ln, scale: float, save: bool):
+        """(o, the final state flat as `state`, the state at each chunk's start [BH, NT, ..]
+        when `save`, else an empty tensor, and an unused sums tensor, as `MlpChunk`'s)."""
+        B, T, H, _ = q.shape
+        NT = ends.shape[-1]
+        o = torch.empty((B, T, H, v.shape[-1]), dtype=q.dtype, device=q.device)
+        final = state.clone()  # the kernel updates the state in place
+        hs = state.new_empty((state.shape[0], NT, state.shape[1]) if save else (0,))
+        ns = state.new_zeros(self._sums_shape(state.shape[0], NT))
+        args = (q, k, v, coef, ends, d, params, final, ln, o, hs, self._scratch(q, v), scale, T,
+                H, coef.shape[-1], NT)  # fmt: skip
+        self._launch(self.forward_kernel, args, q, v, SAVE=save)
+        return o, final, hs, ns
+
+    def launch_backward(self, q, k, v, coef, ends, d, params, hs, ns, final, ln, do, dfinal,
+                        scale: float):  # fmt: skip
+        """The chunks in reverse, one program per (batch, head): the adjoints of the inputs,
+        coefficients, loss gates, initial state and LayerNorm's gain and bias."""
+        B, T, H, _ = q.shape
+        TP, NT, f32 = coef.shape[-1], ends.shape[-1], dict(dtype=torch.float32, device=q.device)
+        dq, dk, dv = (torch.empty(t.shape, **f32) for t in (q, k, v))
+        # zeros: the kernel adds D's adjoint per layer, and leaves unused coefficient rows
+        dcoef, dends, dd = torch.zeros_like(coef), torch.zeros_like(ends), torch.zeros_like(d)
+        dparams, dstate = torch.empty_like(params), dfinal.clone()  # updated in place
+        dln = torch.zeros((2, B * H, v.shape[-1]), **f32)
+        args = (q, k, v, coef, ends, d, params, hs, ln, do, dstate, self._scratch(q, v), dq, dk,
+                dv, dcoef, dends, dd, dparams, dln, scale, T, H, TP, NT)  # fmt: skip
+        self._launch(self.backward_kernel, args, q, v)
+        dln = dln.view(2, B, H, -1).sum(1)
+        return (dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), dcoef, dends, dd, dparams,
+                dstate, dln)  # fmt: skip

@@ -1,0 +1,108 @@
+"""The chunked dual-form kernels of MLP memories of three or more layers (mirasc.runtime.deep_chunk,
+printed per spec and unrolled over its layers) that the Triton backend runs for training-length
+calls, against the float64 autograd reference: outputs, final states and the gradients of q, k,
+v, every gate (the loss's parameters included), the initial state and LayerNorm's gain and bias.
+Without a GPU the kernels run in Triton's interpreter (conftest sets TRITON_INTERPRET=1).
+Gradient cases lower the kernels' 64-token threshold, as test_mlp_chunk does; head sizes of 20
+give hidden layers of 80 (expansion 4), so every product has a partly masked tile.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from test_backend import TOL32, TOL_CASE32, assert_close
+from test_mlp_chunk import counting_chunked_calls, mlp_spec, short_calls_chunked
+
+from mirasc import testing
+
+triton = pytest.importorskip("triton")
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+TOL_HALF = 3e-2  # bf16 inputs and outputs
+
+
+def deep_spec(depth: int, *args, **kwargs) -> str:
+    """`mlp_spec`'s memory with `depth` layers."""
+    return mlp_spec(*args, **kwargs).replace("depth: 2", f"depth: {depth}")
+
+
+TITANS3 = deep_spec(3, "silu", True, True, "l2", "decay(alpha)",
+                    "momentum(lr: eta, momentum: beta)", 16)  # fmt: skip
+
+
+def test_deep_titans_takes_the_deep_kernels(compile_text):
+    """Titans' memory with three layers (momentum, decay, residual, LayerNorm): one call on the
+    chunked kernels, ragged last chunk, learned initial state, two heads."""
+    module = compile_text(TITANS3)
+    assert type(module.triton_backend.mlp).__name__ == "DeepChunk"
+    case = testing.make_case(testing.spec_of(module), B=1, T=37, H=2, Dk=12, seed=3,
+                             dtype=torch.float32, with_initial_state=True)  # fmt: skip
+    with counting_chunked_calls(module) as calls, short_calls_chunked(module):
+        errors = testing.compare(module, case.to(DEVICE), "triton")
+    assert calls[0] == 1
+    assert_close(errors, TOL_CASE32, "titans, 3 layers")
+
+
+def test_bf16_inputs(compile_text):
+    """bf16 inputs (the products' operands in bf16, fp32 accumulation and state), two
+    sequences, four layers."""
+    module = compile_text(deep_spec(4, "gelu", True, False, "l2", "none", "gd(lr: eta)", 16))
+    case = testing.make_case(testing.spec_of(module), B=2, T=40, H=1, Dk=12, seed=5,
+                             dtype=torch.bfloat16, with_initial_state=True)  # fmt: skip
+    with counting_chunked_calls(module) as calls, short_calls_chunked(module):
+        errors = testing.compare(module, case.to(DEVICE), "triton")
+    assert calls[0] == 1
+    assert_close(errors, TOL_HALF, "4 layers, bf16")
+
+
+@settings(max_examples=5, deadline=None)
+@given(
+    depth=st.sampled_from([3, 4]),
+    activation=st.sampled_from(["silu", "gelu", "sigmoid", "tanh"]),
+    residual=st.booleans(),
+    norm=st.booleans(),
+    bias=st.sampled_from(["l2", "huber(delta: d)", "yaad(delta: d)", "dot"]),
+    retention=st.sampled_from(["none", "decay(alpha)", "l2(alpha)", "decay(alpha, first: true)"]),
+    momentum=st.booleans(),
+    chunk=st.sampled_from([16, 32]),
+    T=st.integers(17, 50),
+    seed=st.integers(0, 2**16),
+)
+def test_random_deep_specs_match_reference(compile_text, depth, activation, residual, norm, bias,
+                                           retention, momentum, chunk, T, seed):  # fmt: skip
+    """Drawn depths, activations (sigmoid: act(0) != 0), residual and LayerNorm reads or not
+    (without a residual, Dv = 24 != Dk), losses with and without a gate parameter, retentions
+    (decay applied first among them), gd or momentum, and chunks."""
+    if retention.startswith("l2") or "first" in retention:
+        momentum = False  # momentum takes none or decay retention, first only gd
+    algorithm = "momentum(lr: eta, momentum: beta)" if momentum else "gd(lr: eta)"
+    text = deep_spec(depth, activation, residual, norm, bias, retention, algorithm, chunk)
+    module = compile_text(text)
+    case = testing.make_case(testing.spec_of(module), B=1, T=T, H=1, Dk=20,
+                             Dv=20 if residual else 24, seed=seed, dtype=torch.float32,
+                             with_initial_state=True)  # fmt: skip
+    with counting_chunked_calls(module) as calls, short_calls_chunked(module):
+        errors = testing.compare(module, case.to(DEVICE), "triton")
+    assert calls[0] == 1
+    assert_close(errors, TOL32, f"{text} T={T}")
+
+
+def test_a_long_call_without_gradients_then_decoding(compile_text):
+    """At the default threshold, a 70-token no-grad call takes the chunked forward kernel
+    (which then saves no states); a prefill of 64 tokens on it, then calls continuing the next
+    chunk on the recurrent kernels, equal one pass."""
+    module = compile_text(TITANS3)
+    case = testing.make_case(testing.spec_of(module), B=1, T=70, H=1, Dk=8, seed=4,
+                             dtype=torch.float32, with_initial_state=True)  # fmt: skip
+    o_ref, s_ref = testing.call(module, case.to(dtype=torch.float64), backend="reference")
+    with counting_chunked_calls(module) as calls, torch.no_grad():
+        o, s = testing.call(module, case.to(DEVICE), backend="triton")
+        error = testing.continuation_error(module, case.to(DEVICE), 66, backend="triton")
+    assert calls[0] >= 3  # the whole call, the whole pass and the 64-token prefix
+    errors = [testing.relative_error(o.cpu(), o_ref.detach()), error]
+    errors += [testing.relative_error(a.cpu(), b.detach()) for a, b in zip(s, s_ref, strict=True)]
+    # three layers over 70 tokens amplify fp32 rounding: on this case the torch backend's
+    # error is 1.4e-4 and the recurrent kernels' 3.2e-4 (the chunked kernels': 7.7e-5)
+    assert max(errors) < 1e-3, errors
