@@ -187,12 +187,16 @@ def recurrent_only(module, gates: dict, initial):
         return None
 
     def call(q_, k_, v_):
-        threshold = getattr(holder, name)
+        threshold, streaming = getattr(holder, name), getattr(holder, "streaming", None)
         setattr(holder, name, float("inf"))
+        if streaming is not None:  # MLP memories: calls without autograd too
+            holder.streaming = False
         try:
             return module.op(q_, k_, v_, **gates, initial_state=initial, backend="triton")[0]
         finally:
             setattr(holder, name, threshold)
+            if streaming is not None:
+                holder.streaming = streaming
 
     return call
 
@@ -295,6 +299,9 @@ def decoding(args, device, deadline: float) -> None:
         if initial is None:  # a linear memory's state, for every implementation alike
             initial = (torch.zeros(B, H, D, D, device=device),)
         impls = [(b, op_step(module, b, q, k, v, gates, initial)) for b in ("triton", "torch")]
+        mlp = getattr(module.triton_backend, "mlp", None)
+        if mlp is not None:  # an MLP memory decodes on its chunked kernel; its recurrent one too
+            impls.append(("triton recurrent", without_streaming(mlp, impls[0][1])))
         if name == "gated_deltanet":
             impls += fla_decoding(q, k, v, gates, initial[0])
         measured = [(label, 1e3 * bench(step, device, args.repeats)) for label, step in impls]
@@ -304,6 +311,19 @@ def decoding(args, device, deadline: float) -> None:
             print(f"{name:16s} {D:4d} {label:22s} {us:9.1f} {ratio}")
     if skipped:
         print("\nskipped (deadline):", ", ".join(skipped))
+
+
+def without_streaming(mlp, step):
+    """`step` with the MLP memory's calls without autograd on its recurrent kernels."""
+
+    def run():
+        mlp.streaming = False
+        try:
+            step()
+        finally:
+            mlp.streaming = True
+
+    return run
 
 
 def op_step(module, backend: str, q, k, v, gates: dict, initial):

@@ -250,16 +250,17 @@ def dual_measure(spec: str, name: str, D: int, dtype: str = "bf16") -> Figures:
 
 
 def mlp_measure(spec: str, name: str, D: int, dtype: str = "bf16") -> Figures:
-    """One chunked dual-form kernel of an MLP memory (`name`: forward, backward) at head size
-    D, as a training-length call launches it."""
+    """One chunked dual-form kernel of an MLP memory at head size D (`name`: forward or
+    backward as a training-length call launches them, or decode: the forward kernel as a call
+    without autograd continuing a chunk launches it)."""
     backend = importlib.import_module(f"generated.{spec}.triton_backend")
     tl = importlib.import_module("triton.language")
     mlp = backend.mlp
     meta = mlp.meta(D, D, tl.float32 if dtype == "fp32" else tl.bfloat16, name == "backward")
-    if name == "forward":
-        meta["SAVE"] = True
+    if name != "backward":
+        meta["SAVE"], meta["CONT"] = name == "forward", name == "decode"
     kind = "deep" if has_deep(spec) else "mlp"
-    kernel = getattr(backend, f"_{kind}_{name}_kernel")
+    kernel = getattr(backend, f"_{kind}_{'backward' if name == 'backward' else 'forward'}_kernel")
     return chunked_figures(spec, f"{kind}:{name}", D, kernel, meta, mlp.launch_options(D, D), dtype)
 
 
@@ -317,7 +318,7 @@ def jobs(specs: list[str], sizes: list[int] | None, kernels: str) -> list[tuple[
             names += ["dual:forward", "dual:state_bwd", "dual:chunk_bwd"]
         if kernels != "fused" and has_mlp(spec):
             kind = "deep" if has_deep(spec) else "mlp"
-            names += [f"{kind}:forward", f"{kind}:backward"]
+            names += [f"{kind}:forward", f"{kind}:decode", f"{kind}:backward"]
         if kernels != "fused" and has_kl(spec):
             names += ["kl:forward", "kl:backward"]
         work += [(spec, name, D) for D in (sizes or WIDE.get(spec, (64,))) for name in names]

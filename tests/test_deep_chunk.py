@@ -106,3 +106,15 @@ def test_a_long_call_without_gradients_then_decoding(compile_text):
     # three layers over 70 tokens amplify fp32 rounding: on this case the torch backend's
     # error is 1.4e-4 and the recurrent kernels' 3.2e-4 (the chunked kernels': 7.7e-5)
     assert max(errors) < 1e-3, errors
+
+
+def test_decoding_token_by_token_on_the_deep_kernels(compile_text):
+    """Without autograd, a prefill ending inside a chunk, then one call per token continuing
+    its chunk from the anchor, all on the chunked forward kernel, equal one pass."""
+    module = compile_text(TITANS3)
+    case = testing.make_case(testing.spec_of(module), B=1, T=36, H=1, Dk=8, seed=6,
+                             dtype=torch.float32, with_initial_state=True)  # fmt: skip
+    with counting_chunked_calls(module) as calls, torch.no_grad():
+        error = testing.decoding_error(module, case.to(DEVICE), 19, backend="triton")
+    assert calls[0] == 1 + 1 + 1 + 17  # the whole pass, the prefill's two calls, 17 tokens
+    assert error < 1e-3, error  # see test_a_long_call_without_gradients_then_decoding

@@ -131,26 +131,48 @@ def test_a_long_call_without_gradients(shipped):
 
 
 def test_what_the_chunked_kernels_do_not_take(shipped):
-    """Calls shorter than 64 tokens and calls continuing a chunk keep the recurrent kernels."""
+    """With autograd, calls shorter than 64 tokens and calls continuing a chunk keep the
+    recurrent kernels; without it, the chunked kernels take both."""
     module = shipped["titans"]
     case = testing.make_case(testing.spec_of(module), B=1, T=63, H=1, Dk=8, seed=1,
                              dtype=torch.float32, with_initial_state=True).to(DEVICE)  # fmt: skip
-    with counting_chunked_calls(module) as calls, torch.no_grad():
-        testing.call(module, case, backend="triton")
+    q = case.q.clone().requires_grad_(True)
+    with counting_chunked_calls(module) as calls:
+        module.op(q, case.k, case.v, **case.gates, scale=case.scale,
+                  initial_state=case.initial_state, backend="triton")  # fmt: skip
     assert calls[0] == 0
+    mlp = module.triton_backend.mlp
     q = torch.zeros(1, 80, 1, 8, device=DEVICE)
-    assert "chunk_offset" in module.triton_backend.mlp.unsupported(q, q, chunk_offset=3)
+    assert "chunk_offset" in mlp.unsupported(q, q, chunk_offset=3)
+    with torch.no_grad():
+        assert mlp.unsupported(q[:, :1], q[:, :1], chunk_offset=3) is None
+
+
+@pytest.mark.parametrize("name", ["titans", "moneta", "yaad"])
+def test_decoding_token_by_token_on_the_chunked_kernels(shipped, name):
+    """Without autograd, a prefill ending inside a chunk, then one call per token continuing
+    its chunk from the anchor (Titans: momentum; MONETA: lq's normalisers, taken at the anchor,
+    and the exact read at each chunk's end; YAAD: a loss gate), all on the chunked forward
+    kernel: together they equal one pass."""
+    module = shipped[name]
+    case = testing.make_case(testing.spec_of(module), B=1, T=40, H=2, Dk=8, seed=2,
+                             dtype=torch.float32, with_initial_state=True).to(DEVICE)  # fmt: skip
+    with counting_chunked_calls(module) as calls, torch.no_grad():
+        error = testing.decoding_error(module, case, 21, backend="triton")
+    assert calls[0] == 1 + 1 + 1 + 19  # the whole pass, the prefill's two calls, 19 tokens
+    assert error < TOL_CASE32, error
 
 
 def test_prefill_on_the_chunked_kernels_then_decoding_on_the_recurrent_ones(shipped):
-    """A 64-token prefill (chunked kernels), then calls continuing the next chunk from its
-    anchor (recurrent kernels): together they equal one pass."""
+    """A 64-token prefill (chunked kernels), then, with autograd, calls continuing the next
+    chunk from its anchor (recurrent kernels): together they equal one pass."""
     module = shipped["titans"]
     case = testing.make_case(testing.spec_of(module), B=1, T=70, H=1, Dk=8, seed=2,
                              dtype=torch.float32, with_initial_state=True).to(DEVICE)  # fmt: skip
-    with counting_chunked_calls(module) as calls, torch.no_grad():
+    case.q.requires_grad_(True)
+    with counting_chunked_calls(module) as calls:
         error = testing.continuation_error(module, case, 66, backend="triton")
-    assert calls[0] >= 2  # the whole pass and the 64-token prefix
+    assert calls[0] == 2  # the whole pass and the 64-token prefix
     assert error < TOL_CASE32, error
 
 

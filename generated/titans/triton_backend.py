@@ -18,8 +18,9 @@ Calls of at least 64 tokens that start on a chunk boundary (training, prefill) r
 the chunked dual-form kernels below (mirasc.runtime.mlp_chunk, the torch backend's `chunked`):
 per chunk of 16 tokens the surprise at the anchor, the reads, the state update and their
 reverses are tensor-core matmuls, the state passing through the chip a tile of hidden units at
-a time, and only the state at each chunk's start is saved. Shorter calls (decoding) and calls
-continuing a chunk keep the fused recurrent kernels.
+a time, and only the state at each chunk's start is saved. Calls without autograd (decoding,
+evaluation) take the chunked forward kernel at any length, a call continuing a chunk included;
+shorter calls and calls continuing a chunk that need a gradient keep the fused recurrent kernels.
 """
 
 import torch
@@ -531,10 +532,10 @@ def _mlp_out(b_in, w1_ptr, w2_ptr, r1, BK: tl.constexpr, BV: tl.constexpr, BE: t
 
 @triton.jit
 def _mlp_forward_kernel(q_ptr, k_ptr, v_ptr, coef_ptr, ends_ptr, d_ptr, params_ptr, st_ptr,
-                        ln_ptr, o_ptr, hs_ptr, ns_ptr, scale, T, H, TP, NT, DK: tl.constexpr,
-                        DV: tl.constexpr, HID: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-                        BE: tl.constexpr, BT: tl.constexpr, DOT: tl.constexpr,
-                        SAVE: tl.constexpr):
+                        anc_ptr, ln_ptr, o_ptr, hs_ptr, ns_ptr, scale, T, H, TP, NT, OFFSET,
+                        DK: tl.constexpr, DV: tl.constexpr, HID: tl.constexpr,
+                        BK: tl.constexpr, BV: tl.constexpr, BE: tl.constexpr, BT: tl.constexpr,
+                        DOT: tl.constexpr, SAVE: tl.constexpr, CONT: tl.constexpr):
     """One program per (batch, head), its chunks in order; the state (st_ptr, updated in place)
     stays in global memory and passes through the chip a tile of BE hidden units at a time.
     Per chunk, with every gradient at the chunk's start state (its anchor):
@@ -545,7 +546,10 @@ def _mlp_forward_kernel(q_ptr, k_ptr, v_ptr, coef_ptr, ends_ptr, d_ptr, params_p
       update:   W1' = aC W1 + bC S1 - K^T (Dl D1), W2' = aC W2 + bC S2 - A1^T (Dl D2)
                 S1' = hC S1 - K^T (Dm D1), S2' = hC S2 - A1^T (Dm D2)
     Two passes over the hidden tiles: Y needs all of them before D2 exists. With SAVE, the
-    state at each chunk's start goes to hs_ptr for the backward pass."""
+    state at each chunk's start goes to hs_ptr for the backward pass. With CONT the call
+    continues a chunk (decoding, no gradient): its first OFFSET rows are padding in front of
+    the call's tokens, and that chunk's surprise is taken at its anchor (anc_ptr, weights only)
+    rather than at the state the call starts from."""
     i_bh = tl.program_id(0)
     i_b, i_h = i_bh // H, i_bh % H
     BH = tl.num_programs(0)
@@ -557,13 +561,20 @@ def _mlp_forward_kernel(q_ptr, k_ptr, v_ptr, coef_ptr, ends_ptr, d_ptr, params_p
     o_t = tl.arange(0, BT)
     o_v = tl.arange(0, BV)
     gamma, beta = ln_params(ln_ptr, i_h, H, o_v, DV)
+    a1_ptr = anc_ptr + i_bh.to(tl.int64) * size  # the anchor of a continued chunk (CONT)
     for n in range(NT):
         tl.debug_barrier()  # the state the chunk before wrote, by other threads
-        t0 = n * BT
-        mask = (t0 + o_t < T)[:, None] & (o_v < DV)[None, :]
-        b_x = load_rows(q_ptr, i_b, i_h, t0, 0, T, H, DK, BT, BK).to(tl.float32) * scale
-        b_k = load_rows(k_ptr, i_b, i_h, t0, 0, T, H, DK, BT, BK).to(tl.float32)
-        b_v = load_rows(v_ptr, i_b, i_h, t0, 0, T, H, DV, BT, BV).to(tl.float32)
+        t0 = n * BT  # the chunk's first row; the call's token t0 - OFFSET
+        tok = t0 - OFFSET + o_t
+        mask = ((tok >= 0) & (tok < T))[:, None] & (o_v < DV)[None, :]
+        b_x = load_rows(q_ptr, i_b, i_h, t0 - OFFSET, 0, T, H, DK, BT, BK).to(tl.float32) * scale
+        b_k = load_rows(k_ptr, i_b, i_h, t0 - OFFSET, 0, T, H, DK, BT, BK).to(tl.float32)
+        b_v = load_rows(v_ptr, i_b, i_h, t0 - OFFSET, 0, T, H, DV, BT, BV).to(tl.float32)
+        sw1_ptr = w1_ptr  # the surprise's weights: the anchor's in a continued first chunk
+        if CONT:
+            if n == 0:
+                sw1_ptr = a1_ptr
+        sw2_ptr = sw1_ptr + DK * HID
         row = i_bh * TP + t0 + o_t
         b_dmat = tl.load(d_ptr + row.to(tl.int64)[:, None] * BT + o_t[None, :])
         b_a = tl.load(coef_ptr + row)[:, None]
@@ -574,7 +585,7 @@ def _mlp_forward_kernel(q_ptr, k_ptr, v_ptr, coef_ptr, ends_ptr, d_ptr, params_p
         b_end = tl.load(ends_ptr + (BH + i_bh) * NT + n)
         h_end = tl.load(ends_ptr + (2 * BH + i_bh) * NT + n)
         # the surprise at the anchor
-        b_u2, b_na1 = _mlp_out(b_k, w1_ptr, w2_ptr, 1.0, BK, BV, BE, DK, DV, HID, DOT)
+        b_u2, b_na1 = _mlp_out(b_k, sw1_ptr, sw2_ptr, 1.0, BK, BV, BE, DK, DV, HID, DOT)
         b_z2 = b_u2
         b_y, b_g, b_d2, b_xh, b_rstd = _surprise_rows(
             b_z2, b_k, b_v, mask, gamma, beta, DV)
@@ -590,7 +601,12 @@ def _mlp_forward_kernel(q_ptr, k_ptr, v_ptr, coef_ptr, ends_ptr, d_ptr, params_p
             if SAVE:
                 store_tile(hs1_ptr, b_w1, 0, e0, BK, BE, DK, HID)
                 store_tile(hs2_ptr, b_w2, e0, 0, BE, BV, HID, DV)
-            b_d1 = mm(b_d2, tl.trans(b_w2), DOT) * _act_d1(b_z1)
+            if CONT:  # the surprise's tiles at the anchor
+                _, b_z1, b_a1, b_u1 = _mlp_hidden(b_k, sw1_ptr, e0, 1.0, BK, BE, DK, HID, DOT)
+                b_d1 = mm(b_d2, tl.trans(load_tile(sw2_ptr, e0, 0, BE, BV, HID, DV)), DOT)
+                b_d1 = b_d1 * _act_d1(b_z1)
+            else:
+                b_d1 = mm(b_d2, tl.trans(b_w2), DOT) * _act_d1(b_z1)
             b_zq1 = b_a * mm(b_x, b_w1, DOT) - mm(b_m, b_d1, DOT)
             b_w1 = a_end * b_w1 - mm(tl.trans(b_k), b_dl * b_d1, DOT)
             b_s1 = load_tile(s1_ptr, 0, e0, BK, BE, DK, HID)
@@ -617,7 +633,7 @@ def _mlp_forward_kernel(q_ptr, k_ptr, v_ptr, coef_ptr, ends_ptr, d_ptr, params_p
         b_xq = ln_rows(b_zq2, mask, DV)[0]
         b_o = b_xq * gamma + beta
         b_o += b_x
-        store_rows(o_ptr, b_o, i_b, i_h, t0, 0, T, H, DV, BT, BV)
+        store_rows(o_ptr, b_o, i_b, i_h, t0 - OFFSET, 0, T, H, DV, BT, BV)
 
 
 @triton.jit

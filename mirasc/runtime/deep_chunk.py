@@ -58,18 +58,19 @@ class DeepChunk(MlpChunk):
         floats = self.scratch(Dk, Dv, self.shapes(Dk, Dv)[0][1], self.chunk)
         return torch.empty((q.shape[0] * q.shape[2], floats), dtype=torch.float32, device=q.device)
 
-    def launch_forward(self, q, k, v, coef, ends, d, params, state, ln, scale: float, save: bool):
+    def launch_forward(self, q, k, v, coef, ends, d, params, state, anchor, ln, scale: float,
+                       save: bool, offset: int):  # fmt: skip
         """(o, the final state flat as `state`, the state at each chunk's start [BH, NT, ..]
-        when `save`, else an empty tensor, and an unused sums tensor, as `MlpChunk`'s)."""
+        when `save`, else an empty tensor, and an unused sums tensor), as `MlpChunk`'s."""
         B, T, H, _ = q.shape
         NT = ends.shape[-1]
         o = torch.empty((B, T, H, v.shape[-1]), dtype=q.dtype, device=q.device)
         final = state.clone()  # the kernel updates the state in place
         hs = state.new_empty((state.shape[0], NT, state.shape[1]) if save else (0,))
         ns = state.new_zeros(self._sums_shape(state.shape[0], NT))
-        args = (q, k, v, coef, ends, d, params, final, ln, o, hs, self._scratch(q, v), scale, T,
-                H, coef.shape[-1], NT)  # fmt: skip
-        self._launch(self.forward_kernel, args, q, v, SAVE=save)
+        args = (q, k, v, coef, ends, d, params, final, anchor, ln, o, hs, self._scratch(q, v),
+                scale, T, H, coef.shape[-1], NT, offset)  # fmt: skip
+        self._launch(self.forward_kernel, args, q, v, SAVE=save, CONT=offset > 0)
         return o, final, hs, ns
 
     def launch_backward(self, q, k, v, coef, ends, d, params, hs, ns, final, ln, do, dfinal,

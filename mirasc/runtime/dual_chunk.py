@@ -50,22 +50,24 @@ def refusal(q: Tensor, v: Tensor, chunk_offset: int, min_tokens: int) -> str | N
     return None
 
 
-def pack_coefficients(retention: str, momentum: bool, C: int, lr, rate, mom, params: list):
+def pack_coefficients(retention: str, momentum: bool, C: int, lr, rate, mom, params: list,
+                      offset: int = 0):  # fmt: skip
     """The chunked kernels' coefficients from gates [B, H, T] (rate None without a retention
     gate, mom None without momentum): per token a, b, Dl, Dm [4, B*H, N*C] (zeros where
     absent), per chunk end aC, bC, hC [3, B*H, N], D [B*H, N*C, C] and the loss's gate
-    parameters [P, B*H, N*C] (past T, copies of the last real token's: finite surprises)."""
+    parameters [P, B*H, N*C] (past T, copies of the last real token's: finite surprises). A call
+    continuing a chunk (`offset` > 0) is padded in front with `offset` no-op tokens."""
     B, H, T = lr.shape
-    N = triton.cdiv(T, C)
-    pads = (0, N * C - T, C)
+    N = triton.cdiv(offset + T, C)
+    pads = (offset, N * C - offset - T, C)
     keep, e = factors(retention, lr.float(), None if rate is None else rate.float())
     coef = coefficients(
         momentum,
         chunk_major(keep, *pads, value=1.0),
         chunk_major(e, *pads, value=0.0),
         chunk_major(mom.float(), *pads, value=1.0) if momentum else None,
-        0,
-        (T - 1) % C,
+        offset,
+        (offset + T - 1) % C,
     )
 
     def tokens(x):  # [N, B, H, C, 1] -> [B*H, N*C]; absent (no momentum) -> zeros

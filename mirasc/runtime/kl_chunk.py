@@ -41,6 +41,7 @@ class KlChunk(MlpChunk):
         self.shapes, self.chunk = shapes, chunk
         self.required_state = required_state
         self.min_tokens = MIN_TOKENS  # benchmarks raise it to time the recurrent kernels alone
+        self.streaming = False  # these kernels take no continued chunk: decoding is recurrent
         self.op = custom_op(f"{namespace}_kl", lambda: self._register(f"{namespace}_kl"))
 
     def meta(self, Dk: int, Dv: int, dot, backward: bool = False) -> dict:

@@ -8,6 +8,11 @@ tile of hidden units at a time. Activation memory: the state at each chunk's sta
 (ceil(T / C) |state| floats per (batch, head)), saved only when a gradient is needed. With lq
 retention (MONETA) the state is A, read as W = A / ||A||_q^(q-2), and the kernels also keep
 sum |A|^q of every saved state and of the final one (`ns`), which the backward pass reads.
+
+Calls without autograd (decoding, evaluation) take the forward kernel at any length, a call
+continuing a chunk included (padded in front, its first chunk's surprise at the anchor): the
+recurrent kernels hold the whole state per program, which does not fit in registers and
+spills (tens of KB per thread at Dk = 64), where this kernel streams it a tile at a time.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ from torch import Tensor
 
 from ..errors import BackendError
 from .dual_chunk import MIN_TOKENS, _pow2, layer_norm_params, pack_coefficients, refusal
-from .inputs import initial_weights
+from .inputs import anchor_weights, initial_weights
 from .triton_host import custom_op, split_state
 from .wy_chunk import dot_dtype
 
@@ -42,10 +47,15 @@ class MlpChunk:
         self.lq = retention == "lq"
         self.required_state = required_state
         self.min_tokens = MIN_TOKENS  # benchmarks raise it to time the recurrent kernels alone
+        self.streaming = True  # calls without autograd: any length and offset (benchmarks: off)
         self.op = custom_op(f"{namespace}_mlp", lambda: self._register(f"{namespace}_mlp"))
 
     def unsupported(self, q: Tensor, v: Tensor, chunk_offset: int = 0) -> str | None:
-        """Why this call does not run on the chunked kernels, or None."""
+        """Why this call does not run on the chunked kernels, or None: with autograd, calls
+        of at least `min_tokens` tokens starting on a chunk boundary; without it (`streaming`),
+        any call."""
+        if self.streaming and not torch.is_grad_enabled():
+            return refusal(q, v, 0, 1)
         return refusal(q, v, chunk_offset, self.min_tokens)
 
     def meta(self, Dk: int, Dv: int, dot, backward: bool = False) -> dict:
@@ -71,18 +81,20 @@ class MlpChunk:
         """lq: sum |A_l|^q of each layer at every chunk's start and at the end."""
         return (BH, NT + 1, 2) if self.lq else (1,)
 
-    def launch_forward(self, q, k, v, coef, ends, d, params, state, ln, scale: float, save: bool):
+    def launch_forward(self, q, k, v, coef, ends, d, params, state, anchor, ln, scale: float,
+                       save: bool, offset: int):  # fmt: skip
         """(o, the final state flat as `state`, the state at each chunk's start [BH, NT, ..]
-        when `save`, else an empty tensor, and the lq sums, see `_sums_shape`)."""
+        when `save`, else an empty tensor, and the lq sums, see `_sums_shape`). With `offset`
+        the call continues a chunk whose weights were `anchor` [BH, |weights|]."""
         B, T, H, _ = q.shape
         NT = ends.shape[-1]
         o = torch.empty((B, T, H, v.shape[-1]), dtype=q.dtype, device=q.device)
         final = state.clone()  # the kernel updates the state in place
         hs = state.new_empty((state.shape[0], NT, state.shape[1]) if save else (0,))
         ns = state.new_zeros(self._sums_shape(state.shape[0], NT))
-        args = (q, k, v, coef, ends, d, params, final, ln, o, hs, ns, scale, T, H, coef.shape[-1],
-                NT)  # fmt: skip
-        self._launch(self.forward_kernel, args, q, v, SAVE=save)
+        args = (q, k, v, coef, ends, d, params, final, anchor, ln, o, hs, ns, scale, T, H,
+                coef.shape[-1], NT, offset)  # fmt: skip
+        self._launch(self.forward_kernel, args, q, v, SAVE=save, CONT=offset > 0)
         return o, final, hs, ns
 
     def launch_backward(self, q, k, v, coef, ends, d, params, hs, ns, final, ln, do, dfinal,
@@ -112,12 +124,15 @@ class MlpChunk:
         @torch.library.custom_op(f"{namespace}::forward", mutates_args=())
         def mlp_forward(
             q: Tensor, k: Tensor, v: Tensor, coef: Tensor, ends: Tensor, d: Tensor,
-            params: Tensor, state: Tensor, ln: Tensor, scale: float, save: bool,
+            params: Tensor, state: Tensor, anchor: Tensor, ln: Tensor, scale: float, save: bool,
+            offset: int,
         ) -> tuple[Tensor, Tensor, Tensor, Tensor]:  # fmt: skip
-            return self.launch_forward(q, k, v, coef, ends, d, params, state, ln, scale, save)
+            return self.launch_forward(
+                q, k, v, coef, ends, d, params, state, anchor, ln, scale, save, offset
+            )
 
         @mlp_forward.register_fake
-        def _(q, k, v, coef, ends, d, params, state, ln, scale, save):
+        def _(q, k, v, coef, ends, d, params, state, anchor, ln, scale, save, offset):
             NT = ends.shape[-1]
             hs = (state.shape[0], NT, state.shape[1]) if save else (0,)
             return (q.new_empty((*q.shape[:3], v.shape[-1])), state.new_empty(state.shape),
@@ -139,7 +154,7 @@ class MlpChunk:
                     dfinal.new_empty(dfinal.shape), ln.new_empty(ln.shape))  # fmt: skip
 
         def setup_context(ctx, inputs, output):
-            q, k, v, coef, ends, d, params, _, ln, scale, _ = inputs
+            q, k, v, coef, ends, d, params, _, _, ln, scale, _, _ = inputs
             _, final, hs, ns = output
             # the final state: only lq's backward pass reads it (its last chunk's end read)
             ctx.save_for_backward(q, k, v, coef, ends, d, params, ln, hs, ns,
@@ -167,7 +182,8 @@ class MlpChunk:
                 dfinal.contiguous(),
                 ctx.scale,
             )
-            return (*grads, None, None)
+            # a continued chunk's call has no gradient (see `forward`): no anchor adjoint
+            return (*grads[:8], None, grads[8], None, None, None)
 
         mlp_forward.register_autograd(backward, setup_context=setup_context)
         return mlp_forward
@@ -179,8 +195,8 @@ class MlpChunk:
         """The op contract (o [B, T, H, Dv], final state tuple or None) on the chunked
         forward kernel, for gates lr, rate (None without a retention gate), mom (None without
         momentum) and the loss's gate parameters, each [B, H, T]; `ln_weight`, `ln_bias`
-        [H, Dv] (default 1 and 0) when the memory has a LayerNorm. A call continuing a chunk is
-        not taken (`unsupported`), so `anchor_state` plays no part."""
+        [H, Dv] (default 1 and 0) when the memory has a LayerNorm. A call continuing a chunk
+        (`chunk_offset` > 0, its gradients at `anchor_state`) takes no gradient."""
         reason = self.unsupported(q, v, chunk_offset)
         if reason is not None:
             raise BackendError(reason)
@@ -188,16 +204,28 @@ class MlpChunk:
         Dv = v.shape[-1]
         shapes = self.shapes(Dk, Dv)
         states = initial_weights(initial_state, shapes, self.n_states, q, self.required_state)
+        anchors = anchor_weights(
+            anchor_state, chunk_offset, self.chunk, shapes, q, self.required_state
+        )
         per_token, ends, d, stacked = pack_coefficients(
-            self.retention, self.momentum, self.chunk, lr, rate, mom, params
+            self.retention, self.momentum, self.chunk, lr, rate, mom, params, chunk_offset
         )
         flat = torch.cat([s.reshape(B * H, -1).float() for s in states], dim=-1).contiguous()
+        anchor = (
+            flat.new_empty(0)
+            if anchors is None
+            else torch.cat([s.reshape(B * H, -1).float() for s in anchors], dim=-1).contiguous()
+        )
         ln = layer_norm_params(ln_weight, ln_bias, H, Dv, q.device)
-        inputs = (q, k, v, per_token, ends, d, stacked, flat, ln)
+        inputs = (q, k, v, per_token, ends, d, stacked, flat, anchor, ln)
         save = torch.is_grad_enabled() and any(t.requires_grad for t in inputs)
+        if save and chunk_offset:
+            raise BackendError(
+                "the chunked kernels take a call continuing a chunk without autograd only"
+            )
         o, final, _, _ = self.op(
-            q.contiguous(), k.contiguous(), v.contiguous(), per_token, ends, d, stacked, flat, ln,
-            float(scale), save,
+            q.contiguous(), k.contiguous(), v.contiguous(), per_token, ends, d, stacked, flat,
+            anchor, ln, float(scale), save, chunk_offset,
         )  # fmt: skip
         if not output_final_state:
             return o, None

@@ -47,13 +47,14 @@ def gemm(a_ptr, sam, sak, b_ptr, sbk, sbn, c_ptr, alpha, rs_ptr, beta, e_ptr, ga
 @triton.jit
 def rows_in(src_ptr, i_b, i_h, t0, T, H, dst_ptr, factor, D: tl.constexpr, BT: tl.constexpr,
             BD: tl.constexpr):  # fmt: skip
-    """dst [BT, D] = factor * rows t0..t0+BT of an op input [B, T, H, D] (zero past T)."""
+    """dst [BT, D] = factor * rows t0..t0+BT of an op input [B, T, H, D] (zero before 0 and
+    from T on)."""
     tl.debug_barrier()
     o_t = tl.arange(0, BT)
     base = src_ptr + (i_b * T * H + i_h).to(tl.int64) * D
     for d0 in range(0, D, BD):
         o_d = d0 + tl.arange(0, BD)
-        mask = ((t0 + o_t) < T)[:, None] & (o_d < D)[None, :]
+        mask = ((t0 + o_t >= 0) & (t0 + o_t < T))[:, None] & (o_d < D)[None, :]
         x = tl.load(base + ((t0 + o_t) * H * D)[:, None] + o_d[None, :], mask=mask, other=0.0)
         tl.store(dst_ptr + o_t[:, None] * D + o_d[None, :], x.to(tl.float32) * factor,
                  mask=(o_d < D)[None, :])  # fmt: skip

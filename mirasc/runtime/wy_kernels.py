@@ -33,11 +33,12 @@ def mm(a, b, DOT: tl.constexpr):
 @triton.jit
 def rows_ptrs(ptr, i_b, i_h, t0, d0, T, H, D, BT: tl.constexpr, BD: tl.constexpr):
     """Pointers and mask of rows t0..t0+BT, columns d0..d0+BD of an op input [B, T, H, D] for
-    head (i_b, i_h): a 64-bit base, 32-bit offsets within the head."""
+    head (i_b, i_h): a 64-bit base, 32-bit offsets within the head. Rows before 0 (padding in
+    front of a continued chunk) and from T on are masked."""
     o_t = t0 + tl.arange(0, BT)
     o_d = d0 + tl.arange(0, BD)
     base = ptr + (i_b * T * H + i_h) * D
-    mask = (o_t[:, None] < T) & (o_d[None, :] < D)
+    mask = (o_t[:, None] >= 0) & (o_t[:, None] < T) & (o_d[None, :] < D)
     return base + (o_t[:, None] * (H * D) + o_d[None, :]), mask
 
 

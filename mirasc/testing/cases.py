@@ -237,5 +237,29 @@ def continuation_error(module, case: Case, split: int, **kw) -> float:
     return relative_error(torch.cat(pieces, dim=1), o_full)
 
 
+def decoding_error(module, case: Case, prefill: int, **kw) -> float:
+    """Relative error between one call and a prefill of `prefill` tokens followed by one call
+    per token, each continuing its chunk from that chunk's anchor (the state at its start), as a
+    decoder keeps them. `kw` goes to every call (`backend`)."""
+    chunk = module.torch_backend.CHUNK
+    o_full, _ = call(module, case, **kw)
+    aligned = prefill - prefill % chunk
+    pieces, anchor = [], case.initial_state
+    if aligned:
+        o, anchor = call(module, slice_case(case, 0, aligned, case.initial_state), **kw)
+        pieces.append(o)
+    o, state = call(module, slice_case(case, aligned, prefill, anchor), **kw)
+    pieces.append(o)
+    for t in range(prefill, case.q.shape[1]):
+        offset = t % chunk
+        if offset == 0:
+            anchor = state
+        step = slice_case(case, t, t + 1, state)
+        o, state = call(module, step, anchor_state=anchor if offset else None,
+                        chunk_offset=offset, **kw)  # fmt: skip
+        pieces.append(o)
+    return relative_error(torch.cat(pieces, dim=1), o_full)
+
+
 def spec_of(module) -> Spec:
     return from_data(module.SPEC_IR)
