@@ -265,16 +265,21 @@ def mlp_measure(spec: str, name: str, D: int, dtype: str = "bf16") -> Figures:
 
 
 def kl_measure(spec: str, name: str, D: int, dtype: str = "bf16") -> Figures:
-    """A chunked kernel of an MLP memory under kl retention (`name`: forward, backward) at
-    head size D, as a training-length call launches it."""
+    """A chunked kernel of a memory under kl retention at head size D (`name`: forward or
+    backward as a training-length call launches them, or decode, as `mlp_measure`'s)."""
     backend = importlib.import_module(f"generated.{spec}.triton_backend")
     tl = importlib.import_module("triton.language")
     kl = backend.kl
     meta = kl.meta(D, D, tl.float32 if dtype == "fp32" else tl.bfloat16, name == "backward")
-    if name == "forward":
-        meta["SAVE"] = True
-    kernel = getattr(backend, f"_kl_{name}_kernel")
+    if name != "backward":
+        meta["SAVE"], meta["CONT"] = name == "forward", name == "decode"
+    kernel = getattr(backend, f"_kl_{'backward' if name == 'backward' else 'forward'}_kernel")
     return chunked_figures(spec, f"kl:{name}", D, kernel, meta, kl.launch_options(D, D), dtype)
+
+
+def backend_of(spec: str):
+    """The spec's generated Triton backend."""
+    return importlib.import_module(f"generated.{spec}.triton_backend")
 
 
 def has_kl(spec: str) -> bool:
@@ -320,7 +325,8 @@ def jobs(specs: list[str], sizes: list[int] | None, kernels: str) -> list[tuple[
             kind = "deep" if has_deep(spec) else "mlp"
             names += [f"{kind}:forward", f"{kind}:decode", f"{kind}:backward"]
         if kernels != "fused" and has_kl(spec):
-            names += ["kl:forward", "kl:backward"]
+            decode = ["kl:decode"] if backend_of(spec).kl.streaming else []
+            names += ["kl:forward", *decode, "kl:backward"]
         work += [(spec, name, D) for D in (sizes or WIDE.get(spec, (64,))) for name in names]
     return work
 

@@ -149,15 +149,37 @@ def test_a_long_bf16_call_without_gradients(shipped):
 
 
 def test_prefill_on_the_chunked_kernels_then_decoding_on_the_recurrent_ones(shipped):
-    """A 64-token prefill (chunked kernels), then calls continuing the next chunk from its
-    anchor (recurrent kernels): together they equal one pass."""
+    """A 64-token prefill (chunked kernels), then, with autograd, calls continuing the next
+    chunk from its anchor (recurrent kernels): together they equal one pass."""
     module = shipped["memora"]
     case = testing.make_case(testing.spec_of(module), B=1, T=70, H=1, Dk=8, seed=2,
                              dtype=torch.float32, with_initial_state=True).to(DEVICE)  # fmt: skip
-    with counting(type(module.triton_backend.kl), "launch_forward") as calls, torch.no_grad():
+    case.q.requires_grad_(True)
+    with counting(type(module.triton_backend.kl), "launch_forward") as calls:
         error = testing.continuation_error(module, case, 66, backend="triton")
     assert calls[0] == 2  # the whole pass and the 64-token prefix
     assert error < TOL_CASE32, error
+
+
+@pytest.mark.parametrize("text", ["memora", PLAIN_KL])
+def test_decoding_token_by_token_on_the_chunked_kernels(shipped, compile_text, text):
+    """Without autograd, a prefill ending inside a chunk, then one call per token continuing
+    its chunk (MEMORA: centred read, LayerNorm, chunk 16; a plain kl memory with a loss gate,
+    chunk 32), each first chunk's surprise at its anchor and its logits from the state, all on
+    the chunked forward kernel: together they equal one pass. A linear kl memory decodes on its
+    recurrent kernels."""
+    module = shipped[text] if text == "memora" else compile_text(text)
+    case = testing.make_case(testing.spec_of(module), B=1, T=40, H=1, Dk=8, seed=3,
+                             dtype=torch.float32, with_initial_state=True).to(DEVICE)  # fmt: skip
+    with counting(type(module.triton_backend.kl), "launch_forward") as calls, torch.no_grad():
+        error = testing.decoding_error(module, case, 21, backend="triton")
+    prefill_calls = 2 if module.torch_backend.CHUNK <= 21 else 1  # chunk 32: no aligned part
+    assert calls[0] == 1 + prefill_calls + 19  # the whole pass, the prefill, 19 tokens
+    assert error < TOL_CASE32, error
+    linear = compile_text(CLIPPED_KL.replace("MEMORY", "linear(residual: true, norm: layernorm)"))
+    q = torch.zeros(1, 1, 1, 8, device=DEVICE)
+    with torch.no_grad():
+        assert linear.triton_backend.kl.unsupported(q, q, chunk_offset=3) is not None
 
 
 @settings(max_examples=3, deadline=None)  # the first is the minimal draw; ~20 s each

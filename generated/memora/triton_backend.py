@@ -519,14 +519,18 @@ def _kl_probs(b_l, b_in, b_g, a_t, d_t, DOT: tl.constexpr):
 
 
 @triton.jit
-def _kl_layer1(b_k, b_d2, w1_ptr, w2_ptr, e0, BK: tl.constexpr, BV: tl.constexpr,
-               BE: tl.constexpr, DK: tl.constexpr, DV: tl.constexpr, HID: tl.constexpr,
-               DOT: tl.constexpr):
-    """Hidden columns e0..e0+BE at the anchor: log W1's tile, the surprise's hidden activations
-    A1 = act(K R1) and its layer-1 factors G1 = out_1 (D2 R2^T) act'(K R1) (zero past HID),
-    and log W2's tile of rows."""
+def _kl_layer1(b_k, b_d2, w1_ptr, w2_ptr, sw1_ptr, sw2_ptr, e0, BK: tl.constexpr,
+               BV: tl.constexpr, BE: tl.constexpr, DK: tl.constexpr, DV: tl.constexpr,
+               HID: tl.constexpr, DOT: tl.constexpr, CONT: tl.constexpr):
+    """Hidden columns e0..e0+BE: log W1's tile, the surprise's hidden activations
+    A1 = act(K R1) and its layer-1 factors G1 = out_1 (D2 R2^T) act'(K R1) (zero past HID)
+    at the anchor, and log W2's tile of rows. The anchor is the state (w1_ptr) but with CONT,
+    a continued chunk's (sw1_ptr)."""
     b_r1, b_l1 = _kl_weights(w1_ptr, 0, e0, BK, BE, DK, HID)
     b_r2, b_l2 = _kl_weights(w2_ptr, e0, 0, BE, BV, HID, DV)
+    if CONT:
+        b_r1 = _kl_weights(sw1_ptr, 0, e0, BK, BE, DK, HID)[0]
+        b_r2 = _kl_weights(sw2_ptr, e0, 0, BE, BV, HID, DV)[0]
     b_z1 = mm(b_k, b_r1, DOT)
     inside = (e0 + tl.arange(0, BE) < HID)[None, :]
     b_a1 = tl.where(inside, _act(b_z1), 0.0)
@@ -554,17 +558,17 @@ def _kl_logits1(b_l1, b_k, b_g1, a_t, d_t, DOT: tl.constexpr):
 
 
 @triton.jit
-def _kl_lse1(b_k, b_d2, b_a, b_dmat, w1_ptr, w2_ptr, BK: tl.constexpr, BV: tl.constexpr,
-             BE: tl.constexpr, BT: tl.constexpr, DK: tl.constexpr, DV: tl.constexpr,
-             HID: tl.constexpr, DOT: tl.constexpr):
+def _kl_lse1(b_k, b_d2, b_a, b_dmat, w1_ptr, w2_ptr, sw1_ptr, sw2_ptr, BK: tl.constexpr,
+             BV: tl.constexpr, BE: tl.constexpr, BT: tl.constexpr, DK: tl.constexpr,
+             DV: tl.constexpr, HID: tl.constexpr, DOT: tl.constexpr, CONT: tl.constexpr):
     """[BT, BK]: each token's log-sum-exp of every row of its W1_t's logits, over all hidden
-    tiles (online: a running maximum and sum per row)."""
+    tiles (online: a running maximum and sum per row); the anchor as in _kl_layer1."""
     o_t = tl.arange(0, BT)
     b_m = tl.full([BT, BK], -1.0e30, dtype=tl.float32)
     b_s = tl.zeros([BT, BK], dtype=tl.float32)
     for e0 in range(0, HID, BE):
-        b_l1, b_a1, b_g1, b_l2 = _kl_layer1(b_k, b_d2, w1_ptr, w2_ptr, e0, BK, BV, BE, DK, DV,
-                                            HID, DOT)
+        b_l1, b_a1, b_g1, b_l2 = _kl_layer1(b_k, b_d2, w1_ptr, w2_ptr, sw1_ptr, sw2_ptr, e0, BK,
+                                            BV, BE, DK, DV, HID, DOT, CONT)
         for t in range(BT):
             at = (o_t == t)[:, None]
             b_z = _kl_logits1(b_l1, b_k, b_g1, tl.sum(tl.where(o_t == t, b_a, 0.0), axis=0),
@@ -579,21 +583,21 @@ def _kl_lse1(b_k, b_d2, b_a, b_dmat, w1_ptr, w2_ptr, BK: tl.constexpr, BV: tl.co
 
 
 @triton.jit
-def _kl_reads(b_x, b_k, b_d2, b_g2, b_a, b_dmat, b_lse, w1_ptr, w2_ptr, out_ptr,
-              BK: tl.constexpr, BV: tl.constexpr, BE: tl.constexpr, BT: tl.constexpr,
+def _kl_reads(b_x, b_k, b_d2, b_g2, b_a, b_dmat, b_lse, w1_ptr, w2_ptr, sw1_ptr, sw2_ptr,
+              out_ptr, BK: tl.constexpr, BV: tl.constexpr, BE: tl.constexpr, BT: tl.constexpr,
               DK: tl.constexpr, DV: tl.constexpr, HID: tl.constexpr, DOT: tl.constexpr,
-              END: tl.constexpr):
+              END: tl.constexpr, CONT: tl.constexpr):
     """Every token's read through its own state, a hidden tile at a time: the second layer's
     pre-activation Zq2 [BT, BV] (zero past DV). With END the chunk's last state (its end
     state) goes to out_ptr as the state's layout; without, the first layer's pre-activations
-    Zq1 go to out_ptr [BT, HID] (the backward pass reads them)."""
+    Zq1 go to out_ptr [BT, HID] (the backward pass reads them). The anchor as in _kl_layer1."""
     o_t = tl.arange(0, BT)
     o_v = tl.arange(0, BV)
     b_zq2 = tl.zeros([BT, BV], dtype=tl.float32)
     for e0 in range(0, HID, BE):
         inside = (e0 + tl.arange(0, BE) < HID)[None, :]
-        b_l1, b_a1, b_g1, b_l2 = _kl_layer1(b_k, b_d2, w1_ptr, w2_ptr, e0, BK, BV, BE, DK, DV,
-                                            HID, DOT)
+        b_l1, b_a1, b_g1, b_l2 = _kl_layer1(b_k, b_d2, w1_ptr, w2_ptr, sw1_ptr, sw2_ptr, e0, BK,
+                                            BV, BE, DK, DV, HID, DOT, CONT)
         b_zq1 = tl.zeros([BT, BE], dtype=tl.float32)
         b_p1 = tl.zeros([BK, BE], dtype=tl.float32)
         for t in range(BT):
@@ -623,10 +627,11 @@ def _kl_reads(b_x, b_k, b_d2, b_g2, b_a, b_dmat, b_lse, w1_ptr, w2_ptr, out_ptr,
 
 
 @triton.jit
-def _kl_forward_kernel(q_ptr, k_ptr, v_ptr, coef_ptr, d_ptr, params_ptr, st_ptr, ln_ptr, o_ptr,
-                       hs_ptr, scale, T, H, TP, NT, DK: tl.constexpr, DV: tl.constexpr,
-                       HID: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, BE: tl.constexpr,
-                       BT: tl.constexpr, DOT: tl.constexpr, SAVE: tl.constexpr):
+def _kl_forward_kernel(q_ptr, k_ptr, v_ptr, coef_ptr, d_ptr, params_ptr, st_ptr, anc_ptr,
+                       ln_ptr, o_ptr, hs_ptr, scale, T, H, TP, NT, OFFSET, DK: tl.constexpr,
+                       DV: tl.constexpr, HID: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+                       BE: tl.constexpr, BT: tl.constexpr, DOT: tl.constexpr,
+                       SAVE: tl.constexpr, CONT: tl.constexpr):
     """One program per (batch, head), its chunks in order; the state (st_ptr, updated in place)
     stays in global memory and passes through the chip a tile of BE hidden units at a time.
     Per chunk, with every gradient at the chunk's start state W (read as R = out W - 1):
@@ -638,7 +643,9 @@ def _kl_forward_kernel(q_ptr, k_ptr, v_ptr, coef_ptr, d_ptr, params_ptr, st_ptr,
     W1_t is normalised over all hidden units (the first token loop gathers its log-sum-exp).
     The state at the chunk's last token is its end state (padding past T repeats the last real
     token's, as its gates are no-ops). With SAVE, the state at each chunk's start goes to
-    hs_ptr for the backward pass."""
+    hs_ptr for the backward pass. With CONT the call continues a chunk (decoding, no gradient):
+    its first OFFSET rows are padding in front of the call's tokens, and that chunk's surprise
+    is taken at its anchor (anc_ptr) while its logits start from the state."""
     i_bh = tl.program_id(0)
     i_b, i_h = i_bh // H, i_bh % H
     BH = tl.num_programs(0)
@@ -649,11 +656,17 @@ def _kl_forward_kernel(q_ptr, k_ptr, v_ptr, coef_ptr, d_ptr, params_ptr, st_ptr,
     gamma, beta = ln_params(ln_ptr, i_h, H, o_v, DV)
     for n in range(NT):
         tl.debug_barrier()  # the state the chunk before wrote, by other threads
-        t0 = n * BT
-        mask = (t0 + o_t < T)[:, None] & (o_v < DV)[None, :]
-        b_x = load_rows(q_ptr, i_b, i_h, t0, 0, T, H, DK, BT, BK).to(tl.float32) * scale
-        b_k = load_rows(k_ptr, i_b, i_h, t0, 0, T, H, DK, BT, BK).to(tl.float32)
-        b_v = load_rows(v_ptr, i_b, i_h, t0, 0, T, H, DV, BT, BV).to(tl.float32)
+        t0 = n * BT  # the chunk's first row; the call's token t0 - OFFSET
+        tok = t0 - OFFSET + o_t
+        mask = ((tok >= 0) & (tok < T))[:, None] & (o_v < DV)[None, :]
+        b_x = load_rows(q_ptr, i_b, i_h, t0 - OFFSET, 0, T, H, DK, BT, BK).to(tl.float32) * scale
+        b_k = load_rows(k_ptr, i_b, i_h, t0 - OFFSET, 0, T, H, DK, BT, BK).to(tl.float32)
+        b_v = load_rows(v_ptr, i_b, i_h, t0 - OFFSET, 0, T, H, DV, BT, BV).to(tl.float32)
+        sw1_ptr = w1_ptr  # the surprise's weights: the anchor's in a continued first chunk
+        if CONT:
+            if n == 0:
+                sw1_ptr = anc_ptr + i_bh.to(tl.int64) * (DK * HID + HID * DV)
+        sw2_ptr = sw1_ptr + DK * HID
         row = i_bh * TP + t0 + o_t
         b_dmat = tl.load(d_ptr + row.to(tl.int64)[:, None] * BT + o_t[None, :])
         b_a = tl.load(coef_ptr + row)
@@ -665,17 +678,18 @@ def _kl_forward_kernel(q_ptr, k_ptr, v_ptr, coef_ptr, d_ptr, params_ptr, st_ptr,
                            HID)
                 store_tile(hs1_ptr + DK * HID, load_tile(w2_ptr, e0, 0, BE, BV, HID, DV), e0, 0,
                            BE, BV, HID, DV)
-        b_u2 = _kl_surprise_out(b_k, w1_ptr, w2_ptr, BK, BV, BE, DK, DV, HID, DOT)
+        b_u2 = _kl_surprise_out(b_k, sw1_ptr, sw2_ptr, BK, BV, BE, DK, DV, HID, DOT)
         b_y, b_g, b_d2, b_xh, b_rstd = _surprise_rows(
             b_u2, b_k, b_v, mask, gamma, beta, DV)
         b_g2 = DV * b_d2
-        b_lse = _kl_lse1(b_k, b_d2, b_a, b_dmat, w1_ptr, w2_ptr, BK, BV, BE, BT, DK, DV, HID, DOT)
+        b_lse = _kl_lse1(b_k, b_d2, b_a, b_dmat, w1_ptr, w2_ptr, sw1_ptr, sw2_ptr, BK, BV, BE, BT,
+                         DK, DV, HID, DOT, CONT)
         # the reads through every token's own state; the chunk's last token's is the end state
-        b_zq2 = _kl_reads(b_x, b_k, b_d2, b_g2, b_a, b_dmat, b_lse, w1_ptr, w2_ptr, w1_ptr, BK,
-                          BV, BE, BT, DK, DV, HID, DOT, True)
+        b_zq2 = _kl_reads(b_x, b_k, b_d2, b_g2, b_a, b_dmat, b_lse, w1_ptr, w2_ptr, sw1_ptr,
+                          sw2_ptr, w1_ptr, BK, BV, BE, BT, DK, DV, HID, DOT, True, CONT)
         b_o = ln_rows(b_zq2, mask, DV)[0] * gamma + beta
         b_o += b_x
-        store_rows(o_ptr, b_o, i_b, i_h, t0, 0, T, H, DV, BT, BV)
+        store_rows(o_ptr, b_o, i_b, i_h, t0 - OFFSET, 0, T, H, DV, BT, BV)
 
 
 @triton.jit
@@ -733,9 +747,10 @@ def _kl_backward_kernel(q_ptr, k_ptr, v_ptr, coef_ptr, d_ptr, params_ptr, hs_ptr
         _, _, b_d2, _, _ = _surprise_rows(  # D2; the rest is made anew later
             b_u2, b_k, b_v, mask, gamma, beta, DV)
         b_g2 = DV * b_d2
-        b_lse = _kl_lse1(b_k, b_d2, b_a, b_dmat, w1_ptr, w2_ptr, BK, BV, BE, BT, DK, DV, HID, DOT)
-        b_zq2 = _kl_reads(b_x, b_k, b_d2, b_g2, b_a, b_dmat, b_lse, w1_ptr, w2_ptr, zq_ptr, BK,
-                          BV, BE, BT, DK, DV, HID, DOT, False)
+        b_lse = _kl_lse1(b_k, b_d2, b_a, b_dmat, w1_ptr, w2_ptr, w1_ptr, w2_ptr, BK, BV, BE, BT,
+                         DK, DV, HID, DOT, False)
+        b_zq2 = _kl_reads(b_x, b_k, b_d2, b_g2, b_a, b_dmat, b_lse, w1_ptr, w2_ptr, w1_ptr,
+                          w2_ptr, zq_ptr, BK, BV, BE, BT, DK, DV, HID, DOT, False, False)
         # the output's reverse
         b_xq, b_rq = ln_rows(b_zq2, mask, DV)
         b_dgamma += tl.sum(b_do * b_xq, axis=0)
@@ -751,8 +766,8 @@ def _kl_backward_kernel(q_ptr, k_ptr, v_ptr, coef_ptr, d_ptr, params_ptr, hs_ptr
         # B1: per tile of W2's rows
         for e0 in range(0, HID, BE):
             inside = (e0 + tl.arange(0, BE) < HID)[None, :]
-            b_l1, b_a1, b_g1, b_l2 = _kl_layer1(b_k, b_d2, w1_ptr, w2_ptr, e0, BK, BV, BE, DK,
-                                                DV, HID, DOT)
+            b_l1, b_a1, b_g1, b_l2 = _kl_layer1(b_k, b_d2, w1_ptr, w2_ptr, w1_ptr, w2_ptr, e0, BK,
+                                                BV, BE, DK, DV, HID, DOT, False)
             b_zq1 = load_tile(zq_ptr, 0, e0, BT, BE, BT, HID)
             b_h1 = tl.where(inside, _act(b_zq1), 0.0)
             b_dw2e = load_tile(dw2_ptr, e0, 0, BE, BV, HID, DV)  # the end state's adjoint

@@ -22,7 +22,7 @@ from torch import Tensor
 
 from ..errors import BackendError
 from .dual_chunk import MIN_TOKENS, _pow2, layer_norm_params, pack_coefficients
-from .inputs import initial_weights
+from .inputs import anchor_weights, initial_weights
 from .mlp_chunk import MlpChunk
 from .triton_host import custom_op, split_state
 
@@ -41,7 +41,9 @@ class KlChunk(MlpChunk):
         self.shapes, self.chunk = shapes, chunk
         self.required_state = required_state
         self.min_tokens = MIN_TOKENS  # benchmarks raise it to time the recurrent kernels alone
-        self.streaming = False  # these kernels take no continued chunk: decoding is recurrent
+        # calls without autograd at any length and offset: an MLP's (its recurrent kernels
+        # spill); a linear memory's [Dk, Dv] state fits the recurrent kernels, which decode it
+        self.streaming = len(shapes(1, 1)) > 1
         self.op = custom_op(f"{namespace}_kl", lambda: self._register(f"{namespace}_kl"))
 
     def meta(self, Dk: int, Dv: int, dot, backward: bool = False) -> dict:
@@ -54,16 +56,19 @@ class KlChunk(MlpChunk):
         return dict(DK=Dk, DV=Dv, HID=hidden, BK=_pow2(Dk), BV=_pow2(Dv), BE=BE, BT=self.chunk,
                     DOT=dot)  # fmt: skip
 
-    def launch_forward(self, q, k, v, coef, d, params, state, ln, scale: float, save: bool):
+    def launch_forward(self, q, k, v, coef, d, params, state, anchor, ln, scale: float,
+                       save: bool, offset: int):  # fmt: skip
         """(o, the final state flat as `state`, the state at each chunk's start [BH, NT, ..]
-        when `save`, else an empty tensor)."""
+        when `save`, else an empty tensor). With `offset` the call continues a chunk whose
+        weights were `anchor` [BH, |state|]."""
         B, T, H, _ = q.shape
         NT = coef.shape[-1] // self.chunk
         o = torch.empty((B, T, H, v.shape[-1]), dtype=q.dtype, device=q.device)
         final = state.clone()  # the kernel updates the state in place
         hs = state.new_empty((state.shape[0], NT, state.shape[1]) if save else (0,))
-        args = (q, k, v, coef, d, params, final, ln, o, hs, scale, T, H, coef.shape[-1], NT)
-        self._launch(self.forward_kernel, args, q, v, SAVE=save)
+        args = (q, k, v, coef, d, params, final, anchor, ln, o, hs, scale, T, H, coef.shape[-1],
+                NT, offset)  # fmt: skip
+        self._launch(self.forward_kernel, args, q, v, SAVE=save, CONT=offset > 0)
         return o, final, hs
 
     def launch_backward(self, q, k, v, coef, d, params, hs, ln, do, dfinal, scale: float):
@@ -90,12 +95,14 @@ class KlChunk(MlpChunk):
         @torch.library.custom_op(f"{namespace}::forward", mutates_args=())
         def kl_forward(
             q: Tensor, k: Tensor, v: Tensor, coef: Tensor, d: Tensor, params: Tensor,
-            state: Tensor, ln: Tensor, scale: float, save: bool,
+            state: Tensor, anchor: Tensor, ln: Tensor, scale: float, save: bool, offset: int,
         ) -> tuple[Tensor, Tensor, Tensor]:  # fmt: skip
-            return self.launch_forward(q, k, v, coef, d, params, state, ln, scale, save)
+            return self.launch_forward(
+                q, k, v, coef, d, params, state, anchor, ln, scale, save, offset
+            )
 
         @kl_forward.register_fake
-        def _(q, k, v, coef, d, params, state, ln, scale, save):
+        def _(q, k, v, coef, d, params, state, anchor, ln, scale, save, offset):
             NT = coef.shape[-1] // self.chunk
             hs = (state.shape[0], NT, state.shape[1]) if save else (0,)
             return (q.new_empty((*q.shape[:3], v.shape[-1])), state.new_empty(state.shape),
@@ -114,7 +121,7 @@ class KlChunk(MlpChunk):
                     dfinal.new_empty(dfinal.shape), ln.new_empty(ln.shape))  # fmt: skip
 
         def setup_context(ctx, inputs, output):
-            q, k, v, coef, d, params, _, ln, scale, _ = inputs
+            q, k, v, coef, d, params, _, _, ln, scale, _, _ = inputs
             ctx.save_for_backward(q, k, v, coef, d, params, ln, output[2])
             ctx.scale = scale
 
@@ -125,7 +132,8 @@ class KlChunk(MlpChunk):
                 dfinal = hs.new_zeros((hs.shape[0], hs.shape[2]))
             grads = kl_backward(q, k, v, coef, d, params, hs, ln, do, dfinal.contiguous(),
                                 ctx.scale)  # fmt: skip
-            return (*grads, None, None)
+            # a continued chunk's call has no gradient (see `forward`): no anchor adjoint
+            return (*grads[:7], None, grads[7], None, None, None)
 
         kl_forward.register_autograd(backward, setup_context=setup_context)
         return kl_forward
@@ -137,8 +145,8 @@ class KlChunk(MlpChunk):
         """The op contract (o [B, T, H, Dv], final state tuple or None) on the chunked
         kernels, for gates lr, rate (the keep gate), mom (None: kl takes no momentum) and the
         loss's gate parameters, each [B, H, T]; `ln_weight`, `ln_bias` [H, Dv] (default 1 and 0) when the memory has a
-        LayerNorm. A call continuing a chunk is not taken (`unsupported`), so `anchor_state`
-        plays no part."""
+        LayerNorm. A call continuing a chunk (`chunk_offset` > 0, its gradients at
+        `anchor_state`) takes no gradient."""
         reason = self.unsupported(q, v, chunk_offset)
         if reason is not None:
             raise BackendError(reason)
@@ -146,17 +154,29 @@ class KlChunk(MlpChunk):
         Dv = v.shape[-1]
         shapes = self.shapes(Dk, Dv)
         states = initial_weights(initial_state, shapes, len(shapes), q, self.required_state)
+        anchors = anchor_weights(
+            anchor_state, chunk_offset, self.chunk, shapes, q, self.required_state
+        )
         per_token, _, d, stacked = pack_coefficients(
-            "kl", False, self.chunk, lr, rate, None, params
+            "kl", False, self.chunk, lr, rate, None, params, chunk_offset
         )
         flat = torch.cat([s.reshape(B * H, -1).float() for s in states], dim=-1).contiguous()
         ln = layer_norm_params(ln_weight, ln_bias, H, Dv, q.device)
+        anchor = (
+            flat.new_empty(0)
+            if anchors is None
+            else torch.cat([s.reshape(B * H, -1).float() for s in anchors], dim=-1).contiguous()
+        )
         coef = per_token[0].contiguous()
-        inputs = (q, k, v, coef, d, stacked, flat, ln)
+        inputs = (q, k, v, coef, d, stacked, flat, anchor, ln)
         save = torch.is_grad_enabled() and any(t.requires_grad for t in inputs)
+        if save and chunk_offset:
+            raise BackendError(
+                "the chunked kernels take a call continuing a chunk without autograd only"
+            )
         o, final, _ = self.op(
-            q.contiguous(), k.contiguous(), v.contiguous(), coef, d, stacked, flat, ln,
-            float(scale), save,
+            q.contiguous(), k.contiguous(), v.contiguous(), coef, d, stacked, flat, anchor, ln,
+            float(scale), save, chunk_offset,
         )  # fmt: skip
         if not output_final_state:
             return o, None
