@@ -271,18 +271,21 @@ def main(argv=None) -> int:
         ]
         plot(mqar, args.lengths, out / "mqar.png", "MQAR")
     if args.niah_best and args.niah_lengths:
-        by_mean = {
-            (s, n): statistics.mean(
-                [
-                    r["accuracy"]
-                    for L in args.lengths
-                    for r in finished(mqar[Run(s, n, "mqar", L, 0).row][L])
-                ]
-                or [0.0]
-            )
-            for s, n in models
-        }
-        best = sorted(models, key=by_mean.get, reverse=True)[: args.niah_best]
+        if mqar_runs:
+            by_mean = {
+                (s, n): statistics.mean(
+                    [
+                        r["accuracy"]
+                        for L in args.lengths
+                        for r in finished(mqar[Run(s, n, "mqar", L, 0).row][L])
+                    ]
+                    or [0.0]
+                )
+                for s, n in models
+            }
+            best = sorted(models, key=by_mean.get, reverse=True)[: args.niah_best]
+        else:  # `--lengths` with no value: no MQAR run to rank by, every model given
+            best = models
         niah_runs = [
             Run(s, n, "niah", L, seed)
             for s, n in best

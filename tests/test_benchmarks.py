@@ -103,9 +103,9 @@ def test_a_sweep_reports_and_resumes(recall_table, tmp_path, capsys):
 def test_no_lengths_runs_s_niah_alone_for_the_models_given(recall_table, tmp_path, capsys):
     """`--lengths` with no value trains no MQAR run and S-NIAH for every model given, and its
     runs are the ones a full sweep stores (the same folder and configuration)."""
-    sweep(recall_table, tmp_path, 2, "--lengths")
+    sweep(recall_table, tmp_path, 2, "--lengths")  # deltanet and attention, --niah-best 1
     out = capsys.readouterr().out
-    assert "0 of 0 runs stored" in out and "0 of 1 runs stored; training 1" in out
+    assert "0 of 0 runs stored" in out and "0 of 2 runs stored; training 2" in out
     table = (tmp_path / "table.md").read_text()
     assert table.startswith("S-NIAH") and "the models given" in table and "MQAR" not in table
     assert not (tmp_path / "mqar.png").exists() and (tmp_path / "niah.png").exists()

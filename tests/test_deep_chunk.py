@@ -9,18 +9,22 @@ give hidden layers of 80 (expansion 4), so every product has a partly masked til
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_backend import TOL32, TOL_CASE32, assert_close
+from test_backend import TOL_CASE32, assert_close
 from test_mlp_chunk import counting_chunked_calls, mlp_spec, short_calls_chunked
+from test_triton_backend import assert_as_accurate_as_fp32_torch
 
 from mirasc import testing
 
 triton = pytest.importorskip("triton")
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 TOL_HALF = 3e-2  # bf16 inputs and outputs
+THOROUGH = os.environ.get("HYPOTHESIS_PROFILE") == "thorough"  # more draws, new ones each run
 
 
 def deep_spec(depth: int, *args, **kwargs) -> str:
@@ -45,6 +49,21 @@ def test_deep_titans_takes_the_deep_kernels(compile_text):
     assert_close(errors, TOL_CASE32, "titans, 3 layers")
 
 
+def test_clip(compile_text):
+    """Three layers with each token's whole gradient soft-clamped to norm 0.05, well below its
+    size here, so that the clamp and its reverse (through every layer's |A_l|^2 and |R_l|^2)
+    carry weight; decay applied first, a loss gate."""
+    text = deep_spec(3, "gelu", True, True, "huber(delta: d)", "decay(alpha, first: true)",
+                     "gd(lr: eta)", 16, 0.05)  # fmt: skip
+    module = compile_text(text)
+    case = testing.make_case(testing.spec_of(module), B=1, T=35, H=1, Dk=12, seed=8,
+                             dtype=torch.float32, with_initial_state=True)  # fmt: skip
+    with counting_chunked_calls(module) as calls, short_calls_chunked(module):
+        errors = testing.compare(module, case.to(DEVICE), "triton")
+    assert calls[0] == 1
+    assert_close(errors, TOL_CASE32, "3 layers, clip 0.05")
+
+
 def test_bf16_inputs(compile_text):
     """bf16 inputs (the products' operands in bf16, fp32 accumulation and state), two
     sequences, four layers."""
@@ -57,28 +76,32 @@ def test_bf16_inputs(compile_text):
     assert_close(errors, TOL_HALF, "4 layers, bf16")
 
 
-@settings(max_examples=5, deadline=None)
+@settings(max_examples=40 if THOROUGH else 5, deadline=None)
 @given(
     depth=st.sampled_from([3, 4]),
     activation=st.sampled_from(["silu", "gelu", "sigmoid", "tanh"]),
     residual=st.booleans(),
     norm=st.booleans(),
-    bias=st.sampled_from(["l2", "huber(delta: d)", "yaad(delta: d)", "dot"]),
+    bias=st.sampled_from(
+        ["l2", "huber(delta: d)", "yaad(delta: d)", "dot", "bias(y, v) = sum(log(cosh(y - v)))"]
+    ),
     retention=st.sampled_from(["none", "decay(alpha)", "l2(alpha)", "decay(alpha, first: true)"]),
     momentum=st.booleans(),
     chunk=st.sampled_from([16, 32]),
+    clip=st.sampled_from([None, 0.05, 1.0]),
     T=st.integers(17, 50),
     seed=st.integers(0, 2**16),
 )
 def test_random_deep_specs_match_reference(compile_text, depth, activation, residual, norm, bias,
-                                           retention, momentum, chunk, T, seed):  # fmt: skip
+                                           retention, momentum, chunk, clip, T, seed):  # fmt: skip
     """Drawn depths, activations (sigmoid: act(0) != 0), residual and LayerNorm reads or not
-    (without a residual, Dv = 24 != Dk), losses with and without a gate parameter, retentions
-    (decay applied first among them), gd or momentum, and chunks."""
+    (without a residual, Dv = 24 != Dk), losses with and without a gate parameter (a written
+    formula among them), retentions (decay applied first among them), gd or momentum, chunks
+    and the soft clip (0.05 clips every token)."""
     if retention.startswith("l2") or "first" in retention:
         momentum = False  # momentum takes none or decay retention, first only gd
     algorithm = "momentum(lr: eta, momentum: beta)" if momentum else "gd(lr: eta)"
-    text = deep_spec(depth, activation, residual, norm, bias, retention, algorithm, chunk)
+    text = deep_spec(depth, activation, residual, norm, bias, retention, algorithm, chunk, clip)
     module = compile_text(text)
     case = testing.make_case(testing.spec_of(module), B=1, T=T, H=1, Dk=20,
                              Dv=20 if residual else 24, seed=seed, dtype=torch.float32,
@@ -86,7 +109,9 @@ def test_random_deep_specs_match_reference(compile_text, depth, activation, resi
     with counting_chunked_calls(module) as calls, short_calls_chunked(module):
         errors = testing.compare(module, case.to(DEVICE), "triton")
     assert calls[0] == 1
-    assert_close(errors, TOL32, f"{text} T={T}")
+    # YAAD's and Huber's gate gradients are ill-conditioned on some draws (the torch backend's
+    # own fp32 error reaches 3e-3): the bound takes that into account
+    assert_as_accurate_as_fp32_torch(module, case, errors, f"{text} T={T}")
 
 
 def test_a_long_call_without_gradients_then_decoding(compile_text):

@@ -74,7 +74,8 @@ def mlp_spec(activation: str, residual: bool, norm: bool, bias: str, retention: 
     gates += ["gate alpha = 0.2 * sigmoid(z)"] if retention != "none" else []
     gates += ["gate d = softplus(z)"] if "delta: d" in bias else []
     gates += ["gate beta = 0.9 * sigmoid(z)"] if "momentum" in algorithm else []
-    lines = [f"architecture = {arch}", f"bias = {bias}", f"retention = {retention}",
+    bias_line = bias if bias.startswith("bias(") else f"bias = {bias}"  # a written formula
+    lines = [f"architecture = {arch}", bias_line, f"retention = {retention}",
              f"algorithm = {algorithm}", f"chunk = {chunk}", *gates]  # fmt: skip
     lines += [f"clip = {clip}"] if clip is not None else []
     return "memory m {\n    " + "\n    ".join(lines) + "\n}\n"

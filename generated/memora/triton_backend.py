@@ -656,12 +656,13 @@ def _kl_forward_kernel(q_ptr, k_ptr, v_ptr, coef_ptr, d_ptr, params_ptr, st_ptr,
     gamma, beta = ln_params(ln_ptr, i_h, H, o_v, DV)
     for n in range(NT):
         tl.debug_barrier()  # the state the chunk before wrote, by other threads
-        t0 = n * BT  # the chunk's first row; the call's token t0 - OFFSET
-        tok = t0 - OFFSET + o_t
+        t0 = n * BT  # the chunk's first row; the call's token tk0
+        tk0 = t0 - OFFSET if CONT else t0
+        tok = tk0 + o_t
         mask = ((tok >= 0) & (tok < T))[:, None] & (o_v < DV)[None, :]
-        b_x = load_rows(q_ptr, i_b, i_h, t0 - OFFSET, 0, T, H, DK, BT, BK).to(tl.float32) * scale
-        b_k = load_rows(k_ptr, i_b, i_h, t0 - OFFSET, 0, T, H, DK, BT, BK).to(tl.float32)
-        b_v = load_rows(v_ptr, i_b, i_h, t0 - OFFSET, 0, T, H, DV, BT, BV).to(tl.float32)
+        b_x = load_rows(q_ptr, i_b, i_h, tk0, 0, T, H, DK, BT, BK, CONT).to(tl.float32) * scale
+        b_k = load_rows(k_ptr, i_b, i_h, tk0, 0, T, H, DK, BT, BK, CONT).to(tl.float32)
+        b_v = load_rows(v_ptr, i_b, i_h, tk0, 0, T, H, DV, BT, BV, CONT).to(tl.float32)
         sw1_ptr = w1_ptr  # the surprise's weights: the anchor's in a continued first chunk
         if CONT:
             if n == 0:
@@ -689,7 +690,7 @@ def _kl_forward_kernel(q_ptr, k_ptr, v_ptr, coef_ptr, d_ptr, params_ptr, st_ptr,
                           sw2_ptr, w1_ptr, BK, BV, BE, BT, DK, DV, HID, DOT, True, CONT)
         b_o = ln_rows(b_zq2, mask, DV)[0] * gamma + beta
         b_o += b_x
-        store_rows(o_ptr, b_o, i_b, i_h, t0 - OFFSET, 0, T, H, DV, BT, BV)
+        store_rows(o_ptr, b_o, i_b, i_h, tk0, 0, T, H, DV, BT, BV, CONT)
 
 
 @triton.jit

@@ -668,12 +668,13 @@ def _mlp_forward_kernel(q_ptr, k_ptr, v_ptr, coef_ptr, ends_ptr, d_ptr, params_p
         s2 += _lq_sum(load_tile((a1_ptr if CONT else w1_ptr) + DK * HID, e0, 0, BE, BV, HID, DV))
     for n in range(NT):
         tl.debug_barrier()  # the state the chunk before wrote, by other threads
-        t0 = n * BT  # the chunk's first row; the call's token t0 - OFFSET
-        tok = t0 - OFFSET + o_t
+        t0 = n * BT  # the chunk's first row; the call's token tk0
+        tk0 = t0 - OFFSET if CONT else t0
+        tok = tk0 + o_t
         mask = ((tok >= 0) & (tok < T))[:, None] & (o_v < DV)[None, :]
-        b_x = load_rows(q_ptr, i_b, i_h, t0 - OFFSET, 0, T, H, DK, BT, BK).to(tl.float32) * scale
-        b_k = load_rows(k_ptr, i_b, i_h, t0 - OFFSET, 0, T, H, DK, BT, BK).to(tl.float32)
-        b_v = load_rows(v_ptr, i_b, i_h, t0 - OFFSET, 0, T, H, DV, BT, BV).to(tl.float32)
+        b_x = load_rows(q_ptr, i_b, i_h, tk0, 0, T, H, DK, BT, BK, CONT).to(tl.float32) * scale
+        b_k = load_rows(k_ptr, i_b, i_h, tk0, 0, T, H, DK, BT, BK, CONT).to(tl.float32)
+        b_v = load_rows(v_ptr, i_b, i_h, tk0, 0, T, H, DV, BT, BV, CONT).to(tl.float32)
         sw1_ptr = w1_ptr  # the surprise's weights: the anchor's in a continued first chunk
         if CONT:
             if n == 0:
@@ -724,14 +725,14 @@ def _mlp_forward_kernel(q_ptr, k_ptr, v_ptr, coef_ptr, ends_ptr, d_ptr, params_p
             store_tile(w2_ptr, b_w2, e0, 0, BE, BV, HID, DV)
             s2 += _lq_sum(b_w2)
         b_zq2 = r2 * (b_zq2 - mm(b_dmat * b_p, b_d2, DOT))
-        if t0 - OFFSET + BT <= T:  # the chunk's last token reads the exactly normalised end state
+        if tk0 + BT <= T:  # the chunk's last token reads the exactly normalised end state
             tl.debug_barrier()
             b_end2 = _mlp_out(b_x, w1_ptr, w2_ptr, _lq_factor(s1), BK, BV, BE, DK, DV, HID, DOT)[0]
             b_zq2 = tl.where((o_t == BT - 1)[:, None], _lq_factor(s2) * b_end2, b_zq2)
         b_xq = ln_rows(b_zq2, mask, DV)[0]
         b_o = b_xq * gamma + beta
         b_o += b_x
-        store_rows(o_ptr, b_o, i_b, i_h, t0 - OFFSET, 0, T, H, DV, BT, BV)
+        store_rows(o_ptr, b_o, i_b, i_h, tk0, 0, T, H, DV, BT, BV, CONT)
     tl.store(ns_ptr + (i_bh * (NT + 1) + NT) * 2, s1)
     tl.store(ns_ptr + (i_bh * (NT + 1) + NT) * 2 + 1, s2)
 

@@ -147,9 +147,10 @@ class TritonPrinter(KernelPrinter):
     """Triton element-wise code for fp32 values (kernels load and accumulate in fp32).
 
     Triton's core language has no tanh, cosh, sinh, softplus or sign: they are printed from
-    exp, sigmoid and where in numerically stable forms. Non-integer powers are exp(e * log(b))
+    exp, sigmoid and where in numerically stable forms, tanh and sinh through helpers that are
+    accurate near 0 too (`stable_tanh`, `stable_sinh`). Non-integer powers are exp(e * log(b))
     (NaN for a negative base, as in torch); integer powers beyond 8 call the `ipow` helper
-    (a static loop of multiplications), which `helpers` records for the kernel file.
+    (a static loop of multiplications). `helpers` records the helpers for the kernel file.
     """
 
     language = "Triton"
@@ -175,12 +176,14 @@ class TritonPrinter(KernelPrinter):
     def _print_Function(self, expr):
         (arg,) = (self._print(a) for a in expr.args)
         kind = type(expr)
-        if kind is sp.tanh:
-            return f"(2.0*tl.sigmoid(2.0*({arg})) - 1.0)"
+        if kind is sp.tanh:  # accurate near 0, where 2 sigmoid(2x) - 1 is not
+            self.helpers.add("stable_tanh")
+            return f"stable_tanh({arg})"
         if kind is sp.cosh:
             return f"(0.5*(tl.exp({arg}) + tl.exp(-({arg}))))"
-        if kind is sp.sinh:
-            return f"(0.5*(tl.exp({arg}) - tl.exp(-({arg}))))"
+        if kind is sp.sinh:  # accurate near 0, where the difference of exponentials is not
+            self.helpers.add("stable_sinh")
+            return f"stable_sinh({arg})"
         if kind is Softplus:  # max(x, 0) + log(1 + exp(-|x|)): no overflow
             return f"(tl.maximum({arg}, 0.0) + tl.log(1.0 + tl.exp(-tl.abs({arg}))))"
         if kind is sp.sign:

@@ -167,7 +167,8 @@ def _deep_scratch(spec: Spec) -> tuple[list, Code]:
     [BT, width], as (name, offset) and the total, in the kernels' constants: per layer l its
     inputs and pre-activations for the surprise (a, z, and u before rho with `first`), the
     deltas (r) and the deltas' chain (bk), the reads' (hq, zq) and token-pair matrices (m, md),
-    and the backward pass's adjoints (ab, db, yb, hb, sz); then shared work buffers."""
+    and the backward pass's adjoints (ab, db, yb, hb, sz), with clip the clipped deltas (c);
+    then shared work buffers (and clip's per-token factors)."""
     L, first = spec.depth, spec.retention.first
     ins, outs = ["DK"] + ["HID"] * (L - 1), ["HID"] * (L - 1) + ["DV"]
     buffers = []
@@ -175,15 +176,17 @@ def _deep_scratch(spec: Spec) -> tuple[list, Code]:
         names = [("a", i), ("z", o), ("r", o), ("hq", i), ("zq", o), ("m", "BT"), ("md", "BT")]
         names += [("ab", i), ("db", o), ("yb", o), ("hb", i), ("sz", o)]
         names += [("u", o)] if first else []
+        names += [("c", o)] if spec.clip is not None else []
         names += [("bk", o)] if li < L - 1 else []
         buffers += [(f"{n}{li}", w) for n, w in names]
     wide = ["DK", "HID", "DV"]  # a work buffer takes any layer's rows
     buffers += [("tmp", wide), ("xw", wide), ("eb", wide), ("gm", "BT"), ("gmd", "BT")]
+    buffers += [("fac", "1"), ("rsv", "1")] if spec.clip is not None else []  # clip's rows
 
     def widths(counts: dict) -> str:
         return " + ".join(f"{c} * {w}" for w, c in counts.items() if c) or "0"
 
-    counts = dict.fromkeys(["DK", "HID", "DV", "BT"], 0)
+    counts = dict.fromkeys(["DK", "HID", "DV", "BT", "1"], 0)
     offsets = []
     for name, width in buffers:
         offsets.append((name, Code(f"BT * ({widths(counts)})")))

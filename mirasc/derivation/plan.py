@@ -61,8 +61,6 @@ def dual_chunk_refusal(spec: Spec) -> str:
             f"{spec.retention.kind} retention on an MLP memory of {spec.depth} layers: the "
             "chunked Triton kernels of MLPs deeper than two layers do not cover it"
         )
-    if spec.depth > 2 and spec.clip is not None:
-        return "clip on an MLP memory deeper than two layers: its chunked Triton kernels lack it"
     if spec.chunk not in DUAL_CHUNK_SIZES:
         sizes = ", ".join(map(str, DUAL_CHUNK_SIZES))
         return f"chunk {spec.chunk}: the chunked Triton kernels' tiles take chunks of {sizes}"

@@ -31,30 +31,35 @@ def mm(a, b, DOT: tl.constexpr):
 
 
 @triton.jit
-def rows_ptrs(ptr, i_b, i_h, t0, d0, T, H, D, BT: tl.constexpr, BD: tl.constexpr):
+def rows_ptrs(ptr, i_b, i_h, t0, d0, T, H, D, BT: tl.constexpr, BD: tl.constexpr,
+              FRONT: tl.constexpr = False):  # fmt: skip
     """Pointers and mask of rows t0..t0+BT, columns d0..d0+BD of an op input [B, T, H, D] for
-    head (i_b, i_h): a 64-bit base, 32-bit offsets within the head. Rows before 0 (padding in
-    front of a continued chunk) and from T on are masked."""
+    head (i_b, i_h): a 64-bit base, 32-bit offsets within the head. Rows from T on are masked,
+    and with FRONT those before 0 (padding in front of a continued chunk)."""
     o_t = t0 + tl.arange(0, BT)
     o_d = d0 + tl.arange(0, BD)
     base = ptr + (i_b * T * H + i_h) * D
-    mask = (o_t[:, None] >= 0) & (o_t[:, None] < T) & (o_d[None, :] < D)
+    mask = (o_t[:, None] < T) & (o_d[None, :] < D)
+    if FRONT:
+        mask &= o_t[:, None] >= 0
     return base + (o_t[:, None] * (H * D) + o_d[None, :]), mask
 
 
 @triton.jit
-def load_rows(ptr, i_b, i_h, t0, d0, T, H, D, BT: tl.constexpr, BD: tl.constexpr):
+def load_rows(ptr, i_b, i_h, t0, d0, T, H, D, BT: tl.constexpr, BD: tl.constexpr,
+              FRONT: tl.constexpr = False):  # fmt: skip
     """Rows t0..t0+BT, columns d0..d0+BD of an op input [B, T, H, D] for head (i_b, i_h), in
     its dtype (half tiles hold half the registers; arithmetic with fp32 promotes), zero outside
-    the tensor."""
-    p, mask = rows_ptrs(ptr, i_b, i_h, t0, d0, T, H, D, BT, BD)
+    the tensor (FRONT: see rows_ptrs)."""
+    p, mask = rows_ptrs(ptr, i_b, i_h, t0, d0, T, H, D, BT, BD, FRONT)
     return tl.load(p, mask=mask, other=0.0)
 
 
 @triton.jit
-def store_rows(ptr, x, i_b, i_h, t0, d0, T, H, D, BT: tl.constexpr, BD: tl.constexpr):
+def store_rows(ptr, x, i_b, i_h, t0, d0, T, H, D, BT: tl.constexpr, BD: tl.constexpr,
+               FRONT: tl.constexpr = False):  # fmt: skip
     """The inverse of load_rows: store x [BT, BD] into [B, T, H, D] in the buffer's dtype."""
-    p, mask = rows_ptrs(ptr, i_b, i_h, t0, d0, T, H, D, BT, BD)
+    p, mask = rows_ptrs(ptr, i_b, i_h, t0, d0, T, H, D, BT, BD, FRONT)
     tl.store(p, x.to(ptr.dtype.element_ty), mask=mask)
 
 
