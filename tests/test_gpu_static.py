@@ -107,7 +107,7 @@ def test_the_chunked_dual_form_kernels_use_tensor_cores(tmp_path):
     training-length calls launch them: each issues wgmma or mma; the forward kernel and the
     reverse state pass spill nothing. The parallel per-chunk adjoint kernel still spills
     (~0.5 KB per thread at D = 64, chunk 64: it holds W, its adjoint and eight chunk tiles), a
-    figure README states; this test keeps it from growing past 1 KB."""
+    figure docs/triton.md states; this test keeps it from growing past 1 KB."""
     found = static_rows(
         tmp_path, "--specs", "linear_attention", "--D", "64", "--kernels", "chunked"
     )
@@ -240,7 +240,7 @@ def test_the_chunked_kernels_compile_with_every_feature(tmp_path):
     for row in rows:
         assert row["sass_mma"] > 0 and 0 < row["registers"] <= 255, row
     kl = {row["kernel"]: row for row in rows if row["spec"] == "clipped_kl"}
-    # MEMORA's recurrent pair spills 2.6 and 27 KB per thread; README states these figures
+    # MEMORA's recurrent pair spills 2.6 and 27 KB per thread; docs/triton.md states these figures
     # (its chunked backward: 152 B, with clip 336 B)
     for name in ("kl:forward", "kl:decode"):  # decode: a continued chunk, its anchor
         assert kl[name]["spill_stores"] == kl[name]["spill_loads"] == 0, kl
