@@ -61,6 +61,27 @@ def test_check_holds_the_triton_kernels_too(capsys):
     assert ">= 64 tokens (chunked kernels)" in out and "'T': 6" in out
 
 
+def test_check_allows_more_only_where_the_case_itself_is_ill_conditioned():
+    """`allowances`: nothing to measure when every error is within tolerance; a wrong answer on
+    a well-conditioned case keeps its tolerance (the exact answer barely moves at half an ulp),
+    so it still fails; a LayerNorm over three nearly equal values is allowed more in fp32."""
+    import torch
+
+    from mirasc import compile as compile_spec
+    from mirasc import testing
+    from mirasc.testing.spec_check import allowances
+
+    module = compile_spec("specs/titans.miras")
+    spec = testing.spec_of(module)
+    calm = testing.make_case(spec, B=1, T=20, H=1, Dk=8, seed=3, dtype=torch.float64)
+    assert allowances(module, calm, [({"o": 1e-4}, "")], 2e-3, "float32") == {}
+    allowed = allowances(module, calm, [({"o": 0.5}, "")], 2e-3, "float32")
+    assert max(allowed.values()) == 2e-3  # the exact answer moves by 3e-7 here
+    assert max(allowances(module, calm, [({"o": 0.5}, "")], 1e-9, "float64").values()) < 1e-6
+    ill = testing.make_case(spec, B=2, T=79, H=1, Dk=3, seed=5, dtype=torch.float64)
+    assert max(allowances(module, ill, [({"o": 0.5}, "")], 2e-3, "float32").values()) > 2e-2
+
+
 @pytest.mark.parametrize(
     "text,message",
     [

@@ -165,17 +165,20 @@ def relative_error(got: torch.Tensor, want: torch.Tensor) -> float:
     return ((got - want).norm() / max(want.norm().item(), floor)).item()
 
 
-def rounding_sensitivity(module, case: Case, trials: int = 3, seed: int = 0) -> dict:
+def rounding_sensitivity(
+    module, case: Case, trials: int = 3, seed: int = 0, half_ulp: float = 6e-8
+) -> dict:
     """How far the exact (float64) answer moves, per tensor, when every input is perturbed by
-    fp32's half-ulp (6e-8 relative): what no fp32 implementation can do better than, whatever
-    its order of operations. Large on ill-conditioned cases (a LayerNorm of an almost constant
-    memory output); tiny on the rest. The largest change over `trials` perturbations."""
+    a half-ulp (`half_ulp` relative; fp32's by default): what no implementation in that
+    precision can do better than, whatever its order of operations. Large on ill-conditioned
+    cases (a LayerNorm of an almost constant memory output); tiny on the rest. The largest
+    change over `trials` perturbations."""
     base_o, base_s, base_g = run(module, case.to(dtype=torch.float64), "reference")
     g = torch.Generator().manual_seed(seed)
 
     def jiggle(t: torch.Tensor) -> torch.Tensor:
         t = t.to(torch.float64)
-        return t * (1 + 6e-8 * torch.randn(t.shape, generator=g, dtype=torch.float64))
+        return t * (1 + half_ulp * torch.randn(t.shape, generator=g, dtype=torch.float64))
 
     worst: dict = {}
     for _ in range(trials):

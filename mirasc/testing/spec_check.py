@@ -19,6 +19,21 @@ TOLERANCE = {
     # fp32 backend vs fp64 oracle: ~1e-7 per operation, amplified by T sequential updates.
     "float32": 2e-3,
 }
+HALF_ULP = {"float64": 1.1e-16, "float32": 6e-8}
+
+
+def allowances(module, case, results: list, tol: float, dtype: str) -> dict:
+    """The error each tensor of a case may have: `tol`, or, where some error exceeds it, 5x
+    how far the exact answer moves when the inputs move by half an ulp of their dtype
+    (`cases.rounding_sensitivity`): on an ill-conditioned case (a LayerNorm over three values,
+    say) no implementation in that dtype does better. Measured only when needed (three more
+    reference runs); a split call's output is held to its output's allowance."""
+    if all(err <= tol for errors, _ in results for err in errors.values()):
+        return {}
+    moved = testing.rounding_sensitivity(module, case, half_ulp=HALF_ULP[dtype])
+    allowed = {name: max(tol, 5 * value) for name, value in moved.items()}
+    allowed["o:split+continue"] = allowed.get("o", tol)
+    return allowed
 
 
 def random_shape(rng: random.Random, spec) -> dict:
@@ -76,7 +91,8 @@ def check_spec(
     strategies = module.torch_backend.STRATEGIES if backend == "torch" else (None,)
     long_calls = chunked_tokens(module) if backend == "triton" else None
     rng = random.Random(seed)
-    worst: dict[str, tuple[float, str]] = {}
+    tol = TOLERANCE[dtype]
+    worst: dict[str, tuple[float, str, float]] = {}  # error, where, what it was allowed
     for i in tqdm(range(examples), desc=f"checking {spec.name}", unit="case"):
         shape = random_shape(rng, spec)
         if long_calls is not None and i % 2:  # every other case long enough for the chunked kernels
@@ -91,11 +107,11 @@ def check_spec(
             split = rng.randint(1, shape["T"] - 1)
             error = testing.continuation_error(module, case, split, backend=backend)
             results.append(({"o:split+continue": error}, f"split at {split} {shape}"))
+        allowed = allowances(module, case, results, tol, dtype)
         for errors, where in results:
             for name, err in errors.items():
-                if err > worst.get(name, (-1.0, ""))[0] or err != err:
-                    worst[name] = (err, where)
-    tol = TOLERANCE[dtype]
+                if err > worst.get(name, (-1.0, "", tol))[0] or err != err:
+                    worst[name] = (err, where, allowed.get(name, tol))
     what = (
         f"{len(strategies)} strategies ({', '.join(strategies)})"
         if backend == "torch"
@@ -106,11 +122,16 @@ def check_spec(
         f"\n{spec.name}: {examples} cases x {what}, {dtype}, "
         f"tolerance {tol:g} (relative RMS vs the float64 reference)\n"
     )
-    print(f"{'tensor':28s} {'worst error':>12s}  case")
+    print(f"{'tensor':28s} {'worst error':>12s} {'allowed':>10s}  case")
     failed = 0
-    for name, (err, where) in worst.items():
-        bad = not (err <= tol)
+    for name, (err, where, bound) in worst.items():
+        bad = not (err <= bound)
         failed += bad
-        print(f"{name:28s} {err:12.3e}  {where}{'  FAIL' if bad else ''}")
+        print(f"{name:28s} {err:12.3e} {bound:10.1e}  {where}{'  FAIL' if bad else ''}")
+    if any(bound > tol for _, _, bound in worst.values()):
+        print(
+            f"\nallowed above {tol:g}: an ill-conditioned case, whose exact answer moves that much"
+            f" (/5) when its inputs move by half an ulp of {dtype}"
+        )
     print(f"\n{'FAILED' if failed else 'ok'}: {failed} tensor(s) over tolerance")
     return 1 if failed else 0
