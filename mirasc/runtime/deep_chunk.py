@@ -60,33 +60,20 @@ class DeepChunk(MlpChunk):
 
     def launch_forward(self, q, k, v, coef, ends, d, params, state, anchor, ln, scale: float,
                        save: bool, offset: int):  # fmt: skip
-        """(o, the final state flat as `state`, the state at each chunk's start [BH, NT, ..]
-        when `save`, else an empty tensor, and an unused sums tensor), as `MlpChunk`'s."""
-        B, T, H, _ = q.shape
+        """`MlpChunk.launch_forward`'s, with the kernel's scratch (its sums tensor unused)."""
         NT = ends.shape[-1]
-        o = torch.empty((B, T, H, v.shape[-1]), dtype=q.dtype, device=q.device)
-        final = state.clone()  # the kernel updates the state in place
-        hs = state.new_empty((state.shape[0], NT, state.shape[1]) if save else (0,))
-        ns = state.new_zeros(self._sums_shape(state.shape[0], NT))
+        o, final, hs, _ = out = self.forward_buffers(q, v, state, NT, save)
         args = (q, k, v, coef, ends, d, params, final, anchor, ln, o, hs, self._scratch(q, v),
-                scale, T, H, coef.shape[-1], NT, offset)  # fmt: skip
+                scale, q.shape[1], q.shape[2], coef.shape[-1], NT, offset)  # fmt: skip
         self._launch(self.forward_kernel, args, q, v, SAVE=save, CONT=offset > 0)
-        return o, final, hs, ns
+        return out
 
     def launch_backward(self, q, k, v, coef, ends, d, params, hs, ns, final, ln, do, dfinal,
                         scale: float):  # fmt: skip
-        """The chunks in reverse, one program per (batch, head): the adjoints of the inputs,
-        coefficients, loss gates, initial state and LayerNorm's gain and bias."""
-        B, T, H, _ = q.shape
-        TP, NT, f32 = coef.shape[-1], ends.shape[-1], dict(dtype=torch.float32, device=q.device)
-        dq, dk, dv = (torch.empty(t.shape, **f32) for t in (q, k, v))
-        # zeros: the kernel adds D's adjoint per layer, and leaves unused coefficient rows
-        dcoef, dends, dd = torch.zeros_like(coef), torch.zeros_like(ends), torch.zeros_like(d)
-        dparams, dstate = torch.empty_like(params), dfinal.clone()  # updated in place
-        dln = torch.zeros((2, B * H, v.shape[-1]), **f32)
-        args = (q, k, v, coef, ends, d, params, hs, ln, do, dstate, self._scratch(q, v), dq, dk,
-                dv, dcoef, dends, dd, dparams, dln, scale, T, H, TP, NT)  # fmt: skip
+        """`MlpChunk.launch_backward`'s, with the kernel's scratch (ns and final unused)."""
+        grads = self.backward_buffers(q, k, v, coef, ends, d, params, dfinal)
+        args = (q, k, v, coef, ends, d, params, hs, ln, do, grads[7], self._scratch(q, v),
+                *grads[:7], grads[8], scale, q.shape[1], q.shape[2], coef.shape[-1],
+                ends.shape[-1])  # fmt: skip
         self._launch(self.backward_kernel, args, q, v)
-        dln = dln.view(2, B, H, -1).sum(1)
-        return (dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), dcoef, dends, dd, dparams,
-                dstate, dln)  # fmt: skip
+        return self.backward_results(q, k, v, grads)

@@ -81,41 +81,59 @@ class MlpChunk:
         """lq: sum |A_l|^q of each layer at every chunk's start and at the end."""
         return (BH, NT + 1, 2) if self.lq else (1,)
 
+    def forward_buffers(self, q, v, state, NT: int, save: bool) -> tuple:
+        """What the forward kernel writes: o, the final state (the kernel updates a copy of
+        `state` in place), the state at each chunk's start [BH, NT, ..] when `save` (else
+        empty) and the lq sums (see `_sums_shape`)."""
+        B, T, H, _ = q.shape
+        o = torch.empty((B, T, H, v.shape[-1]), dtype=q.dtype, device=q.device)
+        hs = state.new_empty((state.shape[0], NT, state.shape[1]) if save else (0,))
+        return o, state.clone(), hs, state.new_zeros(self._sums_shape(state.shape[0], NT))
+
+    @staticmethod
+    def backward_buffers(q, k, v, coef, ends, d, params, dfinal) -> tuple:
+        """What the backward kernel writes: the adjoints of q, k, v (fp32), the coefficients
+        (zeros: rows a spec lacks stay unwritten, D's gathers per layer), the loss's gates, the
+        state (the final state's on entry, updated in place) and LayerNorm's [2, BH, Dv]."""
+        f32 = dict(dtype=torch.float32, device=q.device)
+        dq, dk, dv = (torch.empty(t.shape, **f32) for t in (q, k, v))
+        dcoef, dends, dd = torch.zeros_like(coef), torch.zeros_like(ends), torch.zeros_like(d)
+        dln = torch.zeros((2, q.shape[0] * q.shape[2], v.shape[-1]), **f32)
+        return dq, dk, dv, dcoef, dends, dd, torch.empty_like(params), dfinal.clone(), dln
+
+    @staticmethod
+    def backward_results(q, k, v, grads: tuple) -> tuple:
+        """`backward_buffers` after the kernel: q, k, v's adjoints in their dtypes and
+        LayerNorm's summed over the batch, [2, H, Dv]."""
+        dq, dk, dv, *rest, dln = grads
+        B, H = q.shape[0], q.shape[2]
+        dln = dln.view(2, B, H, -1).sum(1)
+        return (dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), *rest, dln)
+
     def launch_forward(self, q, k, v, coef, ends, d, params, state, anchor, ln, scale: float,
                        save: bool, offset: int):  # fmt: skip
-        """(o, the final state flat as `state`, the state at each chunk's start [BH, NT, ..]
-        when `save`, else an empty tensor, and the lq sums, see `_sums_shape`). With `offset`
-        the call continues a chunk whose weights were `anchor` [BH, |weights|]."""
-        B, T, H, _ = q.shape
+        """`forward_buffers` filled. With `offset` the call continues a chunk whose weights
+        were `anchor` [BH, |weights|]."""
         NT = ends.shape[-1]
-        o = torch.empty((B, T, H, v.shape[-1]), dtype=q.dtype, device=q.device)
-        final = state.clone()  # the kernel updates the state in place
-        hs = state.new_empty((state.shape[0], NT, state.shape[1]) if save else (0,))
-        ns = state.new_zeros(self._sums_shape(state.shape[0], NT))
-        args = (q, k, v, coef, ends, d, params, final, anchor, ln, o, hs, ns, scale, T, H,
-                coef.shape[-1], NT, offset)  # fmt: skip
+        o, final, hs, ns = out = self.forward_buffers(q, v, state, NT, save)
+        args = (q, k, v, coef, ends, d, params, final, anchor, ln, o, hs, ns, scale, q.shape[1],
+                q.shape[2], coef.shape[-1], NT, offset)  # fmt: skip
         self._launch(self.forward_kernel, args, q, v, SAVE=save, CONT=offset > 0)
-        return o, final, hs, ns
+        return out
 
     def launch_backward(self, q, k, v, coef, ends, d, params, hs, ns, final, ln, do, dfinal,
                         scale: float):  # fmt: skip
         """The chunks in reverse, one program per (batch, head): the adjoints of the inputs,
         coefficients, loss gates, initial state and LayerNorm's gain and bias."""
-        B, T, H, _ = q.shape
-        TP, NT, f32 = coef.shape[-1], ends.shape[-1], dict(dtype=torch.float32, device=q.device)
-        dq, dk, dv = (torch.empty(t.shape, **f32) for t in (q, k, v))
-        # zeros: without momentum the kernel leaves its coefficients' rows unwritten
-        dcoef, dends, dd = torch.zeros_like(coef), torch.zeros_like(ends), torch.empty_like(d)
-        dparams, dstate = torch.empty_like(params), dfinal.clone()  # updated in place
-        dln = torch.zeros((2, B * H, v.shape[-1]), **f32)
+        grads = self.backward_buffers(q, k, v, coef, ends, d, params, dfinal)
         hidden = self.shapes(q.shape[-1], v.shape[-1])[0][1]
-        scratch = torch.empty((B * H, 2, self.chunk, hidden), **f32)
-        args = (q, k, v, coef, ends, d, params, hs, ns, final, ln, do, dstate, scratch, dq, dk, dv,
-                dcoef, dends, dd, dparams, dln, scale, T, H, TP, NT)  # fmt: skip
+        BH, f32 = q.shape[0] * q.shape[2], torch.float32
+        scratch = q.new_empty((BH, 2, self.chunk, hidden), dtype=f32)
+        args = (q, k, v, coef, ends, d, params, hs, ns, final, ln, do, grads[7], scratch,
+                *grads[:7], grads[8], scale, q.shape[1], q.shape[2], coef.shape[-1],
+                ends.shape[-1])  # fmt: skip
         self._launch(self.backward_kernel, args, q, v)
-        dln = dln.view(2, B, H, -1).sum(1)
-        return (dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), dcoef, dends, dd, dparams,
-                dstate, dln)  # fmt: skip
+        return self.backward_results(q, k, v, grads)
 
     def _register(self, namespace: str):
         """The pair as torch.library custom ops (fake kernels included, so that torch.compile

@@ -7,7 +7,7 @@ threads of the program wrote before it; buffers are row-major, `[rows, cols]`.""
 import triton
 import triton.language as tl
 
-from .wy_kernels import mm
+from .wy_kernels import load_tile, mm, store_tile
 
 
 @triton.jit
@@ -79,14 +79,10 @@ def rows_out(src_ptr, dst_ptr, i_b, i_h, t0, T, H, factor, D: tl.constexpr, BT: 
 def rowdot(x_ptr, y_ptr, W: tl.constexpr, BT: tl.constexpr, BW: tl.constexpr):
     """Each row's sum of x * y over [BT, W] buffers, [BT]."""
     tl.debug_barrier()
-    o_t = tl.arange(0, BT)
     out = tl.zeros([BT], dtype=tl.float32)
     for w0 in range(0, W, BW):
-        o_w = w0 + tl.arange(0, BW)
-        offs = o_t[:, None] * W + o_w[None, :]
-        mask = (o_w < W)[None, :]
-        x = tl.load(x_ptr + offs, mask=mask, other=0.0)
-        out += tl.sum(x * tl.load(y_ptr + offs, mask=mask, other=0.0), axis=1)
+        x = load_tile(x_ptr, 0, w0, BT, BW, BT, W)
+        out += tl.sum(x * load_tile(y_ptr, 0, w0, BT, BW, BT, W), axis=1)
     return out
 
 
@@ -97,13 +93,9 @@ def frobenius(x_ptr, y_ptr, R: tl.constexpr, C: tl.constexpr, BR: tl.constexpr,
     tl.debug_barrier()
     out = 0.0
     for r0 in range(0, R, BR):
-        o_r = r0 + tl.arange(0, BR)
         for c0 in range(0, C, BC):
-            o_c = c0 + tl.arange(0, BC)
-            offs = o_r[:, None] * C + o_c[None, :]
-            mask = (o_r < R)[:, None] & (o_c < C)[None, :]
-            x = tl.load(x_ptr + offs, mask=mask, other=0.0)
-            out += tl.sum(tl.sum(x * tl.load(y_ptr + offs, mask=mask, other=0.0), axis=1), axis=0)
+            x = load_tile(x_ptr, r0, c0, BR, BC, R, C)
+            out += tl.sum(tl.sum(x * load_tile(y_ptr, r0, c0, BR, BC, R, C), axis=1), axis=0)
     return out
 
 
@@ -113,15 +105,11 @@ def axpby(dst_ptr, a, x_ptr, b, y_ptr, R: tl.constexpr, C: tl.constexpr, BR: tl.
     """dst = a x [+ b y] over [R, C] matrices (dst may be x or y)."""
     tl.debug_barrier()
     for r0 in range(0, R, BR):
-        o_r = r0 + tl.arange(0, BR)
         for c0 in range(0, C, BC):
-            o_c = c0 + tl.arange(0, BC)
-            offs = o_r[:, None] * C + o_c[None, :]
-            mask = (o_r < R)[:, None] & (o_c < C)[None, :]
-            out = a * tl.load(x_ptr + offs, mask=mask, other=0.0)
+            out = a * load_tile(x_ptr, r0, c0, BR, BC, R, C)
             if Y:
-                out += b * tl.load(y_ptr + offs, mask=mask, other=0.0)
-            tl.store(dst_ptr + offs, out, mask=mask)
+                out += b * load_tile(y_ptr, r0, c0, BR, BC, R, C)
+            store_tile(dst_ptr, out, r0, c0, BR, BC, R, C)
 
 
 @triton.jit
@@ -129,16 +117,12 @@ def scale_rows(dst_ptr, src_ptr, rs_ptr, factor, W: tl.constexpr, BT: tl.constex
                BW: tl.constexpr, ACC: tl.constexpr):  # fmt: skip
     """dst (+)= factor * rs[row] * src over [BT, W] buffers (dst may be src)."""
     tl.debug_barrier()
-    o_t = tl.arange(0, BT)
-    rs = tl.load(rs_ptr + o_t)[:, None] * factor
+    rs = tl.load(rs_ptr + tl.arange(0, BT))[:, None] * factor
     for w0 in range(0, W, BW):
-        o_w = w0 + tl.arange(0, BW)
-        offs = o_t[:, None] * W + o_w[None, :]
-        mask = (o_w < W)[None, :]
-        out = rs * tl.load(src_ptr + offs, mask=mask, other=0.0)
+        out = rs * load_tile(src_ptr, 0, w0, BT, BW, BT, W)
         if ACC:
-            out += tl.load(dst_ptr + offs, mask=mask, other=0.0)
-        tl.store(dst_ptr + offs, out, mask=mask)
+            out += load_tile(dst_ptr, 0, w0, BT, BW, BT, W)
+        store_tile(dst_ptr, out, 0, w0, BT, BW, BT, W)
 
 
 @triton.jit
