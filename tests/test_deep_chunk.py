@@ -69,6 +69,21 @@ def test_clip(compile_text):
     assert_close(errors, TOL_CASE32, "3 layers, clip 0.05")
 
 
+LQ3 = deep_spec(3, "gelu", True, True, "lp(p: 3)", "lq(q: 4, keep: alpha)", "gd(lr: eta)", 16)
+
+
+@pytest.mark.parametrize("T", [32, 37])
+def test_lq_retention(compile_text, T):
+    """MONETA's memory with three layers: every read and the surprise at W_l = r_l A_l with r_l
+    of the chunk's start, each complete chunk's last token reading the exactly normalised end
+    state (T = 32: both chunks complete, the final state's read reversed from it; T = 37: a
+    ragged last chunk, which has no such read), and r_l's adjoints settled into A's."""
+    module = compile_text(LQ3)
+    case = testing.make_case(testing.spec_of(module), B=1, T=T, H=2, Dk=8, seed=3,
+                             dtype=torch.float32, with_initial_state=True)  # fmt: skip
+    assert_close(chunked_errors(module, case), TOL_CASE32, f"3 layers, lq, T={T}")
+
+
 def test_bf16_inputs(compile_text):
     """bf16 inputs (the products' operands in bf16, fp32 accumulation and state), two
     sequences, four layers."""
@@ -88,7 +103,9 @@ def test_bf16_inputs(compile_text):
     bias=st.sampled_from(
         ["l2", "huber(delta: d)", "yaad(delta: d)", "dot", "bias(y, v) = sum(log(cosh(y - v)))"]
     ),
-    retention=st.sampled_from(["none", "decay(alpha)", "l2(alpha)", "decay(alpha, first: true)"]),
+    retention=st.sampled_from(
+        ["none", "decay(alpha)", "l2(alpha)", "decay(alpha, first: true)", "lq(q: 3, keep: alpha)"]
+    ),
     momentum=st.booleans(),
     chunk=st.sampled_from([16, 32]),
     clip=st.sampled_from([None, 0.05, 1.0]),
@@ -99,9 +116,9 @@ def test_random_deep_specs_match_reference(compile_text, depth, activation, resi
                                            retention, momentum, chunk, clip, T, seed):  # fmt: skip
     """Drawn depths, activations (sigmoid: act(0) != 0), residual and LayerNorm reads or not
     (without a residual, Dv = 24 != Dk), losses with and without a gate parameter (a written
-    formula among them), retentions (decay applied first among them), gd or momentum, chunks
-    and the soft clip (0.05 clips every token)."""
-    if retention.startswith("l2") or "first" in retention:
+    formula among them), retentions (decay applied first and MONETA's lq with q = 3 among
+    them), gd or momentum, chunks and the soft clip (0.05 clips every token)."""
+    if retention.startswith(("l2", "lq")) or "first" in retention:
         momentum = False  # momentum takes none or decay retention, first only gd
     algorithm = "momentum(lr: eta, momentum: beta)" if momentum else "gd(lr: eta)"
     text = deep_spec(depth, activation, residual, norm, bias, retention, algorithm, chunk, clip)
@@ -134,10 +151,12 @@ def test_a_long_call_without_gradients_then_decoding(compile_text):
     assert max(errors) < 1e-3, errors
 
 
-def test_decoding_token_by_token_on_the_deep_kernels(compile_text):
+@pytest.mark.parametrize("text", [TITANS3, LQ3], ids=["titans", "lq"])
+def test_decoding_token_by_token_on_the_deep_kernels(compile_text, text):
     """Without autograd, a prefill ending inside a chunk, then one call per token continuing
-    its chunk from the anchor, all on the chunked forward kernel, equal one pass."""
-    module = compile_text(TITANS3)
+    its chunk from the anchor (lq: the anchor's normalisers, and each chunk's exact end read),
+    all on the chunked forward kernel, equal one pass."""
+    module = compile_text(text)
     case = testing.make_case(testing.spec_of(module), B=1, T=36, H=1, Dk=8, seed=6,
                              dtype=torch.float32, with_initial_state=True)  # fmt: skip
     with counting_chunked_calls(module) as calls, torch.no_grad():

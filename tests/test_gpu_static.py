@@ -189,6 +189,16 @@ SPEC_VARIANTS = {  # the chunked kernels' optional features, which no shipped sp
     gate d = softplus(z)
 }
 """,
+    "deep_lq": """memory deep_lq {
+    architecture = mlp(depth: 3, expansion: 4, activation: gelu, residual: true, norm: layernorm)
+    bias = lp(p: 3)
+    retention = lq(q: 4, keep: a)
+    algorithm = gd(lr: eta)
+    chunk = 16
+    gate eta = 0.1 * sigmoid(z)
+    gate a = sigmoid(z)
+}
+""",
     "deep_momentum": """memory deep_momentum {
     architecture = mlp(depth: 3, expansion: 4, activation: silu, residual: true, norm: layernorm)
     bias = l2
@@ -208,7 +218,7 @@ def test_the_chunked_kernels_compile_with_every_feature(tmp_path):
     """The interpreter runs code that Triton's compiler can still reject (a variable changing
     shape across a loop, say), so the chunked kernels of three specs with every optional feature
     (lq, clip, decay applied first, residual and LayerNorm reads, a loss gate), MEMORA's kl
-    pair with clip and two three-layer MLPs are compiled for sm_90 as training-length calls
+    pair with clip and three three-layer MLPs are compiled for sm_90 as training-length calls
     launch them: they compile and use tensor cores, the kl forward kernel spills nothing (as
     training and as decoding launch it), and the deep kernels spill nothing inside their
     loops."""
@@ -223,7 +233,7 @@ def test_the_chunked_kernels_compile_with_every_feature(tmp_path):
     jobs += [("clipped_kl", f"kl:{k}", 64) for k in ("forward", "decode", "backward")]
     jobs += [(spec, f"dual:{k}", 64) for spec in ("ttt_linear_first_clip", "linear_lq")
              for k in ("forward", "state_bwd", "chunk_bwd")]  # fmt: skip
-    jobs += [(spec, f"deep:{k}", 64) for spec in ("deep_first", "deep_momentum")
+    jobs += [(spec, f"deep:{k}", 64) for spec in ("deep_first", "deep_momentum", "deep_lq")
              for k in ("forward", "backward")]  # fmt: skip
     code = (
         "import dataclasses, json, sys; sys.path[:0] = sys.argv[1:]; import gpu_static; "
@@ -246,6 +256,7 @@ def test_the_chunked_kernels_compile_with_every_feature(tmp_path):
         assert kl[name]["spill_stores"] == kl[name]["spill_loads"] == 0, kl
     assert kl["kl:backward"]["spill_stores"] <= 384, kl
     # three-layer MLPs (Titans' memory with momentum; with decay applied first and a loss
-    # gate): their intermediates live in scratch buffers, so nothing spills inside a loop
+    # gate; MONETA's lq): their intermediates live in scratch buffers, so nothing spills inside
+    # a loop
     deep = [row for row in rows if row["kernel"].startswith("deep:")]
-    assert len(deep) == 4 and all(row["loop_spills"] == 0 for row in deep), deep
+    assert len(deep) == 6 and all(row["loop_spills"] == 0 for row in deep), deep

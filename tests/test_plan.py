@@ -65,7 +65,7 @@ def test_only_needed_sums_are_computed():
         ({"chunk": 32, "arch": "mlp(depth: 4, expansion: 1)", "retention": "decay(eta, first: true)"},
          "deep", ""),
         ({"chunk": 16, "arch": "mlp(depth: 3, expansion: 2)", "retention": "lq(q: 4, keep: eta)"},
-         "", "lq retention on an MLP memory of 3 layers"),
+         "deep", ""),
         ({"chunk": 16, "arch": "mlp(depth: 3, expansion: 2)", "retention": "kl(keep: eta)"},
          "", "kl retention on an MLP memory of 3 layers"),
         ({"chunk": 16, "arch": "mlp(depth: 3, expansion: 2)", "extra": "clip = 1.0"}, "deep", ""),

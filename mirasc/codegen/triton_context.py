@@ -182,6 +182,7 @@ def _deep_scratch(spec: Spec) -> tuple[list, Code]:
     wide = ["DK", "HID", "DV"]  # a work buffer takes any layer's rows
     buffers += [("tmp", wide), ("xw", wide), ("eb", wide), ("gm", "BT"), ("gmd", "BT")]
     buffers += [("fac", "1"), ("rsv", "1")] if spec.clip is not None else []  # clip's rows
+    buffers += [("dxe", "DK")] if spec.retention.kind == "lq" else []  # the end read's dx
 
     def widths(counts: dict) -> str:
         return " + ".join(f"{c} * {w}" for w, c in counts.items() if c) or "0"

@@ -56,10 +56,10 @@ def dual_chunk_refusal(spec: Spec) -> str:
     """Why the chunked Triton kernels (every gradient at the chunk's anchor; the dual form of a
     linear memory or a two-layer MLP, or their row softmaxes under kl) do not take the spec;
     "" if they do. What they lack runs on the recurrent kernels."""
-    if spec.depth > 2 and spec.retention.kind in ("lq", "kl"):
+    if spec.depth > 2 and spec.retention.kind == "kl":
         return (
-            f"{spec.retention.kind} retention on an MLP memory of {spec.depth} layers: the "
-            "chunked Triton kernels of MLPs deeper than two layers do not cover it"
+            f"kl retention on an MLP memory of {spec.depth} layers: the chunked Triton kernels "
+            "of MLPs deeper than two layers do not cover it"
         )
     if spec.chunk not in DUAL_CHUNK_SIZES:
         sizes = ", ".join(map(str, DUAL_CHUNK_SIZES))

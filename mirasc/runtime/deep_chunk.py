@@ -36,8 +36,8 @@ class DeepChunk(MlpChunk):
                  scratch: Callable):  # fmt: skip
         super().__init__(namespace, kernels, shapes=shapes, chunk=chunk, retention=retention,
                          momentum=momentum, required_state=required_state)  # fmt: skip
-        depth = len(shapes(1, 1))
-        self.n_states = 2 * depth if momentum else depth
+        self.depth = len(shapes(1, 1))
+        self.n_states = 2 * self.depth if momentum else self.depth
         self.scratch = scratch
 
     def meta(self, Dk: int, Dv: int, dot, backward: bool = False) -> dict:
@@ -53,6 +53,10 @@ class DeepChunk(MlpChunk):
         """8 warps: fewer spill bytes than 4 at Dk = Dv = 64, none in loops (gpu_static.py)."""
         return dict(num_warps=8, num_stages=1)
 
+    def _sums_shape(self, BH: int, NT: int) -> tuple:
+        """lq: sum |A_l|^q of each layer at every chunk's start and at the end."""
+        return (BH, NT + 1, self.depth) if self.lq else (1,)
+
     def _scratch(self, q, v) -> torch.Tensor:
         Dk, Dv = q.shape[-1], v.shape[-1]
         floats = self.scratch(Dk, Dv, self.shapes(Dk, Dv)[0][1], self.chunk)
@@ -60,19 +64,19 @@ class DeepChunk(MlpChunk):
 
     def launch_forward(self, q, k, v, coef, ends, d, params, state, anchor, ln, scale: float,
                        save: bool, offset: int):  # fmt: skip
-        """`MlpChunk.launch_forward`'s, with the kernel's scratch (its sums tensor unused)."""
+        """`MlpChunk.launch_forward`'s, with the kernel's scratch."""
         NT = ends.shape[-1]
-        o, final, hs, _ = out = self.forward_buffers(q, v, state, NT, save)
-        args = (q, k, v, coef, ends, d, params, final, anchor, ln, o, hs, self._scratch(q, v),
+        o, final, hs, ns = out = self.forward_buffers(q, v, state, NT, save)
+        args = (q, k, v, coef, ends, d, params, final, anchor, ln, o, hs, ns, self._scratch(q, v),
                 scale, q.shape[1], q.shape[2], coef.shape[-1], NT, offset)  # fmt: skip
         self._launch(self.forward_kernel, args, q, v, SAVE=save, CONT=offset > 0)
         return out
 
     def launch_backward(self, q, k, v, coef, ends, d, params, hs, ns, final, ln, do, dfinal,
                         scale: float):  # fmt: skip
-        """`MlpChunk.launch_backward`'s, with the kernel's scratch (ns and final unused)."""
+        """`MlpChunk.launch_backward`'s, with the kernel's scratch."""
         grads = self.backward_buffers(q, k, v, coef, ends, d, params, dfinal)
-        args = (q, k, v, coef, ends, d, params, hs, ln, do, grads[7], self._scratch(q, v),
+        args = (q, k, v, coef, ends, d, params, hs, ns, final, ln, do, grads[7], self._scratch(q, v),
                 *grads[:7], grads[8], scale, q.shape[1], q.shape[2], coef.shape[-1],
                 ends.shape[-1])  # fmt: skip
         self._launch(self.backward_kernel, args, q, v)
