@@ -299,9 +299,11 @@ def decoding(args, device, deadline: float) -> None:
         if initial is None:  # a linear memory's state, for every implementation alike
             initial = (torch.zeros(B, H, D, D, device=device),)
         impls = [(b, op_step(module, b, q, k, v, gates, initial)) for b in ("triton", "torch")]
-        mlp = getattr(module.triton_backend, "mlp", None)
-        if mlp is not None:  # an MLP memory decodes on its chunked kernel; its recurrent one too
-            impls.append(("triton recurrent", without_streaming(mlp, impls[0][1])))
+        chunked = getattr(module.triton_backend, "mlp", None) or getattr(
+            module.triton_backend, "kl", None
+        )
+        if getattr(chunked, "streaming", False):  # an MLP memory decodes on its chunked kernel
+            impls.append(("triton recurrent", without_streaming(chunked, impls[0][1])))
         if name == "gated_deltanet":
             impls += fla_decoding(q, k, v, gates, initial[0])
         measured = [(label, 1e3 * bench(step, device, args.repeats)) for label, step in impls]
@@ -313,15 +315,16 @@ def decoding(args, device, deadline: float) -> None:
         print("\nskipped (deadline):", ", ".join(skipped))
 
 
-def without_streaming(mlp, step):
-    """`step` with the MLP memory's calls without autograd on its recurrent kernels."""
+def without_streaming(chunked, step):
+    """`step` with an MLP memory's calls without autograd on its recurrent kernels (`chunked`:
+    its MlpChunk or KlChunk)."""
 
     def run():
-        mlp.streaming = False
+        chunked.streaming = False
         try:
             step()
         finally:
-            mlp.streaming = True
+            chunked.streaming = True
 
     return run
 

@@ -54,8 +54,9 @@ def wy_scale(spec: Spec, derived: Derived) -> float | None:
 
 def dual_chunk_refusal(spec: Spec) -> str:
     """Why the chunked Triton kernels (every gradient at the chunk's anchor; the dual form of a
-    linear memory or a two-layer MLP, or their row softmaxes under kl) do not take the spec;
-    "" if they do. What they lack runs on the recurrent kernels."""
+    linear memory or an MLP of any depth, or the row softmaxes of a linear or two-layer memory
+    under kl) do not take the spec; "" if they do. What they lack runs on the recurrent
+    kernels."""
     if spec.depth > 2 and spec.retention.kind == "kl":
         return (
             f"kl retention on an MLP memory of {spec.depth} layers: the chunked Triton kernels "
