@@ -16,7 +16,12 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_backend import TOL_CASE32, assert_close
-from test_mlp_chunk import counting_chunked_calls, mlp_spec, short_calls_chunked
+from test_mlp_chunk import (
+    assert_compiled_matches_eager,
+    counting_chunked_calls,
+    mlp_spec,
+    short_calls_chunked,
+)
 from test_triton_backend import assert_as_accurate_as_fp32_torch
 
 from mirasc import testing
@@ -163,3 +168,8 @@ def test_decoding_token_by_token_on_the_deep_kernels(compile_text, text):
         error = testing.decoding_error(module, case.to(DEVICE), 19, backend="triton")
     assert calls[0] == 1 + 1 + 1 + 17  # the whole pass, the prefill's two calls, 17 tokens
     assert error < 1e-3, error  # see test_a_long_call_without_gradients_then_decoding
+
+
+def test_torch_compile_traces_the_deep_custom_ops_without_graph_breaks(compile_text):
+    """fullgraph=True through the deep kernels' op pair, as through the two-layer one."""
+    assert_compiled_matches_eager(compile_text(TITANS3))
