@@ -86,6 +86,11 @@ class Figures:
     seconds: float
 
 
+def backend_of(spec: str):
+    """The spec's generated Triton backend."""
+    return importlib.import_module(f"generated.{spec}.triton_backend")
+
+
 def signature(kernel, meta: dict, dtype: str) -> dict:
     """Triton's signature of a generated kernel: the constants of `meta`, the inputs (and their
     gradients' sources) in `dtype`, every other pointer fp32, `scale` fp32, sizes i32."""
@@ -203,7 +208,7 @@ def measure(spec: str, name: str, D: int, dtype: str = "bf16") -> Figures:
     """Compile one generated kernel at head size D as the runtime launches it."""
     from triton.compiler import ASTSource
 
-    backend = importlib.import_module(f"generated.{spec}.triton_backend")
+    backend = backend_of(spec)
     kernel = getattr(backend, name)
     meta = backend.fused.meta(D, D, 0)
     source = ASTSource(fn=kernel, signature=signature(kernel, meta, dtype), constexprs=meta)
@@ -231,7 +236,7 @@ def chunked_figures(spec: str, label: str, D: int, kernel, meta: dict, options: 
 
 def wy_measure(spec: str, name: str, D: int, dtype: str = "bf16") -> Figures:
     """One chunked WY kernel (`name` in wy_chunk.KERNELS) at head size D."""
-    backend = importlib.import_module(f"generated.{spec}.triton_backend")
+    backend = backend_of(spec)
     wy = backend.wy_chunk
     dot = wy.tl.float32 if dtype == "fp32" else wy.tl.bfloat16
     meta = wy.meta(name, D, D, backend.WY_BLOCK, backend.WY_RATE_ROW is not None, dot)
@@ -241,7 +246,7 @@ def wy_measure(spec: str, name: str, D: int, dtype: str = "bf16") -> Figures:
 
 def dual_measure(spec: str, name: str, D: int, dtype: str = "bf16") -> Figures:
     """One chunked dual-form kernel (`name`: forward, state_bwd, chunk_bwd) at head size D."""
-    backend = importlib.import_module(f"generated.{spec}.triton_backend")
+    backend = backend_of(spec)
     kernel = getattr(backend, f"_dual_{name}_kernel")
     tl = importlib.import_module("triton.language")
     meta = backend.dual.meta(kernel, D, D, tl.float32 if dtype == "fp32" else tl.bfloat16)
@@ -253,7 +258,7 @@ def mlp_measure(spec: str, name: str, D: int, dtype: str = "bf16") -> Figures:
     """One chunked dual-form kernel of an MLP memory at head size D (`name`: forward or
     backward as a training-length call launches them, or decode: the forward kernel as a call
     without autograd continuing a chunk launches it)."""
-    backend = importlib.import_module(f"generated.{spec}.triton_backend")
+    backend = backend_of(spec)
     tl = importlib.import_module("triton.language")
     mlp = backend.mlp
     meta = mlp.meta(D, D, tl.float32 if dtype == "fp32" else tl.bfloat16, name == "backward")
@@ -267,7 +272,7 @@ def mlp_measure(spec: str, name: str, D: int, dtype: str = "bf16") -> Figures:
 def kl_measure(spec: str, name: str, D: int, dtype: str = "bf16") -> Figures:
     """A chunked kernel of a memory under kl retention at head size D (`name`: forward or
     backward as a training-length call launches them, or decode, as `mlp_measure`'s)."""
-    backend = importlib.import_module(f"generated.{spec}.triton_backend")
+    backend = backend_of(spec)
     tl = importlib.import_module("triton.language")
     kl = backend.kl
     meta = kl.meta(D, D, tl.float32 if dtype == "fp32" else tl.bfloat16, name == "backward")
@@ -277,35 +282,29 @@ def kl_measure(spec: str, name: str, D: int, dtype: str = "bf16") -> Figures:
     return chunked_figures(spec, f"kl:{name}", D, kernel, meta, kl.launch_options(D, D), dtype)
 
 
-def backend_of(spec: str):
-    """The spec's generated Triton backend."""
-    return importlib.import_module(f"generated.{spec}.triton_backend")
-
-
 def has_kl(spec: str) -> bool:
     """The spec's Triton backend has the chunked kernels of a kl memory."""
-    return hasattr(importlib.import_module(f"generated.{spec}.triton_backend"), "kl")
+    return hasattr(backend_of(spec), "kl")
 
 
 def has_mlp(spec: str) -> bool:
     """The spec's Triton backend has the chunked dual-form kernels of an MLP memory."""
-    return hasattr(importlib.import_module(f"generated.{spec}.triton_backend"), "mlp")
+    return hasattr(backend_of(spec), "mlp")
 
 
 def has_deep(spec: str) -> bool:
     """The spec's Triton backend has the chunked kernels of an MLP of three or more layers."""
-    backend = importlib.import_module(f"generated.{spec}.triton_backend")
-    return hasattr(backend, "_deep_forward_kernel")
+    return hasattr(backend_of(spec), "_deep_forward_kernel")
 
 
 def has_dual(spec: str) -> bool:
     """The spec's Triton backend has the chunked dual-form kernels."""
-    return hasattr(importlib.import_module(f"generated.{spec}.triton_backend"), "dual")
+    return hasattr(backend_of(spec), "dual")
 
 
 def has_wy(spec: str) -> bool:
     """The spec's Triton backend has the chunked WY kernels (its plan has the "wy" strategy)."""
-    return hasattr(importlib.import_module(f"generated.{spec}.triton_backend"), "wy_chunk")
+    return hasattr(backend_of(spec), "wy_chunk")
 
 
 def jobs(specs: list[str], sizes: list[int] | None, kernels: str) -> list[tuple[str, str, int]]:

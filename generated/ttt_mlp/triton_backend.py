@@ -30,7 +30,7 @@ import triton.language as tl
 from mirasc import runtime
 from mirasc.runtime import mlp_chunk
 from mirasc.runtime.triton_lib import add_ln_adjoints, ln_back_rows, ln_back_rows_vjp, ln_bwd, ln_bwd_bwd, ln_fwd, ln_fwd_bwd, ln_fwd_back_rows, ln_params, ln_rows, matvec, outer, vecmat
-from mirasc.runtime.wy_kernels import load_rows, load_tile, mm, store_rows, store_tile
+from mirasc.runtime.wy_kernels import chunk_inputs, load_rows, load_tile, mm, store_rows, store_tile, surprise_weights
 
 CHUNK = 16
 SEGMENT = 16  # tokens between saved states: a multiple of CHUNK
@@ -522,17 +522,10 @@ def _mlp_forward_kernel(q_ptr, k_ptr, v_ptr, coef_ptr, ends_ptr, d_ptr, params_p
     a1_ptr = anc_ptr + i_bh.to(tl.int64) * size  # the anchor of a continued chunk (CONT)
     for n in range(NT):
         tl.debug_barrier()  # the state the chunk before wrote, by other threads
-        t0 = n * BT  # the chunk's first row; the call's token tk0
-        tk0 = t0 - OFFSET if CONT else t0
-        tok = tk0 + o_t
-        mask = ((tok >= 0) & (tok < T))[:, None] & (o_v < DV)[None, :]
-        b_x = load_rows(q_ptr, i_b, i_h, tk0, 0, T, H, DK, BT, BK, CONT).to(tl.float32) * scale
-        b_k = load_rows(k_ptr, i_b, i_h, tk0, 0, T, H, DK, BT, BK, CONT).to(tl.float32)
-        b_v = load_rows(v_ptr, i_b, i_h, tk0, 0, T, H, DV, BT, BV, CONT).to(tl.float32)
-        sw1_ptr = w1_ptr  # the surprise's weights: the anchor's in a continued first chunk
-        if CONT:
-            if n == 0:
-                sw1_ptr = a1_ptr
+        t0 = n * BT
+        tk0, mask, b_x, b_k, b_v = chunk_inputs(q_ptr, k_ptr, v_ptr, i_b, i_h, t0, OFFSET, scale,
+                                                T, H, DK, DV, BT, BK, BV, CONT)
+        sw1_ptr = surprise_weights(w1_ptr, a1_ptr, n, CONT)
         sw2_ptr = sw1_ptr + DK * HID
         row = i_bh * TP + t0 + o_t
         b_dmat = tl.load(d_ptr + row.to(tl.int64)[:, None] * BT + o_t[None, :])

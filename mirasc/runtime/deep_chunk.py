@@ -36,8 +36,6 @@ class DeepChunk(MlpChunk):
                  scratch: Callable):  # fmt: skip
         super().__init__(namespace, kernels, shapes=shapes, chunk=chunk, retention=retention,
                          momentum=momentum, required_state=required_state)  # fmt: skip
-        self.depth = len(shapes(1, 1))
-        self.n_states = 2 * self.depth if momentum else self.depth
         self.scratch = scratch
 
     def meta(self, Dk: int, Dv: int, dot, backward: bool = False) -> dict:
@@ -52,10 +50,6 @@ class DeepChunk(MlpChunk):
     def launch_options(Dk: int, Dv: int) -> dict:
         """8 warps: fewer spill bytes than 4 at Dk = Dv = 64, none in loops (gpu_static.py)."""
         return dict(num_warps=8, num_stages=1)
-
-    def _sums_shape(self, BH: int, NT: int) -> tuple:
-        """lq: sum |A_l|^q of each layer at every chunk's start and at the end."""
-        return (BH, NT + 1, self.depth) if self.lq else (1,)
 
     def _scratch(self, q, v) -> torch.Tensor:
         Dk, Dv = q.shape[-1], v.shape[-1]

@@ -23,7 +23,7 @@ from torch import Tensor
 from ..errors import BackendError
 from .dual_chunk import MIN_TOKENS, _pow2, layer_norm_params, pack_coefficients
 from .inputs import anchor_weights, initial_weights
-from .mlp_chunk import MlpChunk
+from .mlp_chunk import MlpChunk, anchor_and_save, flat_states
 from .triton_host import custom_op, split_state
 
 HIDDEN_TILE = 32  # hidden units per pass through the chip; half that in the backward kernel
@@ -160,20 +160,11 @@ class KlChunk(MlpChunk):
         per_token, _, d, stacked = pack_coefficients(
             "kl", False, self.chunk, lr, rate, None, params, chunk_offset
         )
-        flat = torch.cat([s.reshape(B * H, -1).float() for s in states], dim=-1).contiguous()
+        flat = flat_states(states, B * H)
         ln = layer_norm_params(ln_weight, ln_bias, H, Dv, q.device)
-        anchor = (
-            flat.new_empty(0)
-            if anchors is None
-            else torch.cat([s.reshape(B * H, -1).float() for s in anchors], dim=-1).contiguous()
-        )
         coef = per_token[0].contiguous()
-        inputs = (q, k, v, coef, d, stacked, flat, anchor, ln)
-        save = torch.is_grad_enabled() and any(t.requires_grad for t in inputs)
-        if save and chunk_offset:
-            raise BackendError(
-                "the chunked kernels take a call continuing a chunk without autograd only"
-            )
+        anchor, save = anchor_and_save(anchors, flat, (q, k, v, coef, d, stacked, flat, ln),
+                                       chunk_offset)  # fmt: skip
         o, final, _ = self.op(
             q.contiguous(), k.contiguous(), v.contiguous(), coef, d, stacked, flat, anchor, ln,
             float(scale), save, chunk_offset,

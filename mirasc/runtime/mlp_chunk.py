@@ -32,6 +32,24 @@ HIDDEN_TILE = 64  # hidden units per pass through the chip; fewer for heads over
 STATE_TILE = 64 * 64  # what a hidden tile's weight tiles hold at most (no spills on sm_90)
 
 
+def flat_states(states, rows: int) -> Tensor:
+    """State tensors [B, H, ..] side by side as the kernels read them, [B*H = rows, total]
+    fp32."""
+    return torch.cat([s.reshape(rows, -1).float() for s in states], dim=-1).contiguous()
+
+
+def anchor_and_save(anchors, flat: Tensor, inputs: tuple, chunk_offset: int):
+    """The flat anchor of a continued chunk (empty when the call starts a chunk) and whether
+    the forward pass must save states for autograd; a continued chunk takes no gradient."""
+    anchor = flat.new_empty(0) if anchors is None else flat_states(anchors, flat.shape[0])
+    save = torch.is_grad_enabled() and any(t.requires_grad for t in (*inputs, anchor))
+    if save and chunk_offset:
+        raise BackendError(
+            "the chunked kernels take a call continuing a chunk without autograd only"
+        )
+    return anchor, save
+
+
 class MlpChunk:
     """The kernels of one spec as a `torch.library` op pair with an autograd formula; the
     generated backend passes its forward and backward kernels, the memory's weight shapes,
@@ -43,7 +61,8 @@ class MlpChunk:
         self.forward_kernel, self.backward_kernel = kernels
         self.shapes, self.chunk = shapes, chunk
         self.retention, self.momentum = retention, momentum
-        self.n_states = 4 if momentum else 2
+        self.depth = len(shapes(1, 1))  # weight matrices: layers
+        self.n_states = 2 * self.depth if momentum else self.depth
         self.lq = retention == "lq"
         self.required_state = required_state
         self.min_tokens = MIN_TOKENS  # benchmarks raise it to time the recurrent kernels alone
@@ -79,7 +98,7 @@ class MlpChunk:
 
     def _sums_shape(self, BH: int, NT: int) -> tuple:
         """lq: sum |A_l|^q of each layer at every chunk's start and at the end."""
-        return (BH, NT + 1, 2) if self.lq else (1,)
+        return (BH, NT + 1, self.depth) if self.lq else (1,)
 
     def forward_buffers(self, q, v, state, NT: int, save: bool) -> tuple:
         """What the forward kernel writes: o, the final state (the kernel updates a copy of
@@ -228,19 +247,10 @@ class MlpChunk:
         per_token, ends, d, stacked = pack_coefficients(
             self.retention, self.momentum, self.chunk, lr, rate, mom, params, chunk_offset
         )
-        flat = torch.cat([s.reshape(B * H, -1).float() for s in states], dim=-1).contiguous()
-        anchor = (
-            flat.new_empty(0)
-            if anchors is None
-            else torch.cat([s.reshape(B * H, -1).float() for s in anchors], dim=-1).contiguous()
-        )
+        flat = flat_states(states, B * H)
         ln = layer_norm_params(ln_weight, ln_bias, H, Dv, q.device)
-        inputs = (q, k, v, per_token, ends, d, stacked, flat, anchor, ln)
-        save = torch.is_grad_enabled() and any(t.requires_grad for t in inputs)
-        if save and chunk_offset:
-            raise BackendError(
-                "the chunked kernels take a call continuing a chunk without autograd only"
-            )
+        inputs = (q, k, v, per_token, ends, d, stacked, flat, ln)
+        anchor, save = anchor_and_save(anchors, flat, inputs, chunk_offset)
         o, final, _, _ = self.op(
             q.contiguous(), k.contiguous(), v.contiguous(), per_token, ends, d, stacked, flat,
             anchor, ln, float(scale), save, chunk_offset,

@@ -61,21 +61,6 @@ def rows_in(src_ptr, i_b, i_h, t0, T, H, dst_ptr, factor, D: tl.constexpr, BT: t
 
 
 @triton.jit
-def rows_out(src_ptr, dst_ptr, i_b, i_h, t0, T, H, factor, D: tl.constexpr, BT: tl.constexpr,
-             BD: tl.constexpr):  # fmt: skip
-    """Rows t0..t0+BT of an op output [B, T, H, D] = factor * src [BT, D] (rows before T)."""
-    tl.debug_barrier()
-    o_t = tl.arange(0, BT)
-    base = dst_ptr + (i_b * T * H + i_h).to(tl.int64) * D
-    for d0 in range(0, D, BD):
-        o_d = d0 + tl.arange(0, BD)
-        x = tl.load(src_ptr + o_t[:, None] * D + o_d[None, :], mask=(o_d < D)[None, :], other=0.0)
-        mask = ((t0 + o_t) < T)[:, None] & (o_d < D)[None, :]
-        tl.store(base + ((t0 + o_t) * H * D)[:, None] + o_d[None, :],
-                 (x * factor).to(dst_ptr.dtype.element_ty), mask=mask)  # fmt: skip
-
-
-@triton.jit
 def rowdot(x_ptr, y_ptr, W: tl.constexpr, BT: tl.constexpr, BW: tl.constexpr):
     """Each row's sum of x * y over [BT, W] buffers, [BT]."""
     tl.debug_barrier()

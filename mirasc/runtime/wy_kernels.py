@@ -64,6 +64,33 @@ def store_rows(ptr, x, i_b, i_h, t0, d0, T, H, D, BT: tl.constexpr, BD: tl.const
 
 
 @triton.jit
+def chunk_inputs(q_ptr, k_ptr, v_ptr, i_b, i_h, t0, OFFSET, scale, T, H, DK: tl.constexpr,
+                 DV: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+                 CONT: tl.constexpr):  # fmt: skip
+    """The chunked kernels' rows of a chunk starting at row t0: the call's token of its first
+    row (with CONT, a call continuing a chunk, OFFSET padding rows come first), the mask of its
+    real tokens over [BT, BV], and scale * q, k, v in fp32 (zero outside the call)."""
+    tk0 = t0 - OFFSET if CONT else t0
+    tok = tk0 + tl.arange(0, BT)
+    mask = ((tok >= 0) & (tok < T))[:, None] & (tl.arange(0, BV) < DV)[None, :]
+    b_x = load_rows(q_ptr, i_b, i_h, tk0, 0, T, H, DK, BT, BK, CONT).to(tl.float32) * scale
+    b_k = load_rows(k_ptr, i_b, i_h, tk0, 0, T, H, DK, BT, BK, CONT).to(tl.float32)
+    b_v = load_rows(v_ptr, i_b, i_h, tk0, 0, T, H, DV, BT, BV, CONT).to(tl.float32)
+    return tk0, mask, b_x, b_k, b_v
+
+
+@triton.jit
+def surprise_weights(w_ptr, anc_ptr, n, CONT: tl.constexpr):
+    """Where chunk n's surprise reads its weights: the state, or with CONT the first chunk's
+    anchor (a call continuing a chunk)."""
+    out = w_ptr
+    if CONT:  # noqa: SIM102 (a constexpr test, resolved at compile time, around a runtime one)
+        if n == 0:
+            out = anc_ptr
+    return out
+
+
+@triton.jit
 def tile_ptrs(ptr, row0, col0, ROWS: tl.constexpr, COLS: tl.constexpr, nrows, ncols):
     """Pointers and mask of a [ROWS, COLS] tile of a row-major fp32 [nrows, ncols] buffer."""
     o_r = row0 + tl.arange(0, ROWS)
