@@ -41,6 +41,19 @@ def assert_close(errors: dict, tol: float, context: str = "") -> None:
     assert not bad, f"{context}: over {tol:g}: {bad}"
 
 
+def assert_close_or_conditioned(module, case, errors: dict, tol: float, context: str) -> None:
+    """`assert_close`, except that a tensor whose exact answer moves by more than tol / 2 under
+    a half-ulp change of the inputs (an ill-conditioned fixed case) is held to twice that
+    movement instead: no fp32 implementation does better, and which side of it one lands on
+    is the order of its sums (measured only when a tensor is over tol)."""
+    if all(v <= tol for v in errors.values()):
+        return
+    sensitivity = testing.rounding_sensitivity(module, case)
+    bound = {k: max(tol, 2 * sensitivity[k]) for k in errors}
+    bad = {k: (v, bound[k]) for k, v in errors.items() if not v <= bound[k]}
+    assert not bad, f"{context}: over max({tol:g}, 2x rounding sensitivity) (error, bound): {bad}"
+
+
 @st.composite
 def shapes(draw, spec):
     """Sizes around chunk boundaries; LayerNorm over 2 values is degenerate (its output is

@@ -15,7 +15,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_backend import TOL_CASE32, assert_close
+from test_backend import TOL_CASE32, assert_close, assert_close_or_conditioned
 from test_mlp_chunk import (
     assert_compiled_matches_eager,
     counting_chunked_calls,
@@ -58,7 +58,9 @@ def test_deep_titans_takes_the_deep_kernels(compile_text):
     case = testing.make_case(testing.spec_of(module), B=1, T=37, H=2, Dk=12, seed=3,
                              dtype=torch.float32, with_initial_state=True)  # fmt: skip
     errors = chunked_errors(module, case)
-    assert_close(errors, TOL_CASE32, "titans, 3 layers")
+    # ill-conditioned: the exact gradients move by up to 1.7e-4 under a half-ulp change of the
+    # inputs (the torch backend's fp32 error: 5.2e-4; these kernels': 2.1e-4)
+    assert_close_or_conditioned(module, case, errors, TOL_CASE32, "titans, 3 layers")
 
 
 def test_clip(compile_text):

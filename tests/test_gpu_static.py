@@ -178,6 +178,9 @@ SPEC_VARIANTS = {  # the chunked kernels' optional features, which no shipped sp
 }
 """,
     "clipped_kl": CLIPPED_KL.replace("MEMORY", MEMORA_ARCH),  # MEMORA with clip
+    "deep_kl": CLIPPED_KL.replace("MEMORY", MEMORA_ARCH.replace("depth: 2", "depth: 3")).replace(
+        "clipped_kl", "deep_kl"
+    ),
     "deep_first": """memory deep_first {
     architecture = mlp(depth: 3, expansion: 4, activation: silu, residual: true, norm: layernorm)
     bias = huber(delta: d)
@@ -218,10 +221,10 @@ def test_the_chunked_kernels_compile_with_every_feature(tmp_path):
     """The interpreter runs code that Triton's compiler can still reject (a variable changing
     shape across a loop, say), so the chunked kernels of three specs with every optional feature
     (lq, clip, decay applied first, residual and LayerNorm reads, a loss gate), MEMORA's kl
-    pair with clip and three three-layer MLPs are compiled for sm_90 as training-length calls
-    launch them: they compile and use tensor cores, the kl forward kernel spills nothing (as
-    training and as decoding launch it), and the deep kernels spill nothing inside their
-    loops."""
+    pair with clip and four three-layer MLPs (MEMORA's among them) are compiled for sm_90 as
+    training-length calls launch them: they compile and use tensor cores, the kl forward kernel
+    spills nothing (as training and as decoding launch it), and the deep kernels spill nothing
+    inside their loops."""
     specs = []
     for name, text in SPEC_VARIANTS.items():
         (tmp_path / f"{name}.miras").write_text(text)
@@ -235,6 +238,7 @@ def test_the_chunked_kernels_compile_with_every_feature(tmp_path):
              for k in ("forward", "state_bwd", "chunk_bwd")]  # fmt: skip
     jobs += [(spec, f"deep:{k}", 64) for spec in ("deep_first", "deep_momentum", "deep_lq")
              for k in ("forward", "backward")]  # fmt: skip
+    jobs += [("deep_kl", f"kl:{k}", 64) for k in ("forward", "backward")]
     code = (
         "import dataclasses, json, sys; sys.path[:0] = sys.argv[1:]; import gpu_static; "
         f"rows = gpu_static.compile_all({jobs!r}, 2); "
@@ -256,7 +260,7 @@ def test_the_chunked_kernels_compile_with_every_feature(tmp_path):
         assert kl[name]["spill_stores"] == kl[name]["spill_loads"] == 0, kl
     assert kl["kl:backward"]["spill_stores"] <= 384, kl
     # three-layer MLPs (Titans' memory with momentum; with decay applied first and a loss
-    # gate; MONETA's lq): their intermediates live in scratch buffers, so nothing spills inside
-    # a loop
-    deep = [row for row in rows if row["kernel"].startswith("deep:")]
-    assert len(deep) == 6 and all(row["loop_spills"] == 0 for row in deep), deep
+    # gate; MONETA's lq; MEMORA's kl with clip): their intermediates live in scratch buffers,
+    # so nothing spills inside a loop
+    deep = [row for row in rows if row["kernel"].startswith("deep:") or row["spec"] == "deep_kl"]
+    assert len(deep) == 8 and all(row["loop_spills"] == 0 for row in deep), deep

@@ -1,5 +1,6 @@
-"""The chunked kernels of linear and two-layer MLP memories under kl retention (MEMORA;
-mirasc.runtime.kl_chunk, printed per spec with its loss and activation), which the Triton
+"""The chunked kernels of linear and MLP memories under kl retention (MEMORA;
+mirasc.runtime.kl_chunk, and deep_chunk's for three layers or more, printed per spec with its
+loss and activation), which the Triton
 backend runs for training-length calls, against the float64 autograd reference: outputs, final
 states and the gradients of q, k, v, every gate (the loss's parameters included), the initial
 state and LayerNorm's gain and bias. Without a GPU they run in Triton's interpreter (conftest
@@ -116,6 +117,58 @@ CLIPPED_KL = """memory clipped_kl {
 """
 
 
+MEMORA3 = MEMORA_ARCH.replace("depth: 2", "depth: 3")
+DEEP_MEMORA = CLIPPED_KL.replace("MEMORY", MEMORA3).replace("    clip         = 0.1\n", "")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_a_deep_memora(compile_text, dtype):
+    """MEMORA's memory with three layers on the deep kl kernels (each layer's per-token row
+    softmaxes a tile of its state at a time, the surprise and its reverse shared with the deep
+    gd kernels): centred reads, LayerNorm and residual, a ragged last chunk; bf16 inputs too."""
+    module = compile_text(DEEP_MEMORA)
+    assert type(module.triton_backend.kl).__name__ == "DeepKlChunk"
+    case = testing.make_case(testing.spec_of(module), B=1, T=37, H=2, Dk=12, seed=3, dtype=dtype,
+                             with_initial_state=True)  # fmt: skip
+    tol = TOL_KL32 if dtype == torch.float32 else TOL_HALF
+    assert_chunked_matches_reference(module, case, f"deep memora {dtype}", tol)
+
+
+def test_a_deep_plain_kl_memory_with_clip(compile_text):
+    """Four layers without centring, LayerNorm or residual (Dv = 20 != Dk), sigmoid (act(0) !=
+    0: padded units must be masked), Huber's gate, chunk 32 and a clip of 0.2 (its reverse
+    through every layer's |A_l|^2 and |G_l|^2)."""
+    text = (PLAIN_KL.replace("depth: 2, expansion: 4, activation: silu",
+                             "depth: 4, expansion: 2, activation: sigmoid")
+            .replace("chunk        = 32", "chunk        = 32\n    clip         = 0.2"))  # fmt: skip
+    module = compile_text(text)
+    case = testing.make_case(testing.spec_of(module), B=1, T=45, H=1, Dk=12, Dv=20, seed=3,
+                             dtype=torch.float32, with_initial_state=True)  # fmt: skip
+    assert_chunked_matches_reference(module, case, "deep plain kl with clip T=45")
+
+
+def test_a_near_constant_layernorm_input_under_near_uniform_rows(compile_text):
+    """A drawn case (sigmoid hidden units near 1/2, rows near uniform, so the memory's output
+    is near constant across its columns and LayerNorm's rstd is large): LayerNorm's backward
+    must leave no rounding in its rows' mean, which the rows pass on unchanged to q's
+    gradient (6.9e-3 off before, 5.5e-5 since; the torch backend's fp32 error: 1.1e-4)."""
+    text = """memory near_constant {
+    architecture = mlp(depth: 2, expansion: 4, activation: sigmoid, residual: false, norm: layernorm)
+    bias = dot
+    retention = kl(keep: a)
+    algorithm = gd(lr: eta)
+    chunk = 16
+    clip = 0.2
+    gate eta = 0.05 * sigmoid(z)
+    gate a = sigmoid(z)
+}
+"""
+    module = compile_text(text)
+    case = testing.make_case(testing.spec_of(module), B=1, T=42, H=1, Dk=12, Dv=16, seed=428,
+                             dtype=torch.float32, with_initial_state=True)  # fmt: skip
+    assert_chunked_matches_reference(module, case, "near-constant LayerNorm input", TOL32)
+
+
 @pytest.mark.parametrize("arch", ["mlp", "linear"])
 def test_clip_with_kl(compile_text, arch):
     """MEMORA's memory (or a linear one), with each token's gradient soft-clamped to norm 0.1,
@@ -161,11 +214,12 @@ def test_prefill_on_the_chunked_kernels_then_decoding_on_the_recurrent_ones(ship
     assert error < TOL_CASE32, error
 
 
-@pytest.mark.parametrize("text", ["memora", PLAIN_KL])
+@pytest.mark.parametrize("text", ["memora", PLAIN_KL, DEEP_MEMORA], ids=["memora", "plain", "deep"])
 def test_decoding_token_by_token_on_the_chunked_kernels(shipped, compile_text, text):
     """Without autograd, a prefill ending inside a chunk, then one call per token continuing
     its chunk (MEMORA: centred read, LayerNorm, chunk 16; a plain kl memory with a loss gate,
-    chunk 32), each first chunk's surprise at its anchor and its logits from the state, all on
+    chunk 32; MEMORA with three layers), each first chunk's surprise at its anchor and its
+    logits from the state, all on
     the chunked forward kernel: together they equal one pass. A linear kl memory decodes on its
     recurrent kernels."""
     module = shipped[text] if text == "memora" else compile_text(text)
@@ -184,7 +238,7 @@ def test_decoding_token_by_token_on_the_chunked_kernels(shipped, compile_text, t
 
 @settings(max_examples=3, deadline=None)  # the first is the minimal draw; ~20 s each
 @given(
-    depth=st.sampled_from([1, 2]),
+    depth=st.sampled_from([1, 2, 3]),
     activation=st.sampled_from(["silu", "gelu", "sigmoid", "tanh"]),
     residual=st.booleans(),
     norm=st.booleans(),
@@ -197,10 +251,12 @@ def test_decoding_token_by_token_on_the_chunked_kernels(shipped, compile_text, t
 )
 def test_random_kl_specs_match_reference(compile_text, depth, activation, residual, norm, centred,
                                          bias, chunk, clip, T, seed):  # fmt: skip
-    """Drawn linear or two-layer memories, activations (sigmoid: act(0) != 0, so padded hidden
+    """Drawn linear, two- or three-layer memories, activations (sigmoid: act(0) != 0, so padded hidden
     units must be masked), residual and LayerNorm reads or not (without a residual,
     Dv = 16 != Dk), centred reads or not, losses, chunks and clip."""
-    arch = "linear(" if depth == 1 else f"mlp(depth: 2, expansion: 4, activation: {activation}, "
+    arch = (
+        "linear(" if depth == 1 else f"mlp(depth: {depth}, expansion: 4, activation: {activation}, "
+    )
     arch += f"residual: {str(residual).lower()}" + (", norm: layernorm)" if norm else ")")
     gates = ["gate eta = 0.05 * sigmoid(z)", "gate a = sigmoid(z)"]
     gates += ["gate d = softplus(z)"] if "delta: d" in bias else []

@@ -67,7 +67,7 @@ def test_only_needed_sums_are_computed():
         ({"chunk": 16, "arch": "mlp(depth: 3, expansion: 2)", "retention": "lq(q: 4, keep: eta)"},
          "deep", ""),
         ({"chunk": 16, "arch": "mlp(depth: 3, expansion: 2)", "retention": "kl(keep: eta)"},
-         "", "kl retention on an MLP memory of 3 layers"),
+         "deep", ""),
         ({"chunk": 16, "arch": "mlp(depth: 3, expansion: 2)", "extra": "clip = 1.0"}, "deep", ""),
         ({"chunk": 8, "arch": "mlp(depth: 3, expansion: 2)"}, "", "chunk 8"),
         ({"chunk": 16, "arch": "linear(residual: true, norm: layernorm)"}, "dual", ""),

@@ -510,10 +510,16 @@ def _kl_row(b, at):
 
 
 @triton.jit
-def _kl_probs(b_l, b_in, b_g, a_t, d_t, DOT: tl.constexpr):
-    """Token t's state over a tile of whole rows (log W's tile b_l): the row softmax of
+def _kl_logits(b_l, b_in, b_g, a_t, d_t, DOT: tl.constexpr):
+    """Token t's logits over a tile of a layer's state (log W's tile b_l):
     A_t log W - In^T diag(D[t]) G, for the layer's chunk inputs In and factors G."""
-    b_z = a_t * b_l - mm(tl.trans(b_in * d_t[:, None]), b_g, DOT)
+    return a_t * b_l - mm(tl.trans(b_in * d_t[:, None]), b_g, DOT)
+
+
+@triton.jit
+def _kl_probs(b_l, b_in, b_g, a_t, d_t, DOT: tl.constexpr):
+    """Token t's state over a tile of whole rows: the row softmax of its logits."""
+    b_z = _kl_logits(b_l, b_in, b_g, a_t, d_t, DOT)
     b_e = tl.exp(b_z - tl.max(b_z, axis=1)[:, None])
     return b_e / tl.sum(b_e, axis=1)[:, None]
 
@@ -552,12 +558,6 @@ def _kl_surprise_out(b_k, w1_ptr, w2_ptr, BK: tl.constexpr, BV: tl.constexpr, BE
 
 
 @triton.jit
-def _kl_logits1(b_l1, b_k, b_g1, a_t, d_t, DOT: tl.constexpr):
-    """Token t's logits of W1 over a hidden tile: A_t log W1 - K^T diag(D[t]) G1."""
-    return a_t * b_l1 - mm(tl.trans(b_k * d_t[:, None]), b_g1, DOT)
-
-
-@triton.jit
 def _kl_lse1(b_k, b_d2, b_a, b_dmat, w1_ptr, w2_ptr, sw1_ptr, sw2_ptr, BK: tl.constexpr,
              BV: tl.constexpr, BE: tl.constexpr, BT: tl.constexpr, DK: tl.constexpr,
              DV: tl.constexpr, HID: tl.constexpr, DOT: tl.constexpr, CONT: tl.constexpr):
@@ -571,7 +571,7 @@ def _kl_lse1(b_k, b_d2, b_a, b_dmat, w1_ptr, w2_ptr, sw1_ptr, sw2_ptr, BK: tl.co
                                             BV, BE, DK, DV, HID, DOT, CONT)
         for t in range(BT):
             at = (o_t == t)[:, None]
-            b_z = _kl_logits1(b_l1, b_k, b_g1, tl.sum(tl.where(o_t == t, b_a, 0.0), axis=0),
+            b_z = _kl_logits(b_l1, b_k, b_g1, tl.sum(tl.where(o_t == t, b_a, 0.0), axis=0),
                               _kl_row(b_dmat, at), DOT)
             m_old = _kl_row(b_m, at)
             m_new = tl.maximum(m_old, tl.max(b_z, axis=1))
@@ -604,7 +604,7 @@ def _kl_reads(b_x, b_k, b_d2, b_g2, b_a, b_dmat, b_lse, w1_ptr, w2_ptr, sw1_ptr,
             at = (o_t == t)[:, None]
             a_t = tl.sum(tl.where(o_t == t, b_a, 0.0), axis=0)
             x_t = _kl_row(b_x, at)
-            b_z = _kl_logits1(b_l1, b_k, b_g1, a_t, _kl_row(b_dmat, at), DOT)
+            b_z = _kl_logits(b_l1, b_k, b_g1, a_t, _kl_row(b_dmat, at), DOT)
             b_p1 = tl.exp(b_z - _kl_row(b_lse, at)[:, None])
             zq_t = HID * tl.sum(x_t[:, None] * b_p1, axis=0) - tl.sum(x_t, axis=0)
             b_zq1 = tl.where(at, zq_t[None, :], b_zq1)
@@ -796,7 +796,7 @@ def _kl_backward_kernel(q_ptr, k_ptr, v_ptr, coef_ptr, d_ptr, params_ptr, hs_ptr
             b_dw1e = load_tile(dw1_ptr, 0, e0, BK, BE, DK, HID)
             for t in range(BT):
                 at = (o_t == t)[:, None]
-                b_z = _kl_logits1(b_l1, b_k, b_g1, tl.sum(tl.where(o_t == t, b_a, 0.0), axis=0),
+                b_z = _kl_logits(b_l1, b_k, b_g1, tl.sum(tl.where(o_t == t, b_a, 0.0), axis=0),
                                   _kl_row(b_dmat, at), DOT)
                 b_p1 = tl.exp(b_z - _kl_row(b_lse, at)[:, None])
                 dzq_t = _kl_row(b_dzq1, at)
@@ -823,7 +823,7 @@ def _kl_backward_kernel(q_ptr, k_ptr, v_ptr, coef_ptr, d_ptr, params_ptr, hs_ptr
                 at = (o_t == t)[:, None]
                 a_t = tl.sum(tl.where(o_t == t, b_a, 0.0), axis=0)
                 d_t = _kl_row(b_dmat, at)
-                b_p1 = tl.exp(_kl_logits1(b_l1, b_k, b_g1, a_t, d_t, DOT)
+                b_p1 = tl.exp(_kl_logits(b_l1, b_k, b_g1, a_t, d_t, DOT)
                               - _kl_row(b_lse, at)[:, None])
                 x_t = _kl_row(b_x, at)
                 b_dz = HID * x_t[:, None] * b_p1 * (_kl_row(b_dzq1, at)[None, :]

@@ -67,11 +67,19 @@ def run(args) -> int:
         f"dual-form kernels of deep MLPs (per chunk of {spec.chunk}, every product a tensor-core "
         "gemm over tiles of scratch buffers in global memory, the state saved per chunk); so do "
         "calls without autograd (decoding) of any length",
+        "deep kl": f"calls of at least 64 tokens starting on a chunk boundary run on the chunked "
+        f"kl kernels of deep MLPs (per chunk of {spec.chunk}, the surprise and its reverse "
+        "tensor-core gemms over tiles of scratch buffers in global memory, each token's state a "
+        "row softmax a tile of each layer's state at a time, the state saved per chunk); so do "
+        "calls without autograd (decoding) of any length",
         "kl": f"calls of at least 64 tokens starting on a chunk boundary run on the chunked kl "
         f"kernels (per chunk of {spec.chunk}, the surprise and each token's logits as tensor-core "
         "matmuls, each token's state a row softmax (an MLP's a tile of hidden units at a time), "
         "the state saved per chunk)",
-    }.get(plan.triton_chunked, f"no chunked kernels ({plan.triton_chunked_why})")
+    }
+    kind = plan.triton_chunked
+    kind = "deep kl" if kind == "deep" and spec.retention.kind == "kl" else kind
+    chunked = chunked.get(kind, f"no chunked kernels ({plan.triton_chunked_why})")
     print(f"triton backend, training-length calls: {chunked}")
     print("\n# emitted element-wise code (elementwise.py)\n")
     print(files["elementwise.py"])

@@ -168,19 +168,24 @@ def _deep_scratch(spec: Spec) -> tuple[list, Code]:
     inputs and pre-activations for the surprise (a, z, and u before rho with `first`), the
     deltas (r) and the deltas' chain (bk), the reads' (hq, zq) and token-pair matrices (m, md),
     and the backward pass's adjoints (ab, db, yb, hb, sz), with clip the clipped deltas (c);
-    then shared work buffers (and clip's per-token factors)."""
-    L, first = spec.depth, spec.retention.first
+    then shared work buffers (and clip's per-token factors). Under kl the reads' token-pair
+    matrices give way to each token's log-sum-exps per row of the layer's state (lse)."""
+    L, first, kl = spec.depth, spec.retention.first, spec.retention.kind == "kl"
     ins, outs = ["DK"] + ["HID"] * (L - 1), ["HID"] * (L - 1) + ["DV"]
     buffers = []
     for li, (i, o) in enumerate(zip(ins, outs, strict=True)):
-        names = [("a", i), ("z", o), ("r", o), ("hq", i), ("zq", o), ("m", "BT"), ("md", "BT")]
+        names = [("a", i), ("z", o), ("r", o), ("hq", i), ("zq", o)]
+        names += [("lse", i)] if kl else [("m", "BT"), ("md", "BT")]
         names += [("ab", i), ("db", o), ("yb", o), ("hb", i), ("sz", o)]
         names += [("u", o)] if first else []
         names += [("c", o)] if spec.clip is not None else []
         names += [("bk", o)] if li < L - 1 else []
         buffers += [(f"{n}{li}", w) for n, w in names]
     wide = ["DK", "HID", "DV"]  # a work buffer takes any layer's rows
-    buffers += [("tmp", wide), ("xw", wide), ("eb", wide), ("gm", "BT"), ("gmd", "BT")]
+    if kl:  # each token's row sums of its state against the read's adjoint, the end state's
+        buffers += [("eb", wide), ("rd", wide), ("ev", wide)]
+    else:
+        buffers += [("tmp", wide), ("xw", wide), ("eb", wide), ("gm", "BT"), ("gmd", "BT")]
     buffers += [("fac", "1"), ("rsv", "1")] if spec.clip is not None else []  # clip's rows
     buffers += [("dxe", "DK")] if spec.retention.kind == "lq" else []  # the end read's dx
 

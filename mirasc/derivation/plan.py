@@ -22,8 +22,8 @@ class Plan:
     sums: tuple  # indices of the loss's sums S_i that dl/dy needs
     segment: int  # Triton: tokens between the states the forward pass saves (chunk multiple)
     # Triton's chunked kernels for training-length calls: "wy", "dual" (a linear memory),
-    # "mlp" (a two-layer MLP memory), "deep" (an MLP of three or more layers), "kl" (a linear
-    # or two-layer MLP memory under kl) or ""
+    # "mlp" (a two-layer MLP memory), "deep" (an MLP of three or more layers, kl retention
+    # included), "kl" (a linear or two-layer MLP memory under kl) or ""
     triton_chunked: str
     triton_chunked_why: str  # why training-length calls take no chunked Triton kernels, or ""
     coordinatewise: bool  # each value column updates on its own (see `coordinatewise`)
@@ -54,14 +54,9 @@ def wy_scale(spec: Spec, derived: Derived) -> float | None:
 
 def dual_chunk_refusal(spec: Spec) -> str:
     """Why the chunked Triton kernels (every gradient at the chunk's anchor; the dual form of a
-    linear memory or an MLP of any depth, or the row softmaxes of a linear or two-layer memory
-    under kl) do not take the spec; "" if they do. What they lack runs on the recurrent
+    linear memory or an MLP of any depth, or the row softmaxes of kl retention) do not take
+    the spec; "" if they do. What they lack runs on the recurrent
     kernels."""
-    if spec.depth > 2 and spec.retention.kind == "kl":
-        return (
-            f"kl retention on an MLP memory of {spec.depth} layers: the chunked Triton kernels "
-            "of MLPs deeper than two layers do not cover it"
-        )
     if spec.chunk not in DUAL_CHUNK_SIZES:
         sizes = ", ".join(map(str, DUAL_CHUNK_SIZES))
         return f"chunk {spec.chunk}: the chunked Triton kernels' tiles take chunks of {sizes}"
@@ -115,12 +110,14 @@ def make_plan(spec: Spec, derived: Derived) -> Plan:
     why = "" if c is not None else dual_chunk_refusal(spec)
     if c is not None or why:
         chunked = "wy" if c is not None else ""
+    elif spec.depth > 2:
+        chunked = "deep"
     elif spec.retention.kind == "kl":
         chunked = "kl"
     elif spec.depth == 1:
         chunked = "dual"
     else:
-        chunked = "mlp" if spec.depth == 2 else "deep"
+        chunked = "mlp"
     return Plan(
         strategies, c, sums, segment, chunked, why,
         coordinatewise(spec, sums), recurrent_value_tiles(spec, sums),

@@ -66,10 +66,19 @@ class KlChunk(MlpChunk):
         o = torch.empty((B, T, H, v.shape[-1]), dtype=q.dtype, device=q.device)
         final = state.clone()  # the kernel updates the state in place
         hs = state.new_empty((state.shape[0], NT, state.shape[1]) if save else (0,))
-        args = (q, k, v, coef, d, params, final, anchor, ln, o, hs, scale, T, H, coef.shape[-1],
-                NT, offset)  # fmt: skip
+        args = (q, k, v, coef, d, params, final, anchor, ln, o, hs, *self.forward_scratch(q, v),
+                scale, T, H, coef.shape[-1], NT, offset)  # fmt: skip
         self._launch(self.forward_kernel, args, q, v, SAVE=save, CONT=offset > 0)
         return o, final, hs
+
+    def forward_scratch(self, q, v) -> tuple:
+        """The forward kernel's work buffers: none (it walks the state in place)."""
+        return ()
+
+    def backward_scratch(self, q, v) -> torch.Tensor:
+        """Per (batch, head), per chunk: Zq1 and three adjoints of the hidden rows."""
+        hidden = self.shapes(q.shape[-1], v.shape[-1])[0][1]
+        return q.new_empty((q.shape[0] * q.shape[2], 4, self.chunk, hidden), dtype=torch.float32)
 
     def launch_backward(self, q, k, v, coef, d, params, hs, ln, do, dfinal, scale: float):
         """The chunks in reverse, one program per (batch, head): the adjoints of the inputs,
@@ -80,8 +89,7 @@ class KlChunk(MlpChunk):
         dcoef, dd, dparams = torch.empty_like(coef), torch.empty_like(d), torch.empty_like(params)
         dstate = dfinal.clone()  # updated in place
         dln = torch.zeros((2, B * H, v.shape[-1]), **f32)
-        hidden = self.shapes(q.shape[-1], v.shape[-1])[0][1]
-        scratch = torch.empty((B * H, 4, self.chunk, hidden), **f32)
+        scratch = self.backward_scratch(q, v)
         args = (q, k, v, coef, d, params, hs, ln, do, dstate, scratch, dq, dk, dv, dcoef, dd,
                 dparams, dln, scale, T, H, TP, NT)  # fmt: skip
         self._launch(self.backward_kernel, args, q, v)

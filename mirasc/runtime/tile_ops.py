@@ -72,6 +72,21 @@ def rowdot(x_ptr, y_ptr, W: tl.constexpr, BT: tl.constexpr, BW: tl.constexpr):
 
 
 @triton.jit
+def add_row_sums(dst_ptr, src_ptr, factor, WD: tl.constexpr, WS: tl.constexpr,
+                 BT: tl.constexpr, BD: tl.constexpr, BS: tl.constexpr):  # fmt: skip
+    """dst[t, :] += factor * sum_j src[t, j] over [BT, WD] and [BT, WS] buffers (a product
+    with out W - 1 is out times the product with W, less the other operand's row sums)."""
+    tl.debug_barrier()
+    sums = tl.zeros([BT], dtype=tl.float32)
+    for s0 in range(0, WS, BS):
+        sums += tl.sum(load_tile(src_ptr, 0, s0, BT, BS, BT, WS), axis=1)
+    sums *= factor
+    for w0 in range(0, WD, BD):
+        store_tile(dst_ptr, load_tile(dst_ptr, 0, w0, BT, BD, BT, WD) + sums[:, None], 0, w0, BT,
+                   BD, BT, WD)  # fmt: skip
+
+
+@triton.jit
 def frobenius(x_ptr, y_ptr, R: tl.constexpr, C: tl.constexpr, BR: tl.constexpr,
               BC: tl.constexpr):  # fmt: skip
     """sum(x * y) over [R, C] matrices."""
