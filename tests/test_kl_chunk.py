@@ -18,7 +18,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_backend import TOL32, TOL_CASE32, assert_close
-from test_mlp_chunk import TOL_HALF
+from test_mlp_chunk import TOL_HALF, assert_compiled_matches_eager
 from test_wy_chunk import counting
 
 from mirasc import testing
@@ -270,3 +270,10 @@ def test_random_kl_specs_match_reference(compile_text, depth, activation, residu
                              Dv=12 if residual else 16, seed=seed, dtype=torch.float32,
                              with_initial_state=True)  # fmt: skip
     assert_chunked_matches_reference(module, case, f"{text} T={T}", TOL32)
+
+
+@pytest.mark.parametrize("text", ["memora", DEEP_MEMORA], ids=["memora", "deep"])
+def test_torch_compile_traces_the_kl_custom_ops_without_graph_breaks(shipped, compile_text, text):
+    """fullgraph=True through the kl op pair (two layers, and three on the deep kernels), as
+    through the MLP memories' dual-form pair."""
+    assert_compiled_matches_eager(shipped[text] if text == "memora" else compile_text(text))

@@ -26,21 +26,27 @@ DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 TOL_HALF = 3e-2  # bf16 inputs and outputs
 
 
+def chunked_host(module):
+    """The host side of a spec's chunked MLP kernels: the dual form's, or kl's."""
+    backend = module.triton_backend
+    return backend.mlp if hasattr(backend, "mlp") else backend.kl
+
+
 def counting_chunked_calls(module):
     """The number of calls that took the chunked kernels, in a one-element list (any
     instance's: a spec's op is registered once per process, by the first import of it)."""
-    return counting(type(module.triton_backend.mlp), "launch_forward")
+    return counting(type(chunked_host(module)), "launch_forward")
 
 
 @contextlib.contextmanager
 def short_calls_chunked(module):
     """Calls of 16 tokens or more take the chunked kernels for the block."""
-    mlp = module.triton_backend.mlp
-    threshold, mlp.min_tokens = mlp.min_tokens, 16
+    host = chunked_host(module)
+    threshold, host.min_tokens = host.min_tokens, 16
     try:
         yield
     finally:
-        mlp.min_tokens = threshold
+        host.min_tokens = threshold
 
 
 @pytest.mark.parametrize(
