@@ -359,9 +359,15 @@ def fla_decoding(q, k, v, gates, state) -> list:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--specs", nargs="*", default=SHIPPED)
-    p.add_argument("--D", nargs="*", type=int, default=[64, 128])
-    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument(
+        "--specs", nargs="*", default=SHIPPED, metavar="NAME",
+        help="packages under generated/ (default: every shipped spec; compile your own there "
+        "first: mirasc compile my.miras -o generated)",
+    )  # fmt: skip
+    p.add_argument("--D", nargs="*", type=int, default=[64, 128], metavar="N",
+                   help="head sizes (default: 64 128)")  # fmt: skip
+    p.add_argument("--repeats", type=int, default=5, metavar="N",
+                   help="timed runs per measurement, after a warm-up; the median is reported (default: 5)")  # fmt: skip
     p.add_argument(
         "--budget",
         type=float,
@@ -369,7 +375,8 @@ def main(argv=None) -> int:
         help="seconds for the timing sweeps (four fifths for training, the rest decoding)",
     )
     p.add_argument("--pytest", action="store_true", help="also run the Triton test file")
-    p.add_argument("--skip-correctness", action="store_true")
+    p.add_argument("--skip-correctness", action="store_true",
+                   help="time only, without the CUDA-vs-reference checks first")  # fmt: skip
     p.add_argument("--smoke", action="store_true", help="tiny shapes, CPU interpreter")
     args = p.parse_args(argv)
     device = "cpu" if args.smoke else "cuda"

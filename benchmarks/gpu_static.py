@@ -470,7 +470,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--specs", nargs="*", default=SHIPPED, metavar="NAME",
-        help="packages under generated/ (default: every shipped spec)",
+        help="packages under generated/ (default: every shipped spec; compile your own there "
+        "first: mirasc compile my.miras -o generated)",
     )  # fmt: skip
     parser.add_argument(
         "--D", nargs="+", type=int, metavar="N",
