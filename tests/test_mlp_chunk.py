@@ -16,7 +16,8 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_backend import TOL32, TOL_CASE32, assert_close
+from test_backend import TOL_CASE32, assert_close
+from test_triton_backend import assert_as_accurate_as_fp32_torch
 from test_wy_chunk import counting
 
 from mirasc import testing
@@ -118,7 +119,10 @@ def test_random_mlp_specs_match_reference(compile_text, activation, residual, no
     with counting_chunked_calls(module) as calls, short_calls_chunked(module):
         errors = testing.compare(module, case.to(DEVICE), "triton")
     assert calls[0] == 1
-    assert_close(errors, TOL32, f"{text} T={T}")
+    # YAAD's gate gradient loses digits in fp32 on some draws, in every backend (sigmoid, clip
+    # 1.0, T = 17, seed 0: these kernels 5.0e-3, the torch backend 3.4e-3): the deep kernels'
+    # and the recurrent kernels' bound
+    assert_as_accurate_as_fp32_torch(module, case, errors, f"{text} T={T}")
 
 
 def test_a_long_call_without_gradients(shipped):
