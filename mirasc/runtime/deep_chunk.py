@@ -25,7 +25,7 @@ from .mlp_chunk import MlpChunk
 
 GEMM_TILE = 64  # the widest tile of the kernels' products in any dimension
 # the widest tile of a layer's state the kl softmaxes walk: at D = 64 (sm_90) their backward
-# kernel spills 652 B per thread, 154 spill instructions in loops, with 64; 152 B and none
+# kernel spills 652 B per thread, 154 spill instructions in loops, with 64; 148 B and none
 # with 32 (16 spilled no less)
 KL_TILE = 32
 
