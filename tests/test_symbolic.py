@@ -88,6 +88,7 @@ BIASES = [
     ("bias(y, v; c) = sum(log(1 + ((y - v) / c)^2))", "const c = 2"),
     ("bias(y, v) = log(sum(exp(y - v))) + 0.1 * sum(smooth_abs(y; 0.01))", ""),
     ("bias(y, v) = sqrt(sum((y - v)^2) + 1) * sum(tanh(y) * v)", ""),
+    ("bias(y, v) = sqrt(sum(log(cosh(y - v))) + 1) + sum(sinh(y)^2 / cosh(y)^3)", ""),
 ]
 
 
@@ -114,7 +115,7 @@ def test_every_bias_piece_matches_autograd(bias, extra):
     printer = TorchPrinter(like="y")
     env = {"y": y, "v": v, **params}
     sums = {f"_S{i}": _run_printed(printer.block({"o": phi}, "_t"), env, "o").sum(-1, keepdim=True)
-            for i, phi in enumerate(b.phi)}  # fmt: skip
+            for i, phi in enumerate(b.values)}  # fmt: skip
     env.update(sums)
     grad = _run_printed(printer.block({"o": b.grad()}, "_t"), env, "o")
     assert torch.allclose(grad + 0 * y, dl_dy, atol=1e-12)
@@ -140,6 +141,20 @@ def test_every_bias_piece_matches_autograd(bias, extra):
             for i in range(m)
         ).sum(-1, keepdim=True)
         assert torch.allclose(mine_p, dp, atol=1e-10)
+
+
+def test_hyperbolic_pieces_take_forms_fp32_evaluates():
+    """log(cosh(r))'s pieces as differentiated are sinh/cosh (inf/inf in fp32 past |r| = 89)
+    and 1 - sinh^2/cosh^2 (cancels to nothing past |r| = 8): they are written tanh(r) and
+    1/cosh(r)^2, and the loss's value without a cosh that overflows."""
+    b = derive_bias(spec_with("bias(y, v) = sqrt(sum(log(cosh(y - v))) + 1)"))
+    r = V - Y
+    assert b.dphi[0] == -sp.tanh(r) and b.d2phi[0] == sp.cosh(r) ** -2
+    assert not b.values[0].has(sp.cosh)
+    for x in (0.3, -2.0, 40.0):
+        at = {Y: x, V: 0}
+        assert abs(float(b.values[0].subs(at)) - float(b.phi[0].subs(at))) < 1e-12
+    assert derive(spec_with("bias = l2", act="tanh")).activation.df == sp.cosh(X) ** -2
 
 
 @pytest.mark.parametrize("act", ["silu", "gelu", "tanh", "sigmoid", "relu", "identity"])

@@ -14,7 +14,7 @@ def _nonzero(e) -> bool:
 def vjp_vectors(b: BiasPieces, used: tuple) -> dict:
     """The element-wise pieces the VJP needs: phi_i (for S), phi_i', phi_i'', d phi_i'/dv,
     d phi_i'/dp, d phi_i/dv and d phi_i/dp, each only where not identically zero."""
-    vec = {f"_phi{i}": b.phi[i] for i in used}
+    vec = {f"_phi{i}": b.values[i] for i in used}
     for i in range(len(b.phi)):
         for name, e in (("_dphi", b.dphi[i]), ("_d2phi", b.d2phi[i]), ("_dphiv", b.dphi_dv[i])):
             if _nonzero(e):

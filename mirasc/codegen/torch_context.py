@@ -90,7 +90,7 @@ def _gates(spec: Spec, derived: Derived) -> list:
 def torch_context(spec: Spec, derived: Derived, plan: Plan) -> TorchContext:
     b = derived.bias
     printer = TorchPrinter(like="y")
-    vectors = {f"_phi{i}": b.phi[i] for i in plan.sums}
+    vectors = {f"_phi{i}": b.values[i] for i in plan.sums}
     vectors.update({f"_dphi{i}": p for i, p in enumerate(b.dphi)})
     with located(spec.bias.body.span):
         sum_lines = _elementwise(printer, vectors, Y, {Y, V}, "_e")

@@ -87,7 +87,7 @@ def _grad_body(grad: _Body, derived: Derived, plan: Plan) -> _Body:
     """dl/dy_j = sum_i g_i(S) phi_i'(y_j, v_j), with S_i = sum_j phi_i(y_j, v_j)."""
     b, used = derived.bias, plan.sums
     m = len(b.phi)
-    vec = {f"_phi{i}": b.phi[i] for i in used}
+    vec = {f"_phi{i}": b.values[i] for i in used}
     vec.update({f"_dphi{i}": b.dphi[i] for i in range(m) if _nonzero(b.dphi[i])})
     grad.vectors(vec, "_e")
     grad.lines += [f"_S{i} = {grad.total(f'_phi{i}')}" for i in used]

@@ -183,12 +183,12 @@ def rounding_sensitivity(
     worst: dict = {}
     for _ in range(trials):
         moved = run(module, case.map(jiggle), "reference")
-        errors = _errors(module, moved, (base_o, base_s, base_g))
+        errors = run_errors(module, moved, (base_o, base_s, base_g))
         worst = {n: max(e, worst.get(n, 0.0)) for n, e in errors.items()}
     return worst
 
 
-def _errors(module, got: tuple, want: tuple) -> dict:
+def run_errors(module, got: tuple, want: tuple) -> dict:
     """Relative error per tensor between two `run` results: output, states, gradients."""
     (o, s, g), (ref_o, ref_s, ref_g) = got, want
     errors = {"o": relative_error(o, ref_o)}
@@ -202,7 +202,7 @@ def _errors(module, got: tuple, want: tuple) -> dict:
 def compare(module, case: Case, backend: str = "torch", strategy: str | None = None) -> dict:
     """Relative error per tensor of a backend against the reference on one case."""
     want = run(module, case, "reference")
-    return _errors(module, run(module, case, backend, strategy), want)
+    return run_errors(module, run(module, case, backend, strategy), want)
 
 
 def slice_case(case: Case, start: int, stop: int, state) -> Case:
