@@ -260,16 +260,20 @@ def test_a_constant_term_is_summed_over_every_value(compile_text):
         assert_close(testing.compare(module, case, "torch", strategy), TOL64, strategy)
 
 
-def test_a_log_cosh_loss_stays_finite_and_accurate_at_large_residuals(compile_text):
-    """log(cosh(r)) is a robust loss: linear in |r| far out. Differentiated as written, its
-    pieces are sinh / cosh (inf / inf in fp32 once |r| > 89) and 1 - sinh^2 / cosh^2 (no digit
-    left once |r| > 8); the derivation writes tanh(r) and 1 / cosh(r)^2, and the kernels take
-    the loss's value in a form that does not overflow. At residuals of hundreds every fp32
-    backend stays within TOL_CASE32 of the same formulas in fp64, which equal the oracle's
-    output and state (the oracle's own sinh / cosh lose its second-order gradients there)."""
+@pytest.mark.parametrize(
+    "loss", ["sqrt(sum(log(cosh(y - v))) + 1)", "sum(log(1 + exp(y - v)) + log(1 + exp(v - y)))"]
+)
+def test_robust_losses_stay_finite_and_accurate_at_large_residuals(compile_text, loss):
+    """log(cosh(r)) and softplus are robust losses: linear in |r| far out. Differentiated as
+    written, log(cosh(r))'s pieces are sinh / cosh (inf / inf in fp32 once |r| > 89) and
+    1 - sinh^2 / cosh^2 (no digit left once |r| > 8), softplus's exp(r) / (1 + exp(r)); the
+    derivation writes tanh(r), 1 / cosh(r)^2 and sigmoid(r), and the loss's value in forms
+    that do not overflow. At residuals of hundreds every fp32 backend stays within TOL_CASE32
+    of the same formulas in fp64, which equal the oracle's output and state (the oracle's own
+    sinh / cosh lose its second-order gradients there)."""
     text = (
         "memory robust {\n    architecture = linear\n"
-        "    bias(y, v) = sqrt(sum(log(cosh(y - v))) + 1)\n    retention = decay(alpha)\n"
+        f"    bias(y, v) = {loss}\n    retention = decay(alpha)\n"
         "    algorithm = gd(lr: eta)\n    gate eta = 0.1 * sigmoid(z)\n"
         "    gate alpha = sigmoid(z)\n}\n"
     )

@@ -89,6 +89,7 @@ BIASES = [
     ("bias(y, v) = log(sum(exp(y - v))) + 0.1 * sum(smooth_abs(y; 0.01))", ""),
     ("bias(y, v) = sqrt(sum((y - v)^2) + 1) * sum(tanh(y) * v)", ""),
     ("bias(y, v) = sqrt(sum(log(cosh(y - v))) + 1) + sum(sinh(y)^2 / cosh(y)^3)", ""),
+    ("bias(y, v) = sum(log(1 + exp(y - v))) + sum(v / (1 + exp(-y)))", ""),
 ]
 
 
@@ -155,6 +156,17 @@ def test_hyperbolic_pieces_take_forms_fp32_evaluates():
         at = {Y: x, V: 0}
         assert abs(float(b.values[0].subs(at)) - float(b.phi[0].subs(at))) < 1e-12
     assert derive(spec_with("bias = l2", act="tanh")).activation.df == sp.cosh(X) ** -2
+
+
+def test_a_softplus_or_sigmoid_written_out_is_kept_whole():
+    """log(1 + exp(u)) and a / (1 + exp(u)) overflow fp32 past u = 88, in value and
+    derivatives: they are built as the named functions, which print stably."""
+    b = derive_bias(spec_with("bias(y, v) = sum(log(1 + exp(y - v)) + v / (1 + exp(-y)))"))
+    assert b.phi[0] == Softplus(Y - V) + V * Sigmoid(Y)
+    b = derive_bias(spec_with("bias(y, v) = sum(exp(y) / (1 + exp(y)) * v)"))
+    assert b.phi[0] == Sigmoid(Y) * V
+    b = derive_bias(spec_with("bias(y, v) = sum(log(2 + exp(y - v)))"))  # not a softplus
+    assert b.phi[0] == sp.log(2 + sp.exp(Y - V))
 
 
 @pytest.mark.parametrize("act", ["silu", "gelu", "tanh", "sigmoid", "relu", "identity"])

@@ -173,6 +173,13 @@ _BINARY = {
 }
 
 
+def _exponent_of_one_plus_exp(e: sp.Expr) -> sp.Expr | None:
+    """u when `e` is 1 + exp(u): a softplus or sigmoid written out, which the builder keeps
+    whole (as if written by name) so that neither its value nor its derivatives overflow."""
+    one, rest = e.as_coeff_Add()
+    return rest.args[0] if one == 1 and isinstance(rest, sp.exp) else None
+
+
 class Builder:
     """Expression tree to SymPy; with `sums` set, each sum(...) becomes a symbol S_i."""
 
@@ -223,6 +230,9 @@ class Builder:
         if node.op == "/":
             if b == 0:
                 raise SpecTypeError("division by zero", node.right.span)
+            u = _exponent_of_one_plus_exp(b)
+            if u is not None:  # a / (1 + exp(u)): exp(u) overflows fp32 past u = 88
+                return Sigmoid(u) if a == sp.exp(u) else a * Sigmoid(-u)
             return a / b
         if b.is_Number and abs(float(b)) > MAX_EXPONENT:
             raise SpecLimitError(
@@ -249,4 +259,6 @@ class Builder:
                 for x, n in zip(args, node.args, strict=True)
             )
             return sp.Piecewise((a, a <= b if node.fn == "min" else a >= b), (b, True))
+        if node.fn == "log" and _exponent_of_one_plus_exp(args[0]) is not None:
+            return Softplus(_exponent_of_one_plus_exp(args[0]))  # log(1 + exp(u)), stably
         return _FUNCTIONS[node.fn](*args)
