@@ -51,6 +51,28 @@ def test_check_passes_on_a_shipped_spec(capsys):
     assert main(["check", "specs/gated_deltanet.miras", "-n", "3"]) == 0
     out = capsys.readouterr().out
     assert "grad:gate:alpha" in out and "ok: 0 tensor(s) over tolerance" in out
+    assert "fp32 with targets x 100 (residuals of hundreds): finite\n" in out
+
+
+@pytest.mark.parametrize(
+    "loss,verdict",
+    [
+        ("log(sum(exp(y - v)))", "where float64 is: the loss's value or derivatives overflow"),
+        ("sum(exp(y - v) - (y - v))", "in float64 too: the update itself diverges"),
+    ],
+)
+def test_check_warns_where_a_loss_breaks_on_outliers(tmp_path, capsys, loss, verdict):
+    """A log-sum-exp's sum overflows fp32 at residuals of hundreds (its float64 run is finite);
+    an exponential loss's update diverges in both. A warning: the check itself still passes."""
+    spec = tmp_path / "outliers.miras"
+    spec.write_text(
+        f"memory outliers {{\n    architecture = linear\n    bias(y, v) = {loss}\n"
+        "    retention = decay(alpha)\n    algorithm = gd(lr: eta)\n"
+        "    gate eta = 0.1 * sigmoid(z)\n    gate alpha = sigmoid(z)\n}\n"
+    )
+    assert main(["check", str(spec), "-n", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "(residuals of hundreds): not finite in o, state:W" in out and verdict in out
 
 
 def test_check_holds_the_triton_kernels_too(capsys):

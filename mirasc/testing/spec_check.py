@@ -5,6 +5,7 @@ Triton's CPU interpreter."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import random
 
@@ -64,6 +65,41 @@ def chunked_tokens(module) -> int | None:
         if hasattr(backend, name):
             return getattr(backend, name).min_tokens
     return None
+
+
+LARGE = 100.0  # the probe's residual scale: past fp32's exp overflow (88), as an outlier is
+
+
+def _not_finite(module, result: tuple) -> list:
+    """The names of a `cases.run` result's tensors that hold an inf or a NaN."""
+    o, state, grads = result
+    named = {"o": o, **dict(zip((f"state:{n}" for n in module.STATE_NAMES), state, strict=True))}
+    named.update({f"grad:{n}": g for n, g in grads.items()})
+    return [name for name, t in named.items() if not torch.isfinite(t).all()]
+
+
+def large_residual_probe(module, spec, backend: str, device: str, seed: int) -> str:
+    """One line on whether the backend stays finite in fp32 on a case whose targets are scaled
+    by LARGE (residuals of hundreds, an outlier's), and if not, whether the torch backend in
+    float64 does: a loss whose value or derivatives overflow fp32 there, or whose update
+    diverges (`sum(exp(y - v))`, say), trains to NaN on such outliers."""
+    case = testing.make_case(spec, B=1, T=spec.chunk + 3, H=2, Dk=4, seed=seed)
+    case = dataclasses.replace(case, v=case.v * LARGE)
+    wide = _not_finite(module, testing.run(module, case, "torch"))
+    narrow = testing.run(module, case.to(device=device, dtype=torch.float32), backend)
+    lost = [name for name in _not_finite(module, narrow) if name not in wide]
+    where = f"fp32 with targets x {LARGE:g} (residuals of hundreds)"
+    if lost:
+        return (
+            f"{where}: not finite in {', '.join(lost)}, where float64 is: the loss's value or "
+            "derivatives overflow fp32 there (a warning: training on such outliers gives NaN)"
+        )
+    if wide:
+        return (
+            f"{where}: not finite in {', '.join(wide)}, in float64 too: the update itself "
+            "diverges at such residuals (a warning: the loss is not robust to outliers)"
+        )
+    return f"{where}: finite"
 
 
 def check_spec(
@@ -133,5 +169,6 @@ def check_spec(
             f"\nallowed above {tol:g}: an ill-conditioned case, whose exact answer moves that much"
             f" (/5) when its inputs move by half an ulp of {dtype}"
         )
+    print(f"\n{large_residual_probe(module, spec, backend, device, seed)}")
     print(f"\n{'FAILED' if failed else 'ok'}: {failed} tensor(s) over tolerance")
     return 1 if failed else 0
