@@ -335,6 +335,33 @@ def test_models_pass_zero_tokens_through_and_refuse_an_empty_prompt(hybrid, ship
         model.generate(empty, 3)
 
 
+# ---- 13. found by the fuzz campaign of a later round -----------------------------------------
+def test_a_composition_the_normalised_text_could_not_reload_is_refused_where_defined():
+    """64 nested sigmoids through two definitions loaded (65 levels of expression), but the
+    normalised text writes them inlined, and the parser counts a call as two levels: it did
+    not reload. Depth after inlining is now counted as the parser counts it."""
+    defs = f"activation s0(x) = {nest(['sigmoid'], 8)}\nactivation s1(x) = {nest(['s0'], 8)}"
+    fails(spec(members="    gate beta = s1(z)", defs=defs), SpecLimitError, 8, "levels deep")
+    defs = f"activation s0(x) = {nest(['sigmoid'], 8)}\nactivation s1(x) = {nest(['s0'], 5)}"
+    s = load(spec(members="    gate beta = s1(z)", defs=defs))  # 40 calls deep: reloads
+    assert load(s.text(), "normalised.miras") == s
+
+
+def test_a_derivative_sympy_writes_with_nan_is_a_located_error():
+    """d/dy min(0, v)^y = log(min(0, v)) min(0, v)^y: SymPy writes nan in it, and printing it
+    crashed (TypeError: Invalid NaN comparison)."""
+    bias = "bias(y, v) = piecewise(sum(exp(min(0, v) ^ y)) != 1: 1, otherwise: sum(y))"
+    fails(spec(bias=bias, lr="0.1", members=""), SpecTypeError, 3, "undefined", "(nan)")
+
+
+def test_sympy_recursing_without_end_is_a_located_error():
+    """A piecewise whose conditions mix sign powers made SymPy's Piecewise recurse past
+    Python's limit (RecursionError) while the bias was built."""
+    arms = "1e-6 - sign(y) ^ v < v - (y - v): 1e-30, 1 <= min(sign(v), y) * 4096 / 0.1: 1e-30"
+    bias = f"bias(y, v) = sum(piecewise({arms}, otherwise: erf(1) ^ 3 ^ 0)) + sum(1)"
+    fails(spec(bias=bias, lr="0.1", members=""), SpecLimitError, 3, "nests too deeply")
+
+
 # ---- the same promise on the command line ----------------------------------------------------
 @pytest.mark.parametrize(
     "command", [["compile"], ["explain"], ["check", "-n", "1"], ["train", "--steps", "1"]]

@@ -56,6 +56,12 @@ class Budget:
         except _OutOfTime:
             _disarm()  # again, should the alarm have fired inside _timer's cleanup
             raise self._fail() from None
+        except RecursionError:  # SymPy recursing without end on a small input (fuzz-found)
+            raise SpecLimitError(
+                f"{self.what} nests too deeply for SymPy",
+                self.span,
+                hint="simplify the formula: fewer nested functions, piecewise arms or powers",
+            ) from None
         self.check()
 
 

@@ -144,15 +144,25 @@ class Derived:
     gates: tuple  # (name, sympy expression in z)
 
 
+_UNDEFINED = (sp.nan, sp.zoo, sp.oo, -sp.oo)
+
+
 def limit_size(e: sp.Expr, what: str, span: Span) -> sp.Expr:
     """`e` unless its tree grows past MAX_DERIVED_NODES (counted with an early stop): the
-    work measure of a derivative, taken before the next stage multiplies it."""
-    for count, _ in enumerate(sp.preorder_traversal(e), start=1):
+    work measure of a derivative, taken before the next stage multiplies it. A derivative
+    SymPy could only write with nan or an infinity (0^y's in y: log(0)) is refused too."""
+    for count, node in enumerate(sp.preorder_traversal(e), start=1):
         if count > MAX_DERIVED_NODES:
             raise SpecLimitError(
                 f"{what} grows past {MAX_DERIVED_NODES} terms",
                 span,
                 hint="simplify the formula: fewer nested functions, piecewise arms or powers",
+            )
+        if node in _UNDEFINED:
+            raise SpecTypeError(
+                f"{what} is undefined where the formula's arguments reach a pole ({node})",
+                span,
+                hint="keep powers' bases and logs' arguments away from 0, e.g. with + 1e-6",
             )
     return e
 

@@ -54,7 +54,10 @@ PYTHON_NAMES = frozenset(n for n in dir(builtins) if not n.startswith("_"))
 
 MAX_EXPR_NODES = 4000  # after inlining: bounds SymPy's work on the expression
 # after inlining: SymPy, the printers and `unparse` recurse once (SymPy several frames) per
-# level, so a bound far below Python's recursion limit keeps every stage recursion-safe
+# level, so a bound far below Python's recursion limit keeps every stage recursion-safe. A call
+# or a piecewise counts two levels, as in the parse tree (`parser.MAX_DEPTH`), so that the
+# normalised text, which writes every definition inlined, parses again (fuzz-found: 64 nested
+# sigmoids through two definitions loaded, and their normalised text did not)
 MAX_EXPR_DEPTH = 100
 MAX_EXPONENT = 64.0  # exponents beyond this (literal or folded) only overflow or unroll
 MAX_NAME_LENGTH = 64  # a memory's name names a folder (file names stop at 255 bytes)
@@ -193,9 +196,10 @@ class Inliner:
         """The node, measured: size and depth after inlining are what SymPy, the printers and
         every recursive stage pay for, so both are bounded here, where they grow."""
         size, depth = 1, 1
+        step = 2 if isinstance(node, (E.Call, E.Piecewise)) else 1  # as the parser counts
         for child in E.children(node):
             s, d = self._measure(child)
-            size, depth = size + s, max(depth, d + 1)
+            size, depth = size + s, max(depth, d + step)
         self.measures[id(node)] = (node, size, depth)
         if size > MAX_EXPR_NODES:
             raise SpecLimitError(
