@@ -71,10 +71,12 @@ def surprise(ws, k, v, rho, params, ln):
 
 def _lq_normaliser(a):
     """||A||_q^(q-2) over each matrix (q = 4.0); a zero matrix maps to W = 0. The sum
-    goes through |A|^(q-2), which torch computes by products for small integer powers."""
-    s = (a.abs().pow(4.0 - 2.0) * a * a).sum((-2, -1), keepdim=True)
-    n = s.pow((4.0 - 2.0) / 4.0)
-    return torch.where(n > 0, n, torch.ones_like(n))
+    goes through |A|^(q-2), which torch computes by products for small integer powers; a zero
+    entry adds 0 (its power alone is inf for q < 2)."""
+    magnitude = a.abs()
+    s = (torch.where(magnitude > 0, magnitude, 1.0).pow(4.0 - 2.0) * a * a).sum((-2, -1), keepdim=True)
+    positive = s > 0
+    return torch.where(positive, torch.where(positive, s, 1.0).pow((4.0 - 2.0) / 4.0), 1.0)
 
 
 def recurrent(q, k, v, *, lr, rate, mom, params, state, scale, ln, anchor_state, offset):

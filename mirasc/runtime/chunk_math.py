@@ -56,11 +56,13 @@ def _ln_back(xhat: torch.Tensor, rstd: torch.Tensor, g: torch.Tensor) -> torch.T
 def _lq_parts(a: torch.Tensor, q: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(||A||_q^(q-2), sum |A|^q, |A|^(q-2) A) per matrix; a zero matrix gets normaliser 1
     (W = 0). The sum goes through |A|^(q-2): torch computes small integer and half-integer
-    powers with products, while |A|^4 itself goes through exp and log, ~30x slower."""
-    p = a.abs().pow(q - 2.0).mul_(a)
+    powers with products, while |A|^4 itself goes through exp and log, ~30x slower. A zero
+    entry's |A|^(q-2) A is 0 (for q < 2 the power alone is inf, and inf * 0 is nan)."""
+    magnitude = a.abs()
+    p = torch.where(magnitude > 0, magnitude, 1.0).pow(q - 2.0).mul_(a)
     s = (p * a).sum((-2, -1), keepdim=True)
-    n = s.pow((q - 2.0) / q)
-    return torch.where(s > 0, n, torch.ones_like(n)), s, p
+    positive = s > 0
+    return torch.where(positive, torch.where(positive, s, 1.0).pow((q - 2.0) / q), 1.0), s, p
 
 
 def _lq_norm(a: torch.Tensor, q: float) -> torch.Tensor:

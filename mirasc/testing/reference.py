@@ -115,9 +115,11 @@ def _layer_norm_params(spec: Spec, H: int, Dv: int, ln_weight, ln_bias):
 
 
 def _lq_normaliser(a: torch.Tensor, q: float) -> torch.Tensor:
-    """||A||_q^(q-2) over each matrix; a zero matrix maps to W = 0 (divide by one)."""
-    n = a.abs().pow(q).sum((-2, -1), keepdim=True).pow((q - 2.0) / q)
-    return torch.where(n > 0, n, torch.ones_like(n))
+    """||A||_q^(q-2) over each matrix; a zero matrix maps to W = 0 (divide by one). Decided on
+    the sum: for q < 2 the norm's power of a zero sum is inf, not 0."""
+    total = a.abs().pow(q).sum((-2, -1), keepdim=True)
+    positive = total > 0
+    return torch.where(positive, torch.where(positive, total, 1.0).pow((q - 2.0) / q), 1.0)
 
 
 def _starting_state(spec: Spec, initial_state, B: int, H: int, Dk: int, Dv: int):
