@@ -152,7 +152,7 @@ def specs(draw):
         "decay": "decay(alpha)",
         "decay_first": "decay(alpha, first: true)",
         "l2": "l2(lam)",
-        "lq": f"lq(q: {draw(st.sampled_from([3, 4]))}, keep: a)",
+        "lq": f"lq(q: {draw(st.sampled_from([1.5, 3, 4]))}, keep: a)",
         "kl": f"kl(keep: a{draw(st.sampled_from(['', ', centred: true']))})",
     }[retention]
     if retention.startswith("decay"):
