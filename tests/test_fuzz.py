@@ -10,7 +10,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tools.fuzz import run  # noqa: E402
+from tools.fuzz import mismatch_groups, run  # noqa: E402
 from tools.fuzzing.generate import make_input, shipped_specs  # noqa: E402
 from tools.fuzzing.minimize import minimize  # noqa: E402
 
@@ -24,6 +24,16 @@ def test_the_minimizer_keeps_what_the_outcome_needs():
     text = (ROOT / "specs" / "titans.miras").read_text()
     small = minimize(text, lambda t: "momentum(" in t and "silu" in t)
     assert "momentum(" in small and "silu" in small and len(small) < len(text) // 5
+
+
+def test_mismatches_are_counted_by_retention_and_algorithm():
+    texts = [
+        (ROOT / "specs" / name).read_text()
+        for name in ("moneta.miras", "moneta.miras", "titans.miras", "deltanet.miras")
+    ]
+    lines = mismatch_groups([dict(text=t) for t in texts]).splitlines()
+    assert lines[1].split() == ["2", "lq", "q=4,", "gd"], lines
+    assert sorted(line.split(None, 1)[1] for line in lines[2:]) == ["decay, momentum", "none, gd"]
 
 
 def test_a_bounded_fuzz_run_finds_no_defect():
