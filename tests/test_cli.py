@@ -77,10 +77,11 @@ def test_check_warns_where_a_loss_breaks_on_outliers(tmp_path, capsys, loss, ver
 
 def test_check_holds_the_triton_kernels_too(capsys):
     """The recurrent kernels, and (every other case at least 64 tokens) the chunked ones."""
-    assert main(["check", "specs/linear_attention.miras", "-n", "2", "--backend", "triton"]) == 0
+    assert main(["check", "specs/linear_attention.miras", "-n", "4", "--backend", "triton"]) == 0
     out = capsys.readouterr().out
     assert "the Triton kernels" in out and "float32" in out and "ok: 0 tensor(s)" in out
-    assert ">= 64 tokens (chunked kernels)" in out and "'T': 6" in out
+    assert ">= 64 tokens (chunked kernels), every fourth at Dk = Dv = 16" in out
+    assert "'T': 6" in out and "'Dk': 16, 'Dv': 16}" in out
 
 
 def test_check_allows_more_only_where_the_case_itself_is_ill_conditioned():
