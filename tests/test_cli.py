@@ -84,6 +84,17 @@ def test_check_holds_the_triton_kernels_too(capsys):
     assert "'T': 6" in out and "'Dk': 16, 'Dv': 16}" in out
 
 
+def test_check_reaches_the_chunked_kernels_of_every_shipped_spec(shipped):
+    """Every shipped spec has chunked Triton kernels (WY, dual form, MLP, kl), and `check`
+    knows from which length each runs them (MEMORA's kl kernels were missed: its long cases
+    never came)."""
+    from mirasc.testing.spec_check import chunked_tokens
+
+    assert {name: chunked_tokens(module) for name, module in shipped.items()} == {
+        name: 64 for name in shipped
+    }
+
+
 def test_check_allows_more_only_where_the_case_itself_is_ill_conditioned():
     """`allowances`: nothing to measure when every error is within tolerance; a wrong answer on
     a well-conditioned case keeps its tolerance (the exact answer barely moves at half an ulp),

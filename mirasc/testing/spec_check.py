@@ -58,11 +58,12 @@ def random_shape(rng: random.Random, spec) -> dict:
 
 def chunked_tokens(module) -> int | None:
     """The call length from which the module's Triton backend runs its chunked kernels (the WY
-    or dual form of a linear or MLP memory, where its plan has them), or None."""
+    or dual form of a linear or MLP memory, or a kl memory's, where its plan has them), or
+    None."""
     backend = module.triton_backend
     if hasattr(backend, "wy_chunk"):
         return backend.WY_MIN_TOKENS
-    for name in ("dual", "mlp"):
+    for name in ("dual", "mlp", "kl"):
         if hasattr(backend, name):
             return getattr(backend, name).min_tokens
     return None
