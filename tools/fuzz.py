@@ -91,7 +91,7 @@ class Worker:
 @dataclass
 class Tally:
     """Outcome counts per stage ('check' or 'build'), the defects, the mismatches (built, but
-    the tiny case disagrees with the reference: worth a look, not a broken promise), and the
+    a small case disagrees with the reference: worth a look, not a broken promise), and the
     slowest input."""
 
     counts: dict = field(default_factory=lambda: collections.Counter())

@@ -4,10 +4,10 @@ can kill it on a hang and survive a crash of the interpreter itself.
 
 Outcomes: `rejected:<MirascError subclass>` (the promise kept: a located error),
 `checked` (parse and check passed; no build asked), `built` (every stage, the package written,
-imported, one tiny case run by its torch backend and by the reference with the same result,
+imported, two small cases run by its torch backend and by the reference with the same result,
 its SPEC_IR equal to the spec, its normalised text reloading to the same spec, and `mirasc
 explain` exiting 0), `non-finite`
-and `mismatch` (built, but the tiny case disagrees: reported, not defects), and defects:
+and `mismatch` (built, but a case disagrees: reported, not defects), and defects:
 `crash:<exception type>`, `unlocated` (a MirascError without file:line:col), `import-failure`,
 `run-failure:<exception type>`, `roundtrip-failure`, `cli-failure:...`.
 """
@@ -47,24 +47,34 @@ def _import_package(files: dict[str, str], workdir: Path, index: int):
 
 
 def _run_once(module, spec) -> dict | None:
-    """One tiny case through the torch backend and the autograd reference: `run-failure` if
-    either raises; `non-finite` (a formula that overflows or leaves the reals on these inputs,
-    such as sqrt(z) for z < 0) or `mismatch` if they disagree, both reported, not defects;
-    None when they agree."""
+    """Two small cases through the torch backend and the autograd reference: three tokens from
+    the default state, and 2C + 1 tokens (chunk boundaries, a ragged last chunk) from a random
+    state. `run-failure` if either raises; `non-finite` (a formula that overflows or leaves the
+    reals on these inputs, such as sqrt(z) for z < 0) or `mismatch` if they disagree, both
+    reported, not defects; None when they agree."""
     from mirasc.testing.cases import compare, make_case
 
-    try:
-        errors = compare(module, make_case(spec, B=1, T=3, H=1, Dk=3, Dv=3), "torch")
-    except MirascError as e:
-        return dict(outcome=f"run-rejected:{type(e).__name__}", detail=str(e)[:500])
-    except Exception as e:
-        detail = "".join(traceback.format_exception(type(e), e, e.__traceback__)[-6:])
-        return dict(outcome=f"run-failure:{type(e).__name__}", detail=detail[-3000:])
-    worst = max(errors.values())
-    if not math.isfinite(worst):
-        return dict(outcome="non-finite", detail=f"{errors}"[:500])
-    if worst > 1e-6:
-        return dict(outcome="mismatch", detail=f"worst relative error {worst:.3g}: {errors}"[:500])
+    cases = {
+        "3 tokens, default state": make_case(spec, B=1, T=3, H=1, Dk=3, Dv=3),
+        f"{2 * spec.chunk + 1} tokens, random state": make_case(
+            spec, B=1, T=min(2 * spec.chunk + 1, 33), H=1, Dk=3, Dv=3, seed=1,
+            with_initial_state=True,
+        ),
+    }  # fmt: skip
+    for where, case in cases.items():
+        try:
+            errors = compare(module, case, "torch")
+        except MirascError as e:
+            return dict(outcome=f"run-rejected:{type(e).__name__}", detail=str(e)[:500])
+        except Exception as e:
+            detail = "".join(traceback.format_exception(type(e), e, e.__traceback__)[-6:])
+            return dict(outcome=f"run-failure:{type(e).__name__}", detail=detail[-3000:])
+        worst = max(errors.values())
+        if not math.isfinite(worst):
+            return dict(outcome="non-finite", detail=f"{where}: {errors}"[:500])
+        if worst > 1e-6:
+            detail = f"{where}: worst relative error {worst:.3g}: {errors}"
+            return dict(outcome="mismatch", detail=detail[:500])
     return None
 
 
