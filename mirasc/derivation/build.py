@@ -259,6 +259,6 @@ class Builder:
                 for x, n in zip(args, node.args, strict=True)
             )
             return sp.Piecewise((a, a <= b if node.fn == "min" else a >= b), (b, True))
-        if node.fn == "log" and _exponent_of_one_plus_exp(args[0]) is not None:
-            return Softplus(_exponent_of_one_plus_exp(args[0]))  # log(1 + exp(u)), stably
+        if node.fn == "log" and (u := _exponent_of_one_plus_exp(args[0])) is not None:
+            return Softplus(u)  # log(1 + exp(u)), stably
         return _FUNCTIONS[node.fn](*args)

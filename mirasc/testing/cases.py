@@ -188,15 +188,21 @@ def rounding_sensitivity(
     return worst
 
 
+def named(module, result: tuple) -> dict:
+    """A `run` result's tensors by the names errors are reported under: `o`, `state:NAME`
+    (the module's STATE_NAMES), `grad:INPUT`."""
+    o, states, grads = result
+    tensors = {"o": o}
+    for name, s in zip(getattr(module, "STATE_NAMES", ()), states, strict=True):
+        tensors[f"state:{name}"] = s
+    tensors.update({f"grad:{name}": g for name, g in grads.items()})
+    return tensors
+
+
 def run_errors(module, got: tuple, want: tuple) -> dict:
     """Relative error per tensor between two `run` results: output, states, gradients."""
-    (o, s, g), (ref_o, ref_s, ref_g) = got, want
-    errors = {"o": relative_error(o, ref_o)}
-    for name, a, b in zip(getattr(module, "STATE_NAMES", ()), s, ref_s, strict=True):
-        errors[f"state:{name}"] = relative_error(a, b)
-    for name in ref_g:
-        errors[f"grad:{name}"] = relative_error(g[name], ref_g[name])
-    return errors
+    got = named(module, got)
+    return {name: relative_error(got[name], t) for name, t in named(module, want).items()}
 
 
 def compare(module, case: Case, backend: str = "torch", strategy: str | None = None) -> dict:

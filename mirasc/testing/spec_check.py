@@ -74,10 +74,7 @@ LARGE = 100.0  # the probe's residual scale: past fp32's exp overflow (88), as a
 
 def _not_finite(module, result: tuple) -> list:
     """The names of a `cases.run` result's tensors that hold an inf or a NaN."""
-    o, state, grads = result
-    named = {"o": o, **dict(zip((f"state:{n}" for n in module.STATE_NAMES), state, strict=True))}
-    named.update({f"grad:{n}": g for n, g in grads.items()})
-    return [name for name, t in named.items() if not torch.isfinite(t).all()]
+    return [n for n, t in testing.named(module, result).items() if not torch.isfinite(t).all()]
 
 
 def large_residual_probe(module, spec, backend: str, device: str, seed: int) -> str:
