@@ -289,6 +289,18 @@ def test_robust_losses_stay_finite_and_accurate_at_large_residuals(compile_text,
         assert_close(testing.run_errors(module, got, exact), TOL_CASE32, backend)
 
 
+@pytest.mark.parametrize("name", SHIPPED)
+def test_shipped_specs_stay_finite_at_outlier_residuals(shipped, name):
+    """`mirasc check`'s outlier probe (fp32, targets x 100) on every shipped spec, on the torch
+    backend and on the Triton kernels: a change that brings back an fp32 overflow shows here."""
+    from mirasc.testing.spec_check import large_residual_probe
+
+    module = shipped[name]
+    for backend in ("torch", "triton"):
+        verdict = large_residual_probe(module, testing.spec_of(module), backend, "cpu", seed=0)
+        assert verdict.endswith(": finite"), (backend, verdict)
+
+
 @pytest.mark.parametrize("arch", ["linear", "mlp(depth: 2, expansion: 2, activation: gelu)"])
 def test_lq_below_two_with_exact_zeros_in_the_state(compile_text, arch):
     """For q < 2, |a|^(q-2) is inf at a zero entry: the torch backend's |a|^(q-2) a (and its
