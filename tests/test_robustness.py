@@ -362,6 +362,14 @@ def test_sympy_recursing_without_end_is_a_located_error():
     fails(spec(bias=bias, lr="0.1", members=""), SpecLimitError, 3, "nests too deeply")
 
 
+def test_a_function_of_a_shared_number_prints_as_a_number(tmp_path):
+    """CSE shared sqrt(1e30) (exact in SymPy: 16777216 sqrt(3552713678800501)) as a temporary,
+    which printed as a Python float, and log of it as torch.log(float): a TypeError when the
+    package ran. Shared numbers now go back into their uses and print as numbers."""
+    bias = "bias(y, v) = sum((piecewise(v != 0.5: 3, otherwise: 1e30) ^ 0.5) ^ (-min(y, 0.8)))"
+    passes_check(spec(bias=bias, lr="0.1", members=""), tmp_path)
+
+
 # ---- the same promise on the command line ----------------------------------------------------
 @pytest.mark.parametrize(
     "command", [["compile"], ["explain"], ["check", "-n", "1"], ["train", "--steps", "1"]]

@@ -98,11 +98,22 @@ class KernelPrinter(StrPrinter):
         return f"({lhs} {expr.rel_op} {rhs})"
 
     def block(self, outputs: dict, prefix: str = "_t") -> list[str]:
-        """`name = code` lines for several expressions, with common sub-expressions shared."""
+        """`name = code` lines for several expressions, with common sub-expressions shared. A
+        shared sub-expression that is a number goes back into its uses as a float, so that a
+        function of it prints as the number it is (fuzz-found: log(sqrt(1e30)) printed as
+        torch.log of a Python float)."""
         names = list(outputs)
-        temps, reduced = sp.cse(
+        shared, reduced = sp.cse(
             list(outputs.values()), symbols=sp.numbered_symbols(prefix), order="none"
         )
+        numbers, temps = {}, []
+        for t, e in shared:
+            e = e.xreplace(numbers)
+            if e.is_number:
+                numbers[t] = sp.Float(e.evalf(20))
+            else:
+                temps.append((t, e))
+        reduced = [e.xreplace(numbers) for e in reduced]
         lines = [f"{t} = {self.doprint(e)}" for t, e in temps]
         lines += [f"{n} = {self.doprint(e)}" for n, e in zip(names, reduced, strict=True)]
         return lines
