@@ -370,6 +370,37 @@ def test_a_function_of_a_shared_number_prints_as_a_number(tmp_path):
     passes_check(spec(bias=bias, lr="0.1", members=""), tmp_path)
 
 
+def test_sigmoid_and_softplus_of_a_number_evaluate():
+    """A derivative evaluated at a constant left Softplus(1) for the printer, which could not
+    make a number of it (a crash once shared numbers were put back into their uses)."""
+    from mirasc.derivation.build import Sigmoid, Softplus
+
+    assert abs(float(Softplus(1).evalf()) - 1.3132616875182228) < 1e-15
+    assert float(Sigmoid(0).evalf()) == 0.5
+
+
+def test_conditions_sympy_merges_with_or_print(tmp_path):
+    """SymPy merged two piecewise arms of an activation into one with an Or condition, which
+    no printer took (an error without a location, fuzz-found); they print as | and &."""
+    defs = "activation act1(x) = piecewise(log(1) > x: x, 1 > x: 1, otherwise: exp(x))"
+    passes_check(spec(arch="mlp(activation: act1)", defs=defs), tmp_path)
+
+
+def test_a_comparison_sympy_cannot_decide_is_a_located_error():
+    """Nested piecewise gates made SymPy's set union raise 'did not evaluate to a bool'."""
+    text = "\n".join([
+        'memory Mem344 {',
+        '    architecture = linear(norm: layernorm)',
+        '    bias = lp(p: 1.5)',
+        '    retention = l2(d)',
+        '    algorithm = gd(lr: beta)',
+        '    gate beta = piecewise(tanh(z) > z: piecewise(2 / min(sinh(2), (z)) != 1e30: (z), z <= (max(z, z) - abs(z)): sigmoid(-z), otherwise: tanh(0.1) * cosh(z) ^ 3), piecewise(piecewise((z ^ 2) < abs(z): abs(1), log((0.5 * z)) < z: 1e-6, otherwise: 0) <= z: softplus(z), otherwise: z) >  + cosh(1): max(z, (0.5 / z) ^ sign(0.1) ^ 2), otherwise: z + 1e-30 ^ (z ^ 0.5) / (1e-6 ^ 3))',
+        '    gate d = .5 / piecewise(-z == z: z, piecewise(((z + z) - z) < piecewise(1e-6 <= 3: z, z > 1e-30: 4096, otherwise: z): z, z <= ((.5 - 3) ^ 0.1): max((z), (z)), otherwise: sinh(tanh(z))) == 65 - ((1e-30) ^ 0.1): max(piecewise(z == z: 65, otherwise: z), (min(z, 0.1) + (z))), otherwise: cosh(((z - 0) - z)))',
+        '}',
+    ])  # fmt: skip
+    fails(text, SpecTypeError, 6, "SymPy cannot decide")
+
+
 # ---- the same promise on the command line ----------------------------------------------------
 @pytest.mark.parametrize(
     "command", [["compile"], ["explain"], ["check", "-n", "1"], ["train", "--steps", "1"]]

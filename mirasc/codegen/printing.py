@@ -34,6 +34,8 @@ class KernelPrinter(StrPrinter):
         sp.Pow,
         sp.Piecewise,
         sp.core.relational.Relational,
+        sp.Or,
+        sp.And,
     )
 
     def _print(self, expr, **kwargs):
@@ -92,6 +94,12 @@ class KernelPrinter(StrPrinter):
         """A where() arm; targets whose where() needs tensor arms override this."""
         return self._print(value)
 
+    def _print_Or(self, expr):  # conditions SymPy merged from piecewise arms
+        return "(" + " | ".join(self._print(a) for a in expr.args) + ")"
+
+    def _print_And(self, expr):
+        return "(" + " & ".join(self._print(a) for a in expr.args) + ")"
+
     def _print_Relational(self, expr):
         lhs = self.parenthesize(expr.lhs, sp.printing.precedence.PRECEDENCE["Add"])
         rhs = self.parenthesize(expr.rhs, sp.printing.precedence.PRECEDENCE["Add"])
@@ -109,8 +117,9 @@ class KernelPrinter(StrPrinter):
         numbers, temps = {}, []
         for t, e in shared:
             e = e.xreplace(numbers)
-            if e.is_number:
-                numbers[t] = sp.Float(e.evalf(20))
+            value = e.evalf(20) if e.is_number else None
+            if value is not None and value.is_Float:
+                numbers[t] = value
             else:
                 temps.append((t, e))
         reduced = [e.xreplace(numbers) for e in reduced]

@@ -22,12 +22,18 @@ class Sigmoid(sp.Function):
         s = Sigmoid(self.args[0])
         return s * (1 - s)
 
+    def _eval_evalf(self, prec):  # of a number (a derivative evaluated at a constant)
+        return (1 / (1 + sp.exp(-self.args[0])))._eval_evalf(prec)
+
 
 class Softplus(sp.Function):
     """log(1 + exp(x)), kept whole so it prints as a stable library softplus."""
 
     def fdiff(self, argindex=1):
         return Sigmoid(self.args[0])
+
+    def _eval_evalf(self, prec):
+        return sp.log(1 + sp.exp(self.args[0]))._eval_evalf(prec)
 
 
 _FUNCTIONS = {
@@ -134,7 +140,14 @@ def real_comparisons(what: str, span: Span):
 
 
 def _non_real_error(error: TypeError, what, span: Span) -> Exception:
-    """SymPy's non-real comparison as a SpecTypeError about `what()`; other errors as is."""
+    """SymPy's non-real comparison, or one it cannot decide, as a SpecTypeError about
+    `what()`; other errors as is."""
+    if str(error).startswith("did not evaluate to a bool"):  # fuzz-found, in nested piecewise
+        return SpecTypeError(
+            f"{what()} has a comparison SymPy cannot decide",
+            span,
+            hint="simplify the piecewise conditions (fewer nested piecewise and min/max)",
+        )
     if not str(error).startswith(_NON_REAL):
         return error
     value = str(error)[len(_NON_REAL) :].strip()
