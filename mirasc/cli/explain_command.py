@@ -16,6 +16,17 @@ def add_parser(sub, epilog: str) -> None:
     parser.set_defaults(run=run)
 
 
+def _pretty(expr, use_unicode: bool) -> str:
+    """SymPy's two-dimensional form of `expr`, or its one-line form where the pretty printer
+    fails (it raised on a piecewise whose conditions hold piecewise values, fuzz-found)."""
+    import sympy as sp
+
+    try:
+        return sp.pretty(expr, use_unicode=use_unicode)
+    except (TypeError, ValueError):
+        return sp.sstr(expr)
+
+
 def run(args) -> int:
     import sympy as sp
 
@@ -28,16 +39,16 @@ def run(args) -> int:
     print("# spec (normalised)\n")
     print(spec.text())
     print("# attentional bias  l(y, v) = g(_S0, ...), _Si = sum_j phi_i(y_j, v_j)\n")
-    print(sp.pretty(sp.Eq(sp.Symbol("l"), b.g, evaluate=False), use_unicode=args.unicode))
+    print(_pretty(sp.Eq(sp.Symbol("l"), b.g, evaluate=False), use_unicode=args.unicode))
     for i, p in enumerate(b.phi):
-        print(sp.pretty(sp.Eq(sp.Symbol(f"phi{i}"), p, evaluate=False), use_unicode=args.unicode))
+        print(_pretty(sp.Eq(sp.Symbol(f"phi{i}"), p, evaluate=False), use_unicode=args.unicode))
     print("\n# derived: dl/dy_j (element-wise)\n")
-    print(sp.pretty(b.grad(), use_unicode=args.unicode))
+    print(_pretty(b.grad(), use_unicode=args.unicode))
     if d.activation is not None:
         a = d.activation
         print(f"\n# activation {a.name}: sigma(x), sigma'(x), sigma''(x)\n")
         for e in (a.f, a.df, a.d2f):
-            print(sp.pretty(e, use_unicode=args.unicode))
+            print(_pretty(e, use_unicode=args.unicode))
     print("\n# update rule (docs/semantics.md §2)\n")
     print(update_rule(spec))
     print("\n# plan\n")

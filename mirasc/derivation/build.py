@@ -148,6 +148,12 @@ def _non_real_error(error: TypeError, what, span: Span) -> Exception:
             span,
             hint="simplify the piecewise conditions (fewer nested piecewise and min/max)",
         )
+    if str(error) == "Invalid NaN comparison":  # SymPy's assumptions on a nan it made (fuzz)
+        return SpecTypeError(
+            f"{what()} makes SymPy compare an undefined value (nan)",
+            span,
+            hint="keep logs' arguments and powers' bases away from 0 and poles",
+        )
     if not str(error).startswith(_NON_REAL):
         return error
     value = str(error)[len(_NON_REAL) :].strip()
@@ -206,6 +212,12 @@ class Builder:
             out = self._build(node)
         except TypeError as e:  # the message is made only when needed: unparse is O(tree)
             raise _non_real_error(e, lambda: short(E.unparse(node)), node.span) from None
+        except OverflowError:  # SymPy evaluating a huge constant while it simplifies (fuzz)
+            raise SpecLimitError(
+                f"{short(E.unparse(node))} makes SymPy evaluate a number too large to hold",
+                node.span,
+                hint="keep constants and exponents small",
+            ) from None
         self.origin.setdefault(out, node)
         return out
 
