@@ -136,12 +136,12 @@ def real_comparisons(what: str, span: Span):
     try:
         yield
     except TypeError as e:
-        raise _non_real_error(e, lambda: what, span) from None
+        raise _sympy_type_error(e, lambda: what, span) from None
 
 
-def _non_real_error(error: TypeError, what, span: Span) -> Exception:
-    """SymPy's non-real comparison, or one it cannot decide, as a SpecTypeError about
-    `what()`; other errors as is."""
+def _sympy_type_error(error: TypeError, what, span: Span) -> Exception:
+    """A TypeError SymPy raised on the spec's formula (a non-real comparison, one it cannot
+    decide, one with a nan it made) as a SpecTypeError about `what()`; other errors as is."""
     if str(error).startswith("did not evaluate to a bool"):  # fuzz-found, in nested piecewise
         return SpecTypeError(
             f"{what()} has a comparison SymPy cannot decide",
@@ -211,7 +211,7 @@ class Builder:
         try:
             out = self._build(node)
         except TypeError as e:  # the message is made only when needed: unparse is O(tree)
-            raise _non_real_error(e, lambda: short(E.unparse(node)), node.span) from None
+            raise _sympy_type_error(e, lambda: short(E.unparse(node)), node.span) from None
         except OverflowError:  # SymPy evaluating a huge constant while it simplifies (fuzz)
             raise SpecLimitError(
                 f"{short(E.unparse(node))} makes SymPy evaluate a number too large to hold",

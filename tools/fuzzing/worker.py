@@ -54,13 +54,13 @@ def _run_once(module, spec) -> dict | None:
     reported, not defects; None when they agree."""
     from mirasc.testing.cases import compare, make_case
 
+    T = min(2 * spec.chunk + 1, 33)
     cases = {
         "3 tokens, default state": make_case(spec, B=1, T=3, H=1, Dk=3, Dv=3),
-        f"{2 * spec.chunk + 1} tokens, random state": make_case(
-            spec, B=1, T=min(2 * spec.chunk + 1, 33), H=1, Dk=3, Dv=3, seed=1,
-            with_initial_state=True,
+        f"{T} tokens, random state": make_case(
+            spec, B=1, T=T, H=1, Dk=3, Dv=3, seed=1, with_initial_state=True
         ),
-    }  # fmt: skip
+    }
     for where, case in cases.items():
         try:
             errors = compare(module, case, "torch")
