@@ -22,8 +22,8 @@ length TP, which Triton specialises on at launch (torch allocations are 16-byte 
 
 Specs whose Triton backend has the chunked dual-form kernels (a linear memory trained by gd:
 linear_attention) get rows `dual:forward`, `dual:state_bwd` and `dual:chunk_bwd` the same way (mirasc.runtime.dual_chunk);
-those of a two-layer MLP memory (titans, ttt_mlp, yaad) rows `mlp:forward` and `mlp:backward`
-(mirasc.runtime.mlp_chunk), those of a deeper one `deep:forward` and `deep:backward`
+those of a two-layer MLP memory (titans, ttt_mlp, yaad) rows `mlp:forward`, `mlp:decode` and
+the backward pass's three, `mlp:reads`, `mlp:reads_bwd` and `mlp:backward` (mirasc.runtime.mlp_chunk), those of a deeper one `deep:forward` and `deep:backward`
 (mirasc.runtime.deep_chunk).
 
 Where flash-linear-attention (`fla`) is importable, its chunk_gated_delta_rule state and output
@@ -255,17 +255,21 @@ def dual_measure(spec: str, name: str, D: int, dtype: str = "bf16") -> Figures:
 
 
 def mlp_measure(spec: str, name: str, D: int, dtype: str = "bf16") -> Figures:
-    """One chunked dual-form kernel of an MLP memory at head size D (`name`: forward or
-    backward as a training-length call launches them, or decode: the forward kernel as a call
-    without autograd continuing a chunk launches it)."""
+    """One chunked dual-form kernel of an MLP memory at head size D (`name`: forward, the
+    backward pass's reads and reads_bwd (two-layer memories) and backward, as a training-length
+    call launches them, or decode: the forward kernel as a call without autograd continuing a
+    chunk launches it)."""
     backend = backend_of(spec)
     tl = importlib.import_module("triton.language")
     mlp = backend.mlp
-    meta = mlp.meta(D, D, tl.float32 if dtype == "fp32" else tl.bfloat16, name == "backward")
-    if name != "backward":
+    kernels = {"backward": mlp.backward_kernel}  # a deep memory's backward is one kernel
+    if mlp.reads_kernels:
+        kernels["reads"], kernels["reads_bwd"] = mlp.reads_kernels
+    meta = mlp.meta(D, D, tl.float32 if dtype == "fp32" else tl.bfloat16, name in kernels)
+    if name not in kernels:
         meta["SAVE"], meta["CONT"] = name == "forward", name == "decode"
     kind = "deep" if has_deep(spec) else "mlp"
-    kernel = getattr(backend, f"_{kind}_{'backward' if name == 'backward' else 'forward'}_kernel")
+    kernel = kernels.get(name, mlp.forward_kernel)
     return chunked_figures(spec, f"{kind}:{name}", D, kernel, meta, mlp.launch_options(D, D), dtype)
 
 
@@ -322,7 +326,8 @@ def jobs(specs: list[str], sizes: list[int] | None, kernels: str) -> list[tuple[
             names += ["dual:forward", "dual:state_bwd", "dual:chunk_bwd"]
         if kernels != "fused" and has_mlp(spec):
             kind = "deep" if has_deep(spec) else "mlp"
-            names += [f"{kind}:forward", f"{kind}:decode", f"{kind}:backward"]
+            reads = [] if kind == "deep" else ["mlp:reads", "mlp:reads_bwd"]
+            names += [f"{kind}:forward", f"{kind}:decode", *reads, f"{kind}:backward"]
         if kernels != "fused" and has_kl(spec):
             decode = ["kl:decode"] if backend_of(spec).kl.streaming else []
             names += ["kl:forward", *decode, "kl:backward"]

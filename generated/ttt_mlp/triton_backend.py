@@ -570,19 +570,175 @@ def _mlp_forward_kernel(q_ptr, k_ptr, v_ptr, coef_ptr, ends_ptr, d_ptr, params_p
 
 
 @triton.jit
-def _mlp_backward_kernel(q_ptr, k_ptr, v_ptr, coef_ptr, ends_ptr, d_ptr, params_ptr, hs_ptr,
-                         ns_ptr, fin_ptr, ln_ptr, do_ptr, dst_ptr, scr_ptr, dq_ptr, dk_ptr, dv_ptr, dcoef_ptr,
-                         dends_ptr, dd_ptr, dparams_ptr, dln_ptr, scale, T, H, TP, NT,
+def _record_ptrs(rs_ptr, i_bh, n, NT, BT: tl.constexpr, DV: tl.constexpr, HID: tl.constexpr):
+    """A chunk's record in the reads' scratch rs_ptr [BH, NT, 4 BT HID + 3 BT DV]: its tiles
+    dZq1, H1, dD1 (the reads' part; the state pass overwrites it with dZ1's part so far) and dA1
+    (the reads' part) [BT, HID], then dZq2, dD2 (the reads' part) and D2 [BT, DV]."""
+    dzq1_ptr = rs_ptr + (i_bh * NT + n).to(tl.int64) * (4 * BT * HID + 3 * BT * DV)
+    h1_ptr = dzq1_ptr + BT * HID
+    dd1_ptr = h1_ptr + BT * HID
+    da1_ptr = dd1_ptr + BT * HID
+    dzq2_ptr = da1_ptr + BT * HID
+    return dzq1_ptr, h1_ptr, dd1_ptr, da1_ptr, dzq2_ptr, dzq2_ptr + BT * DV, dzq2_ptr + 2 * BT * DV
+
+
+@triton.jit
+def _mlp_reads_kernel(q_ptr, k_ptr, v_ptr, coef_ptr, d_ptr, params_ptr, hs_ptr, ns_ptr, ln_ptr,
+                      do_ptr, rs_ptr, red_ptr, dcoef_ptr, dd_ptr, scale, T, H, TP, NT,
+                      DK: tl.constexpr, DV: tl.constexpr, HID: tl.constexpr, BK: tl.constexpr,
+                      BV: tl.constexpr, BE: tl.constexpr, BT: tl.constexpr, DOT: tl.constexpr):
+    """The backward pass's first kernel, one program per (chunk, batch x head), all chunks at
+    once (a chunk's reads need nothing of the state's adjoint): from the chunk's saved start
+    state (hs_ptr), the surprise's D2 (A) and the reads (B) again, then the reverse of their
+    output (LayerNorm's) and of the reads' second layer as far as it needs no hidden tile:
+    dZq2, D2 and the reads' part of dD2 into the chunk's record (_record_ptrs), the reads' parts
+    of the adjoints of D and the read coefficients, and the chunk's sums (red_ptr [BH, NT,
+    2 DV + 2]: LayerNorm's gain and bias adjoints)."""
+    n = tl.program_id(0)
+    i_bh = tl.program_id(1)
+    i_b, i_h = i_bh // H, i_bh % H
+    BH = tl.num_programs(1)
+    size = DK * HID + HID * DV
+    o_t = tl.arange(0, BT)
+    o_v = tl.arange(0, BV)
+    o_e = tl.arange(0, BE)
+    t0 = n * BT
+    mask = (t0 + o_t < T)[:, None] & (o_v < DV)[None, :]
+    b_x = load_rows(q_ptr, i_b, i_h, t0, 0, T, H, DK, BT, BK).to(tl.float32) * scale
+    b_k = load_rows(k_ptr, i_b, i_h, t0, 0, T, H, DK, BT, BK).to(tl.float32)
+    b_v = load_rows(v_ptr, i_b, i_h, t0, 0, T, H, DV, BT, BV).to(tl.float32)
+    row = i_bh * TP + t0 + o_t
+    b_dmat = tl.load(d_ptr + row.to(tl.int64)[:, None] * BT + o_t[None, :])
+    b_a = tl.load(coef_ptr + row)[:, None]
+    w1_ptr = hs_ptr + (i_bh * NT + n).to(tl.int64) * (size)
+    w2_ptr = w1_ptr + DK * HID
+    _, _, _, _, dzq2_ptr, dd2_ptr, d2_ptr = _record_ptrs(rs_ptr, i_bh, n, NT, BT, DV, HID)
+    gamma, beta = ln_params(ln_ptr, i_h, H, o_v, DV)
+    # A: the surprise at the anchor
+    b_u2, b_na1 = _mlp_out(b_k, w1_ptr, w2_ptr, 1.0, BK, BV, BE, DK, DV, HID, DOT)
+    _, _, b_d2, _, _ = _surprise_rows(
+        b_u2, b_k, b_v, mask, gamma, beta, DV)
+    b_m = b_dmat * mm(b_x, tl.trans(b_k), DOT)
+    # B: the reads (their second layer's parts without the gates: UA = H1 W2, UB = H1 S2)
+    b_ua = tl.zeros([BT, BV], dtype=tl.float32)
+    b_ha = tl.zeros([BT, BT], dtype=tl.float32)
+    for e0 in range(0, HID, BE):
+        b_w1, b_z1, b_a1, b_u1 = _mlp_hidden(b_k, w1_ptr, e0, 1.0, BK, BE, DK, HID, DOT)
+        b_w2 = load_tile(w2_ptr, e0, 0, BE, BV, HID, DV)
+        b_d1 = mm(b_d2, tl.trans(b_w2), DOT) * _act_d1(b_z1)
+        b_zq1 = b_a * mm(b_x, b_w1, DOT) - mm(b_m, b_d1, DOT)
+        b_h1 = tl.where((e0 + o_e < HID)[None, :], _act(b_zq1), 0.0)
+        b_ua += mm(b_h1, b_w2, DOT)
+        b_ha += mm(b_h1, tl.trans(b_a1), DOT)
+    b_zq2 = b_a * b_ua - mm(b_dmat * b_ha, b_d2, DOT)
+    b_do = load_rows(do_ptr, i_b, i_h, t0, 0, T, H, DV, BT, BV).to(tl.float32)
+    b_xq, b_rq = ln_rows(b_zq2, mask, DV)
+    b_dgamma = tl.sum(b_do * b_xq, axis=0)
+    b_dbeta = tl.sum(tl.where(mask, b_do, 0.0), axis=0)
+    b_dzq2 = ln_back_rows(b_do * gamma, b_xq, b_rq, mask, DV)
+    b_dzd = mm(b_dzq2, tl.trans(b_d2), DOT)  # dZq2 D2^T
+    tl.store(dd_ptr + row.to(tl.int64)[:, None] * BT + o_t[None, :], -b_dzd * b_ha)
+    tl.store(dcoef_ptr + row, tl.sum(b_dzq2 * b_ua, axis=1))
+    store_tile(dd2_ptr, -mm(tl.trans(b_dmat * b_ha), b_dzq2, DOT), 0, 0, BT, BV, BT, DV)
+    store_tile(dzq2_ptr, b_dzq2, 0, 0, BT, BV, BT, DV)
+    store_tile(d2_ptr, b_d2, 0, 0, BT, BV, BT, DV)
+    sums_ptr = red_ptr + (i_bh * NT + n).to(tl.int64) * (2 * DV + 2)
+    tl.store(sums_ptr + o_v, b_dgamma, mask=o_v < DV)
+    tl.store(sums_ptr + DV + o_v, b_dbeta, mask=o_v < DV)
+
+
+@triton.jit
+def _mlp_reads_backward_kernel(q_ptr, k_ptr, coef_ptr, d_ptr, params_ptr, hs_ptr, ns_ptr, do_ptr,
+                               rs_ptr, red_ptr, dq_ptr, dk_ptr, dcoef_ptr, dd_ptr, scale, T, H,
+                               TP, NT, DK: tl.constexpr, DV: tl.constexpr, HID: tl.constexpr,
+                               BK: tl.constexpr, BV: tl.constexpr, BE: tl.constexpr,
+                               BT: tl.constexpr, DOT: tl.constexpr):
+    """The backward pass's second kernel, after _mlp_reads_kernel and like it one program per
+    (chunk, batch x head): the reverse of the reads' first layer and of what the second passes
+    back through the hidden units, per hidden tile in two passes (C: dZq1 and H1 into the
+    record, and the adjoints of q and the read coefficients; C': what passes on through D1 and
+    A1, into the record for the state pass). Writes q's adjoint, and adds into D's, the read
+    coefficients' and k's (the reads' part)."""
+    n = tl.program_id(0)
+    i_bh = tl.program_id(1)
+    i_b, i_h = i_bh // H, i_bh % H
+    BH = tl.num_programs(1)
+    size = DK * HID + HID * DV
+    o_t = tl.arange(0, BT)
+    o_e = tl.arange(0, BE)
+    t0 = n * BT
+    row = i_bh * TP + t0 + o_t
+    b_x = load_rows(q_ptr, i_b, i_h, t0, 0, T, H, DK, BT, BK).to(tl.float32) * scale
+    b_k = load_rows(k_ptr, i_b, i_h, t0, 0, T, H, DK, BT, BK).to(tl.float32)
+    b_dmat = tl.load(d_ptr + row.to(tl.int64)[:, None] * BT + o_t[None, :])
+    b_a = tl.load(coef_ptr + row)[:, None]
+    w1_ptr = hs_ptr + (i_bh * NT + n).to(tl.int64) * (size)
+    w2_ptr = w1_ptr + DK * HID
+    dzq1_ptr, h1_ptr, dd1_ptr, da1_ptr, dzq2_ptr, dd2_ptr, d2_ptr = _record_ptrs(
+        rs_ptr, i_bh, n, NT, BT, DV, HID)
+    b_d2 = load_tile(d2_ptr, 0, 0, BT, BV, BT, DV)
+    b_xk = mm(b_x, tl.trans(b_k), DOT)
+    b_m = b_dmat * b_xk
+    b_dp = b_dmat * mm(load_tile(dzq2_ptr, 0, 0, BT, BV, BT, DV), tl.trans(b_d2), DOT)
+    b_dx = load_rows(do_ptr, i_b, i_h, t0, 0, T, H, DV, BT, BV).to(tl.float32)
+    b_da = tl.zeros([BT], dtype=tl.float32)
+    # C: per hidden tile, the reverse of the reads' first layer
+    for e0 in range(0, HID, BE):
+        inside = (e0 + o_e < HID)[None, :]
+        # loaded again per tile, not kept across the loop: fewer registers held (spills)
+        b_xc = load_rows(q_ptr, i_b, i_h, t0, 0, T, H, DK, BT, BK).to(tl.float32) * scale
+        b_kc = load_rows(k_ptr, i_b, i_h, t0, 0, T, H, DK, BT, BK).to(tl.float32)
+        b_w1, b_z1, b_a1, b_u1 = _mlp_hidden(b_kc, w1_ptr, e0, 1.0, BK, BE, DK, HID, DOT)
+        b_w2 = load_tile(w2_ptr, e0, 0, BE, BV, HID, DV)
+        b_d1 = mm(b_d2, tl.trans(b_w2), DOT) * _act_d1(b_z1)
+        b_xw1 = mm(b_xc, b_w1, DOT)
+        b_zq1 = b_a * b_xw1 - mm(b_m, b_d1, DOT)
+        b_dzq2 = load_tile(dzq2_ptr, 0, 0, BT, BV, BT, DV)
+        b_dh1 = b_a * mm(b_dzq2, tl.trans(b_w2), DOT) - mm(b_dp, b_a1, DOT)
+        b_h1 = tl.where(inside, _act(b_zq1), 0.0)
+        b_dzq1 = tl.where(inside, b_dh1 * _act_d1(b_zq1), 0.0)
+        b_dx += b_a * mm(b_dzq1, tl.trans(b_w1), DOT)
+        b_da += tl.sum(b_dzq1 * b_xw1, axis=1)
+        store_tile(dzq1_ptr, b_dzq1, 0, e0, BT, BE, BT, HID)
+        store_tile(h1_ptr, b_h1, 0, e0, BT, BE, BT, HID)
+    tl.debug_barrier()  # dZq1 and H1 in the record, read back per tile by other threads
+    # C': per hidden tile, what the reads' reverse passes on through D1 and A1 (a pass of its
+    # own: fewer tiles live at once than in C)
+    b_r1 = tl.zeros([BT, BT], dtype=tl.float32)  # sum over hidden tiles of dZq1 D1^T
+    for e0 in range(0, HID, BE):
+        b_kc = load_rows(k_ptr, i_b, i_h, t0, 0, T, H, DK, BT, BK).to(tl.float32)
+        b_z1 = _mlp_hidden(b_kc, w1_ptr, e0, 1.0, BK, BE, DK, HID, DOT)[1]
+        b_w2 = load_tile(w2_ptr, e0, 0, BE, BV, HID, DV)
+        b_d1 = mm(b_d2, tl.trans(b_w2), DOT) * _act_d1(b_z1)
+        b_dzq1 = load_tile(dzq1_ptr, 0, e0, BT, BE, BT, HID)
+        b_r1 += mm(b_dzq1, tl.trans(b_d1), DOT)
+        store_tile(dd1_ptr, -mm(tl.trans(b_m), b_dzq1, DOT), 0, e0, BT, BE, BT, HID)
+        b_h1 = load_tile(h1_ptr, 0, e0, BT, BE, BT, HID)
+        store_tile(da1_ptr, -mm(tl.trans(b_dp), b_h1, DOT), 0, e0, BT, BE, BT, HID)
+    b_rd = b_dmat * b_r1
+    b_dx -= mm(b_rd, b_k, DOT)
+    store_rows(dq_ptr, b_dx * scale, i_b, i_h, t0, 0, T, H, DK, BT, BK)
+    store_rows(dk_ptr, -mm(tl.trans(b_rd), b_x, DOT), i_b, i_h, t0, 0, T, H, DK, BT, BK)
+    dd_ptrs = dd_ptr + row.to(tl.int64)[:, None] * BT + o_t[None, :]
+    tl.store(dd_ptrs, tl.load(dd_ptrs) - b_r1 * b_xk)
+    tl.store(dcoef_ptr + row, tl.load(dcoef_ptr + row) + b_da)
+
+
+@triton.jit
+def _mlp_backward_kernel(q_ptr, k_ptr, v_ptr, coef_ptr, ends_ptr, params_ptr, hs_ptr, ns_ptr,
+                         fin_ptr, ln_ptr, do_ptr, dst_ptr, rs_ptr, red_ptr, dq_ptr, dk_ptr,
+                         dv_ptr, dcoef_ptr, dends_ptr, dparams_ptr, dln_ptr, scale, T, H, TP, NT,
                          DK: tl.constexpr, DV: tl.constexpr, HID: tl.constexpr, BK: tl.constexpr,
                          BV: tl.constexpr, BE: tl.constexpr, BT: tl.constexpr,
                          DOT: tl.constexpr):
-    """One program per (batch, head), its chunks in reverse, each recomputed from its saved
-    start state (hs_ptr). dst_ptr holds the final state's adjoint on entry and the initial
-    state's on exit, updated in place a hidden tile at a time. Per chunk, passes over the
-    hidden tiles: the surprise's Y (A), the reads (B), the end coefficients' adjoints, the
-    reverse of the reads, of the update (a layer at a time) and of Delta1 = (D2 W2^T) * act'(Z1)
-    (C; what needs the whole of dD2 waits in scr_ptr), A again (its rows are made anew rather
-    than held across C), then, after the loss's vector-Jacobian product and LayerNorm's backward of its backward,
+    """The backward pass's state pass, after the reads' two kernels: one program per (batch,
+    head), its chunks in reverse, each recomputed from its saved start state (hs_ptr).
+    dst_ptr holds the final state's adjoint on entry and the initial state's on exit, updated
+    in place a hidden tile at a time. Per chunk, passes over the hidden tiles: the surprise's
+    D2 (A), the end coefficients' adjoints, the reverse of the update (a layer at a time) and
+    of Delta1 = (D2 W2^T) * act'(Z1), with the reads' adjoints from the chunk's record (C;
+    what needs the whole of dD2 waits in the record), A again (its rows made anew rather than
+    held across C), then, after the loss's vector-Jacobian product and LayerNorm's backward of its backward,
     the reverse of the surprise's forward pass (D). Nothing but the state's adjoints in dst_ptr
     passes from one chunk to the next (LayerNorm's adjoints are added into dln_ptr per chunk)."""
     i_bh = tl.program_id(0)
@@ -591,8 +747,6 @@ def _mlp_backward_kernel(q_ptr, k_ptr, v_ptr, coef_ptr, ends_ptr, d_ptr, params_
     size = DK * HID + HID * DV
     dw1_ptr = dst_ptr + i_bh.to(tl.int64) * (size)
     dw2_ptr = dw1_ptr + DK * HID
-    da1_ptr = scr_ptr + i_bh.to(tl.int64) * (2 * BT * HID)  # per chunk: dA1 and dZ1 so far
-    dz1_ptr = da1_ptr + BT * HID
     o_t = tl.arange(0, BT)
     o_v = tl.arange(0, BV)
     o_e = tl.arange(0, BE)
@@ -606,48 +760,24 @@ def _mlp_backward_kernel(q_ptr, k_ptr, v_ptr, coef_ptr, ends_ptr, d_ptr, params_
         n = NT - 1 - i
         t0 = n * BT
         mask = (t0 + o_t < T)[:, None] & (o_v < DV)[None, :]
-        b_x = load_rows(q_ptr, i_b, i_h, t0, 0, T, H, DK, BT, BK).to(tl.float32) * scale
         b_k = load_rows(k_ptr, i_b, i_h, t0, 0, T, H, DK, BT, BK).to(tl.float32)
         b_v = load_rows(v_ptr, i_b, i_h, t0, 0, T, H, DV, BT, BV).to(tl.float32)
-        b_do = load_rows(do_ptr, i_b, i_h, t0, 0, T, H, DV, BT, BV).to(tl.float32)
         row = i_bh * TP + t0 + o_t
-        b_dmat = tl.load(d_ptr + row.to(tl.int64)[:, None] * BT + o_t[None, :])
         b_a = tl.load(coef_ptr + row)[:, None]
         b_dl = tl.load(coef_ptr + 2 * BH * TP + row)[:, None]
         a_end = tl.load(ends_ptr + i_bh * NT + n)
         w1_ptr = hs_ptr + (i_bh * NT + n).to(tl.int64) * (size)
         w2_ptr = w1_ptr + DK * HID
+        dzq1_ptr, h1_ptr, dz1_ptr, da1_ptr, dzq2_ptr, dd2_ptr, _ = _record_ptrs(rs_ptr, i_bh, n,
+                                                                                NT, BT, DV, HID)
+        sums_ptr = red_ptr + (i_bh * NT + n).to(tl.int64) * (2 * DV + 2)
         # A: the surprise at the anchor
         b_u2, b_na1 = _mlp_out(b_k, w1_ptr, w2_ptr, 1.0, BK, BV, BE, DK, DV, HID, DOT)
         b_z2 = b_u2
         _, _, b_d2, _, _ = _surprise_rows(  # D2; the rest is made anew after C
             b_z2, b_k, b_v, mask, gamma, beta, DV)
-        b_xk = mm(b_x, tl.trans(b_k), DOT)
-        b_m = b_dmat * b_xk
-        # B: the reads (their second layer's parts without the gates: UA = H1 W2, UB = H1 S2)
-        b_ua = tl.zeros([BT, BV], dtype=tl.float32)
-        b_ha = tl.zeros([BT, BT], dtype=tl.float32)
-        for e0 in range(0, HID, BE):
-            b_w1, b_z1, b_a1, b_u1 = _mlp_hidden(b_k, w1_ptr, e0, 1.0, BK, BE, DK, HID, DOT)
-            b_w2 = load_tile(w2_ptr, e0, 0, BE, BV, HID, DV)
-            b_d1 = mm(b_d2, tl.trans(b_w2), DOT) * _act_d1(b_z1)
-            b_zq1 = b_a * mm(b_x, b_w1, DOT) - mm(b_m, b_d1, DOT)
-            b_h1 = tl.where((e0 + o_e < HID)[None, :], _act(b_zq1), 0.0)
-            b_ua += mm(b_h1, b_w2, DOT)
-            b_ha += mm(b_h1, tl.trans(b_a1), DOT)
-        b_zq2 = b_a * b_ua - mm(b_dmat * b_ha, b_d2, DOT)
-        b_xq, b_rq = ln_rows(b_zq2, mask, DV)
-        b_dgamma += tl.sum(b_do * b_xq, axis=0)
-        b_dbeta += tl.sum(tl.where(mask, b_do, 0.0), axis=0)
-        b_dzq2 = ln_back_rows(b_do * gamma, b_xq, b_rq, mask, DV)
-        b_dx = b_do
-        b_da = tl.sum(b_dzq2 * b_ua, axis=1)
-        b_dzd = mm(b_dzq2, tl.trans(b_d2), DOT)  # dZq2 D2^T
-        b_dD = -b_dzd * b_ha
-        b_dp = b_dmat * b_dzd
-        b_dd2 = -mm(tl.trans(b_dmat * b_ha), b_dzq2, DOT)
-        b_r1 = tl.zeros([BT, BT], dtype=tl.float32)  # sum over hidden tiles of dZq1 D1^T
-        b_dk = tl.zeros([BT, BK], dtype=tl.float32)
+        b_dd2 = load_tile(dd2_ptr, 0, 0, BT, BV, BT, DV)  # the reads' part
+        b_dk = load_rows(dk_ptr, i_b, i_h, t0, 0, T, H, DK, BT, BK)  # the reads' part
         b_ddl = tl.zeros([BT], dtype=tl.float32)
         # the end coefficients' adjoints: the end state's adjoints against the start state, in a
         # pass of their own before C overwrites them (fewer values held in C)
@@ -657,27 +787,19 @@ def _mlp_backward_kernel(q_ptr, k_ptr, v_ptr, coef_ptr, ends_ptr, d_ptr, params_
             b_dw2 = load_tile(dw2_ptr, e0, 0, BE, BV, HID, DV)
             b_daC += tl.sum(tl.sum(b_dw1 * load_tile(w1_ptr, 0, e0, BK, BE, DK, HID), axis=1), axis=0)
             b_daC += tl.sum(tl.sum(b_dw2 * load_tile(w2_ptr, e0, 0, BE, BV, HID, DV), axis=1), axis=0)
-        # C: per hidden tile, the reverse of the reads, of the update and of D1's making
+        # C: per hidden tile, the reverse of the update and of D1's making, the reads' adjoints
+        # from the record
         for e0 in range(0, HID, BE):
-            inside = (e0 + o_e < HID)[None, :]
             # loaded again per tile, not kept across the loop: fewer registers held (spills)
-            b_xc = load_rows(q_ptr, i_b, i_h, t0, 0, T, H, DK, BT, BK).to(tl.float32) * scale
             b_kc = load_rows(k_ptr, i_b, i_h, t0, 0, T, H, DK, BT, BK).to(tl.float32)
             b_w1, b_z1, b_a1, b_u1 = _mlp_hidden(b_kc, w1_ptr, e0, 1.0, BK, BE, DK, HID, DOT)
             b_w2 = load_tile(w2_ptr, e0, 0, BE, BV, HID, DV)
             b_b1r = mm(b_d2, tl.trans(b_w2), DOT)
             b_b1 = b_b1r
             b_d1 = b_b1 * _act_d1(b_z1)
-            b_xw1 = mm(b_xc, b_w1, DOT)
-            b_zq1 = b_a * b_xw1 - mm(b_m, b_d1, DOT)
-            b_dh1 = b_a * mm(b_dzq2, tl.trans(b_w2), DOT) - mm(b_dp, b_a1, DOT)
-            b_h1 = tl.where(inside, _act(b_zq1), 0.0)
-            b_dzq1 = tl.where(inside, b_dh1 * _act_d1(b_zq1), 0.0)
-            b_dx += b_a * mm(b_dzq1, tl.trans(b_w1), DOT)
-            b_r1 += mm(b_dzq1, tl.trans(b_d1), DOT)
-            b_da += tl.sum(b_dzq1 * b_xw1, axis=1)
-            b_dd1 = -mm(tl.trans(b_m), b_dzq1, DOT)
-            b_da1 = -mm(tl.trans(b_dp), b_h1, DOT)
+            b_dd1 = load_tile(dz1_ptr, 0, e0, BT, BE, BT, HID)  # the reads' part
+            b_dzq1 = load_tile(dzq1_ptr, 0, e0, BT, BE, BT, HID)
+            b_xc = load_rows(q_ptr, i_b, i_h, t0, 0, T, H, DK, BT, BK).to(tl.float32) * scale
             # the update's reverse, a layer at a time: this tile's end-state adjoints (dst_ptr)
             b_dw1 = load_tile(dw1_ptr, 0, e0, BK, BE, DK, HID)
             b_kdw = mm(b_kc, b_dw1, DOT)
@@ -687,11 +809,14 @@ def _mlp_backward_kernel(q_ptr, k_ptr, v_ptr, coef_ptr, ends_ptr, d_ptr, params_
             # the start state's adjoints so far (Z1 = K W1 and Z2 = A1 W2 add theirs in D)
             b_dw1 = a_end * b_dw1 + mm(tl.trans(b_xc), b_a * b_dzq1, DOT)
             store_tile(dw1_ptr, b_dw1, 0, e0, BK, BE, DK, HID)
+            b_da1 = load_tile(da1_ptr, 0, e0, BT, BE, BT, HID)  # the reads' part
             b_dw2 = load_tile(dw2_ptr, e0, 0, BE, BV, HID, DV)
             b_adw = mm(b_a1, b_dw2, DOT)
             b_dd2 -= b_dl * b_adw
             b_ddl -= tl.sum(b_d2 * b_adw, axis=1)
             b_da1 -= mm(b_dl * b_d2, tl.trans(b_dw2), DOT)
+            b_h1 = load_tile(h1_ptr, 0, e0, BT, BE, BT, HID)
+            b_dzq2 = load_tile(dzq2_ptr, 0, 0, BT, BV, BT, DV)
             # D1 = B1 * act'(Z1), B1 = D2 W2^T
             b_db1 = b_dd1 * _act_d1(b_z1)
             b_dd2 += mm(b_db1, b_w2, DOT)
@@ -700,13 +825,8 @@ def _mlp_backward_kernel(q_ptr, k_ptr, v_ptr, coef_ptr, ends_ptr, d_ptr, params_
             store_tile(dw2_ptr, b_dw2, e0, 0, BE, BV, HID, DV)
             store_tile(da1_ptr, b_da1, 0, e0, BT, BE, BT, HID)
             store_tile(dz1_ptr, b_dd1 * b_b1 * _act_d2(b_z1), 0, e0, BT, BE, BT, HID)
-        # x and k again: held across C they would be live through all of it (registers)
-        b_x = load_rows(q_ptr, i_b, i_h, t0, 0, T, H, DK, BT, BK).to(tl.float32) * scale
+        # k again: held across C it would be live through all of it (registers)
         b_k = load_rows(k_ptr, i_b, i_h, t0, 0, T, H, DK, BT, BK).to(tl.float32)
-        b_rd = b_dmat * b_r1
-        b_dx -= mm(b_rd, b_k, DOT)
-        b_dk -= mm(tl.trans(b_rd), b_x, DOT)
-        b_dD -= b_r1 * b_xk
         # A again: the surprise's rows, made anew rather than held across C (registers)
         gamma, beta = ln_params(ln_ptr, i_h, H, o_v, DV)
         b_v = load_rows(v_ptr, i_b, i_h, t0, 0, T, H, DV, BT, BV).to(tl.float32)
@@ -732,13 +852,10 @@ def _mlp_backward_kernel(q_ptr, k_ptr, v_ptr, coef_ptr, ends_ptr, d_ptr, params_
             b_dw2 = load_tile(dw2_ptr, e0, 0, BE, BV, HID, DV) + mm(tl.trans(b_a1), b_dz2, DOT)
             store_tile(dw1_ptr, b_dw1, 0, e0, BK, BE, DK, HID)
             store_tile(dw2_ptr, b_dw2, e0, 0, BE, BV, HID, DV)
-        store_rows(dq_ptr, b_dx * scale, i_b, i_h, t0, 0, T, H, DK, BT, BK)
         store_rows(dk_ptr, b_dk, i_b, i_h, t0, 0, T, H, DK, BT, BK)
         store_rows(dv_ptr, b_dv, i_b, i_h, t0, 0, T, H, DV, BT, BV)
-        tl.store(dcoef_ptr + row, b_da)
         tl.store(dcoef_ptr + 2 * BH * TP + row, b_ddl)
         tl.store(dends_ptr + i_bh * NT + n, b_daC)
-        tl.store(dd_ptr + row.to(tl.int64)[:, None] * BT + o_t[None, :], b_dD)
         add_ln_adjoints(dln_ptr, b_dgamma, b_dbeta, i_bh, BH, DV, BV)
 
 
@@ -765,7 +882,7 @@ unsupported = fused.unsupported
 
 mlp = mlp_chunk.MlpChunk(
     "mirasc_ttt_mlp_77d40b3480c2",
-    (_mlp_forward_kernel, _mlp_backward_kernel),
+    (_mlp_forward_kernel, _mlp_reads_kernel, _mlp_reads_backward_kernel, _mlp_backward_kernel),
     shapes=_shapes,
     chunk=CHUNK,
     retention="none",

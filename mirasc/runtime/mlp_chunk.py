@@ -9,6 +9,14 @@ tile of hidden units at a time. Activation memory: the state at each chunk's sta
 retention (MONETA) the state is A, read as W = A / ||A||_q^(q-2), and the kernels also keep
 sum |A|^q of every saved state and of the final one (`ns`), which the backward pass reads.
 
+The backward pass is three kernels, shaped like flash-linear-attention's: what a chunk's reads
+contribute needs nothing of the state's adjoint, so two kernels reverse every chunk's reads at
+once (one program per chunk and (batch, head)) and leave a record per chunk (4 C·hidden + 3 C·Dv
+floats: the reads' adjoints the state pass takes up); then the state pass walks the chunks in
+reverse, one program per (batch, head), through the update's and the surprise's reverse only.
+Split so, no kernel spills at Dk = Dv = 64 on sm_90; as one kernel the backward spilled
+(benchmarks/gpu_static.py, docs/triton.md).
+
 Calls without autograd (decoding, evaluation) take the forward kernel at any length, a call
 continuing a chunk included (padded in front, its first chunk's surprise at the anchor): the
 recurrent kernels hold the whole state per program, which does not fit in registers and
@@ -58,7 +66,9 @@ class MlpChunk:
 
     def __init__(self, namespace: str, kernels: tuple, *, shapes: Callable, chunk: int,
                  retention: str, momentum: bool, required_state: str):  # fmt: skip
-        self.forward_kernel, self.backward_kernel = kernels
+        # forward, the reads' backward kernels (parallel over chunks; a deep memory's backward
+        # has none), the state pass (sequential over chunks)
+        self.forward_kernel, *self.reads_kernels, self.backward_kernel = kernels
         self.shapes, self.chunk = shapes, chunk
         self.retention, self.momentum = retention, momentum
         self.depth = len(shapes(1, 1))  # weight matrices: layers
@@ -91,10 +101,10 @@ class MlpChunk:
         """8 warps: 4 spill at Dk = Dv = 64 on sm_90 (benchmarks/gpu_static.py)."""
         return dict(num_warps=8, num_stages=1)
 
-    def _launch(self, kernel, args: tuple, q: Tensor, v: Tensor, **extra) -> None:
+    def _launch(self, kernel, args: tuple, q: Tensor, v: Tensor, grid: tuple = (), **extra):
         Dk, Dv, BH = q.shape[-1], v.shape[-1], q.shape[0] * q.shape[2]
-        meta = self.meta(Dk, Dv, dot_dtype(q.dtype), kernel is self.backward_kernel)
-        kernel[(BH,)](*args, **meta, **self.launch_options(Dk, Dv), **extra)
+        meta = self.meta(Dk, Dv, dot_dtype(q.dtype), kernel is not self.forward_kernel)
+        kernel[(*grid, BH)](*args, **meta, **self.launch_options(Dk, Dv), **extra)
 
     def _sums_shape(self, BH: int, NT: int) -> tuple:
         """lq: sum |A_l|^q of each layer at every chunk's start and at the end."""
@@ -142,16 +152,28 @@ class MlpChunk:
 
     def launch_backward(self, q, k, v, coef, ends, d, params, hs, ns, final, ln, do, dfinal,
                         scale: float):  # fmt: skip
-        """The chunks in reverse, one program per (batch, head): the adjoints of the inputs,
+        """Three kernels: the reverse of every chunk's reads at once in two (one program per
+        chunk and (batch, head)), which leave a record per chunk, then the chunks in reverse,
+        one program per (batch, head), carrying the state's adjoint: the adjoints of the inputs,
         coefficients, loss gates, initial state and LayerNorm's gain and bias."""
         grads = self.backward_buffers(q, k, v, coef, ends, d, params, dfinal)
-        hidden = self.shapes(q.shape[-1], v.shape[-1])[0][1]
-        BH, f32 = q.shape[0] * q.shape[2], torch.float32
-        scratch = q.new_empty((BH, 2, self.chunk, hidden), dtype=f32)
-        args = (q, k, v, coef, ends, d, params, hs, ns, final, ln, do, grads[7], scratch,
-                *grads[:7], grads[8], scale, q.shape[1], q.shape[2], coef.shape[-1],
-                ends.shape[-1])  # fmt: skip
-        self._launch(self.backward_kernel, args, q, v)
+        dq, dk, dv, dcoef, dends, dd, dparams, dstate, dln = grads
+        Dk, Dv = q.shape[-1], v.shape[-1]
+        hidden = self.shapes(Dk, Dv)[0][1]
+        BH, NT, C = q.shape[0] * q.shape[2], ends.shape[-1], self.chunk
+        f32 = dict(dtype=torch.float32, device=q.device)
+        record = q.new_empty((BH, NT, 4 * C * hidden + 3 * C * Dv), **f32)
+        sums = q.new_zeros((BH, NT, 2 * Dv + 2), **f32)  # LayerNorm's adjoints, lq's x1, x2
+        sizes = (q.shape[1], q.shape[2], coef.shape[-1], NT)
+        reads, reads_back = self.reads_kernels
+        args = (q, k, v, coef, d, params, hs, ns, ln, do, record, sums, dcoef, dd, scale)
+        self._launch(reads, (*args, *sizes), q, v, grid=(NT,))
+        args = (q, k, coef, d, params, hs, ns, do, record, sums, dq, dk, dcoef, dd, scale)
+        self._launch(reads_back, (*args, *sizes), q, v, grid=(NT,))
+        args = (q, k, v, coef, ends, params, hs, ns, final, ln, do, dstate, record, sums, dq, dk,
+                dv, dcoef, dends, dparams, dln, scale)  # fmt: skip
+        self._launch(self.backward_kernel, (*args, *sizes), q, v)
+        dln += sums[..., : 2 * Dv].view(BH, NT, 2, Dv).sum(1).transpose(0, 1)
         return self.backward_results(q, k, v, grads)
 
     def _register(self, namespace: str):
