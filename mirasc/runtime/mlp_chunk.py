@@ -60,9 +60,9 @@ def anchor_and_save(anchors, flat: Tensor, inputs: tuple, chunk_offset: int):
 
 class MlpChunk:
     """The kernels of one spec as a `torch.library` op pair with an autograd formula; the
-    generated backend passes its forward and backward kernels, the memory's weight shapes,
-    chunk, retention kind, whether it has momentum and what its missing initial state means
-    (`required_state`, "" if zeros are fine)."""
+    generated backend passes its forward kernel and its backward pass's (see the module's
+    docstring), the memory's weight shapes, chunk, retention kind, whether it has momentum and
+    what its missing initial state means (`required_state`, "" if zeros are fine)."""
 
     def __init__(self, namespace: str, kernels: tuple, *, shapes: Callable, chunk: int,
                  retention: str, momentum: bool, required_state: str):  # fmt: skip
@@ -121,7 +121,7 @@ class MlpChunk:
 
     @staticmethod
     def backward_buffers(q, k, v, coef, ends, d, params, dfinal) -> tuple:
-        """What the backward kernel writes: the adjoints of q, k, v (fp32), the coefficients
+        """What the backward kernels write: the adjoints of q, k, v (fp32), the coefficients
         (zeros: rows a spec lacks stay unwritten, D's gathers per layer), the loss's gates, the
         state (the final state's on entry, updated in place) and LayerNorm's [2, BH, Dv]."""
         f32 = dict(dtype=torch.float32, device=q.device)
