@@ -52,14 +52,16 @@ def short_calls_chunked(module):
 
 @pytest.mark.parametrize(
     "name,T,D,dtype",
-    [("titans", 37, 20, torch.float32), ("ttt_mlp", 40, 12, torch.bfloat16),
-     ("yaad", 45, 20, torch.float32), ("moneta", 48, 12, torch.float32)],
+    [("titans", 37, 20, torch.float32), ("titans", 33, 60, torch.float32),
+     ("ttt_mlp", 40, 12, torch.bfloat16), ("yaad", 45, 20, torch.float32),
+     ("moneta", 48, 12, torch.float32)],
 )  # fmt: skip
 def test_shipped_mlp_memories(shipped, name, T, D, dtype):
-    """Titans (momentum, decay, SiLU), TTT-MLP (bf16 inputs, two sequences), YAAD (a loss
-    with a row sum and a gate parameter) and MONETA (lq retention: the normalisers, and each
-    complete chunk's last read of the normalised end state, the final one included) at chunk
-    16, ragged last chunks (MONETA: complete), with a learned initial state."""
+    """Titans (momentum, decay, SiLU; also at D = 60: rows padded to tiles of 64, a hidden
+    size of 240), TTT-MLP (bf16 inputs, two sequences), YAAD (a loss with a row sum and a gate
+    parameter) and MONETA (lq retention: the normalisers, and each complete chunk's last read
+    of the normalised end state, the final one included) at chunk 16, ragged last chunks
+    (MONETA: complete), with a learned initial state."""
     module = shipped[name]
     B = 2 if dtype == torch.bfloat16 else 1
     case = testing.make_case(testing.spec_of(module), B=B, T=T, H=2, Dk=D, seed=3, dtype=dtype,
