@@ -22,8 +22,10 @@ length TP, which Triton specialises on at launch (torch allocations are 16-byte 
 
 Specs whose Triton backend has the chunked dual-form kernels (a linear memory trained by gd:
 linear_attention) get rows `dual:forward`, `dual:state_bwd` and `dual:chunk_bwd` the same way (mirasc.runtime.dual_chunk);
-those of a two-layer MLP memory (titans, ttt_mlp, yaad) rows `mlp:forward`, `mlp:decode` and
-the backward pass's three, `mlp:reads`, `mlp:reads_bwd` and `mlp:backward` (mirasc.runtime.mlp_chunk), those of a deeper one `deep:forward` and `deep:backward`
+those of a two-layer MLP memory (titans, ttt_mlp, yaad) rows `mlp:forward` and `mlp:output` (a
+training call's forward pass: the state pass, then every chunk's outputs at once), `mlp:decode`,
+and the backward pass's three, `mlp:reads`, `mlp:reads_bwd` and `mlp:backward`
+(mirasc.runtime.mlp_chunk), those of a deeper one `deep:forward` and `deep:backward`
 (mirasc.runtime.deep_chunk).
 
 Where flash-linear-attention (`fla`) is importable, its chunk_gated_delta_rule state and output
@@ -264,10 +266,15 @@ def mlp_measure(spec: str, name: str, D: int, dtype: str = "bf16") -> Figures:
     mlp = backend.mlp
     kernels = {"backward": mlp.backward_kernel}  # a deep memory's backward is one kernel
     if mlp.reads_kernels:
-        kernels["reads"], kernels["reads_bwd"] = mlp.reads_kernels
+        kernels["output"], kernels["reads_bwd"] = mlp.reads_kernels
+        kernels["reads"] = mlp.reads_kernels[0]
     meta = mlp.meta(D, D, tl.float32 if dtype == "fp32" else tl.bfloat16, name in kernels)
     if name not in kernels:
         meta["SAVE"], meta["CONT"] = name == "forward", name == "decode"
+        if mlp.reads_kernels:  # training: the outputs come from the reads kernel (`output`)
+            meta["READS"] = name == "decode"
+    elif name in ("output", "reads"):
+        meta["OUTPUT"] = name == "output"
     kind = "deep" if has_deep(spec) else "mlp"
     kernel = kernels.get(name, mlp.forward_kernel)
     return chunked_figures(spec, f"{kind}:{name}", D, kernel, meta, mlp.launch_options(D, D), dtype)
@@ -326,8 +333,9 @@ def jobs(specs: list[str], sizes: list[int] | None, kernels: str) -> list[tuple[
             names += ["dual:forward", "dual:state_bwd", "dual:chunk_bwd"]
         if kernels != "fused" and has_mlp(spec):
             kind = "deep" if has_deep(spec) else "mlp"
+            output = [] if kind == "deep" else ["mlp:output"]
             reads = [] if kind == "deep" else ["mlp:reads", "mlp:reads_bwd"]
-            names += [f"{kind}:forward", f"{kind}:decode", *reads, f"{kind}:backward"]
+            names += [f"{kind}:forward", *output, f"{kind}:decode", *reads, f"{kind}:backward"]
         if kernels != "fused" and has_kl(spec):
             decode = ["kl:decode"] if backend_of(spec).kl.streaming else []
             names += ["kl:forward", *decode, "kl:backward"]

@@ -122,17 +122,19 @@ def test_the_chunked_dual_form_kernels_use_tensor_cores(tmp_path):
 @needs_nvidia
 def test_the_mlp_chunked_kernels_use_tensor_cores_and_do_not_spill(tmp_path):
     """Titans' and TTT-MLP's chunked kernels at D = 64, bf16 inputs, as training-length calls
-    launch them, and the forward kernel as decoding launches it (a continued chunk, its
-    anchor): every kernel issues tensor-core instructions and none spills a byte. The
-    backward pass is three kernels for this (two parallel over chunks for the reads' reverse,
-    then the state pass); as one kernel it spilled 124 B (titans) and 24 B."""
+    launch them (forward: the state pass, then every chunk's outputs at once), and the forward
+    kernel as decoding launches it (a continued chunk, its anchor, the reads in the same
+    pass): every kernel issues tensor-core instructions and none spills a byte. The backward
+    pass is three kernels for this (two parallel over chunks for the reads' reverse, then the
+    state pass); as one kernel it spilled 124 B (titans) and 24 B."""
     found = static_rows(
         tmp_path, "--specs", "titans", "ttt_mlp", "--D", "64", "--kernels", "chunked", "--jobs",
         "2",
     )  # fmt: skip
     rows = {(r["spec"], r["kernel"]): r for r in found[0]}
     assert set(rows) == {(s, f"mlp:{k}") for s in ("titans", "ttt_mlp")
-                         for k in ("forward", "decode", "reads", "reads_bwd", "backward")}  # fmt: skip
+                         for k in ("forward", "output", "decode", "reads", "reads_bwd",
+                                   "backward")}  # fmt: skip
     for where, r in rows.items():
         assert r["mma"] + r["wgmma"] > 0 and r["sass_mma"] > 0, f"{where}: no tensor-core op"
         assert r["spill_stores"] == r["spill_loads"] == r["stack"] == 0, f"{where} spills: {r}"
@@ -228,7 +230,7 @@ def test_the_chunked_kernels_compile_with_every_feature(tmp_path):
                     str(tmp_path / "generated")], check=True, capture_output=True)  # fmt: skip
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     jobs = [("moneta_clip", f"mlp:{k}", 64)
-            for k in ("forward", "reads", "reads_bwd", "backward")]  # fmt: skip
+            for k in ("forward", "output", "decode", "reads", "reads_bwd", "backward")]  # fmt: skip
     jobs += [("clipped_kl", f"kl:{k}", 64) for k in ("forward", "decode", "backward")]
     jobs += [(spec, f"dual:{k}", 64) for spec in ("ttt_linear_first_clip", "linear_lq")
              for k in ("forward", "state_bwd", "chunk_bwd")]  # fmt: skip

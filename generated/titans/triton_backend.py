@@ -535,7 +535,8 @@ def _mlp_forward_kernel(q_ptr, k_ptr, v_ptr, coef_ptr, ends_ptr, d_ptr, params_p
                         anc_ptr, ln_ptr, o_ptr, hs_ptr, ns_ptr, scale, T, H, TP, NT, OFFSET,
                         DK: tl.constexpr, DV: tl.constexpr, HID: tl.constexpr,
                         BK: tl.constexpr, BV: tl.constexpr, BE: tl.constexpr, BT: tl.constexpr,
-                        DOT: tl.constexpr, SAVE: tl.constexpr, CONT: tl.constexpr):
+                        DOT: tl.constexpr, SAVE: tl.constexpr, CONT: tl.constexpr,
+                        READS: tl.constexpr):
     """One program per (batch, head), its chunks in order; the state (st_ptr, updated in place)
     stays in global memory and passes through the chip a tile of BE hidden units at a time.
     Per chunk, with every gradient at the chunk's start state (its anchor):
@@ -546,7 +547,9 @@ def _mlp_forward_kernel(q_ptr, k_ptr, v_ptr, coef_ptr, ends_ptr, d_ptr, params_p
       update:   W1' = aC W1 + bC S1 - K^T (Dl D1), W2' = aC W2 + bC S2 - A1^T (Dl D2)
                 S1' = hC S1 - K^T (Dm D1), S2' = hC S2 - A1^T (Dm D2)
     Two passes over the hidden tiles: Y needs all of them before D2 exists. With SAVE, the
-    state at each chunk's start goes to hs_ptr for the backward pass. With CONT the call
+    state at each chunk's start goes to hs_ptr for the backward pass. Without READS the kernel
+    only updates the state, and _mlp_reads_kernel makes the outputs from the saved states
+    afterwards, every chunk at once (training: the sequential pass does less). With CONT the call
     continues a chunk (decoding, no gradient): its first OFFSET rows are padding in front of
     the call's tokens, and that chunk's surprise is taken at its anchor (anc_ptr, weights only)
     rather than at the state the call starts from."""
@@ -584,9 +587,10 @@ def _mlp_forward_kernel(q_ptr, k_ptr, v_ptr, coef_ptr, ends_ptr, d_ptr, params_p
         b_y, b_g, b_d2, b_xh, b_rstd = _surprise_rows(
             b_z2, b_k, b_v, mask, gamma, beta, DV)
         # per hidden tile: layer 1's deltas and reads, layer 2's reads, the update
-        b_m = b_dmat * mm(b_x, tl.trans(b_k), DOT)
-        b_zq2 = tl.zeros([BT, BV], dtype=tl.float32)
-        b_p = tl.zeros([BT, BT], dtype=tl.float32)
+        if READS:
+            b_m = b_dmat * mm(b_x, tl.trans(b_k), DOT)
+            b_zq2 = tl.zeros([BT, BV], dtype=tl.float32)
+            b_p = tl.zeros([BT, BT], dtype=tl.float32)
         hs1_ptr = hs_ptr + (i_bh * NT + n).to(tl.int64) * (2 * size)
         hs2_ptr = hs1_ptr + DK * HID
         for e0 in range(0, HID, BE):  # layer 1's tile, then layer 2's: fewer tiles live at once
@@ -601,33 +605,38 @@ def _mlp_forward_kernel(q_ptr, k_ptr, v_ptr, coef_ptr, ends_ptr, d_ptr, params_p
                 b_d1 = b_d1 * _act_d1(b_z1)
             else:
                 b_d1 = mm(b_d2, tl.trans(b_w2), DOT) * _act_d1(b_z1)
-            b_zq1 = b_a * mm(b_x, b_w1, DOT) - mm(b_m, b_d1, DOT)
+            if READS:
+                b_zq1 = b_a * mm(b_x, b_w1, DOT) - mm(b_m, b_d1, DOT)
             b_w1 = a_end * b_w1 - mm(tl.trans(b_k), b_dl * b_d1, DOT)
             b_s1 = load_tile(s1_ptr, 0, e0, BK, BE, DK, HID)
             if SAVE:
                 store_tile(hs1_ptr + size, b_s1, 0, e0, BK, BE, DK, HID)
-            b_zq1 += b_b * mm(b_x, b_s1, DOT)
+            if READS:
+                b_zq1 += b_b * mm(b_x, b_s1, DOT)
             b_w1 += b_end * b_s1
             b_s1 = h_end * b_s1 - mm(tl.trans(b_k), b_dmo * b_d1, DOT)
             store_tile(s1_ptr, b_s1, 0, e0, BK, BE, DK, HID)
             store_tile(w1_ptr, b_w1, 0, e0, BK, BE, DK, HID)
-            b_h1 = tl.where((e0 + tl.arange(0, BE) < HID)[None, :], _act(b_zq1), 0.0)
-            b_p += mm(b_h1, tl.trans(b_a1), DOT)
-            b_zq2 += b_a * mm(b_h1, b_w2, DOT)
+            if READS:
+                b_h1 = tl.where((e0 + tl.arange(0, BE) < HID)[None, :], _act(b_zq1), 0.0)
+                b_p += mm(b_h1, tl.trans(b_a1), DOT)
+                b_zq2 += b_a * mm(b_h1, b_w2, DOT)
             b_w2 = a_end * b_w2 - mm(tl.trans(b_a1), b_dl * b_d2, DOT)
             b_s2 = load_tile(s2_ptr, e0, 0, BE, BV, HID, DV)
             if SAVE:
                 store_tile(hs2_ptr + size, b_s2, e0, 0, BE, BV, HID, DV)
-            b_zq2 += b_b * mm(b_h1, b_s2, DOT)
+            if READS:
+                b_zq2 += b_b * mm(b_h1, b_s2, DOT)
             b_w2 += b_end * b_s2
             b_s2 = h_end * b_s2 - mm(tl.trans(b_a1), b_dmo * b_d2, DOT)
             store_tile(s2_ptr, b_s2, e0, 0, BE, BV, HID, DV)
             store_tile(w2_ptr, b_w2, e0, 0, BE, BV, HID, DV)
-        b_zq2 = b_zq2 - mm(b_dmat * b_p, b_d2, DOT)
-        b_xq = ln_rows(b_zq2, mask, DV)[0]
-        b_o = b_xq * gamma + beta
-        b_o += b_x
-        store_rows(o_ptr, b_o, i_b, i_h, tk0, 0, T, H, DV, BT, BV, CONT)
+        if READS:  # the chunk's outputs
+            b_zq2 = b_zq2 - mm(b_dmat * b_p, b_d2, DOT)
+            b_xq = ln_rows(b_zq2, mask, DV)[0]
+            b_o = b_xq * gamma + beta
+            b_o += b_x
+            store_rows(o_ptr, b_o, i_b, i_h, tk0, 0, T, H, DV, BT, BV, CONT)
 
 
 @triton.jit
@@ -644,17 +653,18 @@ def _record_ptrs(rs_ptr, i_bh, n, NT, BT: tl.constexpr, DV: tl.constexpr, HID: t
 
 
 @triton.jit
-def _mlp_reads_kernel(q_ptr, k_ptr, v_ptr, coef_ptr, d_ptr, params_ptr, hs_ptr, ns_ptr, ln_ptr,
-                      do_ptr, rs_ptr, red_ptr, dcoef_ptr, dd_ptr, scale, T, H, TP, NT,
-                      DK: tl.constexpr, DV: tl.constexpr, HID: tl.constexpr, BK: tl.constexpr,
-                      BV: tl.constexpr, BE: tl.constexpr, BT: tl.constexpr, DOT: tl.constexpr):
-    """The backward pass's first kernel, one program per (chunk, batch x head), all chunks at
-    once (a chunk's reads need nothing of the state's adjoint): from the chunk's saved start
-    state (hs_ptr), the surprise's D2 (A) and the reads (B) again, then the reverse of their
-    output (LayerNorm's) and of the reads' second layer as far as it needs no hidden tile:
-    dZq2, D2 and the reads' part of dD2 into the chunk's record (_record_ptrs), the reads' parts
-    of the adjoints of D and the read coefficients, and the chunk's sums (red_ptr [BH, NT,
-    2 DV + 2]: LayerNorm's gain and bias adjoints)."""
+def _mlp_reads_kernel(q_ptr, k_ptr, v_ptr, coef_ptr, d_ptr, params_ptr, hs_ptr, ns_ptr, fin_ptr,
+                      ln_ptr, o_ptr, do_ptr, rs_ptr, red_ptr, dcoef_ptr, dd_ptr, scale, T, H, TP,
+                      NT, DK: tl.constexpr, DV: tl.constexpr, HID: tl.constexpr,
+                      BK: tl.constexpr, BV: tl.constexpr, BE: tl.constexpr, BT: tl.constexpr,
+                      DOT: tl.constexpr, OUTPUT: tl.constexpr):
+    """Every chunk's reads at once, one program per (chunk, batch x head) (a chunk's reads
+    need its start state and nothing of the chunks after): from the chunk's saved start state
+    (hs_ptr), the surprise's D2 (A) and the reads (B). With OUTPUT, the forward pass's outputs
+    (o_ptr; training runs _mlp_forward_kernel without READS first). Without, the backward pass's first kernel: the reverse of the output (LayerNorm's)    and of the reads' second layer as far as it needs no hidden tile: dZq2, D2 and the reads'
+    part of dD2 into the chunk's record (_record_ptrs), the reads' parts of the adjoints of D
+    and the read coefficients, and the chunk's sums (red_ptr [BH, NT, 2 DV + 2]: LayerNorm's
+    gain and bias adjoints)."""
     n = tl.program_id(0)
     i_bh = tl.program_id(1)
     i_b, i_h = i_bh // H, i_bh % H
@@ -698,21 +708,27 @@ def _mlp_reads_kernel(q_ptr, k_ptr, v_ptr, coef_ptr, d_ptr, params_ptr, hs_ptr, 
         b_ub += mm(b_h1, load_tile(s2_ptr, e0, 0, BE, BV, HID, DV), DOT)
         b_ha += mm(b_h1, tl.trans(b_a1), DOT)
     b_zq2 = b_a * b_ua + b_b * b_ub - mm(b_dmat * b_ha, b_d2, DOT)
-    b_do = load_rows(do_ptr, i_b, i_h, t0, 0, T, H, DV, BT, BV).to(tl.float32)
-    b_xq, b_rq = ln_rows(b_zq2, mask, DV)
-    b_dgamma = tl.sum(b_do * b_xq, axis=0)
-    b_dbeta = tl.sum(tl.where(mask, b_do, 0.0), axis=0)
-    b_dzq2 = ln_back_rows(b_do * gamma, b_xq, b_rq, mask, DV)
-    b_dzd = mm(b_dzq2, tl.trans(b_d2), DOT)  # dZq2 D2^T
-    tl.store(dd_ptr + row.to(tl.int64)[:, None] * BT + o_t[None, :], -b_dzd * b_ha)
-    tl.store(dcoef_ptr + row, tl.sum(b_dzq2 * b_ua, axis=1))
-    tl.store(dcoef_ptr + BH * TP + row, tl.sum(b_dzq2 * b_ub, axis=1))
-    store_tile(dd2_ptr, -mm(tl.trans(b_dmat * b_ha), b_dzq2, DOT), 0, 0, BT, BV, BT, DV)
-    store_tile(dzq2_ptr, b_dzq2, 0, 0, BT, BV, BT, DV)
-    store_tile(d2_ptr, b_d2, 0, 0, BT, BV, BT, DV)
-    sums_ptr = red_ptr + (i_bh * NT + n).to(tl.int64) * (2 * DV + 2)
-    tl.store(sums_ptr + o_v, b_dgamma, mask=o_v < DV)
-    tl.store(sums_ptr + DV + o_v, b_dbeta, mask=o_v < DV)
+    if OUTPUT:  # the forward pass's outputs
+        b_zo = b_zq2
+        b_o = ln_rows(b_zo, mask, DV)[0] * gamma + beta
+        b_o += b_x
+        store_rows(o_ptr, b_o, i_b, i_h, t0, 0, T, H, DV, BT, BV)
+    else:  # the backward pass's first kernel
+        b_do = load_rows(do_ptr, i_b, i_h, t0, 0, T, H, DV, BT, BV).to(tl.float32)
+        b_xq, b_rq = ln_rows(b_zq2, mask, DV)
+        b_dgamma = tl.sum(b_do * b_xq, axis=0)
+        b_dbeta = tl.sum(tl.where(mask, b_do, 0.0), axis=0)
+        b_dzq2 = ln_back_rows(b_do * gamma, b_xq, b_rq, mask, DV)
+        b_dzd = mm(b_dzq2, tl.trans(b_d2), DOT)  # dZq2 D2^T
+        tl.store(dd_ptr + row.to(tl.int64)[:, None] * BT + o_t[None, :], -b_dzd * b_ha)
+        tl.store(dcoef_ptr + row, tl.sum(b_dzq2 * b_ua, axis=1))
+        tl.store(dcoef_ptr + BH * TP + row, tl.sum(b_dzq2 * b_ub, axis=1))
+        store_tile(dd2_ptr, -mm(tl.trans(b_dmat * b_ha), b_dzq2, DOT), 0, 0, BT, BV, BT, DV)
+        store_tile(dzq2_ptr, b_dzq2, 0, 0, BT, BV, BT, DV)
+        store_tile(d2_ptr, b_d2, 0, 0, BT, BV, BT, DV)
+        sums_ptr = red_ptr + (i_bh * NT + n).to(tl.int64) * (2 * DV + 2)
+        tl.store(sums_ptr + o_v, b_dgamma, mask=o_v < DV)
+        tl.store(sums_ptr + DV + o_v, b_dbeta, mask=o_v < DV)
 
 
 @triton.jit

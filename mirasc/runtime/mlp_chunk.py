@@ -9,15 +9,19 @@ tile of hidden units at a time. Activation memory: the state at each chunk's sta
 retention (MONETA) the state is A, read as W = A / ||A||_q^(q-2), and the kernels also keep
 sum |A|^q of every saved state and of the final one (`ns`), which the backward pass reads.
 
-The backward pass is three kernels, shaped like flash-linear-attention's: what a chunk's reads
-contribute needs nothing of the state's adjoint, so two kernels reverse every chunk's reads at
-once (one program per chunk and (batch, head)) and leave a record per chunk (4 C·hidden + 3 C·Dv
-floats: the reads' adjoints the state pass takes up); then the state pass walks the chunks in
-reverse, one program per (batch, head), through the update's and the surprise's reverse only.
-Split so, no kernel spills at Dk = Dv = 64 on sm_90; as one kernel the backward spilled
-(benchmarks/gpu_static.py, docs/triton.md).
+With autograd the forward pass is two kernels: the state pass (the surprise and the update,
+each chunk's start state saved) one program per (batch, head), then every chunk's outputs at
+once from the saved states, one program per chunk and (batch, head). The backward pass is three
+kernels, shaped like flash-linear-attention's: what a chunk's reads contribute needs nothing of
+the state's adjoint, so two kernels reverse every chunk's reads at once (one program per chunk
+and (batch, head)) and leave a record per chunk (4 C·hidden + 3 C·Dv floats: the reads'
+adjoints the state pass takes up); then the state pass walks the chunks in reverse, one program
+per (batch, head), through the update's and the surprise's reverse only. Split so, no kernel
+spills at Dk = Dv = 64 on sm_90; as one kernel the backward spilled (benchmarks/gpu_static.py,
+docs/triton.md).
 
-Calls without autograd (decoding, evaluation) take the forward kernel at any length, a call
+Calls without autograd (decoding, evaluation) take the forward kernel alone, reads included, at
+any length, a call
 continuing a chunk included (padded in front, its first chunk's surprise at the anchor): the
 recurrent kernels hold the whole state per program, which does not fit in registers and
 spills (tens of KB per thread at Dk = 64), where this kernel streams it a tile at a time.
@@ -145,9 +149,16 @@ class MlpChunk:
         were `anchor` [BH, |weights|]."""
         NT = ends.shape[-1]
         o, final, hs, ns = out = self.forward_buffers(q, v, state, NT, save)
-        args = (q, k, v, coef, ends, d, params, final, anchor, ln, o, hs, ns, scale, q.shape[1],
-                q.shape[2], coef.shape[-1], NT, offset)  # fmt: skip
-        self._launch(self.forward_kernel, args, q, v, SAVE=save, CONT=offset > 0)
+        sizes = (q.shape[1], q.shape[2], coef.shape[-1], NT)
+        args = (q, k, v, coef, ends, d, params, final, anchor, ln, o, hs, ns, scale, *sizes, offset)
+        # training: the sequential kernel only updates and saves the state, and the reads kernel
+        # makes every chunk's outputs from the saved states at once
+        self._launch(self.forward_kernel, args, q, v, SAVE=save, CONT=offset > 0, READS=not save)
+        if save:
+            none = q.new_empty(0)  # the backward pass's buffers, which the outputs do not take
+            args = (q, k, v, coef, d, params, hs, ns, final, ln, o, none, none, none, none, none)
+            self._launch(self.reads_kernels[0], (*args, scale, *sizes), q, v, grid=(NT,),
+                         OUTPUT=True)  # fmt: skip
         return out
 
     def launch_backward(self, q, k, v, coef, ends, d, params, hs, ns, final, ln, do, dfinal,
@@ -166,8 +177,9 @@ class MlpChunk:
         sums = q.new_zeros((BH, NT, 2 * Dv + 2), **f32)  # LayerNorm's adjoints, lq's x1, x2
         sizes = (q.shape[1], q.shape[2], coef.shape[-1], NT)
         reads, reads_back = self.reads_kernels
-        args = (q, k, v, coef, d, params, hs, ns, ln, do, record, sums, dcoef, dd, scale)
-        self._launch(reads, (*args, *sizes), q, v, grid=(NT,))
+        args = (q, k, v, coef, d, params, hs, ns, final, ln, q.new_empty(0), do, record, sums, dcoef,
+                dd, scale)  # fmt: skip
+        self._launch(reads, (*args, *sizes), q, v, grid=(NT,), OUTPUT=False)
         args = (q, k, coef, d, params, hs, ns, do, record, sums, dq, dk, dcoef, dd, scale)
         self._launch(reads_back, (*args, *sizes), q, v, grid=(NT,))
         args = (q, k, v, coef, ends, params, hs, ns, final, ln, do, dstate, record, sums, dq, dk,

@@ -41,13 +41,23 @@ def compile_dual(backend, D: int) -> None:
 
 
 def compile_mlp(backend, D: int) -> None:
-    """The chunked dual-form kernels of an MLP memory, as they launch for bf16 inputs."""
+    """The chunked dual-form kernels of an MLP memory, as they launch for bf16 inputs: the
+    forward kernel as training (the state pass alone) and decoding (reads included, a continued
+    chunk) launch it, the reads kernel for the outputs and for the backward pass, and the
+    backward pass's other two."""
     import triton.language as tl
 
-    for name in ("forward", "backward"):
-        kernel = getattr(backend, f"_mlp_{name}_kernel")
-        meta = backend.mlp.meta(D, D, tl.bfloat16, name == "backward")
-        meta |= {"SAVE": True} if name == "forward" else {}
+    mlp = backend.mlp
+    launches = [
+        (mlp.forward_kernel, {"SAVE": True, "CONT": False, "READS": False}),
+        (mlp.forward_kernel, {"SAVE": False, "CONT": True, "READS": True}),
+        (mlp.reads_kernels[0], {"OUTPUT": True}),
+        (mlp.reads_kernels[0], {"OUTPUT": False}),
+        (mlp.reads_kernels[1], {}),
+        (mlp.backward_kernel, {}),
+    ]
+    for kernel, flags in launches:
+        meta = mlp.meta(D, D, tl.bfloat16, kernel is not mlp.forward_kernel) | flags
         source = ASTSource(fn=kernel, signature=signature(kernel, meta, "bf16"), constexprs=meta)
         compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32))
         assert compiled.asm["cubin"], kernel
