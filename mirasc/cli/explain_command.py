@@ -72,8 +72,9 @@ def run(args) -> int:
         "chunk)",
         "mlp": f"calls of at least 64 tokens starting on a chunk boundary run on the chunked "
         f"dual-form kernels (tensor-core matmuls per chunk of {spec.chunk}, the state in global "
-        "memory a tile of hidden units at a time, saved per chunk); so do calls without "
-        "autograd (decoding) of any length",
+        "memory a tile of hidden units at a time, saved per chunk; a sequential pass over the "
+        "chunks for the state and its adjoint, the reads and their reverse for every chunk at "
+        "once); so do calls without autograd (decoding) of any length",
         "deep": f"calls of at least 64 tokens starting on a chunk boundary run on the chunked "
         f"dual-form kernels of deep MLPs (per chunk of {spec.chunk}, every product a tensor-core "
         "gemm over tiles of scratch buffers in global memory, the state saved per chunk); so do "
