@@ -281,15 +281,20 @@ def mlp_measure(spec: str, name: str, D: int, dtype: str = "bf16") -> Figures:
 
 
 def kl_measure(spec: str, name: str, D: int, dtype: str = "bf16") -> Figures:
-    """A chunked kernel of a memory under kl retention at head size D (`name`: forward or
-    backward as a training-length call launches them, or decode, as `mlp_measure`'s)."""
+    """A chunked kernel of a memory under kl retention at head size D (`name`: forward, output
+    (an MLP's training outputs) or backward as a training-length call launches them, or decode,
+    as `mlp_measure`'s)."""
     backend = backend_of(spec)
     tl = importlib.import_module("triton.language")
     kl = backend.kl
     meta = kl.meta(D, D, tl.float32 if dtype == "fp32" else tl.bfloat16, name == "backward")
-    if name != "backward":
+    if name in ("forward", "decode"):
         meta["SAVE"], meta["CONT"] = name == "forward", name == "decode"
-    kernel = getattr(backend, f"_kl_{'backward' if name == 'backward' else 'forward'}_kernel")
+        if kl.output_kernel is not None:  # training: the outputs come from `output`
+            meta["READS"] = name == "decode"
+    kernel = {"backward": kl.backward_kernel, "output": kl.output_kernel}.get(
+        name, kl.forward_kernel
+    )
     return chunked_figures(spec, f"kl:{name}", D, kernel, meta, kl.launch_options(D, D), dtype)
 
 
@@ -337,8 +342,10 @@ def jobs(specs: list[str], sizes: list[int] | None, kernels: str) -> list[tuple[
             reads = [] if kind == "deep" else ["mlp:reads", "mlp:reads_bwd"]
             names += [f"{kind}:forward", *output, f"{kind}:decode", *reads, f"{kind}:backward"]
         if kernels != "fused" and has_kl(spec):
-            decode = ["kl:decode"] if backend_of(spec).kl.streaming else []
-            names += ["kl:forward", *decode, "kl:backward"]
+            kl = backend_of(spec).kl
+            output = ["kl:output"] if kl.output_kernel is not None else []
+            decode = ["kl:decode"] if kl.streaming else []
+            names += ["kl:forward", *output, *decode, "kl:backward"]
         work += [(spec, name, D) for D in (sizes or WIDE.get(spec, (64,))) for name in names]
     return work
 

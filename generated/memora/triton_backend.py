@@ -585,10 +585,10 @@ def _kl_lse1(b_k, b_d2, b_a, b_dmat, w1_ptr, w2_ptr, sw1_ptr, sw2_ptr, BK: tl.co
 def _kl_reads(b_x, b_k, b_d2, b_g2, b_a, b_dmat, b_lse, w1_ptr, w2_ptr, sw1_ptr, sw2_ptr,
               out_ptr, BK: tl.constexpr, BV: tl.constexpr, BE: tl.constexpr, BT: tl.constexpr,
               DK: tl.constexpr, DV: tl.constexpr, HID: tl.constexpr, DOT: tl.constexpr,
-              END: tl.constexpr, CONT: tl.constexpr):
+              END: tl.constexpr, ZQ: tl.constexpr, CONT: tl.constexpr):
     """Every token's read through its own state, a hidden tile at a time: the second layer's
     pre-activation Zq2 [BT, BV] (zero past DV). With END the chunk's last state (its end
-    state) goes to out_ptr as the state's layout; without, the first layer's pre-activations
+    state) goes to out_ptr as the state's layout; with ZQ, the first layer's pre-activations
     Zq1 go to out_ptr [BT, HID] (the backward pass reads them). The anchor as in _kl_layer1."""
     o_t = tl.arange(0, BT)
     o_v = tl.arange(0, BV)
@@ -609,7 +609,7 @@ def _kl_reads(b_x, b_k, b_d2, b_g2, b_a, b_dmat, b_lse, w1_ptr, w2_ptr, sw1_ptr,
             b_zq1 = tl.where(at, zq_t[None, :], b_zq1)
         if END:
             store_tile(out_ptr, b_p1, 0, e0, BK, BE, DK, HID)
-        else:
+        if ZQ:
             store_tile(out_ptr, b_zq1, 0, e0, BT, BE, BT, HID)
         b_h1 = tl.where(inside, _act(b_zq1), 0.0)
         b_p2 = tl.zeros([BE, BV], dtype=tl.float32)
@@ -626,11 +626,41 @@ def _kl_reads(b_x, b_k, b_d2, b_g2, b_a, b_dmat, b_lse, w1_ptr, w2_ptr, sw1_ptr,
 
 
 @triton.jit
+def _kl_end_state(b_k, b_d2, b_g2, b_a, b_dmat, w1_ptr, w2_ptr, BK: tl.constexpr,
+                  BV: tl.constexpr, BE: tl.constexpr, BT: tl.constexpr, DK: tl.constexpr,
+                  DV: tl.constexpr, HID: tl.constexpr, DOT: tl.constexpr):
+    """The chunk's last token's state (its end state) written over the state at w1_ptr, with
+    no other token's: a pass over the hidden tiles for its rows' log-sum-exps over W1_t's
+    logits (online), then one that writes both layers' tiles (W2_t's rows lie in one tile)."""
+    last = tl.arange(0, BT) == BT - 1
+    a_t = tl.sum(tl.where(last, b_a, 0.0), axis=0)
+    d_t = _kl_row(b_dmat, last[:, None])
+    b_m = tl.full([BK], -1.0e30, dtype=tl.float32)
+    b_s = tl.zeros([BK], dtype=tl.float32)
+    for e0 in range(0, HID, BE):
+        b_l1, b_a1, b_g1, b_l2 = _kl_layer1(b_k, b_d2, w1_ptr, w2_ptr, w1_ptr, w2_ptr, e0, BK,
+                                            BV, BE, DK, DV, HID, DOT, False)
+        b_z = _kl_logits(b_l1, b_k, b_g1, a_t, d_t, DOT)
+        m_new = tl.maximum(b_m, tl.max(b_z, axis=1))
+        b_s = b_s * tl.exp(b_m - m_new) + tl.sum(tl.exp(b_z - m_new[:, None]), axis=1)
+        b_m = m_new
+    b_lse = b_m + tl.log(b_s)
+    for e0 in range(0, HID, BE):
+        b_l1, b_a1, b_g1, b_l2 = _kl_layer1(b_k, b_d2, w1_ptr, w2_ptr, w1_ptr, w2_ptr, e0, BK,
+                                            BV, BE, DK, DV, HID, DOT, False)
+        b_p1 = tl.exp(_kl_logits(b_l1, b_k, b_g1, a_t, d_t, DOT) - b_lse[:, None])
+        b_p2 = _kl_probs(b_l2, b_a1, b_g2, a_t, d_t, DOT)
+        tl.debug_barrier()  # this tile read (by every thread) before it is written over
+        store_tile(w1_ptr, b_p1, 0, e0, BK, BE, DK, HID)
+        store_tile(w2_ptr, b_p2, e0, 0, BE, BV, HID, DV)
+
+
+@triton.jit
 def _kl_forward_kernel(q_ptr, k_ptr, v_ptr, coef_ptr, d_ptr, params_ptr, st_ptr, anc_ptr,
                        ln_ptr, o_ptr, hs_ptr, scale, T, H, TP, NT, OFFSET, DK: tl.constexpr,
                        DV: tl.constexpr, HID: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
                        BE: tl.constexpr, BT: tl.constexpr, DOT: tl.constexpr,
-                       SAVE: tl.constexpr, CONT: tl.constexpr):
+                       SAVE: tl.constexpr, CONT: tl.constexpr, READS: tl.constexpr):
     """One program per (batch, head), its chunks in order; the state (st_ptr, updated in place)
     stays in global memory and passes through the chip a tile of BE hidden units at a time.
     Per chunk, with every gradient at the chunk's start state W (read as R = out W - 1):
@@ -642,7 +672,10 @@ def _kl_forward_kernel(q_ptr, k_ptr, v_ptr, coef_ptr, d_ptr, params_ptr, st_ptr,
     W1_t is normalised over all hidden units (the first token loop gathers its log-sum-exp).
     The state at the chunk's last token is its end state (padding past T repeats the last real
     token's, as its gates are no-ops). With SAVE, the state at each chunk's start goes to
-    hs_ptr for the backward pass. With CONT the call continues a chunk (decoding, no gradient):
+    hs_ptr for the backward pass. Without READS (training) the kernel only writes each
+    chunk's end state (its last token's: two passes, no token loop), and _kl_output_kernel makes
+    the outputs from the saved states, every chunk at once. With CONT the call continues a
+    chunk (decoding, no gradient):
     its first OFFSET rows are padding in front of the call's tokens, and that chunk's surprise
     is taken at its anchor (anc_ptr) while its logits start from the state."""
     i_bh = tl.program_id(0)
@@ -675,14 +708,58 @@ def _kl_forward_kernel(q_ptr, k_ptr, v_ptr, coef_ptr, d_ptr, params_ptr, st_ptr,
         b_y, b_g, b_d2, b_xh, b_rstd = _surprise_rows(
             b_u2, b_k, b_v, mask, gamma, beta, DV)
         b_g2 = DV * b_d2
-        b_lse = _kl_lse1(b_k, b_d2, b_a, b_dmat, w1_ptr, w2_ptr, sw1_ptr, sw2_ptr, BK, BV, BE, BT,
-                         DK, DV, HID, DOT, CONT)
-        # the reads through every token's own state; the chunk's last token's is the end state
-        b_zq2 = _kl_reads(b_x, b_k, b_d2, b_g2, b_a, b_dmat, b_lse, w1_ptr, w2_ptr, sw1_ptr,
-                          sw2_ptr, w1_ptr, BK, BV, BE, BT, DK, DV, HID, DOT, True, CONT)
-        b_o = ln_rows(b_zq2, mask, DV)[0] * gamma + beta
-        b_o += b_x
-        store_rows(o_ptr, b_o, i_b, i_h, tk0, 0, T, H, DV, BT, BV, CONT)
+        if READS:
+            b_lse = _kl_lse1(b_k, b_d2, b_a, b_dmat, w1_ptr, w2_ptr, sw1_ptr, sw2_ptr, BK, BV, BE,
+                             BT, DK, DV, HID, DOT, CONT)
+            # the reads through every token's own state; the chunk's last token's is the end
+            # state
+            b_zq2 = _kl_reads(b_x, b_k, b_d2, b_g2, b_a, b_dmat, b_lse, w1_ptr, w2_ptr, sw1_ptr,
+                              sw2_ptr, w1_ptr, BK, BV, BE, BT, DK, DV, HID, DOT, True, False,
+                              CONT)  # fmt: skip
+            b_o = ln_rows(b_zq2, mask, DV)[0] * gamma + beta
+            b_o += b_x
+            store_rows(o_ptr, b_o, i_b, i_h, tk0, 0, T, H, DV, BT, BV, CONT)
+        else:
+            _kl_end_state(b_k, b_d2, b_g2, b_a, b_dmat, w1_ptr, w2_ptr, BK, BV, BE, BT, DK, DV,
+                          HID, DOT)
+
+
+@triton.jit
+def _kl_output_kernel(q_ptr, k_ptr, v_ptr, coef_ptr, d_ptr, params_ptr, hs_ptr, ln_ptr, o_ptr,
+                      scale, T, H, TP, NT, DK: tl.constexpr, DV: tl.constexpr, HID: tl.constexpr,
+                      BK: tl.constexpr, BV: tl.constexpr, BE: tl.constexpr, BT: tl.constexpr,
+                      DOT: tl.constexpr):
+    """A training call's outputs after _kl_forward_kernel without READS, one program per
+    (chunk, batch x head), every chunk at once: from the chunk's saved start state (hs_ptr), the
+    surprise, every token's log-sum-exps and its read through its own state, as the forward
+    kernel makes them."""
+    n = tl.program_id(0)
+    i_bh = tl.program_id(1)
+    i_b, i_h = i_bh // H, i_bh % H
+    BH = tl.num_programs(1)
+    w1_ptr = hs_ptr + (i_bh * NT + n).to(tl.int64) * (DK * HID + HID * DV)
+    w2_ptr = w1_ptr + DK * HID
+    o_t = tl.arange(0, BT)
+    o_v = tl.arange(0, BV)
+    t0 = n * BT
+    mask = (t0 + o_t < T)[:, None] & (o_v < DV)[None, :]
+    b_x = load_rows(q_ptr, i_b, i_h, t0, 0, T, H, DK, BT, BK).to(tl.float32) * scale
+    b_k = load_rows(k_ptr, i_b, i_h, t0, 0, T, H, DK, BT, BK).to(tl.float32)
+    b_v = load_rows(v_ptr, i_b, i_h, t0, 0, T, H, DV, BT, BV).to(tl.float32)
+    row = i_bh * TP + t0 + o_t
+    b_dmat = tl.load(d_ptr + row.to(tl.int64)[:, None] * BT + o_t[None, :])
+    b_a = tl.load(coef_ptr + row)
+    gamma, beta = ln_params(ln_ptr, i_h, H, o_v, DV)
+    b_u2 = _kl_surprise_out(b_k, w1_ptr, w2_ptr, BK, BV, BE, DK, DV, HID, DOT)
+    _, _, b_d2, _, _ = _surprise_rows(
+        b_u2, b_k, b_v, mask, gamma, beta, DV)
+    b_lse = _kl_lse1(b_k, b_d2, b_a, b_dmat, w1_ptr, w2_ptr, w1_ptr, w2_ptr, BK, BV, BE, BT, DK,
+                     DV, HID, DOT, False)
+    b_zq2 = _kl_reads(b_x, b_k, b_d2, DV * b_d2, b_a, b_dmat, b_lse, w1_ptr, w2_ptr, w1_ptr,
+                      w2_ptr, o_ptr, BK, BV, BE, BT, DK, DV, HID, DOT, False, False, False)
+    b_o = ln_rows(b_zq2, mask, DV)[0] * gamma + beta
+    b_o += b_x
+    store_rows(o_ptr, b_o, i_b, i_h, t0, 0, T, H, DV, BT, BV)
 
 
 @triton.jit
@@ -743,7 +820,7 @@ def _kl_backward_kernel(q_ptr, k_ptr, v_ptr, coef_ptr, d_ptr, params_ptr, hs_ptr
         b_lse = _kl_lse1(b_k, b_d2, b_a, b_dmat, w1_ptr, w2_ptr, w1_ptr, w2_ptr, BK, BV, BE, BT,
                          DK, DV, HID, DOT, False)
         b_zq2 = _kl_reads(b_x, b_k, b_d2, b_g2, b_a, b_dmat, b_lse, w1_ptr, w2_ptr, w1_ptr,
-                          w2_ptr, zq_ptr, BK, BV, BE, BT, DK, DV, HID, DOT, False, False)
+                          w2_ptr, zq_ptr, BK, BV, BE, BT, DK, DV, HID, DOT, False, True, False)
         # the output's reverse
         b_xq, b_rq = ln_rows(b_zq2, mask, DV)
         b_dgamma += tl.sum(b_do * b_xq, axis=0)
@@ -904,7 +981,7 @@ unsupported = fused.unsupported
 
 kl = kl_chunk.KlChunk(
     "mirasc_memora_95178b29b06a",
-    (_kl_forward_kernel, _kl_backward_kernel),
+    (_kl_forward_kernel, _kl_output_kernel, _kl_backward_kernel),
     shapes=_shapes,
     chunk=CHUNK,
     required_state='memora needs initial_state (an MLP memory)',

@@ -87,7 +87,7 @@ def run(args) -> int:
         "kl": f"calls of at least 64 tokens starting on a chunk boundary run on the chunked kl "
         f"kernels (per chunk of {spec.chunk}, the surprise and each token's logits as tensor-core "
         "matmuls, each token's state a row softmax (an MLP's a tile of hidden units at a time), "
-        "the state saved per chunk)",
+        "the state saved per chunk; in training an MLP's outputs for every chunk at once)",
     }
     kind = plan.triton_chunked
     kind = "deep kl" if kind == "deep" and spec.retention.kind == "kl" else kind

@@ -6,6 +6,10 @@ factors, and every token's own state is a row softmax of them (the torch backend
 `chunked_kl`). An MLP's state stays in global memory and passes through the chip a tile of
 hidden units at a time; a linear memory's a tile of whole rows at a time (BE rows).
 
+In training (the chunk-start states saved) an MLP's forward pass is two kernels: the
+sequential one writes only each chunk's end state (its last token's softmax), and the output
+kernel makes every chunk's reads at once from the saved states.
+
 The backward kernel walks the chunks in reverse from the state saved at each chunk's start
 (ceil(T / C) |state| floats per (batch, head), saved only when a gradient is needed),
 recomputing each chunk's passes, and goes back through every token's row softmax, the logits'
@@ -31,13 +35,16 @@ HIDDEN_TILE = 32  # hidden units per pass through the chip; half that in the bac
 
 class KlChunk(MlpChunk):
     """The kernels of one spec as a `torch.library` op pair with an autograd formula; the
-    generated backend passes its forward and backward kernels, the memory's weight shapes, its
+    generated backend passes its forward kernels (an MLP's: two, see the module docstring) and
+    its backward kernel, the memory's weight shapes, its
     chunk and what a missing initial state means. The limits, launch settings and launches are
     MlpChunk's; kl retention has no momentum."""
 
     def __init__(self, namespace: str, kernels: tuple, *, shapes: Callable, chunk: int,
                  required_state: str):  # fmt: skip
-        self.forward_kernel, self.backward_kernel = kernels
+        # forward, [an MLP's training outputs: every chunk at once after the state pass,] backward
+        self.forward_kernel, *outputs, self.backward_kernel = kernels
+        self.output_kernel = outputs[0] if outputs else None
         self.shapes, self.chunk = shapes, chunk
         self.required_state = required_state
         self.min_tokens = MIN_TOKENS  # benchmarks raise it to time the recurrent kernels alone
@@ -68,7 +75,15 @@ class KlChunk(MlpChunk):
         hs = state.new_empty((state.shape[0], NT, state.shape[1]) if save else (0,))
         args = (q, k, v, coef, d, params, final, anchor, ln, o, hs, *self.forward_scratch(q, v),
                 scale, T, H, coef.shape[-1], NT, offset)  # fmt: skip
-        self._launch(self.forward_kernel, args, q, v, SAVE=save, CONT=offset > 0)
+        if self.output_kernel is None:
+            self._launch(self.forward_kernel, args, q, v, SAVE=save, CONT=offset > 0)
+            return o, final, hs
+        # training: the sequential kernel only writes each chunk's end state, and the output
+        # kernel makes every chunk's outputs from the saved states at once
+        self._launch(self.forward_kernel, args, q, v, SAVE=save, CONT=offset > 0, READS=not save)
+        if save:
+            args = (q, k, v, coef, d, params, hs, ln, o, scale, T, H, coef.shape[-1], NT)
+            self._launch(self.output_kernel, args, q, v, grid=(NT,), backward=False)
         return o, final, hs
 
     def forward_scratch(self, q, v) -> tuple:

@@ -105,9 +105,13 @@ class MlpChunk:
         """8 warps: 4 spill at Dk = Dv = 64 on sm_90 (benchmarks/gpu_static.py)."""
         return dict(num_warps=8, num_stages=1)
 
-    def _launch(self, kernel, args: tuple, q: Tensor, v: Tensor, grid: tuple = (), **extra):
+    def _launch(self, kernel, args: tuple, q: Tensor, v: Tensor, grid: tuple = (),
+                backward: bool | None = None, **extra):  # fmt: skip
+        """`kernel` over `grid` x (batch x head) programs with its constants: the backward
+        pass's (narrower tiles), by default for any kernel but the forward one."""
         Dk, Dv, BH = q.shape[-1], v.shape[-1], q.shape[0] * q.shape[2]
-        meta = self.meta(Dk, Dv, dot_dtype(q.dtype), kernel is not self.forward_kernel)
+        backward = kernel is not self.forward_kernel if backward is None else backward
+        meta = self.meta(Dk, Dv, dot_dtype(q.dtype), backward)
         kernel[(*grid, BH)](*args, **meta, **self.launch_options(Dk, Dv), **extra)
 
     def _sums_shape(self, BH: int, NT: int) -> tuple:
