@@ -13,7 +13,9 @@
    the inputs, outputs and gradients: the least any implementation must move) and each row's
    speed-up over the torch backend (its fwd+bwd time / the row's), measured in the same run. Where flash-linear-attention is importable, its
    chunk_gated_delta_rule and fused_recurrent_gated_delta_rule run beside gated_deltanet, and
-   chunk_linear_attn beside linear_attention (their outputs compared with ours).
+   chunk_linear_attn beside linear_attention (their outputs compared with ours); where
+   titans-pytorch is installed, its NeuralMemory beside titans (weights committed every chunk,
+   as mirasc's; the whole module, timed, not compared).
 3. Decoding: one token per call with the state carried in and out (no gradient), B=8, H=16,
    D=64 and 128: microseconds per step of the triton backend (its recurrent kernels; linear
    memories with coordinate-wise updates split the value columns across programs) and the
@@ -133,8 +135,8 @@ def runner(call, q, k, v, backward: bool):
 
     def run():
         o = call(*leaves)
-        if backward:
-            torch.autograd.grad(o, leaves, do)
+        if backward:  # an outside module may not take all three (titans-pytorch: q and k)
+            torch.autograd.grad(o, leaves, do, allow_unused=True)
 
     return run
 
@@ -216,6 +218,32 @@ def fla_linear_rows(spec_module, q, k, v, gates):
     return [("fla chunk", call, testing.relative_error(call(q, k, v).float(), ours.float()))]
 
 
+def titans_pytorch_rows(spec_module, q, device: str) -> list:
+    """titans-pytorch's `NeuralMemory` (where installed: the `reference` extra) at titans'
+    configuration: chunk 16 with its weights committed after every chunk (batch_size = chunk,
+    so each chunk's gradient is taken at the chunk's start state, as in mirasc), H heads of D, a
+    2-layer MLP memory of expansion 4, momentum and decay. It is the whole module, its
+    projections of the input into keys, values, queries and gates included, reading q's rows
+    and storing k's; what else differs is benchmarks/titans_pytorch_reference.py's
+    DIFFERENCES. Its output is not compared with ours."""
+    try:
+        from titans_pytorch import MemoryMLP, NeuralMemory
+    except ImportError:
+        return []
+    B, T, H, D = q.shape
+    chunk = testing.spec_of(spec_module).chunk
+    memory = NeuralMemory(dim=H * D, chunk_size=chunk, batch_size=chunk, dim_head=D, heads=H,
+                          model=MemoryMLP(D, depth=2, expansion_factor=4.0),
+                          momentum=True).to(device)  # fmt: skip
+
+    def call(q_, k_, v_):
+        with torch.autocast(device, dtype=torch.bfloat16, enabled=q_.dtype == torch.bfloat16):
+            seq, store = (t.reshape(B, T, H * D).float() for t in (q_, k_))
+            return memory(seq, store_seq=store)[0].view(B, T, H, D)
+
+    return [("titans-pytorch", call, None)]
+
+
 def timings(args, device, deadline: float) -> None:
     B, T, H = (1, 40, 2) if args.smoke else (8, 4096, 16)
     dims = [8] if args.smoke else args.D
@@ -254,6 +282,8 @@ def timings(args, device, deadline: float) -> None:
             impls += fla_rows(module, q, k, v, gates, device)
         if name == "linear_attention":
             impls += fla_linear_rows(module, q, k, v, gates)
+        if name == "titans":
+            impls += titans_pytorch_rows(module, q, device)
         measured = []
         for label, call, agreement in impls:
             try:
