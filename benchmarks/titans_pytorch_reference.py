@@ -39,6 +39,10 @@ momentum and decay; a short causal convolution (kernel 4, SiLU) ahead of the mem
 second hop (finding the key, then reading the token after it).
 Still different in titans-pytorch 0.5.5 (its defaults, which it does not let us change or which
 we keep):
+- gradients: without batch_size, every chunk's gradient in a call is taken at the weights the
+  call starts from (one mini-batch over the whole sequence, the chunks combined by its momentum
+  and decay scan); mirasc takes each chunk's at the chunk's start state (batch_size = 16 would
+  match, committing the weights after every chunk in a Python loop; kept at its default here);
 - reads: a token reads the memory as it was at the end of the previous chunk (the last token of
   a chunk sees its own chunk); mirasc reads after each token's write, inside the chunk too;
 - momentum and decay are computed once per chunk from the chunk's mean input; the step size per
