@@ -257,17 +257,17 @@ def dual_measure(spec: str, name: str, D: int, dtype: str = "bf16") -> Figures:
 
 
 def mlp_measure(spec: str, name: str, D: int, dtype: str = "bf16") -> Figures:
-    """One chunked dual-form kernel of an MLP memory at head size D (`name`: forward, the
-    backward pass's reads and reads_bwd (two-layer memories) and backward, as a training-length
-    call launches them, or decode: the forward kernel as a call without autograd continuing a
-    chunk launches it)."""
+    """One chunked dual-form kernel of an MLP memory at head size D (`name`: forward, and for
+    a two-layer memory output, reads and reads_bwd, then backward, as a training-length call
+    launches them, or decode: the forward kernel as a call without autograd continuing a chunk
+    launches it)."""
     backend = backend_of(spec)
     tl = importlib.import_module("triton.language")
     mlp = backend.mlp
     kernels = {"backward": mlp.backward_kernel}  # a deep memory's backward is one kernel
-    if mlp.reads_kernels:
-        kernels["output"], kernels["reads_bwd"] = mlp.reads_kernels
-        kernels["reads"] = mlp.reads_kernels[0]
+    if mlp.reads_kernels:  # the first makes the training outputs too (OUTPUT)
+        reads, reads_bwd = mlp.reads_kernels
+        kernels.update(output=reads, reads=reads, reads_bwd=reads_bwd)
     meta = mlp.meta(D, D, tl.float32 if dtype == "fp32" else tl.bfloat16, name in kernels)
     if name not in kernels:
         meta["SAVE"], meta["CONT"] = name == "forward", name == "decode"

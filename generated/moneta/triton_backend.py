@@ -750,6 +750,13 @@ def _record_ptrs(rs_ptr, i_bh, n, NT, BT: tl.constexpr, DV: tl.constexpr, HID: t
 
 
 @triton.jit
+def _sums_ptr(red_ptr, i_bh, n, NT, DV: tl.constexpr):
+    """A chunk's sums in red_ptr [BH, NT, 2 DV + 2]: LayerNorm's gain and bias adjoints (the
+    reads'), then lq's adjoints of r1 and r2 (the reads')."""
+    return red_ptr + (i_bh * NT + n).to(tl.int64) * (2 * DV + 2)
+
+
+@triton.jit
 def _mlp_reads_kernel(q_ptr, k_ptr, v_ptr, coef_ptr, d_ptr, params_ptr, hs_ptr, ns_ptr, fin_ptr,
                       ln_ptr, o_ptr, do_ptr, rs_ptr, red_ptr, dcoef_ptr, dd_ptr, scale, T, H, TP,
                       NT, DK: tl.constexpr, DV: tl.constexpr, HID: tl.constexpr,
@@ -762,8 +769,8 @@ def _mlp_reads_kernel(q_ptr, k_ptr, v_ptr, coef_ptr, d_ptr, params_ptr, hs_ptr, 
     token reads its end state: the next chunk's saved start state, or the final state at
     fin_ptr). Without, the backward pass's first kernel: the reverse of the output (LayerNorm's)    and of the reads' second layer as far as it needs no hidden tile: dZq2, D2 and the reads'
     part of dD2 into the chunk's record (_record_ptrs), the reads' parts of the adjoints of D
-    and the read coefficients, and the chunk's sums (red_ptr [BH, NT, 2 DV + 2]: LayerNorm's
-    gain and bias adjoints, then the adjoints of r1 (added by the next kernel) and r2)."""
+    and the read coefficients, and the chunk's sums (_sums_ptr; r1's adjoint is the next
+    kernel's)."""
     n = tl.program_id(0)
     i_bh = tl.program_id(1)
     i_b, i_h = i_bh // H, i_bh % H
@@ -833,7 +840,7 @@ def _mlp_reads_kernel(q_ptr, k_ptr, v_ptr, coef_ptr, d_ptr, params_ptr, hs_ptr, 
         store_tile(dd2_ptr, -r2 * mm(tl.trans(b_dmat * b_ha), b_dzq2, DOT), 0, 0, BT, BV, BT, DV)
         store_tile(dzq2_ptr, b_dzq2, 0, 0, BT, BV, BT, DV)
         store_tile(d2_ptr, b_d2, 0, 0, BT, BV, BT, DV)
-        sums_ptr = red_ptr + (i_bh * NT + n).to(tl.int64) * (2 * DV + 2)
+        sums_ptr = _sums_ptr(red_ptr, i_bh, n, NT, DV)
         tl.store(sums_ptr + o_v, b_dgamma, mask=o_v < DV)
         tl.store(sums_ptr + DV + o_v, b_dbeta, mask=o_v < DV)
         tl.store(sums_ptr + 2 * DV + 1, tl.sum(tl.sum(b_dzq2 * b_zq2, axis=1), axis=0))
@@ -919,7 +926,7 @@ def _mlp_reads_backward_kernel(q_ptr, k_ptr, coef_ptr, d_ptr, params_ptr, hs_ptr
     dd_ptrs = dd_ptr + row.to(tl.int64)[:, None] * BT + o_t[None, :]
     tl.store(dd_ptrs, tl.load(dd_ptrs) - b_r1 * b_xk)
     tl.store(dcoef_ptr + row, tl.load(dcoef_ptr + row) + b_da)
-    tl.store(red_ptr + (i_bh * NT + n).to(tl.int64) * (2 * DV + 2) + 2 * DV, x1)
+    tl.store(_sums_ptr(red_ptr, i_bh, n, NT, DV) + 2 * DV, x1)
 
 
 @triton.jit
@@ -972,7 +979,7 @@ def _mlp_backward_kernel(q_ptr, k_ptr, v_ptr, coef_ptr, ends_ptr, params_ptr, hs
         w2_ptr = w1_ptr + DK * HID
         dzq1_ptr, h1_ptr, dz1_ptr, da1_ptr, dzq2_ptr, dd2_ptr, _ = _record_ptrs(rs_ptr, i_bh, n,
                                                                                 NT, BT, DV, HID)
-        sums_ptr = red_ptr + (i_bh * NT + n).to(tl.int64) * (2 * DV + 2)
+        sums_ptr = _sums_ptr(red_ptr, i_bh, n, NT, DV)
         s1 = tl.load(ns_ptr + (i_bh * (NT + 1) + n) * 2)
         s2 = tl.load(ns_ptr + (i_bh * (NT + 1) + n) * 2 + 1)
         r1 = _lq_factor(s1)

@@ -649,6 +649,13 @@ def _record_ptrs(rs_ptr, i_bh, n, NT, BT: tl.constexpr, DV: tl.constexpr, HID: t
 
 
 @triton.jit
+def _sums_ptr(red_ptr, i_bh, n, NT, DV: tl.constexpr):
+    """A chunk's sums in red_ptr [BH, NT, 2 DV + 2]: LayerNorm's gain and bias adjoints (the
+    reads'), then lq's adjoints of r1 and r2 (the reads')."""
+    return red_ptr + (i_bh * NT + n).to(tl.int64) * (2 * DV + 2)
+
+
+@triton.jit
 def _mlp_reads_kernel(q_ptr, k_ptr, v_ptr, coef_ptr, d_ptr, params_ptr, hs_ptr, ns_ptr, fin_ptr,
                       ln_ptr, o_ptr, do_ptr, rs_ptr, red_ptr, dcoef_ptr, dd_ptr, scale, T, H, TP,
                       NT, DK: tl.constexpr, DV: tl.constexpr, HID: tl.constexpr,
@@ -659,8 +666,7 @@ def _mlp_reads_kernel(q_ptr, k_ptr, v_ptr, coef_ptr, d_ptr, params_ptr, hs_ptr, 
     (hs_ptr), the surprise's D2 (A) and the reads (B). With OUTPUT, the forward pass's outputs
     (o_ptr; training runs _mlp_forward_kernel without READS first). Without, the backward pass's first kernel: the reverse of the output (LayerNorm's)    and of the reads' second layer as far as it needs no hidden tile: dZq2, D2 and the reads'
     part of dD2 into the chunk's record (_record_ptrs), the reads' parts of the adjoints of D
-    and the read coefficients, and the chunk's sums (red_ptr [BH, NT, 2 DV + 2]: LayerNorm's
-    gain and bias adjoints)."""
+    and the read coefficients, and the chunk's sums (_sums_ptr)."""
     n = tl.program_id(0)
     i_bh = tl.program_id(1)
     i_b, i_h = i_bh // H, i_bh % H
@@ -716,7 +722,7 @@ def _mlp_reads_kernel(q_ptr, k_ptr, v_ptr, coef_ptr, d_ptr, params_ptr, hs_ptr, 
         store_tile(dd2_ptr, -mm(tl.trans(b_dmat * b_ha), b_dzq2, DOT), 0, 0, BT, BV, BT, DV)
         store_tile(dzq2_ptr, b_dzq2, 0, 0, BT, BV, BT, DV)
         store_tile(d2_ptr, b_d2, 0, 0, BT, BV, BT, DV)
-        sums_ptr = red_ptr + (i_bh * NT + n).to(tl.int64) * (2 * DV + 2)
+        sums_ptr = _sums_ptr(red_ptr, i_bh, n, NT, DV)
         tl.store(sums_ptr + o_v, b_dgamma, mask=o_v < DV)
         tl.store(sums_ptr + DV + o_v, b_dbeta, mask=o_v < DV)
 
@@ -845,7 +851,7 @@ def _mlp_backward_kernel(q_ptr, k_ptr, v_ptr, coef_ptr, ends_ptr, params_ptr, hs
         w2_ptr = w1_ptr + DK * HID
         dzq1_ptr, h1_ptr, dz1_ptr, da1_ptr, dzq2_ptr, dd2_ptr, _ = _record_ptrs(rs_ptr, i_bh, n,
                                                                                 NT, BT, DV, HID)
-        sums_ptr = red_ptr + (i_bh * NT + n).to(tl.int64) * (2 * DV + 2)
+        sums_ptr = _sums_ptr(red_ptr, i_bh, n, NT, DV)
         # A: the surprise at the anchor
         b_u2, b_na1 = _mlp_out(b_k, w1_ptr, w2_ptr, 1.0, BK, BV, BE, DK, DV, HID, DOT)
         b_z2 = b_u2
